@@ -1,0 +1,95 @@
+//! What a handler receives besides its payload.
+use crate::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer};
+use std::{
+    any::{Any, TypeId},
+    collections::HashMap,
+    sync::Arc,
+};
+
+/// Shared dependencies handlers look up by type (HTTP clients, Redis handles, config).
+/// Built once at start-up; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Deps(Arc<HashMap<TypeId, Arc<dyn Any + Send + Sync>>>);
+
+impl Deps {
+    /// Returns a copy with `value` added (replacing any earlier value of the same type).
+    pub fn with<T: Send + Sync + 'static>(self, value: T) -> Self {
+        let mut map: HashMap<_, _> = (*self.0).clone();
+        map.insert(TypeId::of::<T>(), Arc::new(value) as Arc<dyn Any + Send + Sync>);
+        Deps(Arc::new(map))
+    }
+
+    /// The dependency of type `T`, if one was provided.
+    pub fn get<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.0.get(&TypeId::of::<T>()).cloned().and_then(|a| a.downcast::<T>().ok())
+    }
+}
+
+impl std::fmt::Debug for Deps {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Deps({} entries)", self.0.len())
+    }
+}
+
+/// The running job's identity and the platform services a handler may use.
+#[derive(Clone)]
+pub struct JobContext {
+    /// Job id (a ULID).
+    pub id: String,
+    /// Job type name.
+    pub job: String,
+    /// Queue the job was fetched from.
+    pub queue: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// The queue's attempt budget.
+    pub max_attempts: u32,
+    /// When the job was enqueued (ms since the epoch).
+    pub enqueued_at_ms: i64,
+    enqueuer: Arc<dyn Enqueuer>,
+    deps: Deps,
+}
+
+impl JobContext {
+    /// Builds a context; the worker does this for every run, tests through `culm-jobs`' test kit.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        job: String,
+        queue: String,
+        attempt: u32,
+        max_attempts: u32,
+        enqueued_at_ms: i64,
+        enqueuer: Arc<dyn Enqueuer>,
+        deps: Deps,
+    ) -> Self {
+        Self { id, job, queue, attempt, max_attempts, enqueued_at_ms, enqueuer, deps }
+    }
+
+    /// The dependency of type `T`.
+    pub fn dep<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
+        self.deps.get::<T>()
+    }
+
+    /// Enqueues jobs now (for fan-out inside a long handler). Prefer returning follow-ups
+    /// from [`crate::Outcome::then`] when the jobs should only exist if this one succeeds.
+    pub async fn enqueue(&self, jobs: Vec<EnqueueRequest>) -> Result<Vec<Enqueued>, EnqueueError> {
+        self.enqueuer.enqueue_batch(jobs).await
+    }
+
+    /// A stable key for upstream idempotency headers: the same across redeliveries of this job.
+    pub fn idempotency_key(&self) -> String {
+        format!("culm-{}", self.id)
+    }
+}
+
+impl std::fmt::Debug for JobContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobContext")
+            .field("id", &self.id)
+            .field("job", &self.job)
+            .field("queue", &self.queue)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}

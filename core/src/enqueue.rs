@@ -1,0 +1,137 @@
+//! Enqueue requests and the [`Enqueuer`] seam through which handlers add jobs.
+use crate::{Job, Tier, now_ms};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// A job to store: its type name, JSON payload and placement. Built typed with
+/// [`EnqueueRequest::of`] or untyped (HTTP, CLI, outbox) with [`EnqueueRequest::raw`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnqueueRequest {
+    /// Job type name, e.g. `bamboo.place_order`.
+    pub job: String,
+    /// The payload; validated against the job type before anything is written.
+    pub payload: serde_json::Value,
+    /// Queue override; must be a queue whose tier the job type allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Run no earlier than this (ms since the epoch); `None` runs now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_at_ms: Option<i64>,
+    /// A second enqueue with the same key (in the same queue, within the idempotency TTL)
+    /// returns the first job's id and stores nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+impl EnqueueRequest {
+    /// A typed request for job `job`.
+    pub fn of<J: Job>(job: &J) -> Result<Self, EnqueueError> {
+        let payload = serde_json::to_value(job).map_err(|e| EnqueueError::InvalidPayload {
+            job: J::NAME.to_owned(),
+            field: None,
+            message: e.to_string(),
+        })?;
+        Ok(Self::raw(J::NAME, payload))
+    }
+
+    /// An untyped request; the payload is validated when it is enqueued.
+    pub fn raw(job: impl Into<String>, payload: serde_json::Value) -> Self {
+        Self { job: job.into(), payload, queue: None, run_at_ms: None, idempotency_key: None }
+    }
+
+    /// Sends the job to `queue` instead of its default.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Runs the job no earlier than `delay` from now.
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.run_at_ms = Some(now_ms() + i64::try_from(delay.as_millis()).unwrap_or(i64::MAX / 2));
+        self
+    }
+
+    /// Runs the job no earlier than `at_ms` (ms since the epoch).
+    pub fn at_ms(mut self, at_ms: i64) -> Self {
+        self.run_at_ms = Some(at_ms);
+        self
+    }
+
+    /// Sets the idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+}
+
+/// The result of one enqueue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enqueued {
+    /// The job id (the existing one when the idempotency key was already claimed).
+    pub id: String,
+    /// The queue the job went to.
+    pub queue: String,
+    /// `false` when an idempotency key matched an earlier job and nothing was stored.
+    pub created: bool,
+}
+
+/// Why an enqueue was refused. Validation errors are raised before anything is written.
+#[derive(Debug, thiserror::Error)]
+pub enum EnqueueError {
+    /// The job type is not registered in this binary.
+    #[error("unknown job type `{job}`")]
+    UnknownJob {
+        /// The name given.
+        job: String,
+    },
+    /// The payload does not deserialize into the job type.
+    #[error("invalid payload for `{job}`{}: {message}", field.as_ref().map(|f| format!(" at `{f}`")).unwrap_or_default())]
+    InvalidPayload {
+        /// Job type.
+        job: String,
+        /// Path of the offending field, when known.
+        field: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// The queue is not declared in the configuration.
+    #[error("unknown queue `{queue}`")]
+    UnknownQueue {
+        /// The name given.
+        queue: String,
+    },
+    /// The queue's tier is not one the job type may run in.
+    #[error("job type `{job}` may not run in queue `{queue}` (tier {tier}); allowed tiers: {allowed}")]
+    TierNotAllowed {
+        /// Job type.
+        job: String,
+        /// Queue requested.
+        queue: String,
+        /// That queue's tier.
+        tier: Tier,
+        /// The job's allowed tiers, comma separated.
+        allowed: String,
+    },
+    /// A request field is malformed (e.g. an empty idempotency key).
+    #[error("invalid `{field}`: {message}")]
+    InvalidRequest {
+        /// Field name.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The store could not be reached or refused the write; nothing was enqueued.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+/// Enqueues jobs. Implemented by culm's Redis store; handlers reach it through
+/// [`crate::JobContext::enqueue`]. One call is one round trip per queue touched.
+pub trait Enqueuer: Send + Sync + 'static {
+    /// Validates every request, then stores all of them; on a validation error nothing is stored.
+    fn enqueue_batch(
+        &self,
+        jobs: Vec<EnqueueRequest>,
+    ) -> BoxFuture<'_, Result<Vec<Enqueued>, EnqueueError>>;
+}

@@ -1,0 +1,44 @@
+//! The [`Job`] trait: one typed payload, its routing, and its handler.
+use crate::{JobContext, Outcome, JobError, Tier};
+use serde::{Serialize, de::DeserializeOwned};
+use std::future::Future;
+
+/// A job type. The struct is the payload (serialised as JSON); the associated constants
+/// are its routing, declared next to it so a reader sees where it runs; `run` is the handler.
+///
+/// ```
+/// use culm_core::{Job, JobContext, JobError, Outcome, Tier};
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Serialize, Deserialize)]
+/// struct SendReceipt { account_id: String }
+///
+/// impl Job for SendReceipt {
+///     const NAME: &'static str = "example.send_receipt";
+///     const QUEUE: &'static str = "bulk_mail";
+///     const TIERS: &'static [Tier] = &[Tier::Batch];
+///     async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+///         Ok(Outcome::done())
+///     }
+/// }
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// The durable name of the job type (`family.action`). Stored with every job: renaming
+    /// one strands jobs already enqueued under the old name.
+    const NAME: &'static str;
+    /// The queue the job goes to unless the enqueuer or the `[routes]` config overrides it.
+    const QUEUE: &'static str;
+    /// The tiers whose queues may run this job. Banking jobs list only [`Tier::Critical`].
+    const TIERS: &'static [Tier];
+    /// A short description, shown by `culm check` and the admin API.
+    const DESCRIPTION: &'static str = "";
+
+    /// The handler. Return [`Outcome::done`] (optionally with follow-up jobs), or an error
+    /// classified as retryable, permanent or deferred. Never block on another job.
+    fn run(self, ctx: JobContext) -> impl Future<Output = Result<Outcome, JobError>> + Send;
+
+    /// An example payload, used by `culm check`, the smoke test and the docs.
+    fn example() -> Option<Self> {
+        None
+    }
+}

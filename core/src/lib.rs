@@ -1,0 +1,28 @@
+//! culm's shared vocabulary, used by both `culm-jobs` and `culm-worker`.
+//!
+//! This crate owns the names every other crate speaks in: [`Tier`], the [`Job`] trait a
+//! job type implements, the [`Outcome`] a handler returns, the [`EnqueueRequest`] that
+//! describes a job to be stored, the [`JobContext`] a handler receives, and the
+//! [`Registry`] that maps job type names to handlers. It knows nothing about Redis,
+//! PostgreSQL or HTTP: storage lives in `culm-worker`, integrations in `culm-jobs`.
+
+mod context;
+mod enqueue;
+mod job;
+mod outcome;
+mod registry;
+mod retry;
+mod tier;
+
+pub use context::{Deps, JobContext};
+pub use enqueue::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer};
+pub use job::Job;
+pub use outcome::{JobError, Outcome};
+pub use registry::{JobSpec, Registry, RegistryError, RunResult};
+pub use retry::RetryPolicy;
+pub use tier::{Tier, UnknownTier};
+
+/// Milliseconds since the Unix epoch, the time unit culm stores everywhere.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

@@ -1,0 +1,82 @@
+//! What a handler returns: done (with follow-ups), or an error that says what to do next.
+use crate::EnqueueRequest;
+use std::time::Duration;
+
+/// A successful run, with an optional short result summary and follow-up jobs.
+///
+/// Follow-ups are culm's continuations: a handler that needs another step does not wait
+/// for it (the `.get()` deadlock of the Celery system), it returns the next job. The
+/// worker enqueues follow-ups before acknowledging, with idempotency keys derived from
+/// the parent job id, so a redelivered parent does not enqueue its children twice.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Bounded summary recorded in the ledger (truncated to 512 bytes).
+    pub summary: Option<String>,
+    /// Jobs to enqueue once this one succeeds.
+    pub follow_ups: Vec<EnqueueRequest>,
+}
+
+impl Outcome {
+    /// Plain success.
+    pub fn done() -> Self {
+        Self::default()
+    }
+
+    /// Success with a summary for the ledger.
+    pub fn with_summary(mut self, summary: impl Into<String>) -> Self {
+        self.summary = Some(summary.into());
+        self
+    }
+
+    /// Adds a follow-up job (a continuation).
+    pub fn then(mut self, job: EnqueueRequest) -> Self {
+        self.follow_ups.push(job);
+        self
+    }
+
+    /// Adds many follow-up jobs; they are enqueued in batches, not one round trip each.
+    pub fn then_all(mut self, jobs: impl IntoIterator<Item = EnqueueRequest>) -> Self {
+        self.follow_ups.extend(jobs);
+        self
+    }
+}
+
+/// Why a run did not succeed, and therefore what happens next.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// Worth another attempt under the queue's retry policy (timeouts, 5xx, lost connections).
+    #[error("{message}")]
+    Retryable {
+        /// What went wrong.
+        message: String,
+        /// Earliest retry the upstream asked for, if any.
+        after: Option<Duration>,
+    },
+    /// Can never succeed (bad request, validation failure): dead-lettered at once.
+    #[error("{0}")]
+    Permanent(String),
+    /// Not now, and not the job's fault (rate limit, open breaker, 429): run again after
+    /// `after` without spending an attempt.
+    #[error("deferred for {after:?}: {reason}")]
+    Defer {
+        /// How long to wait.
+        after: Duration,
+        /// Why (shown in logs and the ledger).
+        reason: String,
+    },
+}
+
+impl JobError {
+    /// A retryable error.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        JobError::Retryable { message: message.into(), after: None }
+    }
+    /// A permanent error: the job goes to the dead letters now.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        JobError::Permanent(message.into())
+    }
+    /// Defers the job without spending an attempt.
+    pub fn defer(after: Duration, reason: impl Into<String>) -> Self {
+        JobError::Defer { after, reason: reason.into() }
+    }
+}

@@ -1,0 +1,211 @@
+//! The registry: job type name → routing, payload validation and erased handler.
+use crate::{EnqueueError, Job, JobContext, JobError, Outcome, Tier};
+use futures::{FutureExt, future::BoxFuture};
+use std::{collections::BTreeMap, sync::Arc};
+
+/// What running a stored job produced.
+#[derive(Debug)]
+pub enum RunResult {
+    /// The handler returned.
+    Finished(Result<Outcome, JobError>),
+    /// The stored payload does not deserialize into the job type: never retried.
+    BadPayload(String),
+}
+
+type ErasedRun = Arc<dyn Fn(&str, JobContext) -> BoxFuture<'static, RunResult> + Send + Sync>;
+type Validate = fn(&serde_json::Value) -> Result<(), EnqueueError>;
+
+/// One registered job type.
+#[derive(Clone)]
+pub struct JobSpec {
+    /// Durable job type name.
+    pub name: &'static str,
+    /// Default queue.
+    pub queue: &'static str,
+    /// Tiers the job may run in.
+    pub tiers: &'static [Tier],
+    /// Human description.
+    pub description: &'static str,
+    /// Example payload, if the job type provides one.
+    pub example: Option<serde_json::Value>,
+    validate: Validate,
+    run: ErasedRun,
+}
+
+impl JobSpec {
+    /// Checks that `payload` deserializes into the job type; the error names the field.
+    pub fn validate(&self, payload: &serde_json::Value) -> Result<(), EnqueueError> {
+        (self.validate)(payload)
+    }
+
+    /// Deserializes the stored payload and runs the handler.
+    pub fn run(&self, payload: &str, ctx: JobContext) -> BoxFuture<'static, RunResult> {
+        (self.run)(payload, ctx)
+    }
+
+    /// Whether the job may run in `tier`.
+    pub fn allows(&self, tier: Tier) -> bool {
+        self.tiers.contains(&tier)
+    }
+
+    /// The allowed tiers, comma separated (for messages).
+    pub fn allowed_tiers(&self) -> String {
+        self.tiers.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl std::fmt::Debug for JobSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobSpec")
+            .field("name", &self.name)
+            .field("queue", &self.queue)
+            .field("tiers", &self.tiers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registration mistake in code.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Two job types share a name.
+    #[error("job type `{0}` is registered twice")]
+    Duplicate(&'static str),
+    /// A job type allows no tier at all.
+    #[error("job type `{0}` allows no tier")]
+    NoTiers(&'static str),
+}
+
+/// Every job type this binary can run.
+#[derive(Clone, Default, Debug)]
+pub struct Registry {
+    specs: BTreeMap<&'static str, JobSpec>,
+}
+
+/// Turns a serde_path_to_error failure into a field path and message.
+fn describe<E: std::fmt::Display>(err: serde_path_to_error::Error<E>) -> (Option<String>, String) {
+    let path = err.path().to_string();
+    let message = err.inner().to_string();
+    // serde reports a missing field at its parent's path; name the field itself.
+    let missing = message
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+        .map(str::to_owned);
+    let field = match (path.as_str(), missing) {
+        (".", Some(m)) => Some(m),
+        (".", None) => None,
+        (p, Some(m)) => Some(format!("{p}.{m}")),
+        (p, None) => Some(p.to_owned()),
+    };
+    (field, message)
+}
+
+fn validate_as<J: Job>(payload: &serde_json::Value) -> Result<(), EnqueueError> {
+    serde_path_to_error::deserialize::<_, J>(payload).map(|_| ()).map_err(|e| {
+        let (field, message) = describe(e);
+        EnqueueError::InvalidPayload { job: J::NAME.to_owned(), field, message }
+    })
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers job type `J`. Fails on a duplicate name, so a misconfigured binary never starts.
+    pub fn register<J: Job>(&mut self) -> Result<&mut Self, RegistryError> {
+        if J::TIERS.is_empty() {
+            return Err(RegistryError::NoTiers(J::NAME));
+        }
+        if self.specs.contains_key(J::NAME) {
+            return Err(RegistryError::Duplicate(J::NAME));
+        }
+        let run: ErasedRun = Arc::new(|payload: &str, ctx: JobContext| {
+            let mut de = serde_json::Deserializer::from_str(payload);
+            match serde_path_to_error::deserialize::<_, J>(&mut de) {
+                Ok(job) => job.run(ctx).map(RunResult::Finished).boxed(),
+                Err(e) => {
+                    let (field, message) = describe(e);
+                    let reason = match field {
+                        Some(f) => format!("payload does not deserialize into `{}` at `{f}`: {message}", J::NAME),
+                        None => format!("payload does not deserialize into `{}`: {message}", J::NAME),
+                    };
+                    futures::future::ready(RunResult::BadPayload(reason)).boxed()
+                }
+            }
+        });
+        let example = J::example().and_then(|e| serde_json::to_value(e).ok());
+        self.specs.insert(
+            J::NAME,
+            JobSpec {
+                name: J::NAME,
+                queue: J::QUEUE,
+                tiers: J::TIERS,
+                description: J::DESCRIPTION,
+                example,
+                validate: validate_as::<J>,
+                run,
+            },
+        );
+        Ok(self)
+    }
+
+    /// The spec of job type `name`.
+    pub fn get(&self, name: &str) -> Option<&JobSpec> {
+        self.specs.get(name)
+    }
+
+    /// Every registered job type, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &JobSpec> {
+        self.specs.values()
+    }
+
+    /// Number of registered job types.
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    /// Whether nothing is registered.
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::{Deserialize, Serialize};
+
+    #[derive(Serialize, Deserialize)]
+    struct Order {
+        order_id: String,
+        quantity: u32,
+    }
+    impl Job for Order {
+        const NAME: &'static str = "t.order";
+        const QUEUE: &'static str = "q";
+        const TIERS: &'static [Tier] = &[Tier::Critical];
+        async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+            Ok(Outcome::done())
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut r = Registry::new();
+        r.register::<Order>().expect("first registration");
+        assert!(matches!(r.register::<Order>(), Err(RegistryError::Duplicate("t.order"))));
+        let spec = r.get("t.order").expect("registered");
+        let missing = spec.validate(&serde_json::json!({"order_id": "a"}));
+        assert!(
+            matches!(missing, Err(EnqueueError::InvalidPayload { field: Some(ref f), .. }) if f == "quantity"),
+            "{missing:?}"
+        );
+        let wrong = spec.validate(&serde_json::json!({"order_id": "a", "quantity": "x"}));
+        assert!(
+            matches!(wrong, Err(EnqueueError::InvalidPayload { field: Some(ref f), .. }) if f == "quantity"),
+            "{wrong:?}"
+        );
+        assert!(spec.validate(&serde_json::json!({"order_id": "a", "quantity": 2})).is_ok());
+    }
+}

@@ -1,0 +1,209 @@
+//! Platform job types: no-ops for benchmarks and smoke tests, and jobs with controlled
+//! behaviour (sleep, fail, panic, record) used by the test suite and the soak.
+use culm_core::{EnqueueRequest, Job, JobContext, JobError, Outcome, Registry, RegistryError, Tier};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// The queue platform jobs go to by default.
+pub const QUEUE: &str = "platform";
+
+/// Registers the platform job types.
+pub fn register(r: &mut Registry) -> Result<(), RegistryError> {
+    r.register::<Noop>()?
+        .register::<Sleep>()?
+        .register::<Fail>()?
+        .register::<FailPermanently>()?
+        .register::<Panic>()?
+        .register::<Record>()?
+        .register::<Chain>()?;
+    Ok(())
+}
+
+/// Does nothing. Allowed in every tier; the benchmark and smoke tests use it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Noop {}
+
+impl Job for Noop {
+    const NAME: &'static str = "platform.noop";
+    const QUEUE: &'static str = QUEUE;
+    const TIERS: &'static [Tier] = &Tier::ALL;
+    const DESCRIPTION: &'static str = "Does nothing; for benchmarks and smoke tests.";
+    async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+        Ok(Outcome::done())
+    }
+    fn example() -> Option<Self> {
+        Some(Noop {})
+    }
+}
+
+/// Sleeps for `ms` milliseconds (timeouts, drains, isolation benchmarks).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sleep {
+    /// How long to sleep.
+    pub ms: u64,
+}
+
+impl Job for Sleep {
+    const NAME: &'static str = "platform.sleep";
+    const QUEUE: &'static str = QUEUE;
+    const TIERS: &'static [Tier] = &Tier::ALL;
+    const DESCRIPTION: &'static str = "Sleeps for `ms` milliseconds.";
+    async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+        tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        Ok(Outcome::done())
+    }
+    fn example() -> Option<Self> {
+        Some(Sleep { ms: 10 })
+    }
+}
+
+/// Fails with a retryable error on its first `times` attempts, then succeeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fail {
+    /// Attempts that fail.
+    pub times: u32,
+    /// The error message.
+    #[serde(default = "default_fail_message")]
+    pub message: String,
+}
+
+fn default_fail_message() -> String {
+    "induced failure".to_owned()
+}
+
+impl Job for Fail {
+    const NAME: &'static str = "platform.fail";
+    const QUEUE: &'static str = QUEUE;
+    const TIERS: &'static [Tier] = &Tier::ALL;
+    const DESCRIPTION: &'static str = "Fails its first `times` attempts with a retryable error.";
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        if ctx.attempt <= self.times {
+            return Err(JobError::retryable(format!("{} (attempt {})", self.message, ctx.attempt)));
+        }
+        Ok(Outcome::done().with_summary(format!("succeeded on attempt {}", ctx.attempt)))
+    }
+    fn example() -> Option<Self> {
+        Some(Fail { times: 0, message: default_fail_message() })
+    }
+}
+
+/// Fails with a permanent error: dead-lettered at once.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailPermanently {
+    /// The error message.
+    pub reason: String,
+}
+
+impl Job for FailPermanently {
+    const NAME: &'static str = "platform.fail_permanently";
+    const QUEUE: &'static str = QUEUE;
+    const TIERS: &'static [Tier] = &Tier::ALL;
+    const DESCRIPTION: &'static str = "Fails with a permanent error.";
+    async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+        Err(JobError::permanent(self.reason))
+    }
+}
+
+/// Panics: proves a panicking handler is a failed attempt, not a crashed worker.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Panic {}
+
+impl Job for Panic {
+    const NAME: &'static str = "platform.panic";
+    const QUEUE: &'static str = QUEUE;
+    const TIERS: &'static [Tier] = &Tier::ALL;
+    const DESCRIPTION: &'static str = "Panics inside the handler.";
+    #[allow(clippy::panic)]
+    async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+        panic!("platform.panic was asked to panic")
+    }
+}
+
+/// Records its job id in a Redis set (and counts runs per id in `<set>:runs`), after an
+/// optional sleep. The kill tests and the soak use it to prove nothing is lost.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    /// Redis set key to add the job id to.
+    pub set: String,
+    /// Sleep before recording.
+    #[serde(default)]
+    pub sleep_ms: u64,
+    /// A caller-chosen tag recorded instead of the job id, when given.
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+async fn record(ctx: &JobContext, set: &str, member: &str) -> Result<(), JobError> {
+    let mut conn = ctx
+        .dep::<ConnectionManager>()
+        .ok_or_else(|| JobError::permanent("no Redis connection available to platform jobs"))?
+        .as_ref()
+        .clone();
+    let runs_key = format!("{set}:runs");
+    redis::pipe()
+        .sadd(set, member)
+        .ignore()
+        .hincr(&runs_key, member, 1)
+        .ignore()
+        .exec_async(&mut conn)
+        .await
+        .map_err(|e| JobError::retryable(format!("recording to Redis failed: {e}")))
+}
+
+impl Job for Record {
+    const NAME: &'static str = "platform.record";
+    const QUEUE: &'static str = QUEUE;
+    const TIERS: &'static [Tier] = &Tier::ALL;
+    const DESCRIPTION: &'static str = "Adds its id to a Redis set; for loss and duplicate checks.";
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        if self.sleep_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
+        }
+        let member = self.tag.clone().unwrap_or_else(|| ctx.id.clone());
+        record(&ctx, &self.set, &member).await?;
+        Ok(Outcome::done())
+    }
+}
+
+/// A chain of `steps` jobs, each recording `step-N` then continuing with the next:
+/// the continuation pattern that replaces blocking `.get()` on a subtask.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chain {
+    /// Redis set key to record each step in.
+    pub set: String,
+    /// This step's number, from 1.
+    #[serde(default = "one")]
+    pub step: u32,
+    /// The last step.
+    pub steps: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Job for Chain {
+    const NAME: &'static str = "platform.chain";
+    const QUEUE: &'static str = QUEUE;
+    const TIERS: &'static [Tier] = &Tier::ALL;
+    const DESCRIPTION: &'static str = "Runs `steps` jobs in sequence through continuations.";
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        record(&ctx, &self.set, &format!("step-{}", self.step)).await?;
+        if self.step >= self.steps {
+            return Ok(Outcome::done().with_summary("chain complete"));
+        }
+        let next = Chain { set: self.set, step: self.step + 1, steps: self.steps };
+        let req = EnqueueRequest::of(&next)
+            .map_err(|e| JobError::permanent(e.to_string()))?
+            .queue(ctx.queue.clone());
+        Ok(Outcome::done().then(req))
+    }
+}

@@ -1,0 +1,348 @@
+//! The `culm` command line: argument parsing and the subcommands. Errors here are
+//! `anyhow` (this is the binary's edge); everything below returns typed errors.
+use crate::{
+    config::{Config, Loader},
+    runtime::Runtime,
+    store::{Routing, Store},
+};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use culm_core::{Deps, EnqueueRequest, Registry, Tier};
+use std::{collections::BTreeSet, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+/// culm: priority-separated job queues on Redis.
+#[derive(Debug, Parser)]
+#[command(name = "culm", version, about)]
+pub struct Cli {
+    /// Configuration directory (default: ./config if it exists, else built-in defaults).
+    #[arg(long, global = true, env = "CULM_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Environment file to layer over the defaults: config/<ENV>.toml.
+    #[arg(long, global = true, env = "CULM_ENV")]
+    pub env: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run worker pools (every queue unless --queues/--tiers narrow it).
+    Run(RunArgs),
+    /// Validate configuration and routing; lists every problem.
+    Check,
+    /// Enqueue one job and print its id.
+    Enqueue(EnqueueArgs),
+    /// Show queue counts.
+    Queues {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, retry and purge dead-lettered jobs.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+    /// Inspect jobs.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+}
+
+/// `culm run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Comma-separated queues to run.
+    #[arg(long, value_delimiter = ',')]
+    pub queues: Vec<String>,
+    /// Comma-separated tiers to run (critical, third_party, batch, reporting).
+    #[arg(long, value_delimiter = ',')]
+    pub tiers: Vec<Tier>,
+}
+
+/// `culm enqueue`
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Job type, e.g. platform.noop.
+    pub job: String,
+    /// JSON payload.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    /// Queue override.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Run after this delay (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "at")]
+    pub delay: Option<Duration>,
+    /// Run at this time (RFC 3339).
+    #[arg(long)]
+    pub at: Option<String>,
+    /// Idempotency key.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+/// `culm dead`
+#[derive(Debug, Subcommand)]
+pub enum DeadCommand {
+    /// List dead jobs, newest first.
+    List {
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// At most this many per queue.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead jobs back on their queue with a fresh attempt budget.
+    Retry {
+        /// Job ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Delete dead jobs for good.
+    Purge {
+        /// Job ids.
+        ids: Vec<String>,
+        /// Purge every dead job of --queue.
+        #[arg(long, requires = "queue")]
+        all: bool,
+        /// Queue for --all.
+        #[arg(long)]
+        queue: Option<String>,
+    },
+}
+
+/// `culm jobs`
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Show one job's state.
+    Show {
+        /// Job id.
+        id: String,
+    },
+}
+
+/// Sets up logging, and logs panics as one error line instead of a stderr backtrace
+/// (a panicking handler is an ordinary failed attempt).
+pub fn init_logging(format: LogFormat) {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        tracing::error!(%location, "panic: {}", info.payload_as_str().unwrap_or("non-string panic payload"));
+    }));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CULM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,apalis_core=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Human => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn main(cli: Cli) -> Result<ExitCode> {
+    let config = Loader::new(cli.config_dir.clone(), cli.env.clone()).load()?;
+    let registry = Arc::new(culm_jobs::registry().context("building the job registry")?);
+    match cli.command {
+        Command::Check => check(&config, &registry),
+        Command::Run(args) => run(config, registry, args).await,
+        Command::Enqueue(args) => {
+            let store = Store::connect(&config, registry).await?;
+            let payload: serde_json::Value = serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+            let mut req = EnqueueRequest::raw(args.job, payload);
+            req.queue = args.queue;
+            req.idempotency_key = args.idempotency_key;
+            if let Some(d) = args.delay {
+                req = req.delay(d);
+            }
+            if let Some(at) = args.at {
+                let t = chrono::DateTime::parse_from_rfc3339(&at).context("--at must be an RFC 3339 time, e.g. 2026-01-31T09:00:00-05:00")?;
+                req = req.at_ms(t.timestamp_millis());
+            }
+            let out = store.enqueue(vec![req]).await?;
+            for e in out {
+                println!("{}", e.id);
+                if !e.created {
+                    eprintln!("idempotency key already used: returning the existing job in queue {}", e.queue);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queues { json } => {
+            let store = Store::connect(&config, registry).await?;
+            let stats = store.all_stats().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                println!("{:<16} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}  PAUSED", "QUEUE", "TIER", "CONC", "PENDING", "SCHEDULED", "RUNNING", "DEAD");
+                for s in stats {
+                    println!(
+                        "{:<16} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}  {}",
+                        s.name, s.tier.as_str(), s.concurrency, s.pending, s.scheduled, s.running, s.dead, if s.paused { "yes" } else { "" }
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dead { command } => dead(Store::connect(&config, registry).await?, command).await,
+        Command::Jobs { command: JobsCommand::Show { id } } => {
+            let store = Store::connect(&config, registry).await?;
+            match store.status(&id).await? {
+                Some(s) => {
+                    println!("{}", serde_json::to_string_pretty(&s)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => bail!("no job `{id}` in any queue (finished jobs are remembered for worker.done_retention runs)"),
+            }
+        }
+    }
+}
+
+fn check(config: &Config, registry: &Registry) -> Result<ExitCode> {
+    let problems = Routing::from_config(config).problems(registry);
+    if problems.is_empty() {
+        println!("ok: {} queues, {} job types, routing valid", config.queues.len(), registry.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("{} problem(s):", problems.len());
+    for p in &problems {
+        eprintln!("  - {p}");
+    }
+    Ok(ExitCode::FAILURE)
+}
+
+/// The queues `culm run` selects.
+pub fn select_queues(config: &Config, queues: &[String], tiers: &[Tier]) -> Result<Vec<String>> {
+    for q in queues {
+        if !config.queues.contains_key(q) {
+            bail!("--queues names `{q}`, which is not declared under [queues] (declared: {})", config.queues.keys().cloned().collect::<Vec<_>>().join(", "));
+        }
+    }
+    let tiers: BTreeSet<Tier> = tiers.iter().copied().collect();
+    let selected: Vec<String> = config
+        .queues
+        .iter()
+        .filter(|(name, q)| {
+            let by_queue = queues.is_empty() || queues.contains(name);
+            let by_tier = tiers.is_empty() || tiers.contains(&q.tier);
+            by_queue && by_tier
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    if selected.is_empty() {
+        bail!("--queues/--tiers select no queue");
+    }
+    Ok(selected)
+}
+
+async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<ExitCode> {
+    let problems = Routing::from_config(&config).problems(&registry);
+    if !problems.is_empty() {
+        bail!("refusing to start, routing is invalid:\n  - {}", problems.join("\n  - "));
+    }
+    let queues = select_queues(&config, &args.queues, &args.tiers)?;
+    crate::telemetry::describe();
+    let store = Store::connect(&config, registry).await?;
+    let deps = Deps::default().with(store.connection());
+    let runtime = Runtime::new(Arc::new(config), store, deps);
+    let running = runtime.start(&queues)?;
+    shutdown_signal().await;
+    tracing::info!("shutdown requested: draining");
+    let report = running.shutdown().await;
+    tracing::info!(handed_back = report.handed_back, timed_out_pools = report.timed_out_pools, "bye");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn dead(store: Store, command: DeadCommand) -> Result<ExitCode> {
+    match command {
+        DeadCommand::List { queue, limit, json } => {
+            let queues: Vec<String> = match queue {
+                Some(q) => vec![q],
+                None => store.routing().queues.keys().cloned().collect(),
+            };
+            let mut all = Vec::new();
+            for q in queues {
+                all.extend(store.dead_list(&q, limit).await?);
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for d in &all {
+                    let when = chrono::DateTime::from_timestamp_millis(d.died_at).map(|t| t.to_rfc3339()).unwrap_or_default();
+                    println!("{}  {:<14} {:<28} attempts={} died={}  {}", d.id, d.queue, d.job, d.attempts, when, d.last_error.as_deref().unwrap_or(""));
+                }
+                eprintln!("{} dead job(s)", all.len());
+            }
+        }
+        DeadCommand::Retry { ids } => {
+            for id in ids {
+                let q = store.dead_queue_of(&id).await?.with_context(|| format!("no dead job `{id}`"))?;
+                store.dead_retry(&q, std::slice::from_ref(&id)).await?;
+                println!("{id} requeued on {q}");
+            }
+        }
+        DeadCommand::Purge { ids, all, queue } => {
+            if all {
+                let q = queue.context("--all needs --queue")?;
+                let mut n = 0;
+                loop {
+                    let batch: Vec<String> = store.dead_list(&q, 1000).await?.into_iter().map(|d| d.id).collect();
+                    if batch.is_empty() {
+                        break;
+                    }
+                    n += store.dead_purge(&q, &batch).await?;
+                }
+                println!("purged {n} dead job(s) from {q}");
+            } else {
+                if ids.is_empty() {
+                    bail!("give job ids, or --all --queue Q");
+                }
+                for id in ids {
+                    let q = store.dead_queue_of(&id).await?.with_context(|| format!("no dead job `{id}`"))?;
+                    store.dead_purge(&q, std::slice::from_ref(&id)).await?;
+                    println!("{id} purged from {q}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

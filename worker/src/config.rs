@@ -1,0 +1,514 @@
+//! Layered configuration: `config/default.toml`, `config/<env>.toml`, then environment
+//! variables. Owns the typed config structs and the errors that name file and key.
+use culm_core::{RetryPolicy, Tier};
+use serde::Deserialize;
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+/// The built-in defaults, used when no `config/default.toml` is found on disk.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Redis connection and key namespace.
+    pub redis: RedisConfig,
+    /// PostgreSQL connection (optional).
+    pub database: DatabaseConfig,
+    /// Worker-process settings shared by every pool.
+    pub worker: WorkerConfig,
+    /// Defaults applied to queues that do not set their own.
+    pub queue_defaults: QueueDefaults,
+    /// Declared queues, by name.
+    pub queues: BTreeMap<String, QueueConfig>,
+    /// Job type → queue overrides.
+    #[serde(default)]
+    pub routes: BTreeMap<String, String>,
+}
+
+/// `[redis]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Connection URL; may carry a password, so it is never printed whole.
+    pub url: String,
+    /// Prefix of every key culm writes.
+    pub key_prefix: String,
+    /// Connect timeout.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[database]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connection URL; empty when PostgreSQL is not used.
+    pub url: String,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig").field("url", &redact_url(&self.url)).finish()
+    }
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// How long a fetched job is leased before another worker may take it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often running jobs' leases are extended.
+    #[serde(with = "humantime_serde")]
+    pub lease_extend_interval: Duration,
+    /// How often expired leases are returned to their queue.
+    #[serde(with = "humantime_serde")]
+    pub reap_interval: Duration,
+    /// Fallback poll of an idle queue (pushes wake workers directly).
+    #[serde(with = "humantime_serde")]
+    pub idle_poll_interval: Duration,
+    /// How long in-flight jobs may run after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// Idempotency key lifetime.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// Finished job ids remembered per queue.
+    pub done_retention: u64,
+    /// Maximum acknowledgements per round trip.
+    pub ack_batch_max: usize,
+}
+
+/// A retry policy as written in TOML.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Total attempts.
+    pub max_attempts: u32,
+    /// First backoff.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// Largest backoff.
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+}
+
+impl From<RetryConfig> for RetryPolicy {
+    fn from(r: RetryConfig) -> Self {
+        RetryPolicy { max_attempts: r.max_attempts, backoff_base: r.backoff_base, backoff_cap: r.backoff_cap }
+    }
+}
+
+/// `[queue_defaults]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDefaults {
+    /// Job timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retry policy.
+    pub retry: RetryConfig,
+}
+
+/// `[queues.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Priority tier.
+    pub tier: Tier,
+    /// Worker pool size (jobs run at once per process).
+    pub concurrency: u32,
+    /// Job timeout (default: `queue_defaults.timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Retry policy (default: `queue_defaults.retry`).
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// What the queue carries.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A queue with every default resolved.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Queue name.
+    pub name: String,
+    /// Tier.
+    pub tier: Tier,
+    /// Pool size.
+    pub concurrency: u32,
+    /// Job timeout.
+    pub timeout: Duration,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Description.
+    pub description: String,
+}
+
+impl Config {
+    /// Every declared queue with defaults applied, by name.
+    pub fn queue_settings(&self) -> BTreeMap<String, QueueSettings> {
+        self.queues
+            .iter()
+            .map(|(name, q)| {
+                let s = QueueSettings {
+                    name: name.clone(),
+                    tier: q.tier,
+                    concurrency: q.concurrency,
+                    timeout: q.timeout.unwrap_or(self.queue_defaults.timeout),
+                    retry: q.retry.unwrap_or(self.queue_defaults.retry).into(),
+                    description: q.description.clone(),
+                };
+                (name.clone(), s)
+            })
+            .collect()
+    }
+
+    /// The built-in defaults alone (tests start from these and adjust).
+    pub fn defaults() -> Result<Config, ConfigError> {
+        Loader::new(None, None).load_from(std::iter::empty())
+    }
+}
+
+/// A configuration problem, naming where the value came from and its key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        /// File.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// A file is not valid TOML.
+    #[error("{path}: invalid TOML: {message}")]
+    Syntax {
+        /// File.
+        path: String,
+        /// Parser message, with line and column.
+        message: String,
+    },
+    /// A key has a wrong, unknown or impossible value.
+    #[error("{origin}: key `{key}`: {message}")]
+    Key {
+        /// File or environment variable that set the key.
+        origin: String,
+        /// Dotted key.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The environment file asked for does not exist.
+    #[error("environment `{env}` selected but {path} does not exist")]
+    MissingEnv {
+        /// Environment name.
+        env: String,
+        /// Expected file.
+        path: String,
+    },
+}
+
+/// Loads and validates configuration from a directory, an environment name and env vars.
+#[derive(Debug, Clone)]
+pub struct Loader {
+    dir: Option<PathBuf>,
+    env: Option<String>,
+}
+
+/// Merged TOML plus, for each leaf key, the layer that set it.
+struct Layered {
+    root: toml::Table,
+    origins: BTreeMap<String, String>,
+}
+
+impl Layered {
+    fn merge(&mut self, table: toml::Table, origin: &str) {
+        merge_into(&mut self.root, table, "", origin, &mut self.origins);
+    }
+
+    /// The layer that set `key` or, failing that, its nearest ancestor.
+    fn origin_of(&self, key: &str) -> String {
+        let mut k = key;
+        loop {
+            if let Some(o) = self.origins.get(k) {
+                return o.clone();
+            }
+            // A table set by a layer is recorded under its child keys; use any of them.
+            if let Some((_, o)) = self.origins.range(format!("{k}.")..).next().filter(|(p, _)| p.starts_with(&format!("{k}."))) {
+                return o.clone();
+            }
+            match k.rfind('.') {
+                Some(i) => k = &k[..i],
+                None => return "configuration".to_owned(),
+            }
+        }
+    }
+}
+
+fn merge_into(
+    dst: &mut toml::Table,
+    src: toml::Table,
+    prefix: &str,
+    origin: &str,
+    origins: &mut BTreeMap<String, String>,
+) {
+    for (k, v) in src {
+        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        match (dst.get_mut(&k), v) {
+            (Some(toml::Value::Table(d)), toml::Value::Table(s)) => merge_into(d, s, &path, origin, origins),
+            (_, v) => {
+                record_origins(&v, &path, origin, origins);
+                dst.insert(k, v);
+            }
+        }
+    }
+}
+
+fn record_origins(v: &toml::Value, path: &str, origin: &str, origins: &mut BTreeMap<String, String>) {
+    origins.insert(path.to_owned(), origin.to_owned());
+    if let toml::Value::Table(t) = v {
+        for (k, child) in t {
+            record_origins(child, &format!("{path}.{k}"), origin, origins);
+        }
+    }
+}
+
+/// Parses an environment variable's value as a TOML value (numbers, booleans, inline
+/// tables), falling back to a plain string.
+fn env_value(raw: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn nest(path: &[String], value: toml::Value) -> toml::Table {
+    let mut table = toml::Table::new();
+    match path {
+        [] => {}
+        [last] => {
+            table.insert(last.clone(), value);
+        }
+        [first, rest @ ..] => {
+            table.insert(first.clone(), toml::Value::Table(nest(rest, value)));
+        }
+    }
+    table
+}
+
+impl Loader {
+    /// `dir`: the config directory (default `./config` when it exists); `env`: the
+    /// environment file to layer on top of the defaults.
+    pub fn new(dir: Option<PathBuf>, env: Option<String>) -> Self {
+        Self { dir, env }
+    }
+
+    fn read(path: &Path) -> Result<toml::Table, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    fn parse(text: &str, name: &str) -> Result<toml::Table, ConfigError> {
+        toml::from_str::<toml::Table>(text)
+            .map_err(|e| ConfigError::Syntax { path: name.to_owned(), message: e.to_string().trim().to_owned() })
+    }
+
+    /// Loads from the process environment.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        self.load_from(std::env::vars())
+    }
+
+    /// Loads with `vars` as the environment (tests pass their own).
+    pub fn load_from(&self, vars: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let mut layered = Layered { root: toml::Table::new(), origins: BTreeMap::new() };
+        let dir = self.dir.clone().or_else(|| {
+            let d = PathBuf::from("config");
+            d.join("default.toml").exists().then_some(d)
+        });
+        match dir.as_ref().map(|d| d.join("default.toml")).filter(|p| p.exists()) {
+            Some(p) => layered.merge(Self::read(&p)?, &p.display().to_string()),
+            None => layered.merge(Self::parse(DEFAULT_TOML, "config/default.toml (built in)")?, "config/default.toml (built in)"),
+        }
+        if let Some(env) = self.env.as_deref().filter(|e| !e.is_empty()) {
+            let d = dir.clone().unwrap_or_else(|| PathBuf::from("config"));
+            let p = d.join(format!("{env}.toml"));
+            if !p.exists() {
+                return Err(ConfigError::MissingEnv { env: env.to_owned(), path: p.display().to_string() });
+            }
+            layered.merge(Self::read(&p)?, &p.display().to_string());
+        }
+        let mut vars: Vec<(String, String)> = vars.into_iter().collect();
+        vars.sort();
+        for (name, value) in vars {
+            let path: Vec<String> = match name.as_str() {
+                "CULM_REDIS_URL" => vec!["redis".into(), "url".into()],
+                "CULM_DATABASE_URL" => vec!["database".into(), "url".into()],
+                n => match n.strip_prefix("CULM__") {
+                    Some(rest) if !rest.is_empty() => rest.split("__").map(|s| s.to_ascii_lowercase()).collect(),
+                    _ => continue,
+                },
+            };
+            // URLs are always strings, even if they happen to parse as something else.
+            let v = if name.ends_with("_URL") || path.last().is_some_and(|l| l == "url") {
+                toml::Value::String(value)
+            } else {
+                env_value(&value)
+            };
+            layered.merge(nest(&path, v), &format!("environment variable {name}"));
+        }
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(layered.root.clone())).map_err(|e| {
+            let mut key = e.path().to_string();
+            let message = e.inner().message().trim().to_owned();
+            if let Some(field) = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
+                key = if key == "." { field.to_owned() } else { format!("{key}.{field}") };
+            } else if let Some(field) = message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+                key = if key == "." { field.to_owned() } else { format!("{key}.{field}") };
+            }
+            ConfigError::Key { origin: layered.origin_of(&key), key, message }
+        })?;
+        validate(&config).map_err(|(key, message)| ConfigError::Key { origin: layered.origin_of(&key), key, message })?;
+        Ok(config)
+    }
+}
+
+/// Rejects impossible values; returns the offending key and why.
+fn validate(c: &Config) -> Result<(), (String, String)> {
+    let w = &c.worker;
+    if w.lease_ttl < Duration::from_secs(1) {
+        return Err(("worker.lease_ttl".into(), "must be at least 1s".into()));
+    }
+    if w.lease_extend_interval.is_zero() || w.lease_extend_interval >= w.lease_ttl {
+        return Err(("worker.lease_extend_interval".into(), "must be above zero and below worker.lease_ttl".into()));
+    }
+    for (key, d) in [("worker.reap_interval", w.reap_interval), ("worker.idle_poll_interval", w.idle_poll_interval)] {
+        if d.is_zero() {
+            return Err((key.into(), "must be above zero".into()));
+        }
+    }
+    if w.ack_batch_max == 0 {
+        return Err(("worker.ack_batch_max".into(), "must be at least 1".into()));
+    }
+    if c.redis.key_prefix.is_empty() || c.redis.key_prefix.contains(['{', '}', ' ']) {
+        return Err(("redis.key_prefix".into(), "must be non-empty without braces or spaces".into()));
+    }
+    if c.queues.is_empty() {
+        return Err(("queues".into(), "declare at least one queue".into()));
+    }
+    check_retry("queue_defaults.retry", &c.queue_defaults.retry)?;
+    for (name, q) in &c.queues {
+        if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_') {
+            return Err((format!("queues.{name}"), "queue names use only a-z, 0-9 and _".into()));
+        }
+        if q.concurrency == 0 || q.concurrency > 10_000 {
+            return Err((format!("queues.{name}.concurrency"), "must be between 1 and 10000".into()));
+        }
+        if q.timeout.is_some_and(|t| t.is_zero()) {
+            return Err((format!("queues.{name}.timeout"), "must be above zero".into()));
+        }
+        if let Some(r) = &q.retry {
+            check_retry(&format!("queues.{name}.retry"), r)?;
+        }
+    }
+    Ok(())
+}
+
+fn check_retry(key: &str, r: &RetryConfig) -> Result<(), (String, String)> {
+    if r.max_attempts == 0 {
+        return Err((format!("{key}.max_attempts"), "must be at least 1".into()));
+    }
+    if r.backoff_cap < r.backoff_base {
+        return Err((format!("{key}.backoff_cap"), "must not be below backoff_base".into()));
+    }
+    Ok(())
+}
+
+/// `url` with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            if userinfo.contains(':') {
+                format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+            } else {
+                format!("{}***{}", &url[..s + 3], &url[at..])
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
+        v.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_load_and_env_overrides_apply() {
+        let c = Loader::new(None, None)
+            .load_from(vars(&[("CULM__QUEUES__GALILEO__CONCURRENCY", "3"), ("CULM_REDIS_URL", "redis://x:1")]))
+            .expect("defaults load");
+        assert_eq!(c.queues["galileo"].concurrency, 3);
+        assert_eq!(c.redis.url, "redis://x:1");
+        assert_eq!(c.queues["galileo"].tier, Tier::Critical);
+    }
+
+    #[test]
+    fn bad_values_name_origin_and_key() {
+        let e = Loader::new(None, None)
+            .load_from(vars(&[("CULM__WORKER__LEASE_TTL", "soon")]))
+            .expect_err("bad duration");
+        let s = e.to_string();
+        assert!(s.contains("CULM__WORKER__LEASE_TTL") && s.contains("worker.lease_ttl"), "{s}");
+
+        let e = Loader::new(None, None)
+            .load_from(vars(&[("CULM__WORKER__NOPE", "1")]))
+            .expect_err("unknown key");
+        assert!(e.to_string().contains("worker.nope"), "{e}");
+
+        let e = Loader::new(None, None)
+            .load_from(vars(&[("CULM__QUEUES__DING__CONCURRENCY", "0")]))
+            .expect_err("impossible value");
+        assert!(e.to_string().contains("queues.ding.concurrency"), "{e}");
+    }
+
+    #[test]
+    fn files_are_named_in_errors() {
+        let dir = std::env::temp_dir().join(format!("culm-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(dir.join("default.toml"), DEFAULT_TOML).expect("write");
+        std::fs::write(dir.join("staging.toml"), "[queues.galileo]\ntier = \"platinum\"\n").expect("write");
+        let e = Loader::new(Some(dir.clone()), Some("staging".into())).load_from(vec![]).expect_err("bad tier");
+        let s = e.to_string();
+        assert!(s.contains("staging.toml") && s.contains("queues.galileo.tier"), "{s}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("redis://:hunter2@host:6379/0"), "redis://:***@host:6379/0");
+        assert_eq!(redact_url("postgres://app:pw@db/culm"), "postgres://app:***@db/culm");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,7 @@
+//! The culm worker: configuration, culm's Redis store, the worker runtime, telemetry and
+//! the CLI behind the `culm` binary. See ARCHITECTURE.md for the map.
+pub mod cli;
+pub mod config;
+pub mod runtime;
+pub mod store;
+pub mod telemetry;

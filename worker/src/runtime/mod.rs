@@ -1,0 +1,232 @@
+//! The worker runtime: one apalis worker per selected queue, each with its own pool,
+//! plus the process-wide wake-up listener. Owns start-up of pools and graceful drain.
+mod backend;
+mod dispatch;
+mod pool;
+
+use crate::{
+    config::Config,
+    store::{AckKind, Store},
+};
+use apalis_core::worker::builder::WorkerBuilder;
+use culm_core::{Deps, Enqueuer};
+use futures::StreamExt;
+use pool::PoolShared;
+use std::{collections::HashMap, sync::Arc, time::Duration};
+use tokio::{
+    sync::{Notify, broadcast, mpsc, watch},
+    task::JoinHandle,
+};
+
+pub use dispatch::Completion;
+
+/// A job's run was acknowledged (emitted after the acknowledgement is stored).
+#[derive(Debug, Clone)]
+pub struct JobEvent {
+    /// Job id.
+    pub id: String,
+    /// Queue.
+    pub queue: String,
+    /// Job type.
+    pub job: String,
+    /// Attempt.
+    pub attempt: u32,
+    /// What happened.
+    pub kind: AckKind,
+    /// Error, for failures.
+    pub error: String,
+}
+
+/// A start-up problem.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A selected queue is not declared.
+    #[error("unknown queue `{0}`")]
+    UnknownQueue(String),
+    /// Nothing to run.
+    #[error("no queues selected")]
+    NothingSelected,
+}
+
+/// Builds and starts worker pools.
+#[derive(Clone)]
+pub struct Runtime {
+    config: Arc<Config>,
+    store: Store,
+    deps: Deps,
+    events: broadcast::Sender<JobEvent>,
+}
+
+struct PoolHandle {
+    shared: Arc<PoolShared>,
+    worker: JoinHandle<()>,
+    fetcher: JoinHandle<()>,
+    acker: JoinHandle<()>,
+    upkeep: JoinHandle<()>,
+}
+
+/// Running pools. Dropping this without [`Running::shutdown`] leaves leases to expire.
+pub struct Running {
+    stop: watch::Sender<bool>,
+    abort: watch::Sender<bool>,
+    pools: Vec<PoolHandle>,
+    listener: JoinHandle<()>,
+    drain_timeout: Duration,
+}
+
+/// What a graceful shutdown did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Queues whose in-flight jobs did not finish within the drain timeout.
+    pub timed_out_pools: usize,
+    /// Jobs handed back to their queues.
+    pub handed_back: usize,
+}
+
+impl Runtime {
+    /// A runtime over `store` with `deps` available to handlers.
+    pub fn new(config: Arc<Config>, store: Store, deps: Deps) -> Self {
+        let (events, _) = broadcast::channel(65_536);
+        Self { config, store, deps, events }
+    }
+
+    /// Subscribes to acknowledgement events (tests wait on these instead of sleeping).
+    pub fn events(&self) -> broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Starts a pool for each queue in `queues`.
+    pub fn start(&self, queues: &[String]) -> Result<Running, RuntimeError> {
+        if queues.is_empty() {
+            return Err(RuntimeError::NothingSelected);
+        }
+        let all = self.config.queue_settings();
+        let (stop, stop_rx) = watch::channel(false);
+        let (abort, abort_rx) = watch::channel(false);
+        let worker_id = format!("{}-{}", hostname(), std::process::id());
+        let mut wakes = HashMap::new();
+        let mut pools = Vec::new();
+        for name in queues {
+            let settings = Arc::new(all.get(name).cloned().ok_or_else(|| RuntimeError::UnknownQueue(name.clone()))?);
+            let wake = Arc::new(Notify::new());
+            wakes.insert(self.store.wake_channel(name), wake.clone());
+            let (shared, ack_rx) =
+                PoolShared::new(settings.clone(), self.store.clone(), self.config.worker.clone(), wake, self.events.clone());
+            let (tx, rx) = mpsc::channel(settings.concurrency as usize);
+            let backend = backend::QueueBackend { rx, shared: shared.clone() };
+            let dispatcher = dispatch::Dispatcher {
+                registry: self.store.registry().clone(),
+                settings: settings.clone(),
+                enqueuer: Arc::new(self.store.clone()) as Arc<dyn Enqueuer>,
+                deps: self.deps.clone(),
+            };
+            let worker = WorkerBuilder::new(format!("{name}@{worker_id}")).backend(backend).build(dispatcher);
+            let queue = name.clone();
+            let worker = tokio::spawn(async move {
+                // The fetcher ends on stop, which closes the channel and ends this stream
+                // once in-flight jobs are done.
+                let mut events = std::pin::pin!(worker.stream());
+                while let Some(ev) = events.next().await {
+                    if let Err(e) = ev {
+                        tracing::error!(queue = %queue, "worker stopped: {e}");
+                        break;
+                    }
+                }
+            });
+            pools.push(PoolHandle {
+                fetcher: tokio::spawn(pool::fetch_loop(shared.clone(), tx, stop_rx.clone())),
+                acker: tokio::spawn(pool::ack_loop(shared.clone(), ack_rx, abort_rx.clone())),
+                upkeep: tokio::spawn(pool::upkeep_loop(shared.clone(), stop_rx.clone())),
+                shared,
+                worker,
+            });
+        }
+        let listener = tokio::spawn(wake_listener(self.store.client().clone(), wakes, stop_rx));
+        tracing::info!(queues = %queues.join(","), worker = %worker_id, "worker pools started");
+        Ok(Running { stop, abort, pools, listener, drain_timeout: self.config.worker.drain_timeout })
+    }
+}
+
+impl Running {
+    /// Stops fetching, lets in-flight jobs finish for up to the drain timeout, hands back
+    /// whatever did not finish (and jobs fetched but not started), then returns.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let _ = self.stop.send(true);
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let mut report = ShutdownReport::default();
+        for p in &self.pools {
+            p.fetcher.abort();
+        }
+        for mut p in self.pools {
+            let _ = (&mut p.fetcher).await;
+            if tokio::time::timeout_at(deadline, &mut p.worker).await.is_err() {
+                report.timed_out_pools += 1;
+                tracing::warn!(queue = %p.shared.queue, "drain timeout reached; handing back unfinished jobs");
+                p.worker.abort();
+                let _ = (&mut p.worker).await;
+            }
+            // Every sender of acknowledgements is gone now: the acker flushes and ends.
+            let _ = self.abort.send(tokio::time::Instant::now() >= deadline);
+            drop(p.upkeep);
+            let shared = p.shared.clone();
+            drop(p.shared);
+            if tokio::time::timeout(Duration::from_secs(5).max(deadline - tokio::time::Instant::now()), &mut p.acker).await.is_err() {
+                let _ = self.abort.send(true);
+                p.acker.abort();
+            }
+            report.handed_back += pool::release_held(&shared).await;
+        }
+        self.listener.abort();
+        tracing::info!(handed_back = report.handed_back, "worker pools stopped");
+        report
+    }
+}
+
+/// Subscribes to the queues' wake channels and wakes their idle fetchers. Reconnects on
+/// failure; fetchers fall back to polling meanwhile.
+async fn wake_listener(client: redis::Client, wakes: HashMap<String, Arc<Notify>>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            for channel in wakes.keys() {
+                pubsub.subscribe(channel).await?;
+            }
+            // Anything pushed while we were (re)connecting.
+            wakes.values().for_each(|n| n.notify_waiters());
+            let mut messages = pubsub.on_message();
+            while let Some(msg) = messages.next().await {
+                if let Some(n) = wakes.get(msg.get_channel_name()) {
+                    n.notify_waiters();
+                }
+            }
+            Ok::<(), redis::RedisError>(())
+        };
+        tokio::select! {
+            r = attempt => {
+                if let Err(e) = r {
+                    tracing::warn!("wake-up subscription failed, polling until it reconnects: {e}");
+                }
+            }
+            _ = stop.changed() => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "culm".to_owned())
+}

@@ -1,0 +1,261 @@
+//! One queue's pool in this process: the fetcher (leases as many jobs as there are free
+//! slots, sleeps until a push wakes it), the acker (writes acknowledgements in batches),
+//! and lease upkeep (extends running jobs' leases, reaps expired ones).
+use super::{JobEvent, dispatch::Completion};
+use crate::{
+    config::{QueueSettings, WorkerConfig},
+    store::{Ack, Delivery, Store},
+    telemetry,
+};
+use apalis_core::task::Task;
+use culm_core::now_ms;
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+
+/// A finished run waiting to be acknowledged.
+#[derive(Debug)]
+pub struct PendingAck {
+    ack: Ack,
+    job: String,
+}
+
+impl From<Completion> for PendingAck {
+    fn from(c: Completion) -> Self {
+        PendingAck { ack: Ack { id: c.id, attempt: c.attempt, kind: c.kind, error: c.error }, job: c.job }
+    }
+}
+
+/// State shared by a pool's tasks.
+pub struct PoolShared {
+    pub(super) queue: Arc<str>,
+    pub(super) settings: Arc<QueueSettings>,
+    pub(super) store: Store,
+    pub(super) worker: WorkerConfig,
+    /// Jobs leased by this process and not yet acknowledged: id → attempt.
+    inflight: Mutex<HashMap<String, u32>>,
+    /// Pool slots not holding a leased job.
+    free: AtomicUsize,
+    slot_freed: Notify,
+    pub(super) wake: Arc<Notify>,
+    ack_tx: mpsc::UnboundedSender<PendingAck>,
+    events: broadcast::Sender<JobEvent>,
+}
+
+impl PoolShared {
+    pub(super) fn new(
+        settings: Arc<QueueSettings>,
+        store: Store,
+        worker: WorkerConfig,
+        wake: Arc<Notify>,
+        events: broadcast::Sender<JobEvent>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<PendingAck>) {
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(PoolShared {
+            queue: Arc::from(settings.name.as_str()),
+            free: AtomicUsize::new(settings.concurrency as usize),
+            settings,
+            store,
+            worker,
+            inflight: Mutex::new(HashMap::new()),
+            slot_freed: Notify::new(),
+            wake,
+            ack_tx,
+            events,
+        });
+        (shared, ack_rx)
+    }
+
+    /// Queues a finished run for acknowledgement.
+    pub(super) fn complete(&self, p: PendingAck) {
+        if let Err(mpsc::error::SendError(p)) = self.ack_tx.send(p) {
+            // The acker is gone (hard shutdown): the lease will expire and the job rerun.
+            tracing::warn!(job_id = %p.ack.id, "acknowledgement dropped at shutdown; the job will be delivered again");
+        }
+    }
+
+    /// Ids and attempts of every job this process holds.
+    pub(super) fn held(&self) -> Vec<(String, u32)> {
+        self.inflight.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default()
+    }
+
+    fn forget(&self, ids: impl Iterator<Item = String>) -> usize {
+        let Ok(mut m) = self.inflight.lock() else { return 0 };
+        ids.filter(|id| m.remove(id).is_some()).count()
+    }
+}
+
+/// Sleeps for `d` unless `stop` fires first; returns false when stopping.
+async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        _ = stop.changed() => false,
+    }
+}
+
+/// Leases jobs into the worker's channel whenever there are free slots.
+pub(super) async fn fetch_loop(shared: Arc<PoolShared>, tx: mpsc::Sender<Task<Delivery>>, mut stop: watch::Receiver<bool>) {
+    let mut error_backoff = Duration::from_millis(50);
+    let lease_ttl = shared.worker.lease_ttl;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if shared.free.load(Ordering::Acquire) == 0 {
+            tokio::select! {
+                _ = shared.slot_freed.notified() => continue,
+                _ = stop.changed() => return,
+            }
+        }
+        // Register for wake-ups before fetching, so a push between an empty fetch and the
+        // wait is not missed.
+        let wake = shared.wake.clone();
+        let notified = wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let want = shared.free.load(Ordering::Acquire);
+        match shared.store.fetch(&shared.queue, want, lease_ttl).await {
+            Ok(f) if !f.jobs.is_empty() => {
+                error_backoff = Duration::from_millis(50);
+                shared.free.fetch_sub(f.jobs.len(), Ordering::AcqRel);
+                if let Ok(mut m) = shared.inflight.lock() {
+                    m.extend(f.jobs.iter().map(|d| (d.id.clone(), d.attempt)));
+                }
+                for d in f.jobs {
+                    if tx.send(Task::new(d)).await.is_err() {
+                        // The worker has stopped; the runtime hands back what we hold.
+                        return;
+                    }
+                }
+            }
+            Ok(f) => {
+                error_backoff = Duration::from_millis(50);
+                let mut wait = shared.worker.idle_poll_interval;
+                if let Some(due) = f.next_due.filter(|_| !f.paused) {
+                    wait = wait.min(Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0).max(1)));
+                }
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            Err(e) => {
+                telemetry::store_error(&shared.queue, "fetch");
+                tracing::warn!(queue = %shared.queue, "fetch failed, retrying in {}: {e}", humantime::format_duration(error_backoff));
+                if !pause(error_backoff, &mut stop).await {
+                    return;
+                }
+                error_backoff = (error_backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Writes acknowledgements in batches: whatever accumulated while the previous batch was
+/// in flight goes in the next round trip. Ends when every sender is gone.
+pub(super) async fn ack_loop(shared: Arc<PoolShared>, mut rx: mpsc::UnboundedReceiver<PendingAck>, mut abort: watch::Receiver<bool>) {
+    let max = shared.worker.ack_batch_max;
+    let mut batch: Vec<PendingAck> = Vec::with_capacity(max);
+    let mut acks: Vec<Ack> = Vec::with_capacity(max);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        acks.clear();
+        acks.extend(batch.iter().map(|p| p.ack.clone()));
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match shared.store.ack(&shared.queue, &acks).await {
+                Ok(_) => break,
+                Err(e) => {
+                    telemetry::store_error(&shared.queue, "ack");
+                    tracing::warn!(queue = %shared.queue, "acknowledging {} jobs failed, retrying: {e}", acks.len());
+                    // On a hard shutdown, give up: the leases expire and the jobs run again.
+                    if !pause(backoff, &mut abort).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        let n = shared.forget(batch.iter().map(|p| p.ack.id.clone()));
+        shared.free.fetch_add(n, Ordering::AcqRel);
+        shared.slot_freed.notify_one();
+        if shared.events.receiver_count() > 0 {
+            for p in batch.drain(..) {
+                let _ = shared.events.send(JobEvent { id: p.ack.id, queue: shared.queue.to_string(), job: p.job, attempt: p.ack.attempt, kind: p.ack.kind, error: p.ack.error });
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Extends the leases of running jobs and returns expired leases to the queue.
+pub(super) async fn upkeep_loop(shared: Arc<PoolShared>, mut stop: watch::Receiver<bool>) {
+    let w = shared.worker.clone();
+    let mut extend = tokio::time::interval(w.lease_extend_interval);
+    let mut reap = tokio::time::interval(w.reap_interval);
+    extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = extend.tick() => {
+                let held = shared.held();
+                match shared.store.extend(&shared.queue, &held, w.lease_ttl).await {
+                    Ok(lost) => for id in lost {
+                        tracing::warn!(queue = %shared.queue, job_id = %id, "lease lost: the job may be running elsewhere; this run's result will be ignored");
+                    },
+                    Err(e) => {
+                        telemetry::store_error(&shared.queue, "extend");
+                        tracing::warn!(queue = %shared.queue, "extending leases failed: {e}");
+                    }
+                }
+            }
+            _ = reap.tick() => match shared.store.reap(&shared.queue).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    telemetry::reaped(&shared.queue, n);
+                    tracing::warn!(queue = %shared.queue, "returned {n} jobs whose worker stopped responding");
+                }
+                Err(e) => {
+                    telemetry::store_error(&shared.queue, "reap");
+                    tracing::warn!(queue = %shared.queue, "reaping expired leases failed: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Hands back every job this process still holds (after the drain timeout, or jobs
+/// fetched but never started). Returns how many went back.
+pub(super) async fn release_held(shared: &PoolShared) -> usize {
+    let held = shared.held();
+    if held.is_empty() {
+        return 0;
+    }
+    match shared.store.release(&shared.queue, &held).await {
+        Ok(n) => {
+            shared.forget(held.into_iter().map(|(id, _)| id));
+            n
+        }
+        Err(e) => {
+            tracing::warn!(queue = %shared.queue, "handing back {} jobs failed ({e}); they return when their lease expires", held.len());
+            0
+        }
+    }
+}

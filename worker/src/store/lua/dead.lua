@@ -1,0 +1,21 @@
+-- Dead-letter operations. ARGV: op ('retry'|'purge'), now_ms, ids...
+-- retry: back to the ready list with a fresh attempt budget; purge: delete for good.
+-- Returns the number of jobs affected.
+local op = ARGV[1]
+local n = 0
+for i = 3, #ARGV do
+  local id = ARGV[i]
+  if redis.call('ZREM', K_DEAD, id) == 1 then
+    n = n + 1
+    if op == 'retry' then
+      redis.call('HSET', K_ATTEMPTS, id, 0)
+      redis.call('RPUSH', K_READY, id)
+    else
+      redis.call('HDEL', K_JOBS, id)
+      redis.call('HDEL', K_ATTEMPTS, id)
+      redis.call('HDEL', K_ERRORS, id)
+    end
+  end
+end
+if op == 'retry' and n > 0 then redis.call('PUBLISH', K_WAKE, '1') end
+return n

@@ -1,0 +1,31 @@
+-- Fetch up to `count` jobs and lease them. ARGV: now_ms, count, lease_deadline_ms, promote_chunk.
+-- First promotes due scheduled jobs in one bounded chunk (never an unbounded unpack).
+-- Returns: status ('ok'|'paused'), next scheduled run_at ('' if none), then id, attempt, envelope per job.
+local now = tonumber(ARGV[1])
+local count = tonumber(ARGV[2])
+local deadline = ARGV[3]
+local chunk = tonumber(ARGV[4])
+local due = redis.call('ZRANGEBYSCORE', K_SCHED, '-inf', now, 'LIMIT', 0, chunk)
+if #due > 0 then
+  redis.call('RPUSH', K_READY, unpack(due))
+  redis.call('ZREM', K_SCHED, unpack(due))
+end
+local nxt = earliest_scheduled()
+local next_due = ''
+if nxt then next_due = tostring(nxt) end
+if redis.call('EXISTS', K_PAUSED) == 1 then return { 'paused', next_due } end
+local out = { 'ok', next_due }
+if count <= 0 then return out end
+local ids = redis.call('LPOP', K_READY, count)
+if not ids then return out end
+for _, id in ipairs(ids) do
+  local env = redis.call('HGET', K_JOBS, id)
+  if env then
+    local attempt = redis.call('HINCRBY', K_ATTEMPTS, id, 1)
+    redis.call('ZADD', K_LEASES, deadline, id)
+    out[#out + 1] = id
+    out[#out + 1] = attempt
+    out[#out + 1] = env
+  end
+end
+return out

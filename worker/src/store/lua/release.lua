@@ -1,0 +1,14 @@
+-- Hand back leased jobs that will not run here (shutdown after the drain timeout, or
+-- fetched but never started). ARGV: id, attempt pairs. The attempt is refunded.
+local n = 0
+for i = 1, #ARGV, 2 do
+  local id, attempt = ARGV[i], ARGV[i + 1]
+  if redis.call('ZSCORE', K_LEASES, id) and redis.call('HGET', K_ATTEMPTS, id) == attempt then
+    redis.call('ZREM', K_LEASES, id)
+    redis.call('HINCRBY', K_ATTEMPTS, id, -1)
+    redis.call('LPUSH', K_READY, id)
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('PUBLISH', K_WAKE, '1') end
+return n

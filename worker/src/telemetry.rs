@@ -1,0 +1,104 @@
+//! Metric names and the helpers that record them: every `culm_*` metric is defined here
+//! and nowhere else. Counters end in `_total`, durations are in seconds.
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+
+/// Jobs stored (`queue`, `job`).
+pub const JOBS_ENQUEUED: &str = "culm_jobs_enqueued_total";
+/// Runs started (`queue`, `job`).
+pub const JOBS_STARTED: &str = "culm_jobs_started_total";
+/// Runs that succeeded (`queue`, `job`).
+pub const JOBS_SUCCEEDED: &str = "culm_jobs_succeeded_total";
+/// Runs that failed, whatever happened next (`queue`, `job`).
+pub const JOBS_FAILED: &str = "culm_jobs_failed_total";
+/// Failed runs scheduled for another attempt (`queue`, `job`).
+pub const JOBS_RETRIED: &str = "culm_jobs_retried_total";
+/// Runs deferred without spending an attempt (`queue`, `job`).
+pub const JOBS_DEFERRED: &str = "culm_jobs_deferred_total";
+/// Jobs moved to the dead letters (`queue`, `job`).
+pub const JOBS_DEAD: &str = "culm_jobs_dead_lettered_total";
+/// Run time of a job (`queue`, `job`).
+pub const JOB_DURATION: &str = "culm_job_duration_seconds";
+/// Time from due (enqueue or run_at) to start (`queue`, `tier`).
+pub const JOB_WAIT: &str = "culm_job_wait_seconds";
+/// Jobs currently running in this process (`queue`).
+pub const WORKERS_BUSY: &str = "culm_workers_busy";
+/// Leases returned to the queue by the reaper (`queue`).
+pub const LEASES_REAPED: &str = "culm_leases_reaped_total";
+/// Redis errors on the hot path (`queue`, `op`).
+pub const STORE_ERRORS: &str = "culm_store_errors_total";
+
+/// Registers descriptions for the exporter.
+pub fn describe() {
+    describe_counter!(JOBS_ENQUEUED, "Jobs stored.");
+    describe_counter!(JOBS_STARTED, "Job runs started.");
+    describe_counter!(JOBS_SUCCEEDED, "Job runs that succeeded.");
+    describe_counter!(JOBS_FAILED, "Job runs that failed.");
+    describe_counter!(JOBS_RETRIED, "Failed runs scheduled for another attempt.");
+    describe_counter!(JOBS_DEFERRED, "Runs deferred without spending an attempt.");
+    describe_counter!(JOBS_DEAD, "Jobs moved to the dead letters.");
+    describe_histogram!(JOB_DURATION, metrics::Unit::Seconds, "Job run time.");
+    describe_histogram!(JOB_WAIT, metrics::Unit::Seconds, "Time from due to start.");
+    describe_gauge!(WORKERS_BUSY, "Jobs running in this process.");
+    describe_counter!(LEASES_REAPED, "Expired leases returned to their queue.");
+    describe_counter!(STORE_ERRORS, "Redis errors on the hot path.");
+}
+
+/// A job was stored.
+pub fn enqueued(queue: &str, job: &str) {
+    counter!(JOBS_ENQUEUED, "queue" => queue.to_owned(), "job" => job.to_owned()).increment(1);
+}
+
+/// A run started after waiting `wait_s`.
+pub fn started(queue: &str, tier: &'static str, job: &str, wait_s: f64) {
+    counter!(JOBS_STARTED, "queue" => queue.to_owned(), "job" => job.to_owned()).increment(1);
+    histogram!(JOB_WAIT, "queue" => queue.to_owned(), "tier" => tier).record(wait_s);
+    gauge!(WORKERS_BUSY, "queue" => queue.to_owned()).increment(1.0);
+}
+
+/// How a run ended, for counting.
+#[derive(Debug, Clone, Copy)]
+pub enum Ended {
+    /// Success.
+    Succeeded,
+    /// Failed, will retry.
+    Retried,
+    /// Deferred.
+    Deferred,
+    /// Failed for good.
+    Dead,
+}
+
+/// A run ended after `secs`.
+pub fn finished(queue: &str, job: &str, ended: Ended, secs: f64) {
+    let q = queue.to_owned();
+    let j = job.to_owned();
+    gauge!(WORKERS_BUSY, "queue" => q.clone()).decrement(1.0);
+    histogram!(JOB_DURATION, "queue" => q.clone(), "job" => j.clone()).record(secs);
+    match ended {
+        Ended::Succeeded => counter!(JOBS_SUCCEEDED, "queue" => q, "job" => j).increment(1),
+        Ended::Deferred => counter!(JOBS_DEFERRED, "queue" => q, "job" => j).increment(1),
+        Ended::Retried => {
+            counter!(JOBS_FAILED, "queue" => q.clone(), "job" => j.clone()).increment(1);
+            counter!(JOBS_RETRIED, "queue" => q, "job" => j).increment(1);
+        }
+        Ended::Dead => {
+            counter!(JOBS_FAILED, "queue" => q.clone(), "job" => j.clone()).increment(1);
+            counter!(JOBS_DEAD, "queue" => q, "job" => j).increment(1);
+        }
+    }
+}
+
+/// A job was dead-lettered without running (unknown type, corrupt body).
+pub fn dead_without_run(queue: &str, job: &str) {
+    counter!(JOBS_DEAD, "queue" => queue.to_owned(), "job" => job.to_owned()).increment(1);
+}
+
+/// A hot-path Redis call failed.
+pub fn store_error(queue: &str, op: &'static str) {
+    counter!(STORE_ERRORS, "queue" => queue.to_owned(), "op" => op).increment(1);
+}
+
+/// The reaper returned `n` expired leases.
+pub fn reaped(queue: &str, n: usize) {
+    counter!(LEASES_REAPED, "queue" => queue.to_owned()).increment(n as u64);
+}
