@@ -68,6 +68,7 @@ struct PoolHandle {
 /// Running pools. Dropping this without [`Running::shutdown`] leaves leases to expire.
 pub struct Running {
     stop: watch::Sender<bool>,
+    finish: watch::Sender<bool>,
     abort: watch::Sender<bool>,
     pools: Vec<PoolHandle>,
     listener: JoinHandle<()>,
@@ -107,6 +108,7 @@ impl Runtime {
         }
         let all = self.config.queue_settings();
         let (stop, stop_rx) = watch::channel(false);
+        let (finish, finish_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);
         let worker_id = format!("{}-{}", hostname(), std::process::id());
         let mut wakes = HashMap::new();
@@ -127,20 +129,20 @@ impl Runtime {
             };
             let worker = WorkerBuilder::new(format!("{name}@{worker_id}")).backend(backend).build(dispatcher);
             let queue = name.clone();
+            let mut stopped = stop_rx.clone();
             let worker = tokio::spawn(async move {
-                // The fetcher ends on stop, which closes the channel and ends this stream
-                // once in-flight jobs are done.
-                let mut events = std::pin::pin!(worker.stream());
-                while let Some(ev) = events.next().await {
-                    if let Err(e) = ev {
-                        tracing::error!(queue = %queue, "worker stopped: {e}");
-                        break;
-                    }
+                // On stop, apalis stops polling the backend and waits for in-flight jobs.
+                let signal = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                    Ok::<(), std::io::Error>(())
+                };
+                if let Err(e) = worker.run_until(signal).await {
+                    tracing::error!(queue = %queue, "worker stopped: {e}");
                 }
             });
             pools.push(PoolHandle {
                 fetcher: tokio::spawn(pool::fetch_loop(shared.clone(), tx, stop_rx.clone())),
-                acker: tokio::spawn(pool::ack_loop(shared.clone(), ack_rx, abort_rx.clone())),
+                acker: tokio::spawn(pool::ack_loop(shared.clone(), ack_rx, finish_rx.clone(), abort_rx.clone())),
                 upkeep: tokio::spawn(pool::upkeep_loop(shared.clone(), stop_rx.clone())),
                 shared,
                 worker,
@@ -148,7 +150,7 @@ impl Runtime {
         }
         let listener = tokio::spawn(wake_listener(self.store.client().clone(), wakes, stop_rx));
         tracing::info!(queues = %queues.join(","), worker = %worker_id, "worker pools started");
-        Ok(Running { stop, abort, pools, listener, drain_timeout: self.config.worker.drain_timeout })
+        Ok(Running { stop, finish, abort, pools, listener, drain_timeout: self.config.worker.drain_timeout })
     }
 }
 
@@ -158,29 +160,30 @@ impl Running {
     pub async fn shutdown(self) -> ShutdownReport {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let mut pools = self.pools;
+        let finished = futures::future::join_all(pools.iter_mut().map(|p| tokio::time::timeout_at(deadline, &mut p.worker))).await;
         let mut report = ShutdownReport::default();
-        for p in &self.pools {
-            p.fetcher.abort();
-        }
-        for mut p in self.pools {
-            let _ = (&mut p.fetcher).await;
-            if tokio::time::timeout_at(deadline, &mut p.worker).await.is_err() {
+        for (p, done) in pools.iter_mut().zip(finished) {
+            if done.is_err() {
                 report.timed_out_pools += 1;
                 tracing::warn!(queue = %p.shared.queue, "drain timeout reached; handing back unfinished jobs");
                 p.worker.abort();
                 let _ = (&mut p.worker).await;
             }
-            // Every sender of acknowledgements is gone now: the acker flushes and ends.
-            let _ = self.abort.send(tokio::time::Instant::now() >= deadline);
-            drop(p.upkeep);
-            let shared = p.shared.clone();
-            drop(p.shared);
-            if tokio::time::timeout(Duration::from_secs(5).max(deadline - tokio::time::Instant::now()), &mut p.acker).await.is_err() {
-                let _ = self.abort.send(true);
-                p.acker.abort();
-            }
-            report.handed_back += pool::release_held(&shared).await;
+            p.fetcher.abort();
+            p.upkeep.abort();
         }
+        // Workers are gone: ackers write what is left, then end.
+        let _ = self.finish.send(true);
+        let flushed = futures::future::join_all(pools.iter_mut().map(|p| tokio::time::timeout(Duration::from_secs(5), &mut p.acker))).await;
+        if flushed.iter().any(Result::is_err) {
+            let _ = self.abort.send(true);
+        }
+        for p in &pools {
+            p.acker.abort();
+        }
+        let released = futures::future::join_all(pools.iter().map(|p| pool::release_held(&p.shared))).await;
+        report.handed_back = released.into_iter().sum();
         self.listener.abort();
         tracing::info!(handed_back = report.handed_back, "worker pools stopped");
         report

@@ -162,12 +162,29 @@ pub(super) async fn fetch_loop(shared: Arc<PoolShared>, tx: mpsc::Sender<Task<De
 }
 
 /// Writes acknowledgements in batches: whatever accumulated while the previous batch was
-/// in flight goes in the next round trip. Ends when every sender is gone.
-pub(super) async fn ack_loop(shared: Arc<PoolShared>, mut rx: mpsc::UnboundedReceiver<PendingAck>, mut abort: watch::Receiver<bool>) {
+/// in flight goes in the next round trip. Once `finish` is set (the worker has stopped),
+/// it writes what is left and ends; `abort` makes it give up retrying a failed write.
+pub(super) async fn ack_loop(
+    shared: Arc<PoolShared>,
+    mut rx: mpsc::UnboundedReceiver<PendingAck>,
+    mut finish: watch::Receiver<bool>,
+    mut abort: watch::Receiver<bool>,
+) {
     let max = shared.worker.ack_batch_max;
     let mut batch: Vec<PendingAck> = Vec::with_capacity(max);
     let mut acks: Vec<Ack> = Vec::with_capacity(max);
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = tokio::select! {
+            biased;
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => return,
+            },
+            _ = finish.wait_for(|f| *f) => match rx.try_recv() {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         batch.push(first);
         while batch.len() < max {
             match rx.try_recv() {
