@@ -1,1 +1,155 @@
-//! Test support (see `support`).
+//! Test support: each test gets its own Redis key prefix and its own config, starts
+//! culm in-process or as a child `culm` binary, and waits on conditions or job events
+//! instead of sleeping.
+use culm_core::{Deps, EnqueueRequest, Enqueued};
+use culm_worker::{
+    config::{Config, QueueConfig, RetryConfig},
+    runtime::{JobEvent, Runtime},
+    store::{AckKind, Store},
+};
+use std::{
+    future::Future,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+use tokio::sync::broadcast;
+
+/// A test's isolated world: a unique key prefix on the real Redis.
+pub struct TestEnv {
+    /// The test's configuration.
+    pub config: Config,
+    /// Connected store.
+    pub store: Store,
+    /// The key prefix.
+    pub prefix: String,
+}
+
+/// Redis URL for tests (`CULM_TEST_REDIS_URL`, default local).
+pub fn redis_url() -> String {
+    std::env::var("CULM_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+/// A queue declaration for tests.
+pub fn queue(tier: &str, concurrency: u32, timeout_ms: u64, max_attempts: u32) -> QueueConfig {
+    QueueConfig {
+        tier: tier.parse().expect("valid tier"),
+        concurrency,
+        timeout: Some(Duration::from_millis(timeout_ms)),
+        retry: Some(RetryConfig {
+            max_attempts,
+            backoff_base: Duration::from_millis(20),
+            backoff_cap: Duration::from_millis(100),
+        }),
+        description: String::new(),
+    }
+}
+
+impl TestEnv {
+    /// Defaults with a unique prefix and short leases, adjusted by `adjust`.
+    pub async fn new(adjust: impl FnOnce(&mut Config)) -> TestEnv {
+        let mut config = Config::defaults().expect("built-in defaults load");
+        let prefix = format!("culmtest-{}", ulid::Ulid::new().to_string().to_lowercase());
+        config.redis.url = redis_url();
+        config.redis.key_prefix = prefix.clone();
+        config.worker.lease_ttl = Duration::from_secs(2);
+        config.worker.lease_extend_interval = Duration::from_millis(500);
+        config.worker.reap_interval = Duration::from_millis(200);
+        config.worker.drain_timeout = Duration::from_secs(10);
+        adjust(&mut config);
+        let registry = Arc::new(culm_jobs::registry().expect("registry"));
+        let store = Store::connect(&config, registry).await.expect("Redis is reachable for tests");
+        TestEnv { config, store, prefix }
+    }
+
+    /// A runtime over this env (handlers get a Redis connection as their dependency).
+    pub fn runtime(&self) -> Runtime {
+        let deps = Deps::default().with(self.store.connection());
+        Runtime::new(Arc::new(self.config.clone()), self.store.clone(), deps)
+    }
+
+    /// Enqueues one job.
+    pub async fn enqueue(&self, req: EnqueueRequest) -> Enqueued {
+        self.store.enqueue(vec![req]).await.expect("enqueue").remove(0)
+    }
+
+    /// A Redis key under this test's prefix (for record sets).
+    pub fn key(&self, name: &str) -> String {
+        format!("{}:{name}", self.prefix)
+    }
+
+    /// Members of a Redis set.
+    pub async fn members(&self, set: &str) -> Vec<String> {
+        let mut c = self.store.connection();
+        redis::cmd("SMEMBERS").arg(set).query_async(&mut c).await.expect("SMEMBERS")
+    }
+
+    /// Deletes every key of this test.
+    pub async fn cleanup(&self) {
+        let mut c = self.store.connection();
+        let pattern = format!("*{}*", self.prefix);
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap_or_default();
+        for chunk in keys.chunks(500) {
+            let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits for the first event matching `pred`.
+pub async fn next_event(rx: &mut broadcast::Receiver<JobEvent>, timeout: Duration, pred: impl Fn(&JobEvent) -> bool) -> JobEvent {
+    tokio::time::timeout(timeout, async {
+        loop {
+            match rx.recv().await {
+                Ok(e) if pred(&e) => return e,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => panic!("event channel closed"),
+            }
+        }
+    })
+    .await
+    .expect("expected job event did not arrive in time")
+}
+
+/// Whether an event is the final outcome of a run.
+pub fn is(kind: &str, e: &JobEvent) -> bool {
+    matches!((kind, &e.kind), ("done", AckKind::Done) | ("dead", AckKind::Dead) | ("retry", AckKind::Retry { .. }) | ("defer", AckKind::Defer { .. }))
+}
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Path to the `culm` binary of this build profile, building it if needed.
+pub fn culm_bin() -> PathBuf {
+    // current_exe is target/<profile>/deps/<test>-<hash>.
+    let exe = std::env::current_exe().expect("current exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf();
+    let bin = profile_dir.join("culm");
+    if !bin.exists() {
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.current_dir(workspace_root()).args(["build", "-p", "culm-worker", "--bin", "culm"]);
+        if release {
+            cmd.arg("--release");
+        }
+        assert!(cmd.status().expect("cargo runs").success(), "building culm failed");
+    }
+    bin
+}
