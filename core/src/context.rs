@@ -21,7 +21,10 @@ impl Deps {
 
     /// The dependency of type `T`, if one was provided.
     pub fn get<T: Send + Sync + 'static>(&self) -> Option<Arc<T>> {
-        self.0.get(&TypeId::of::<T>()).cloned().and_then(|a| a.downcast::<T>().ok())
+        self.0
+            .get(&TypeId::of::<T>())
+            .cloned()
+            .and_then(|a| a.downcast::<T>().ok())
     }
 }
 
@@ -63,7 +66,16 @@ impl JobContext {
         enqueuer: Arc<dyn Enqueuer>,
         deps: Deps,
     ) -> Self {
-        Self { id, job, queue, attempt, max_attempts, enqueued_at_ms, enqueuer, deps }
+        Self {
+            id,
+            job,
+            queue,
+            attempt,
+            max_attempts,
+            enqueued_at_ms,
+            enqueuer,
+            deps,
+        }
     }
 
     /// The dependency of type `T`.

@@ -37,7 +37,13 @@ impl EnqueueRequest {
 
     /// An untyped request; the payload is validated when it is enqueued.
     pub fn raw(job: impl Into<String>, payload: serde_json::Value) -> Self {
-        Self { job: job.into(), payload, queue: None, run_at_ms: None, idempotency_key: None }
+        Self {
+            job: job.into(),
+            payload,
+            queue: None,
+            run_at_ms: None,
+            idempotency_key: None,
+        }
     }
 
     /// Sends the job to `queue` instead of its default.
@@ -130,8 +136,5 @@ pub enum EnqueueError {
 /// [`crate::JobContext::enqueue`]. One call is one round trip per queue touched.
 pub trait Enqueuer: Send + Sync + 'static {
     /// Validates every request, then stores all of them; on a validation error nothing is stored.
-    fn enqueue_batch(
-        &self,
-        jobs: Vec<EnqueueRequest>,
-    ) -> BoxFuture<'_, Result<Vec<Enqueued>, EnqueueError>>;
+    fn enqueue_batch(&self, jobs: Vec<EnqueueRequest>) -> BoxFuture<'_, Result<Vec<Enqueued>, EnqueueError>>;
 }

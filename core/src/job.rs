@@ -1,5 +1,5 @@
 //! The [`Job`] trait: one typed payload, its routing, and its handler.
-use crate::{JobContext, Outcome, JobError, Tier};
+use crate::{JobContext, JobError, Outcome, Tier};
 use serde::{Serialize, de::DeserializeOwned};
 use std::future::Future;
 

@@ -69,7 +69,10 @@ pub enum JobError {
 impl JobError {
     /// A retryable error.
     pub fn retryable(message: impl Into<String>) -> Self {
-        JobError::Retryable { message: message.into(), after: None }
+        JobError::Retryable {
+            message: message.into(),
+            after: None,
+        }
     }
     /// A permanent error: the job goes to the dead letters now.
     pub fn permanent(message: impl Into<String>) -> Self {
@@ -77,6 +80,9 @@ impl JobError {
     }
     /// Defers the job without spending an attempt.
     pub fn defer(after: Duration, reason: impl Into<String>) -> Self {
-        JobError::Defer { after, reason: reason.into() }
+        JobError::Defer {
+            after,
+            reason: reason.into(),
+        }
     }
 }

@@ -100,10 +100,16 @@ fn describe<E: std::fmt::Display>(err: serde_path_to_error::Error<E>) -> (Option
 }
 
 fn validate_as<J: Job>(payload: &serde_json::Value) -> Result<(), EnqueueError> {
-    serde_path_to_error::deserialize::<_, J>(payload).map(|_| ()).map_err(|e| {
-        let (field, message) = describe(e);
-        EnqueueError::InvalidPayload { job: J::NAME.to_owned(), field, message }
-    })
+    serde_path_to_error::deserialize::<_, J>(payload)
+        .map(|_| ())
+        .map_err(|e| {
+            let (field, message) = describe(e);
+            EnqueueError::InvalidPayload {
+                job: J::NAME.to_owned(),
+                field,
+                message,
+            }
+        })
 }
 
 impl Registry {
@@ -194,7 +200,10 @@ mod tests {
     fn validation_names_the_field() {
         let mut r = Registry::new();
         r.register::<Order>().expect("first registration");
-        assert!(matches!(r.register::<Order>(), Err(RegistryError::Duplicate("t.order"))));
+        assert!(matches!(
+            r.register::<Order>(),
+            Err(RegistryError::Duplicate("t.order"))
+        ));
         let spec = r.get("t.order").expect("registered");
         let missing = spec.validate(&serde_json::json!({"order_id": "a"}));
         assert!(
@@ -206,6 +215,9 @@ mod tests {
             matches!(wrong, Err(EnqueueError::InvalidPayload { field: Some(ref f), .. }) if f == "quantity"),
             "{wrong:?}"
         );
-        assert!(spec.validate(&serde_json::json!({"order_id": "a", "quantity": 2})).is_ok());
+        assert!(
+            spec.validate(&serde_json::json!({"order_id": "a", "quantity": 2}))
+                .is_ok()
+        );
     }
 }

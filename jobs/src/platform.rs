@@ -82,12 +82,18 @@ impl Job for Fail {
     const DESCRIPTION: &'static str = "Fails its first `times` attempts with a retryable error.";
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         if ctx.attempt <= self.times {
-            return Err(JobError::retryable(format!("{} (attempt {})", self.message, ctx.attempt)));
+            return Err(JobError::retryable(format!(
+                "{} (attempt {})",
+                self.message, ctx.attempt
+            )));
         }
         Ok(Outcome::done().with_summary(format!("succeeded on attempt {}", ctx.attempt)))
     }
     fn example() -> Option<Self> {
-        Some(Fail { times: 0, message: default_fail_message() })
+        Some(Fail {
+            times: 0,
+            message: default_fail_message(),
+        })
     }
 }
 
@@ -200,7 +206,11 @@ impl Job for Chain {
         if self.step >= self.steps {
             return Ok(Outcome::done().with_summary("chain complete"));
         }
-        let next = Chain { set: self.set, step: self.step + 1, steps: self.steps };
+        let next = Chain {
+            set: self.set,
+            step: self.step + 1,
+            steps: self.steps,
+        };
         let req = EnqueueRequest::of(&next)
             .map_err(|e| JobError::permanent(e.to_string()))?
             .queue(ctx.queue.clone());

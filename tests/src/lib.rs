@@ -58,7 +58,9 @@ impl TestEnv {
         config.worker.drain_timeout = Duration::from_secs(10);
         adjust(&mut config);
         let registry = Arc::new(culm_jobs::registry().expect("registry"));
-        let store = Store::connect(&config, registry).await.expect("Redis is reachable for tests");
+        let store = Store::connect(&config, registry)
+            .await
+            .expect("Redis is reachable for tests");
         TestEnv { config, store, prefix }
     }
 
@@ -81,14 +83,22 @@ impl TestEnv {
     /// Members of a Redis set.
     pub async fn members(&self, set: &str) -> Vec<String> {
         let mut c = self.store.connection();
-        redis::cmd("SMEMBERS").arg(set).query_async(&mut c).await.expect("SMEMBERS")
+        redis::cmd("SMEMBERS")
+            .arg(set)
+            .query_async(&mut c)
+            .await
+            .expect("SMEMBERS")
     }
 
     /// Deletes every key of this test.
     pub async fn cleanup(&self) {
         let mut c = self.store.connection();
         let pattern = format!("*{}*", self.prefix);
-        let keys: Vec<String> = redis::cmd("KEYS").arg(&pattern).query_async(&mut c).await.unwrap_or_default();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(&pattern)
+            .query_async(&mut c)
+            .await
+            .unwrap_or_default();
         for chunk in keys.chunks(500) {
             let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
         }
@@ -106,13 +116,20 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// Waits for the first event matching `pred`.
-pub async fn next_event(rx: &mut broadcast::Receiver<JobEvent>, timeout: Duration, pred: impl Fn(&JobEvent) -> bool) -> JobEvent {
+pub async fn next_event(
+    rx: &mut broadcast::Receiver<JobEvent>,
+    timeout: Duration,
+    pred: impl Fn(&JobEvent) -> bool,
+) -> JobEvent {
     tokio::time::timeout(timeout, async {
         loop {
             match rx.recv().await {
@@ -128,24 +145,38 @@ pub async fn next_event(rx: &mut broadcast::Receiver<JobEvent>, timeout: Duratio
 
 /// Whether an event is the final outcome of a run.
 pub fn is(kind: &str, e: &JobEvent) -> bool {
-    matches!((kind, &e.kind), ("done", AckKind::Done) | ("dead", AckKind::Dead) | ("retry", AckKind::Retry { .. }) | ("defer", AckKind::Defer { .. }))
+    matches!(
+        (kind, &e.kind),
+        ("done", AckKind::Done)
+            | ("dead", AckKind::Dead)
+            | ("retry", AckKind::Retry { .. })
+            | ("defer", AckKind::Defer { .. })
+    )
 }
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Path to the `culm` binary of this build profile, building it if needed.
 pub fn culm_bin() -> PathBuf {
     // current_exe is target/<profile>/deps/<test>-<hash>.
     let exe = std::env::current_exe().expect("current exe");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>").to_path_buf();
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>")
+        .to_path_buf();
     let bin = profile_dir.join("culm");
     if !bin.exists() {
         let release = profile_dir.file_name().is_some_and(|n| n == "release");
         let mut cmd = std::process::Command::new(env!("CARGO"));
-        cmd.current_dir(workspace_root()).args(["build", "-p", "culm-worker", "--bin", "culm"]);
+        cmd.current_dir(workspace_root())
+            .args(["build", "-p", "culm-worker", "--bin", "culm"]);
         if release {
             cmd.arg("--release");
         }

@@ -15,13 +15,16 @@ async fn a_backlog_in_one_tier_never_delays_another() {
         c.queues.insert("t_bulk".into(), queue("batch", 2, 5_000, 3));
     })
     .await;
-    let backlog: Vec<_> =
-        (0..10_000).map(|_| EnqueueRequest::raw("platform.sleep", json!({"ms": 20})).queue("t_bulk")).collect();
+    let backlog: Vec<_> = (0..10_000)
+        .map(|_| EnqueueRequest::raw("platform.sleep", json!({"ms": 20})).queue("t_bulk"))
+        .collect();
     env.store.enqueue(backlog).await.expect("backlog enqueued");
     let rt = env.runtime();
     let mut events = rt.events();
     let running = rt.start(&["t_crit".into(), "t_bulk".into()]).expect("start");
-    let crit: Vec<_> = (0..50).map(|_| EnqueueRequest::raw("platform.noop", json!({})).queue("t_crit")).collect();
+    let crit: Vec<_> = (0..50)
+        .map(|_| EnqueueRequest::raw("platform.noop", json!({})).queue("t_crit"))
+        .collect();
     env.store.enqueue(crit).await.expect("critical enqueued");
 
     let (mut crit_done, mut bulk_done) = (0, 0);
@@ -33,7 +36,10 @@ async fn a_backlog_in_one_tier_never_delays_another() {
         }
     }
     let bulk = env.store.stats("t_bulk").await.expect("stats");
-    assert!(bulk.pending > 9_000, "the batch backlog is still there while critical work finished: {bulk:?}");
+    assert!(
+        bulk.pending > 9_000,
+        "the batch backlog is still there while critical work finished: {bulk:?}"
+    );
     // Both pools ran side by side: the batch queue was not starved either.
     next_event(&mut events, WAIT, |e| is("done", e) && e.queue == "t_bulk").await;
     let _ = bulk_done;
@@ -50,7 +56,9 @@ async fn failures_retry_with_backoff_then_dead_letter_and_can_be_redriven() {
     let rt = env.runtime();
     let mut events = rt.events();
     let running = rt.start(&["t_retry".into()]).expect("start");
-    let job = env.enqueue(EnqueueRequest::raw("platform.fail", json!({"times": 100})).queue("t_retry")).await;
+    let job = env
+        .enqueue(EnqueueRequest::raw("platform.fail", json!({"times": 100})).queue("t_retry"))
+        .await;
 
     for attempt in 1..=2 {
         let e = next_event(&mut events, WAIT, |e| e.id == job.id).await;
@@ -67,16 +75,35 @@ async fn failures_retry_with_backoff_then_dead_letter_and_can_be_redriven() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].id, job.id);
     assert_eq!(dead[0].attempts, 3);
-    assert_eq!(dead[0].errors.iter().map(|e| e.attempt).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert!(dead[0].last_error.as_deref().is_some_and(|m| m.contains("attempt 3")), "{:?}", dead[0].last_error);
+    assert_eq!(
+        dead[0].errors.iter().map(|e| e.attempt).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert!(
+        dead[0].last_error.as_deref().is_some_and(|m| m.contains("attempt 3")),
+        "{:?}",
+        dead[0].last_error
+    );
     assert!(dead[0].died_at >= dead[0].enqueued_at);
 
     // Re-drive: a fresh budget of three attempts, then dead again; then purge.
-    assert_eq!(env.store.dead_retry("t_retry", std::slice::from_ref(&job.id)).await.expect("retry"), 1);
+    assert_eq!(
+        env.store
+            .dead_retry("t_retry", std::slice::from_ref(&job.id))
+            .await
+            .expect("retry"),
+        1
+    );
     let e = next_event(&mut events, WAIT, |e| e.id == job.id).await;
     assert_eq!(e.attempt, 1, "a re-driven job starts its attempts again");
     next_event(&mut events, WAIT, |e| e.id == job.id && is("dead", e)).await;
-    assert_eq!(env.store.dead_purge("t_retry", std::slice::from_ref(&job.id)).await.expect("purge"), 1);
+    assert_eq!(
+        env.store
+            .dead_purge("t_retry", std::slice::from_ref(&job.id))
+            .await
+            .expect("purge"),
+        1
+    );
     assert!(env.store.dead_list("t_retry", 10).await.expect("list").is_empty());
     assert!(env.store.status(&job.id).await.expect("status").is_none());
     running.shutdown().await;
@@ -105,19 +132,42 @@ async fn bad_payloads_and_unknown_types_are_dead_lettered_without_retries() {
     })
     .await;
     let now = now_ms();
-    let bad = push_raw(&env, "t_bad", json!({"job": "platform.sleep", "payload": {"ms": "soon"}, "enqueued_at": now, "run_at": now})).await;
-    let unknown = push_raw(&env, "t_bad", json!({"job": "galileo.retired_job", "payload": {}, "enqueued_at": now, "run_at": now})).await;
+    let bad = push_raw(
+        &env,
+        "t_bad",
+        json!({"job": "platform.sleep", "payload": {"ms": "soon"}, "enqueued_at": now, "run_at": now}),
+    )
+    .await;
+    let unknown = push_raw(
+        &env,
+        "t_bad",
+        json!({"job": "galileo.retired_job", "payload": {}, "enqueued_at": now, "run_at": now}),
+    )
+    .await;
     let rt = env.runtime();
     let mut events = rt.events();
     let running = rt.start(&["t_bad".into()]).expect("start");
     for id in [&bad, &unknown] {
         let e = next_event(&mut events, WAIT, |e| &e.id == id).await;
-        assert_eq!((e.attempt, e.kind.clone()), (1, AckKind::Dead), "first and only attempt is dead: {e:?}");
+        assert_eq!(
+            (e.attempt, e.kind.clone()),
+            (1, AckKind::Dead),
+            "first and only attempt is dead: {e:?}"
+        );
     }
     let dead = env.store.dead_list("t_bad", 10).await.expect("dead");
-    let msg = |id: &str| dead.iter().find(|d| d.id == id).and_then(|d| d.last_error.clone()).unwrap_or_default();
+    let msg = |id: &str| {
+        dead.iter()
+            .find(|d| d.id == id)
+            .and_then(|d| d.last_error.clone())
+            .unwrap_or_default()
+    };
     assert!(msg(&bad).contains("`ms`"), "names the field: {}", msg(&bad));
-    assert!(msg(&unknown).contains("unknown job type `galileo.retired_job`"), "{}", msg(&unknown));
+    assert!(
+        msg(&unknown).contains("unknown job type `galileo.retired_job`"),
+        "{}",
+        msg(&unknown)
+    );
     running.shutdown().await;
     env.cleanup().await;
 }
@@ -131,9 +181,14 @@ async fn a_job_over_its_timeout_fails_and_is_retried() {
     let rt = env.runtime();
     let mut events = rt.events();
     let running = rt.start(&["t_slow".into()]).expect("start");
-    let job = env.enqueue(EnqueueRequest::raw("platform.sleep", json!({"ms": 60_000})).queue("t_slow")).await;
+    let job = env
+        .enqueue(EnqueueRequest::raw("platform.sleep", json!({"ms": 60_000})).queue("t_slow"))
+        .await;
     let first = next_event(&mut events, WAIT, |e| e.id == job.id).await;
-    assert!(matches!(first.kind, AckKind::Retry { .. }) && first.error.contains("timed out"), "{first:?}");
+    assert!(
+        matches!(first.kind, AckKind::Retry { .. }) && first.error.contains("timed out"),
+        "{first:?}"
+    );
     let last = next_event(&mut events, WAIT, |e| e.id == job.id).await;
     assert_eq!((last.attempt, last.kind.clone()), (2, AckKind::Dead));
     assert!(last.error.contains("timed out"), "{last:?}");
@@ -150,11 +205,15 @@ async fn a_panicking_handler_is_a_failed_attempt_not_a_crash() {
     let rt = env.runtime();
     let mut events = rt.events();
     let running = rt.start(&["t_panic".into()]).expect("start");
-    let job = env.enqueue(EnqueueRequest::raw("platform.panic", json!({})).queue("t_panic")).await;
+    let job = env
+        .enqueue(EnqueueRequest::raw("platform.panic", json!({})).queue("t_panic"))
+        .await;
     let e = next_event(&mut events, WAIT, |e| e.id == job.id && is("dead", e)).await;
     assert!(e.error.contains("panicked"), "{e:?}");
     // The pool still works.
-    let ok = env.enqueue(EnqueueRequest::raw("platform.noop", json!({})).queue("t_panic")).await;
+    let ok = env
+        .enqueue(EnqueueRequest::raw("platform.noop", json!({})).queue("t_panic"))
+        .await;
     next_event(&mut events, WAIT, |e| e.id == ok.id && is("done", e)).await;
     running.shutdown().await;
     env.cleanup().await;
@@ -170,7 +229,11 @@ async fn a_repeated_idempotency_key_returns_the_first_job() {
     assert!(!second.created);
     assert_eq!(first.id, second.id);
     // Within one batch too.
-    let batch = env.store.enqueue(vec![req.clone().idempotency_key("k2"), req.idempotency_key("k2")]).await.expect("batch");
+    let batch = env
+        .store
+        .enqueue(vec![req.clone().idempotency_key("k2"), req.idempotency_key("k2")])
+        .await
+        .expect("batch");
     assert_eq!(batch[0].id, batch[1].id);
     assert_eq!(env.store.stats("platform").await.expect("stats").pending, 2);
     env.cleanup().await;
@@ -186,7 +249,13 @@ async fn a_delayed_job_does_not_run_before_its_time() {
     let mut events = rt.events();
     let running = rt.start(&["t_delay".into()]).expect("start");
     let run_at = now_ms() + 1_500;
-    let job = env.enqueue(EnqueueRequest::raw("platform.noop", json!({})).queue("t_delay").at_ms(run_at)).await;
+    let job = env
+        .enqueue(
+            EnqueueRequest::raw("platform.noop", json!({}))
+                .queue("t_delay")
+                .at_ms(run_at),
+        )
+        .await;
     let status = env.store.status(&job.id).await.expect("status").expect("known");
     assert_eq!(status.state, "scheduled");
     next_event(&mut events, WAIT, |e| e.id == job.id && is("done", e)).await;
@@ -204,7 +273,8 @@ async fn continuations_chain_steps_without_blocking() {
     let set = env.key("chain");
     let rt = env.runtime();
     let running = rt.start(&["t_chain".into()]).expect("start");
-    env.enqueue(EnqueueRequest::raw("platform.chain", json!({"set": set, "steps": 4})).queue("t_chain")).await;
+    env.enqueue(EnqueueRequest::raw("platform.chain", json!({"set": set, "steps": 4})).queue("t_chain"))
+        .await;
     eventually(WAIT, "all four chain steps", || async {
         let m = env.members(&set).await;
         (m.len() == 4).then_some(())
@@ -224,7 +294,8 @@ async fn shutdown_drains_in_flight_jobs_then_hands_back_the_rest() {
     let rt = env.runtime();
     let running = rt.start(&["t_drain".into()]).expect("start");
     for _ in 0..2 {
-        env.enqueue(EnqueueRequest::raw("platform.record", json!({"set": set, "sleep_ms": 700})).queue("t_drain")).await;
+        env.enqueue(EnqueueRequest::raw("platform.record", json!({"set": set, "sleep_ms": 700})).queue("t_drain"))
+            .await;
     }
     eventually(WAIT, "both jobs running", || async {
         (env.store.stats("t_drain").await.ok()?.running == 2).then_some(())
@@ -232,16 +303,26 @@ async fn shutdown_drains_in_flight_jobs_then_hands_back_the_rest() {
     .await;
     let report = running.shutdown().await;
     assert_eq!(report.handed_back, 0);
-    assert_eq!(env.members(&set).await.len(), 2, "in-flight jobs finished during the drain");
+    assert_eq!(
+        env.members(&set).await.len(),
+        2,
+        "in-flight jobs finished during the drain"
+    );
     let stats = env.store.stats("t_drain").await.expect("stats");
     assert_eq!((stats.pending, stats.running), (0, 0));
 
     // A drain timeout shorter than the job: the job is handed back, attempt refunded.
     let mut short = env.config.clone();
     short.worker.drain_timeout = Duration::from_millis(200);
-    let rt = culm_worker::runtime::Runtime::new(std::sync::Arc::new(short), env.store.clone(), culm_core::Deps::default());
+    let rt = culm_worker::runtime::Runtime::new(
+        std::sync::Arc::new(short),
+        env.store.clone(),
+        culm_core::Deps::default(),
+    );
     let running = rt.start(&["t_drain".into()]).expect("start");
-    let job = env.enqueue(EnqueueRequest::raw("platform.sleep", json!({"ms": 60_000})).queue("t_drain")).await;
+    let job = env
+        .enqueue(EnqueueRequest::raw("platform.sleep", json!({"ms": 60_000})).queue("t_drain"))
+        .await;
     eventually(WAIT, "the long job running", || async {
         (env.store.status(&job.id).await.ok()??.state == "running").then_some(())
     })
@@ -257,9 +338,17 @@ async fn shutdown_drains_in_flight_jobs_then_hands_back_the_rest() {
 async fn sigkill_mid_job_redelivers_to_another_process_and_loses_nothing() {
     let env = TestEnv::new(|_| {}).await;
     let set = env.key("killed");
-    let jobs: Vec<_> =
-        (0..20).map(|_| EnqueueRequest::raw("platform.record", json!({"set": set, "sleep_ms": 400})).queue("platform")).collect();
-    let ids: Vec<String> = env.store.enqueue(jobs).await.expect("enqueue").into_iter().map(|e| e.id).collect();
+    let jobs: Vec<_> = (0..20)
+        .map(|_| EnqueueRequest::raw("platform.record", json!({"set": set, "sleep_ms": 400})).queue("platform"))
+        .collect();
+    let ids: Vec<String> = env
+        .store
+        .enqueue(jobs)
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
     let spawn = || {
         std::process::Command::new(culm_bin())
             .current_dir(workspace_root())
@@ -295,7 +384,11 @@ async fn sigkill_mid_job_redelivers_to_another_process_and_loses_nothing() {
         assert!(recorded.contains(id), "job {id} was lost");
     }
     // Graceful exit on SIGTERM.
-    let status = std::process::Command::new("kill").arg("-TERM").arg(second.id().to_string()).status().expect("kill");
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(second.id().to_string())
+        .status()
+        .expect("kill");
     assert!(status.success());
     let exit = second.wait().expect("wait");
     assert!(exit.success(), "culm exits 0 after SIGTERM: {exit:?}");
@@ -309,14 +402,26 @@ fn check_names_a_misrouted_job_type_and_fails() {
     std::fs::copy(workspace_root().join("config/default.toml"), dir.join("default.toml")).expect("copy");
     std::fs::write(dir.join("misrouted.toml"), "[routes]\n\"platform.noop\" = \"unit22\"\n").expect("write");
     let out = std::process::Command::new(culm_bin())
-        .args(["--config-dir", dir.to_str().expect("utf-8"), "--env", "misrouted", "check"])
+        .args([
+            "--config-dir",
+            dir.to_str().expect("utf-8"),
+            "--env",
+            "misrouted",
+            "check",
+        ])
         .output()
         .expect("culm check runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("platform.noop") && stderr.contains("unit22"), "{stderr}");
+    assert!(
+        stderr.contains("platform.noop") && stderr.contains("unit22"),
+        "{stderr}"
+    );
 
-    let ok = std::process::Command::new(culm_bin()).args(["--config-dir", dir.to_str().expect("utf-8"), "check"]).output().expect("runs");
+    let ok = std::process::Command::new(culm_bin())
+        .args(["--config-dir", dir.to_str().expect("utf-8"), "check"])
+        .output()
+        .expect("runs");
     assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
     std::fs::remove_dir_all(dir).ok();
 }
@@ -331,7 +436,10 @@ fn an_unreachable_redis_is_one_clear_line() {
         .expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("127.0.0.1:1") && stderr.contains("CULM_REDIS_URL"), "{stderr}");
+    assert!(
+        stderr.contains("127.0.0.1:1") && stderr.contains("CULM_REDIS_URL"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }

@@ -29,11 +29,17 @@ fn banking_jobs_outside_critical_and_undeclared_queues_are_named() {
     routing.routes.insert("test.card_load".into(), "unit21".into());
     let p = routing.problems(&registry);
     assert_eq!(p.len(), 1);
-    assert!(p[0].contains("test.card_load") && p[0].contains("unit21") && p[0].contains("critical"), "{p:?}");
+    assert!(
+        p[0].contains("test.card_load") && p[0].contains("unit21") && p[0].contains("critical"),
+        "{p:?}"
+    );
 
     routing.routes.insert("test.card_load".into(), "nowhere".into());
     let p = routing.problems(&registry);
-    assert!(p[0].contains("test.card_load") && p[0].contains("nowhere") && p[0].contains("not declared"), "{p:?}");
+    assert!(
+        p[0].contains("test.card_load") && p[0].contains("nowhere") && p[0].contains("not declared"),
+        "{p:?}"
+    );
 
     routing.routes.insert("test.unknown".into(), "galileo".into());
     assert_eq!(routing.problems(&registry).len(), 2, "every problem is listed at once");

@@ -56,6 +56,8 @@ pub enum Command {
         #[command(subcommand)]
         command: DeadCommand,
     },
+    /// Measure the hot path (own key namespace; run on a release build).
+    Bench(crate::bench::BenchArgs),
     /// Inspect jobs.
     Jobs {
         #[command(subcommand)]
@@ -144,15 +146,22 @@ pub enum JobsCommand {
 /// (a panicking handler is an ordinary failed attempt).
 pub fn init_logging(format: LogFormat) {
     std::panic::set_hook(Box::new(|info| {
-        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
         tracing::error!(%location, "panic: {}", info.payload_as_str().unwrap_or("non-string panic payload"));
     }));
     let filter = tracing_subscriber::EnvFilter::try_from_env("CULM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,apalis_core=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-        LogFormat::Human => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
     }
 }
 
@@ -162,10 +171,14 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
     let registry = Arc::new(culm_jobs::registry().context("building the job registry")?);
     match cli.command {
         Command::Check => check(&config, &registry),
+        Command::Bench(args) => crate::bench::run(config, registry, args)
+            .await
+            .map(|_| ExitCode::SUCCESS),
         Command::Run(args) => run(config, registry, args).await,
         Command::Enqueue(args) => {
             let store = Store::connect(&config, registry).await?;
-            let payload: serde_json::Value = serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+            let payload: serde_json::Value =
+                serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
             let mut req = EnqueueRequest::raw(args.job, payload);
             req.queue = args.queue;
             req.idempotency_key = args.idempotency_key;
@@ -173,14 +186,18 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
                 req = req.delay(d);
             }
             if let Some(at) = args.at {
-                let t = chrono::DateTime::parse_from_rfc3339(&at).context("--at must be an RFC 3339 time, e.g. 2026-01-31T09:00:00-05:00")?;
+                let t = chrono::DateTime::parse_from_rfc3339(&at)
+                    .context("--at must be an RFC 3339 time, e.g. 2026-01-31T09:00:00-05:00")?;
                 req = req.at_ms(t.timestamp_millis());
             }
             let out = store.enqueue(vec![req]).await?;
             for e in out {
                 println!("{}", e.id);
                 if !e.created {
-                    eprintln!("idempotency key already used: returning the existing job in queue {}", e.queue);
+                    eprintln!(
+                        "idempotency key already used: returning the existing job in queue {}",
+                        e.queue
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -191,25 +208,39 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
-                println!("{:<16} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}  PAUSED", "QUEUE", "TIER", "CONC", "PENDING", "SCHEDULED", "RUNNING", "DEAD");
+                println!(
+                    "{:<16} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}  PAUSED",
+                    "QUEUE", "TIER", "CONC", "PENDING", "SCHEDULED", "RUNNING", "DEAD"
+                );
                 for s in stats {
                     println!(
                         "{:<16} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}  {}",
-                        s.name, s.tier.as_str(), s.concurrency, s.pending, s.scheduled, s.running, s.dead, if s.paused { "yes" } else { "" }
+                        s.name,
+                        s.tier.as_str(),
+                        s.concurrency,
+                        s.pending,
+                        s.scheduled,
+                        s.running,
+                        s.dead,
+                        if s.paused { "yes" } else { "" }
                     );
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Dead { command } => dead(Store::connect(&config, registry).await?, command).await,
-        Command::Jobs { command: JobsCommand::Show { id } } => {
+        Command::Jobs {
+            command: JobsCommand::Show { id },
+        } => {
             let store = Store::connect(&config, registry).await?;
             match store.status(&id).await? {
                 Some(s) => {
                     println!("{}", serde_json::to_string_pretty(&s)?);
                     Ok(ExitCode::SUCCESS)
                 }
-                None => bail!("no job `{id}` in any queue (finished jobs are remembered for worker.done_retention runs)"),
+                None => {
+                    bail!("no job `{id}` in any queue (finished jobs are remembered for worker.done_retention runs)")
+                }
             }
         }
     }
@@ -218,7 +249,11 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
 fn check(config: &Config, registry: &Registry) -> Result<ExitCode> {
     let problems = Routing::from_config(config).problems(registry);
     if problems.is_empty() {
-        println!("ok: {} queues, {} job types, routing valid", config.queues.len(), registry.len());
+        println!(
+            "ok: {} queues, {} job types, routing valid",
+            config.queues.len(),
+            registry.len()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("{} problem(s):", problems.len());
@@ -232,7 +267,10 @@ fn check(config: &Config, registry: &Registry) -> Result<ExitCode> {
 pub fn select_queues(config: &Config, queues: &[String], tiers: &[Tier]) -> Result<Vec<String>> {
     for q in queues {
         if !config.queues.contains_key(q) {
-            bail!("--queues names `{q}`, which is not declared under [queues] (declared: {})", config.queues.keys().cloned().collect::<Vec<_>>().join(", "));
+            bail!(
+                "--queues names `{q}`, which is not declared under [queues] (declared: {})",
+                config.queues.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
         }
     }
     let tiers: BTreeSet<Tier> = tiers.iter().copied().collect();
@@ -255,7 +293,10 @@ pub fn select_queues(config: &Config, queues: &[String], tiers: &[Tier]) -> Resu
 async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<ExitCode> {
     let problems = Routing::from_config(&config).problems(&registry);
     if !problems.is_empty() {
-        bail!("refusing to start, routing is invalid:\n  - {}", problems.join("\n  - "));
+        bail!(
+            "refusing to start, routing is invalid:\n  - {}",
+            problems.join("\n  - ")
+        );
     }
     let queues = select_queues(&config, &args.queues, &args.tiers)?;
     crate::telemetry::describe();
@@ -266,7 +307,11 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
     shutdown_signal().await;
     tracing::info!("shutdown requested: draining");
     let report = running.shutdown().await;
-    tracing::info!(handed_back = report.handed_back, timed_out_pools = report.timed_out_pools, "bye");
+    tracing::info!(
+        handed_back = report.handed_back,
+        timed_out_pools = report.timed_out_pools,
+        "bye"
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -307,15 +352,28 @@ async fn dead(store: Store, command: DeadCommand) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 for d in &all {
-                    let when = chrono::DateTime::from_timestamp_millis(d.died_at).map(|t| t.to_rfc3339()).unwrap_or_default();
-                    println!("{}  {:<14} {:<28} attempts={} died={}  {}", d.id, d.queue, d.job, d.attempts, when, d.last_error.as_deref().unwrap_or(""));
+                    let when = chrono::DateTime::from_timestamp_millis(d.died_at)
+                        .map(|t| t.to_rfc3339())
+                        .unwrap_or_default();
+                    println!(
+                        "{}  {:<14} {:<28} attempts={} died={}  {}",
+                        d.id,
+                        d.queue,
+                        d.job,
+                        d.attempts,
+                        when,
+                        d.last_error.as_deref().unwrap_or("")
+                    );
                 }
                 eprintln!("{} dead job(s)", all.len());
             }
         }
         DeadCommand::Retry { ids } => {
             for id in ids {
-                let q = store.dead_queue_of(&id).await?.with_context(|| format!("no dead job `{id}`"))?;
+                let q = store
+                    .dead_queue_of(&id)
+                    .await?
+                    .with_context(|| format!("no dead job `{id}`"))?;
                 store.dead_retry(&q, std::slice::from_ref(&id)).await?;
                 println!("{id} requeued on {q}");
             }
@@ -337,7 +395,10 @@ async fn dead(store: Store, command: DeadCommand) -> Result<ExitCode> {
                     bail!("give job ids, or --all --queue Q");
                 }
                 for id in ids {
-                    let q = store.dead_queue_of(&id).await?.with_context(|| format!("no dead job `{id}`"))?;
+                    let q = store
+                        .dead_queue_of(&id)
+                        .await?
+                        .with_context(|| format!("no dead job `{id}`"))?;
                     store.dead_purge(&q, std::slice::from_ref(&id)).await?;
                     println!("{id} purged from {q}");
                 }

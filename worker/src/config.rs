@@ -62,7 +62,9 @@ pub struct DatabaseConfig {
 
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DatabaseConfig").field("url", &redact_url(&self.url)).finish()
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .finish()
     }
 }
 
@@ -110,7 +112,11 @@ pub struct RetryConfig {
 
 impl From<RetryConfig> for RetryPolicy {
     fn from(r: RetryConfig) -> Self {
-        RetryPolicy { max_attempts: r.max_attempts, backoff_base: r.backoff_base, backoff_cap: r.backoff_cap }
+        RetryPolicy {
+            max_attempts: r.max_attempts,
+            backoff_base: r.backoff_base,
+            backoff_cap: r.backoff_cap,
+        }
     }
 }
 
@@ -251,7 +257,12 @@ impl Layered {
                 return o.clone();
             }
             // A table set by a layer is recorded under its child keys; use any of them.
-            if let Some((_, o)) = self.origins.range(format!("{k}.")..).next().filter(|(p, _)| p.starts_with(&format!("{k}."))) {
+            if let Some((_, o)) = self
+                .origins
+                .range(format!("{k}.")..)
+                .next()
+                .filter(|(p, _)| p.starts_with(&format!("{k}.")))
+            {
                 return o.clone();
             }
             match k.rfind('.') {
@@ -270,7 +281,11 @@ fn merge_into(
     origins: &mut BTreeMap<String, String>,
 ) {
     for (k, v) in src {
-        let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
         match (dst.get_mut(&k), v) {
             (Some(toml::Value::Table(d)), toml::Value::Table(s)) => merge_into(d, s, &path, origin, origins),
             (_, v) => {
@@ -321,14 +336,18 @@ impl Loader {
     }
 
     fn read(path: &Path) -> Result<toml::Table, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     fn parse(text: &str, name: &str) -> Result<toml::Table, ConfigError> {
-        toml::from_str::<toml::Table>(text)
-            .map_err(|e| ConfigError::Syntax { path: name.to_owned(), message: e.to_string().trim().to_owned() })
+        toml::from_str::<toml::Table>(text).map_err(|e| ConfigError::Syntax {
+            path: name.to_owned(),
+            message: e.to_string().trim().to_owned(),
+        })
     }
 
     /// Loads from the process environment.
@@ -338,20 +357,29 @@ impl Loader {
 
     /// Loads with `vars` as the environment (tests pass their own).
     pub fn load_from(&self, vars: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let mut layered = Layered { root: toml::Table::new(), origins: BTreeMap::new() };
+        let mut layered = Layered {
+            root: toml::Table::new(),
+            origins: BTreeMap::new(),
+        };
         let dir = self.dir.clone().or_else(|| {
             let d = PathBuf::from("config");
             d.join("default.toml").exists().then_some(d)
         });
         match dir.as_ref().map(|d| d.join("default.toml")).filter(|p| p.exists()) {
             Some(p) => layered.merge(Self::read(&p)?, &p.display().to_string()),
-            None => layered.merge(Self::parse(DEFAULT_TOML, "config/default.toml (built in)")?, "config/default.toml (built in)"),
+            None => layered.merge(
+                Self::parse(DEFAULT_TOML, "config/default.toml (built in)")?,
+                "config/default.toml (built in)",
+            ),
         }
         if let Some(env) = self.env.as_deref().filter(|e| !e.is_empty()) {
             let d = dir.clone().unwrap_or_else(|| PathBuf::from("config"));
             let p = d.join(format!("{env}.toml"));
             if !p.exists() {
-                return Err(ConfigError::MissingEnv { env: env.to_owned(), path: p.display().to_string() });
+                return Err(ConfigError::MissingEnv {
+                    env: env.to_owned(),
+                    path: p.display().to_string(),
+                });
             }
             layered.merge(Self::read(&p)?, &p.display().to_string());
         }
@@ -374,17 +402,40 @@ impl Loader {
             };
             layered.merge(nest(&path, v), &format!("environment variable {name}"));
         }
-        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(layered.root.clone())).map_err(|e| {
-            let mut key = e.path().to_string();
-            let message = e.inner().message().trim().to_owned();
-            if let Some(field) = message.strip_prefix("unknown field `").and_then(|r| r.split('`').next()) {
-                key = if key == "." { field.to_owned() } else { format!("{key}.{field}") };
-            } else if let Some(field) = message.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
-                key = if key == "." { field.to_owned() } else { format!("{key}.{field}") };
-            }
-            ConfigError::Key { origin: layered.origin_of(&key), key, message }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(layered.root.clone())).map_err(|e| {
+                let mut key = e.path().to_string();
+                let message = e.inner().message().trim().to_owned();
+                if let Some(field) = message
+                    .strip_prefix("unknown field `")
+                    .and_then(|r| r.split('`').next())
+                {
+                    key = if key == "." {
+                        field.to_owned()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                } else if let Some(field) = message
+                    .strip_prefix("missing field `")
+                    .and_then(|r| r.split('`').next())
+                {
+                    key = if key == "." {
+                        field.to_owned()
+                    } else {
+                        format!("{key}.{field}")
+                    };
+                }
+                ConfigError::Key {
+                    origin: layered.origin_of(&key),
+                    key,
+                    message,
+                }
+            })?;
+        validate(&config).map_err(|(key, message)| ConfigError::Key {
+            origin: layered.origin_of(&key),
+            key,
+            message,
         })?;
-        validate(&config).map_err(|(key, message)| ConfigError::Key { origin: layered.origin_of(&key), key, message })?;
         Ok(config)
     }
 }
@@ -396,9 +447,15 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
         return Err(("worker.lease_ttl".into(), "must be at least 1s".into()));
     }
     if w.lease_extend_interval.is_zero() || w.lease_extend_interval >= w.lease_ttl {
-        return Err(("worker.lease_extend_interval".into(), "must be above zero and below worker.lease_ttl".into()));
+        return Err((
+            "worker.lease_extend_interval".into(),
+            "must be above zero and below worker.lease_ttl".into(),
+        ));
     }
-    for (key, d) in [("worker.reap_interval", w.reap_interval), ("worker.idle_poll_interval", w.idle_poll_interval)] {
+    for (key, d) in [
+        ("worker.reap_interval", w.reap_interval),
+        ("worker.idle_poll_interval", w.idle_poll_interval),
+    ] {
         if d.is_zero() {
             return Err((key.into(), "must be above zero".into()));
         }
@@ -407,18 +464,28 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
         return Err(("worker.ack_batch_max".into(), "must be at least 1".into()));
     }
     if c.redis.key_prefix.is_empty() || c.redis.key_prefix.contains(['{', '}', ' ']) {
-        return Err(("redis.key_prefix".into(), "must be non-empty without braces or spaces".into()));
+        return Err((
+            "redis.key_prefix".into(),
+            "must be non-empty without braces or spaces".into(),
+        ));
     }
     if c.queues.is_empty() {
         return Err(("queues".into(), "declare at least one queue".into()));
     }
     check_retry("queue_defaults.retry", &c.queue_defaults.retry)?;
     for (name, q) in &c.queues {
-        if name.is_empty() || !name.chars().all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_') {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+        {
             return Err((format!("queues.{name}"), "queue names use only a-z, 0-9 and _".into()));
         }
         if q.concurrency == 0 || q.concurrency > 10_000 {
-            return Err((format!("queues.{name}.concurrency"), "must be between 1 and 10000".into()));
+            return Err((
+                format!("queues.{name}.concurrency"),
+                "must be between 1 and 10000".into(),
+            ));
         }
         if q.timeout.is_some_and(|t| t.is_zero()) {
             return Err((format!("queues.{name}.timeout"), "must be above zero".into()));
@@ -467,7 +534,10 @@ mod tests {
     #[test]
     fn defaults_load_and_env_overrides_apply() {
         let c = Loader::new(None, None)
-            .load_from(vars(&[("CULM__QUEUES__GALILEO__CONCURRENCY", "3"), ("CULM_REDIS_URL", "redis://x:1")]))
+            .load_from(vars(&[
+                ("CULM__QUEUES__GALILEO__CONCURRENCY", "3"),
+                ("CULM_REDIS_URL", "redis://x:1"),
+            ]))
             .expect("defaults load");
         assert_eq!(c.queues["galileo"].concurrency, 3);
         assert_eq!(c.redis.url, "redis://x:1");
@@ -480,7 +550,10 @@ mod tests {
             .load_from(vars(&[("CULM__WORKER__LEASE_TTL", "soon")]))
             .expect_err("bad duration");
         let s = e.to_string();
-        assert!(s.contains("CULM__WORKER__LEASE_TTL") && s.contains("worker.lease_ttl"), "{s}");
+        assert!(
+            s.contains("CULM__WORKER__LEASE_TTL") && s.contains("worker.lease_ttl"),
+            "{s}"
+        );
 
         let e = Loader::new(None, None)
             .load_from(vars(&[("CULM__WORKER__NOPE", "1")]))
@@ -499,7 +572,9 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("temp dir");
         std::fs::write(dir.join("default.toml"), DEFAULT_TOML).expect("write");
         std::fs::write(dir.join("staging.toml"), "[queues.galileo]\ntier = \"platinum\"\n").expect("write");
-        let e = Loader::new(Some(dir.clone()), Some("staging".into())).load_from(vec![]).expect_err("bad tier");
+        let e = Loader::new(Some(dir.clone()), Some("staging".into()))
+            .load_from(vec![])
+            .expect_err("bad tier");
         let s = e.to_string();
         assert!(s.contains("staging.toml") && s.contains("queues.galileo.tier"), "{s}");
         std::fs::remove_dir_all(dir).ok();

@@ -62,7 +62,9 @@ impl BackendConfig for QueueBackend {
     }
 
     fn middleware(&mut self, _worker: &mut WorkerContext) -> Self::Layer {
-        AckLayer { shared: self.shared.clone() }
+        AckLayer {
+            shared: self.shared.clone(),
+        }
     }
 }
 
@@ -76,7 +78,10 @@ pub struct AckLayer {
 impl<S> Layer<S> for AckLayer {
     type Service = AckService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        AckService { inner, shared: self.shared.clone() }
+        AckService {
+            inner,
+            shared: self.shared.clone(),
+        }
     }
 }
 

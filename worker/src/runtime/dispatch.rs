@@ -38,6 +38,8 @@ pub struct Completion {
     pub summary: Option<String>,
     /// Run time.
     pub duration: Duration,
+    /// When the handler started, µs since the epoch (0 if it never started).
+    pub started_at_us: i64,
 }
 
 impl Completion {
@@ -81,7 +83,8 @@ impl Service<Task<Delivery>> for Dispatcher {
     fn call(&mut self, task: Task<Delivery>) -> Self::Future {
         let d = task.args;
         let this = self.clone();
-        let span = tracing::info_span!("job", job_id = %d.id, job = %d.envelope.job, queue = %d.queue, attempt = d.attempt);
+        let span =
+            tracing::info_span!("job", job_id = %d.id, job = %d.envelope.job, queue = %d.queue, attempt = d.attempt);
         async move { Ok(this.run(d).await) }.instrument(span).boxed()
     }
 }
@@ -98,10 +101,17 @@ impl Dispatcher {
             follow_ups: Vec::new(),
             summary: None,
             duration: Duration::ZERO,
+            started_at_us: 0,
         };
         let Some(spec) = self.registry.get(&d.envelope.job) else {
             c.job = "unknown".into();
-            c.fail(AckKind::Dead, format!("unknown job type `{}`: this binary has no handler for it", d.envelope.job));
+            c.fail(
+                AckKind::Dead,
+                format!(
+                    "unknown job type `{}`: this binary has no handler for it",
+                    d.envelope.job
+                ),
+            );
             telemetry::dead_without_run(&s.name, "unknown");
             return c;
         };
@@ -118,6 +128,7 @@ impl Dispatcher {
             self.enqueuer.clone(),
             self.deps.clone(),
         );
+        c.started_at_us = chrono::Utc::now().timestamp_micros();
         let start = Instant::now();
         let run = AssertUnwindSafe(spec.run(d.envelope.payload.get(), ctx)).catch_unwind();
         let result = tokio::time::timeout(s.timeout, run).await;
@@ -127,16 +138,27 @@ impl Dispatcher {
                 let backoff = s.retry.backoff(d.attempt).max(at_least.unwrap_or_default());
                 c.fail(AckKind::Retry { at: ms_after(backoff) }, error);
             } else {
-                c.fail(AckKind::Dead, format!("{error} (attempt {} of {}, giving up)", d.attempt, s.retry.max_attempts));
+                c.fail(
+                    AckKind::Dead,
+                    format!("{error} (attempt {} of {}, giving up)", d.attempt, s.retry.max_attempts),
+                );
             }
         };
         let ended = match result {
             Err(_) => {
-                retry_or_dead(&mut c, format!("timed out after {}", humantime::format_duration(s.timeout)), None);
+                retry_or_dead(
+                    &mut c,
+                    format!("timed out after {}", humantime::format_duration(s.timeout)),
+                    None,
+                );
                 telemetry::Ended::Retried
             }
             Ok(Err(panic)) => {
-                retry_or_dead(&mut c, format!("handler panicked: {}", panic_message(panic.as_ref())), None);
+                retry_or_dead(
+                    &mut c,
+                    format!("handler panicked: {}", panic_message(panic.as_ref())),
+                    None,
+                );
                 telemetry::Ended::Retried
             }
             Ok(Ok(RunResult::BadPayload(reason))) => {

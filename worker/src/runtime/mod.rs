@@ -35,6 +35,8 @@ pub struct JobEvent {
     pub kind: AckKind,
     /// Error, for failures.
     pub error: String,
+    /// When the handler started, µs since the epoch (0 if it never ran).
+    pub started_at_us: i64,
 }
 
 /// A start-up problem.
@@ -88,7 +90,12 @@ impl Runtime {
     /// A runtime over `store` with `deps` available to handlers.
     pub fn new(config: Arc<Config>, store: Store, deps: Deps) -> Self {
         let (events, _) = broadcast::channel(65_536);
-        Self { config, store, deps, events }
+        Self {
+            config,
+            store,
+            deps,
+            events,
+        }
     }
 
     /// Subscribes to acknowledgement events (tests wait on these instead of sleeping).
@@ -114,20 +121,34 @@ impl Runtime {
         let mut wakes = HashMap::new();
         let mut pools = Vec::new();
         for name in queues {
-            let settings = Arc::new(all.get(name).cloned().ok_or_else(|| RuntimeError::UnknownQueue(name.clone()))?);
+            let settings = Arc::new(
+                all.get(name)
+                    .cloned()
+                    .ok_or_else(|| RuntimeError::UnknownQueue(name.clone()))?,
+            );
             let wake = Arc::new(Notify::new());
             wakes.insert(self.store.wake_channel(name), wake.clone());
-            let (shared, ack_rx) =
-                PoolShared::new(settings.clone(), self.store.clone(), self.config.worker.clone(), wake, self.events.clone());
+            let (shared, ack_rx) = PoolShared::new(
+                settings.clone(),
+                self.store.clone(),
+                self.config.worker.clone(),
+                wake,
+                self.events.clone(),
+            );
             let (tx, rx) = mpsc::channel(settings.concurrency as usize);
-            let backend = backend::QueueBackend { rx, shared: shared.clone() };
+            let backend = backend::QueueBackend {
+                rx,
+                shared: shared.clone(),
+            };
             let dispatcher = dispatch::Dispatcher {
                 registry: self.store.registry().clone(),
                 settings: settings.clone(),
                 enqueuer: Arc::new(self.store.clone()) as Arc<dyn Enqueuer>,
                 deps: self.deps.clone(),
             };
-            let worker = WorkerBuilder::new(format!("{name}@{worker_id}")).backend(backend).build(dispatcher);
+            let worker = WorkerBuilder::new(format!("{name}@{worker_id}"))
+                .backend(backend)
+                .build(dispatcher);
             let queue = name.clone();
             let mut stopped = stop_rx.clone();
             let worker = tokio::spawn(async move {
@@ -142,7 +163,12 @@ impl Runtime {
             });
             pools.push(PoolHandle {
                 fetcher: tokio::spawn(pool::fetch_loop(shared.clone(), tx, stop_rx.clone())),
-                acker: tokio::spawn(pool::ack_loop(shared.clone(), ack_rx, finish_rx.clone(), abort_rx.clone())),
+                acker: tokio::spawn(pool::ack_loop(
+                    shared.clone(),
+                    ack_rx,
+                    finish_rx.clone(),
+                    abort_rx.clone(),
+                )),
                 upkeep: tokio::spawn(pool::upkeep_loop(shared.clone(), stop_rx.clone())),
                 shared,
                 worker,
@@ -150,7 +176,14 @@ impl Runtime {
         }
         let listener = tokio::spawn(wake_listener(self.store.client().clone(), wakes, stop_rx));
         tracing::info!(queues = %queues.join(","), worker = %worker_id, "worker pools started");
-        Ok(Running { stop, finish, abort, pools, listener, drain_timeout: self.config.worker.drain_timeout })
+        Ok(Running {
+            stop,
+            finish,
+            abort,
+            pools,
+            listener,
+            drain_timeout: self.config.worker.drain_timeout,
+        })
     }
 }
 
@@ -161,7 +194,12 @@ impl Running {
         let _ = self.stop.send(true);
         let deadline = tokio::time::Instant::now() + self.drain_timeout;
         let mut pools = self.pools;
-        let finished = futures::future::join_all(pools.iter_mut().map(|p| tokio::time::timeout_at(deadline, &mut p.worker))).await;
+        let finished = futures::future::join_all(
+            pools
+                .iter_mut()
+                .map(|p| tokio::time::timeout_at(deadline, &mut p.worker)),
+        )
+        .await;
         let mut report = ShutdownReport::default();
         for (p, done) in pools.iter_mut().zip(finished) {
             if done.is_err() {
@@ -175,7 +213,12 @@ impl Running {
         }
         // Workers are gone: ackers write what is left, then end.
         let _ = self.finish.send(true);
-        let flushed = futures::future::join_all(pools.iter_mut().map(|p| tokio::time::timeout(Duration::from_secs(5), &mut p.acker))).await;
+        let flushed = futures::future::join_all(
+            pools
+                .iter_mut()
+                .map(|p| tokio::time::timeout(Duration::from_secs(5), &mut p.acker)),
+        )
+        .await;
         if flushed.iter().any(Result::is_err) {
             let _ = self.abort.send(true);
         }
@@ -229,7 +272,11 @@ async fn wake_listener(client: redis::Client, wakes: HashMap<String, Arc<Notify>
 fn hostname() -> String {
     std::env::var("HOSTNAME")
         .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_owned()))
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_owned())
+        })
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "culm".to_owned())
 }

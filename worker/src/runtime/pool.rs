@@ -24,11 +24,21 @@ use tokio::sync::{Notify, broadcast, mpsc, watch};
 pub struct PendingAck {
     ack: Ack,
     job: String,
+    started_at_us: i64,
 }
 
 impl From<Completion> for PendingAck {
     fn from(c: Completion) -> Self {
-        PendingAck { ack: Ack { id: c.id, attempt: c.attempt, kind: c.kind, error: c.error }, job: c.job }
+        PendingAck {
+            ack: Ack {
+                id: c.id,
+                attempt: c.attempt,
+                kind: c.kind,
+                error: c.error,
+            },
+            job: c.job,
+            started_at_us: c.started_at_us,
+        }
     }
 }
 
@@ -82,7 +92,10 @@ impl PoolShared {
 
     /// Ids and attempts of every job this process holds.
     pub(super) fn held(&self) -> Vec<(String, u32)> {
-        self.inflight.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default()
+        self.inflight
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
     }
 
     fn forget(&self, ids: impl Iterator<Item = String>) -> usize {
@@ -103,7 +116,11 @@ async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
 }
 
 /// Leases jobs into the worker's channel whenever there are free slots.
-pub(super) async fn fetch_loop(shared: Arc<PoolShared>, tx: mpsc::Sender<Task<Delivery>>, mut stop: watch::Receiver<bool>) {
+pub(super) async fn fetch_loop(
+    shared: Arc<PoolShared>,
+    tx: mpsc::Sender<Task<Delivery>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut error_backoff = Duration::from_millis(50);
     let lease_ttl = shared.worker.lease_ttl;
     loop {
@@ -214,7 +231,15 @@ pub(super) async fn ack_loop(
         shared.slot_freed.notify_one();
         if shared.events.receiver_count() > 0 {
             for p in batch.drain(..) {
-                let _ = shared.events.send(JobEvent { id: p.ack.id, queue: shared.queue.to_string(), job: p.job, attempt: p.ack.attempt, kind: p.ack.kind, error: p.ack.error });
+                let _ = shared.events.send(JobEvent {
+                    id: p.ack.id,
+                    queue: shared.queue.to_string(),
+                    job: p.job,
+                    attempt: p.ack.attempt,
+                    kind: p.ack.kind,
+                    error: p.ack.error,
+                    started_at_us: p.started_at_us,
+                });
             }
         }
         batch.clear();

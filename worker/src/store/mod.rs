@@ -16,7 +16,13 @@ use std::{collections::BTreeMap, sync::Arc, sync::LazyLock, time::Duration};
 
 macro_rules! script {
     ($name:literal) => {
-        LazyLock::new(|| Script::new(concat!(include_str!("lua/common.lua"), "\n", include_str!(concat!("lua/", $name)))))
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/common.lua"),
+                "\n",
+                include_str!(concat!("lua/", $name))
+            ))
+        })
     };
 }
 
@@ -41,7 +47,9 @@ const REAP_CHUNK: usize = 1000;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// Redis could not be reached at start-up.
-    #[error("cannot reach Redis at {url}: {cause}. Start Redis there, or point culm elsewhere with CULM_REDIS_URL (or redis.url in config/<env>.toml)")]
+    #[error(
+        "cannot reach Redis at {url}: {cause}. Start Redis there, or point culm elsewhere with CULM_REDIS_URL (or redis.url in config/<env>.toml)"
+    )]
     Unreachable {
         /// Redacted URL.
         url: String,
@@ -241,7 +249,10 @@ pub struct Routing {
 impl Routing {
     /// From configuration.
     pub fn from_config(c: &Config) -> Self {
-        Self { queues: c.queue_settings(), routes: c.routes.clone() }
+        Self {
+            queues: c.queue_settings(),
+            routes: c.routes.clone(),
+        }
     }
 
     /// Every routing problem: job types sent to undeclared queues or to queues of a tier
@@ -250,7 +261,9 @@ impl Routing {
         let mut out = Vec::new();
         for job in self.routes.keys() {
             if registry.get(job).is_none() {
-                out.push(format!("[routes] names job type `{job}`, which this binary does not know"));
+                out.push(format!(
+                    "[routes] names job type `{job}`, which this binary does not know"
+                ));
             }
         }
         for spec in registry.iter() {
@@ -294,9 +307,14 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("prefix", &self.inner.prefix).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("prefix", &self.inner.prefix)
+            .finish_non_exhaustive()
     }
 }
+
+/// HMGET results.
+type Fields = Vec<Option<String>>;
 
 fn text(v: &Value) -> String {
     match v {
@@ -316,18 +334,30 @@ impl Store {
     /// Connects and checks Redis answers, failing with a one-line message naming the URL.
     pub async fn connect(config: &Config, registry: Arc<Registry>) -> Result<Store, StoreError> {
         let url = &config.redis.url;
-        let unreachable = |cause: String| StoreError::Unreachable { url: redact_url(url), cause };
-        let client = redis::Client::open(url.as_str()).map_err(|e| { let _ = e; unreachable("not a valid redis:// or rediss:// URL".to_owned()) })?;
+        let unreachable = |cause: String| StoreError::Unreachable {
+            url: redact_url(url),
+            cause,
+        };
+        let client = redis::Client::open(url.as_str()).map_err(|e| {
+            let _ = e;
+            unreachable("not a valid redis:// or rediss:// URL".to_owned())
+        })?;
         let timeout = config.redis.connect_timeout;
         let mgr_config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(timeout))
             .set_response_timeout(Some(Duration::from_secs(30)))
             .set_number_of_retries(2);
-        let mut conn = tokio::time::timeout(timeout * 3, ConnectionManager::new_with_config(client.clone(), mgr_config))
+        let mut conn = tokio::time::timeout(
+            timeout * 3,
+            ConnectionManager::new_with_config(client.clone(), mgr_config),
+        )
+        .await
+        .map_err(|_| unreachable(format!("no answer within {}", humantime::format_duration(timeout * 3))))?
+        .map_err(|e| unreachable(e.to_string()))?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
             .await
-            .map_err(|_| unreachable(format!("no answer within {}", humantime::format_duration(timeout * 3))))?
             .map_err(|e| unreachable(e.to_string()))?;
-        let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| unreachable(e.to_string()))?;
         Ok(Store {
             inner: Arc::new(Inner {
                 conn,
@@ -372,15 +402,29 @@ impl Store {
     }
 
     fn settings(&self, queue: &str) -> Result<&QueueSettings, StoreError> {
-        self.inner.routing.queues.get(queue).ok_or_else(|| StoreError::UnknownQueue(queue.to_owned()))
+        self.inner
+            .routing
+            .queues
+            .get(queue)
+            .ok_or_else(|| StoreError::UnknownQueue(queue.to_owned()))
     }
 
     /// Validates a request and returns the queue it goes to. Writes nothing.
     pub fn resolve(&self, req: &EnqueueRequest) -> Result<&QueueSettings, EnqueueError> {
-        let spec = self.inner.registry.get(&req.job).ok_or_else(|| EnqueueError::UnknownJob { job: req.job.clone() })?;
+        let spec = self
+            .inner
+            .registry
+            .get(&req.job)
+            .ok_or_else(|| EnqueueError::UnknownJob { job: req.job.clone() })?;
         let routing = &self.inner.routing;
-        let queue = req.queue.as_deref().or_else(|| routing.routes.get(&req.job).map(String::as_str)).unwrap_or(spec.queue);
-        let q = routing.queues.get(queue).ok_or_else(|| EnqueueError::UnknownQueue { queue: queue.to_owned() })?;
+        let queue = req
+            .queue
+            .as_deref()
+            .or_else(|| routing.routes.get(&req.job).map(String::as_str))
+            .unwrap_or(spec.queue);
+        let q = routing.queues.get(queue).ok_or_else(|| EnqueueError::UnknownQueue {
+            queue: queue.to_owned(),
+        })?;
         if !spec.allows(q.tier) {
             return Err(EnqueueError::TierNotAllowed {
                 job: req.job.clone(),
@@ -437,7 +481,9 @@ impl Store {
                 });
             }
         }
-        let results = try_join_all(calls).await.map_err(|e| EnqueueError::Storage(e.to_string()))?;
+        let results = try_join_all(calls)
+            .await
+            .map_err(|e| EnqueueError::Storage(e.to_string()))?;
         let mut out: Vec<Option<Enqueued>> = vec![None; reqs.len()];
         for (queue, chunk, v) in results {
             for (pos, &i) in chunk.iter().enumerate() {
@@ -446,7 +492,11 @@ impl Store {
                 if created {
                     crate::telemetry::enqueued(queue, &reqs[i].job);
                 }
-                out[i] = Some(Enqueued { id, queue: queue.to_owned(), created });
+                out[i] = Some(Enqueued {
+                    id,
+                    queue: queue.to_owned(),
+                    created,
+                });
             }
         }
         out.into_iter()
@@ -477,12 +527,26 @@ impl Store {
             let attempt = text(&triple[1]).parse::<u32>().unwrap_or(1);
             let raw = text(&triple[2]);
             match serde_json::from_str::<Envelope>(&raw) {
-                Ok(envelope) => out.jobs.push(Delivery { id, queue: queue.clone(), attempt, envelope, fetched_at: now }),
+                Ok(envelope) => out.jobs.push(Delivery {
+                    id,
+                    queue: queue.clone(),
+                    attempt,
+                    envelope,
+                    fetched_at: now,
+                }),
                 Err(e) => {
                     // Unreadable bodies are dead-lettered instead of looping forever.
                     tracing::error!(queue = %queue, job_id = %id, "stored job is not valid JSON: {e}");
-                    self.ack(queue, &[Ack { id, attempt, kind: AckKind::Dead, error: format!("stored envelope is corrupt: {e}") }])
-                        .await?;
+                    self.ack(
+                        queue,
+                        &[Ack {
+                            id,
+                            attempt,
+                            kind: AckKind::Dead,
+                            error: format!("stored envelope is corrupt: {e}"),
+                        }],
+                    )
+                    .await?;
                 }
             }
         }
@@ -496,7 +560,9 @@ impl Store {
             return Ok(0);
         }
         let mut inv = ACK.prepare_invoke();
-        inv.key(self.base_key(queue)).arg(now_ms()).arg(self.inner.done_retention);
+        inv.key(self.base_key(queue))
+            .arg(now_ms())
+            .arg(self.inner.done_retention);
         for a in acks {
             let (kind, at) = match a.kind {
                 AckKind::Done => ("done", 0),
@@ -511,7 +577,12 @@ impl Store {
     }
 
     /// Extends leases; returns ids whose lease was lost.
-    pub async fn extend(&self, queue: &str, held: &[(String, u32)], lease_ttl: Duration) -> Result<Vec<String>, StoreError> {
+    pub async fn extend(
+        &self,
+        queue: &str,
+        held: &[(String, u32)],
+        lease_ttl: Duration,
+    ) -> Result<Vec<String>, StoreError> {
         if held.is_empty() {
             return Ok(Vec::new());
         }
@@ -529,7 +600,13 @@ impl Store {
     pub async fn reap(&self, queue: &str) -> Result<usize, StoreError> {
         let max = self.settings(queue)?.retry.max_attempts;
         let mut conn = self.inner.conn.clone();
-        Ok(REAP.key(self.base_key(queue)).arg(now_ms()).arg(max).arg(REAP_CHUNK).invoke_async(&mut conn).await?)
+        Ok(REAP
+            .key(self.base_key(queue))
+            .arg(now_ms())
+            .arg(max)
+            .arg(REAP_CHUNK)
+            .invoke_async(&mut conn)
+            .await?)
     }
 
     /// Hands leased jobs back to the front of the queue, refunding the attempt.
@@ -553,7 +630,9 @@ impl Store {
         let v: Vec<Value> = STATS.key(self.base_key(queue)).invoke_async(&mut conn).await?;
         let n = |i: usize| v.get(i).map(text).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
         let head = v.get(5).map(text).unwrap_or_default();
-        let oldest = serde_json::from_str::<Envelope>(&head).ok().map(|e| (now_ms() - e.run_at.max(e.enqueued_at)).max(0));
+        let oldest = serde_json::from_str::<Envelope>(&head)
+            .ok()
+            .map(|e| (now_ms() - e.run_at.max(e.enqueued_at)).max(0));
         Ok(QueueStats {
             name: s.name.clone(),
             tier: s.tier,
@@ -576,7 +655,11 @@ impl Store {
     pub async fn pause(&self, queue: &str) -> Result<(), StoreError> {
         self.settings(queue)?;
         let mut conn = self.inner.conn.clone();
-        redis::cmd("SET").arg(format!("{}:paused", self.base_key(queue))).arg(now_ms()).exec_async(&mut conn).await?;
+        redis::cmd("SET")
+            .arg(format!("{}:paused", self.base_key(queue)))
+            .arg(now_ms())
+            .exec_async(&mut conn)
+            .await?;
         Ok(())
     }
 
@@ -610,7 +693,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
-        let (bodies, errors, attempts): (Vec<Option<String>>, Vec<Option<String>>, Vec<Option<u32>>) = redis::pipe()
+        let (bodies, errors, attempts): (Fields, Fields, Vec<Option<u32>>) = redis::pipe()
             .cmd("HMGET")
             .arg(format!("{base}:jobs"))
             .arg(&ids)
@@ -624,10 +707,19 @@ impl Store {
             .await?;
         let mut out = Vec::with_capacity(entries.len());
         for (i, (id, died)) in entries.iter().enumerate() {
-            let Some(body) = bodies.get(i).cloned().flatten() else { continue };
-            let env: Envelope =
-                serde_json::from_str(&body).map_err(|e| StoreError::Corrupt { key: id.clone(), message: e.to_string() })?;
-            let errs = errors.get(i).cloned().flatten().map(|e| parse_errors(&e)).unwrap_or_default();
+            let Some(body) = bodies.get(i).cloned().flatten() else {
+                continue;
+            };
+            let env: Envelope = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+                key: id.clone(),
+                message: e.to_string(),
+            })?;
+            let errs = errors
+                .get(i)
+                .cloned()
+                .flatten()
+                .map(|e| parse_errors(&e))
+                .unwrap_or_default();
             out.push(DeadJob {
                 id: id.clone(),
                 queue: queue.to_owned(),
@@ -668,7 +760,11 @@ impl Store {
     pub async fn dead_queue_of(&self, id: &str) -> Result<Option<String>, StoreError> {
         for q in self.inner.routing.queues.keys() {
             let mut conn = self.inner.conn.clone();
-            let score: Option<f64> = redis::cmd("ZSCORE").arg(format!("{}:dead", self.base_key(q))).arg(id).query_async(&mut conn).await?;
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(format!("{}:dead", self.base_key(q)))
+                .arg(id)
+                .query_async(&mut conn)
+                .await?;
             if score.is_some() {
                 return Ok(Some(q.clone()));
             }

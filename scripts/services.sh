@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Starts the local services culm needs (Redis, PostgreSQL) when they are not already up.
+# Loopback only. Safe to run repeatedly.
+set -euo pipefail
+
+redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; }
+pg_up() { pg_isready -h 127.0.0.1 -p 5432 >/dev/null 2>&1; }
+
+if ! redis_up; then
+  echo "starting Redis on 127.0.0.1:6379"
+  mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+    --dir /var/lib/redis --logfile /var/log/redis/ci.log
+  for _ in $(seq 1 50); do redis_up && break; sleep 0.1; done
+  redis_up || { echo "Redis did not start; see /var/log/redis/ci.log" >&2; exit 1; }
+fi
+
+if command -v pg_isready >/dev/null 2>&1 && ! pg_up; then
+  echo "starting PostgreSQL on 127.0.0.1:5432"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+  for _ in $(seq 1 100); do pg_up && break; sleep 0.1; done
+  pg_up || echo "warning: PostgreSQL is not running (culm only needs it for the ledger)" >&2
+fi
+echo "services ready: redis://127.0.0.1:6379"
