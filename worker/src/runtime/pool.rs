@@ -48,8 +48,10 @@ pub struct PoolShared {
     pub(super) settings: Arc<QueueSettings>,
     pub(super) store: Store,
     pub(super) worker: WorkerConfig,
-    /// Jobs leased by this process and not yet acknowledged: id → attempt.
-    inflight: Mutex<HashMap<String, u32>>,
+    /// Jobs leased by this process and not yet acknowledged: id → (attempt, finished).
+    /// A finished job's lease is still extended until its acknowledgement lands, but its
+    /// lease disappearing is expected (the ack may land first) and not worth a warning.
+    inflight: Mutex<HashMap<String, (u32, bool)>>,
     /// Pool slots not holding a leased job.
     free: AtomicUsize,
     slot_freed: Notify,
@@ -84,6 +86,11 @@ impl PoolShared {
 
     /// Queues a finished run for acknowledgement.
     pub(super) fn complete(&self, p: PendingAck) {
+        if let Ok(mut m) = self.inflight.lock()
+            && let Some(e) = m.get_mut(&p.ack.id)
+        {
+            e.1 = true;
+        }
         if let Err(mpsc::error::SendError(p)) = self.ack_tx.send(p) {
             // The acker is gone (hard shutdown): the lease will expire and the job rerun.
             tracing::warn!(job_id = %p.ack.id, "acknowledgement dropped at shutdown; the job will be delivered again");
@@ -94,8 +101,16 @@ impl PoolShared {
     pub(super) fn held(&self) -> Vec<(String, u32)> {
         self.inflight
             .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.0)).collect())
             .unwrap_or_default()
+    }
+
+    /// Whether `id` is held and its handler is still running.
+    fn running(&self, id: &str) -> bool {
+        self.inflight
+            .lock()
+            .map(|m| m.get(id).is_some_and(|e| !e.1))
+            .unwrap_or(false)
     }
 
     fn forget(&self, ids: impl Iterator<Item = String>) -> usize {
@@ -145,7 +160,7 @@ pub(super) async fn fetch_loop(
                 error_backoff = Duration::from_millis(50);
                 shared.free.fetch_sub(f.jobs.len(), Ordering::AcqRel);
                 if let Ok(mut m) = shared.inflight.lock() {
-                    m.extend(f.jobs.iter().map(|d| (d.id.clone(), d.attempt)));
+                    m.extend(f.jobs.iter().map(|d| (d.id.clone(), (d.attempt, false))));
                 }
                 for d in f.jobs {
                     if tx.send(Task::new(d)).await.is_err() {
@@ -259,7 +274,7 @@ pub(super) async fn upkeep_loop(shared: Arc<PoolShared>, mut stop: watch::Receiv
             _ = extend.tick() => {
                 let held = shared.held();
                 match shared.store.extend(&shared.queue, &held, w.lease_ttl).await {
-                    Ok(lost) => for id in lost {
+                    Ok(lost) => for id in lost.into_iter().filter(|id| shared.running(id)) {
                         tracing::warn!(queue = %shared.queue, job_id = %id, "lease lost: the job may be running elsewhere; this run's result will be ignored");
                     },
                     Err(e) => {
