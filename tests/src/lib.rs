@@ -48,6 +48,11 @@ pub fn queue(tier: &str, concurrency: u32, timeout_ms: u64, max_attempts: u32) -
 impl TestEnv {
     /// Defaults with a unique prefix and short leases, adjusted by `adjust`.
     pub async fn new(adjust: impl FnOnce(&mut Config)) -> TestEnv {
+        Self::with_registry(culm_jobs::registry().expect("registry"), adjust).await
+    }
+
+    /// Like [`TestEnv::new`] with a custom job registry (tests that add job types).
+    pub async fn with_registry(registry: culm_core::Registry, adjust: impl FnOnce(&mut Config)) -> TestEnv {
         let mut config = Config::defaults().expect("built-in defaults load");
         let prefix = format!("culmtest-{}", ulid::Ulid::new().to_string().to_lowercase());
         config.redis.url = redis_url();
@@ -57,7 +62,7 @@ impl TestEnv {
         config.worker.reap_interval = Duration::from_millis(200);
         config.worker.drain_timeout = Duration::from_secs(10);
         adjust(&mut config);
-        let registry = Arc::new(culm_jobs::registry().expect("registry"));
+        let registry = Arc::new(registry);
         let store = Store::connect(&config, registry)
             .await
             .expect("Redis is reachable for tests");
@@ -183,4 +188,54 @@ pub fn culm_bin() -> PathBuf {
         assert!(cmd.status().expect("cargo runs").success(), "building culm failed");
     }
     bin
+}
+
+/// A TCP forwarder in front of a real service, which a test can cut to simulate an
+/// outage without touching the service itself.
+pub struct TcpProxy {
+    /// `127.0.0.1:<port>` to connect to instead of the service.
+    pub addr: std::net::SocketAddr,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl TcpProxy {
+    /// Forwards connections from an ephemeral loopback port to `target` ("host:port").
+    pub async fn start(target: &str) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let target = target.to_owned();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if *cut_rx.borrow() {
+                    continue; // dropped at once: the service looks down
+                }
+                let target = target.clone();
+                let mut cut = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.wait_for(|c| *c) => {}
+                    }
+                });
+            }
+        });
+        TcpProxy { addr, cut }
+    }
+
+    /// Drops every connection and refuses new ones until [`TcpProxy::restore`].
+    pub fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+
+    /// Accepts and forwards connections again.
+    pub fn restore(&self) {
+        let _ = self.cut.send(false);
+    }
 }

@@ -358,6 +358,7 @@ async fn sigkill_mid_job_redelivers_to_another_process_and_loses_nothing() {
             .env("CULM__WORKER__LEASE_TTL", "2s")
             .env("CULM__WORKER__LEASE_EXTEND_INTERVAL", "500ms")
             .env("CULM__WORKER__REAP_INTERVAL", "200ms")
+            .env("CULM__ADMIN__ENABLED", "false")
             .env("CULM_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())

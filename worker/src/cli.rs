@@ -58,6 +58,8 @@ pub enum Command {
     },
     /// Measure the hot path (own key namespace; run on a release build).
     Bench(crate::bench::BenchArgs),
+    /// Serve only the admin HTTP API and /metrics (no worker pools).
+    Serve,
     /// Inspect jobs.
     Jobs {
         #[command(subcommand)]
@@ -74,6 +76,9 @@ pub struct RunArgs {
     /// Comma-separated tiers to run (critical, third_party, batch, reporting).
     #[arg(long, value_delimiter = ',')]
     pub tiers: Vec<Tier>,
+    /// Do not serve the admin HTTP API from this process.
+    #[arg(long)]
+    pub no_admin: bool,
 }
 
 /// `culm enqueue`
@@ -175,6 +180,7 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
             .await
             .map(|_| ExitCode::SUCCESS),
         Command::Run(args) => run(config, registry, args).await,
+        Command::Serve => serve(config, registry).await,
         Command::Enqueue(args) => {
             let store = Store::connect(&config, registry).await?;
             let payload: serde_json::Value =
@@ -299,19 +305,88 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
         );
     }
     let queues = select_queues(&config, &args.queues, &args.tiers)?;
-    crate::telemetry::describe();
+    crate::telemetry::install();
     let store = Store::connect(&config, registry).await?;
+    let (stop_http, stop_http_rx) = tokio::sync::watch::channel(false);
+    let http = if config.admin.enabled && !args.no_admin {
+        Some(start_http(&config, store.clone(), stop_http_rx).await?)
+    } else {
+        tokio::spawn(crate::telemetry::queue_gauges(
+            store.clone(),
+            config.admin.gauge_interval,
+            stop_http_rx,
+        ));
+        None
+    };
     let deps = Deps::default().with(store.connection());
     let runtime = Runtime::new(Arc::new(config), store, deps);
     let running = runtime.start(&queues)?;
     shutdown_signal().await;
     tracing::info!("shutdown requested: draining");
     let report = running.shutdown().await;
+    let _ = stop_http.send(true);
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     tracing::info!(
         handed_back = report.handed_back,
         timed_out_pools = report.timed_out_pools,
         "bye"
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Binds the admin listener (and the metrics listener, when separate) and serves them
+/// until `stop`; also keeps the queue gauges fresh. Bind errors stop start-up.
+async fn start_http(
+    config: &Config,
+    store: Store,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>> {
+    use crate::admin;
+    let tokens = admin::tokens_from_config(&config.admin)?;
+    if tokens.is_empty() {
+        tracing::warn!(
+            "no admin tokens configured: /v1 endpoints answer 401; set CULM_ADMIN_TOKEN or [[admin.tokens]]"
+        );
+    }
+    let listener = admin::bind(&config.admin.listen, "admin.listen").await?;
+    let metrics_listener = if config.admin.metrics_listen.is_empty() {
+        None
+    } else {
+        Some(admin::bind(&config.admin.metrics_listen, "admin.metrics_listen").await?)
+    };
+    let gauges = tokio::spawn(crate::telemetry::queue_gauges(
+        store.clone(),
+        config.admin.gauge_interval,
+        stop.clone(),
+    ));
+    let state = admin::AdminState::new(config, store, tokens);
+    let (router, _) = admin::router(state);
+    let metrics = metrics_listener.map(|l| {
+        let r = admin::metrics_router(crate::telemetry::install());
+        tokio::spawn(admin::serve(l, r, stop.clone()))
+    });
+    Ok(tokio::spawn(async move {
+        if let Err(e) = admin::serve(listener, router, stop).await {
+            tracing::error!("admin API stopped: {e}");
+        }
+        if let Some(m) = metrics {
+            let _ = m.await;
+        }
+        let _ = gauges.await;
+    }))
+}
+
+/// `culm serve`: the admin API alone, for a separate deployment.
+async fn serve(config: Config, registry: Arc<Registry>) -> Result<ExitCode> {
+    crate::telemetry::install();
+    let store = Store::connect(&config, registry).await?;
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let http = start_http(&config, store, stop_rx).await?;
+    shutdown_signal().await;
+    let _ = stop.send(true);
+    let _ = http.await;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1,7 +1,7 @@
 //! Layered configuration: `config/default.toml`, `config/<env>.toml`, then environment
 //! variables. Owns the typed config structs and the errors that name file and key.
 use culm_core::{RetryPolicy, Tier};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -28,6 +28,54 @@ pub struct Config {
     /// Job type → queue overrides.
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
+    /// The admin HTTP API and metrics endpoint.
+    pub admin: AdminConfig,
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether `culm run` serves the admin API.
+    pub enabled: bool,
+    /// Listen address of the admin API.
+    pub listen: String,
+    /// Separate listen address for `/metrics`; empty serves it on `listen`.
+    pub metrics_listen: String,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Most jobs accepted by one `POST /v1/jobs/batch`.
+    pub batch_max: usize,
+    /// How often queue-depth gauges are refreshed (never computed during a scrape).
+    #[serde(with = "humantime_serde")]
+    pub gauge_interval: Duration,
+    /// Bearer tokens; each secret is read from the environment variable `env`.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One `[[admin.tokens]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs and audits (never the secret).
+    pub name: String,
+    /// Environment variable holding the secret.
+    pub env: String,
+    /// What the token may do.
+    pub scopes: Vec<Scope>,
+}
+
+/// What a bearer token may do. `admin` includes `read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Enqueue jobs.
+    Enqueue,
+    /// Read jobs, queues, dead letters and schedules.
+    Read,
+    /// Steer: pause and resume queues, retry and purge dead letters, trigger schedules.
+    Admin,
 }
 
 /// `[redis]`
@@ -468,6 +516,32 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
             "redis.key_prefix".into(),
             "must be non-empty without braces or spaces".into(),
         ));
+    }
+    if c.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(("admin.listen".into(), "must be an address like 127.0.0.1:8080".into()));
+    }
+    if !c.admin.metrics_listen.is_empty() && c.admin.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err((
+            "admin.metrics_listen".into(),
+            "must be empty or an address like 127.0.0.1:9090".into(),
+        ));
+    }
+    if c.admin.batch_max == 0 || c.admin.max_body_bytes < 1024 {
+        return Err((
+            "admin.batch_max".into(),
+            "batch_max must be at least 1 and max_body_bytes at least 1024".into(),
+        ));
+    }
+    if c.admin.gauge_interval.is_zero() {
+        return Err(("admin.gauge_interval".into(), "must be above zero".into()));
+    }
+    for (i, t) in c.admin.tokens.iter().enumerate() {
+        if t.env.is_empty() || t.scopes.is_empty() {
+            return Err((
+                format!("admin.tokens[{i}]"),
+                "needs `env` (the variable holding the secret) and at least one scope".into(),
+            ));
+        }
     }
     if c.queues.is_empty() {
         return Err(("queues".into(), "declare at least one queue".into()));

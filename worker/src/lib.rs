@@ -1,5 +1,6 @@
 //! The culm worker: configuration, culm's Redis store, the worker runtime, telemetry and
 //! the CLI behind the `culm` binary. See ARCHITECTURE.md for the map.
+pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod config;

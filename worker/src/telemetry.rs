@@ -27,8 +27,115 @@ pub const LEASES_REAPED: &str = "culm_leases_reaped_total";
 /// Redis errors on the hot path (`queue`, `op`).
 pub const STORE_ERRORS: &str = "culm_store_errors_total";
 
+/// Jobs in a queue by state: pending, scheduled, running, dead (`queue`, `tier`, `state`).
+pub const QUEUE_JOBS: &str = "culm_queue_jobs";
+/// Age of the oldest due job waiting for a worker (`queue`, `tier`).
+pub const QUEUE_OLDEST_AGE: &str = "culm_queue_oldest_pending_age_seconds";
+/// 1 while a queue is paused (`queue`).
+pub const QUEUE_PAUSED: &str = "culm_queue_paused";
+/// Pool size of each queue running in this process (`queue`, `tier`).
+pub const WORKERS_CAPACITY: &str = "culm_workers_capacity";
+/// Admin API requests (`route`, `method`, `status`).
+pub const ADMIN_REQUESTS: &str = "culm_admin_requests_total";
+/// Admin API request latency (`route`, `method`, `status`).
+pub const ADMIN_DURATION: &str = "culm_admin_request_duration_seconds";
+
+/// Histogram buckets for every `_seconds` histogram: 1 ms to 1 h.
+pub const SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    1800.0, 3600.0,
+];
+
+static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> = std::sync::OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same
+/// handle) and registers metric descriptions.
+pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+                    SECONDS_BUCKETS,
+                )
+                .map(|b| b.build_recorder())
+                .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first (e.g. by an embedding test);
+            // the handle then renders nothing, which is better than refusing to start.
+            if metrics::set_global_recorder(recorder).is_err() {
+                tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+            }
+            describe();
+            handle
+        })
+        .clone()
+}
+
+/// Keeps queue gauges fresh: every `interval`, reads each queue's counts from Redis and
+/// sets the gauges, so a scrape never waits on Redis. Runs until `stop` fires.
+pub async fn queue_gauges(
+    store: crate::store::Store,
+    interval: std::time::Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let handle = install();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        // Histograms are summarised lazily; upkeep bounds their memory.
+        handle.run_upkeep();
+        match store.all_stats().await {
+            Ok(all) => {
+                for q in all {
+                    let tier = q.tier.as_str();
+                    for (state, n) in [
+                        ("pending", q.pending),
+                        ("scheduled", q.scheduled),
+                        ("running", q.running),
+                        ("dead", q.dead),
+                    ] {
+                        gauge!(QUEUE_JOBS, "queue" => q.name.clone(), "tier" => tier, "state" => state).set(n as f64);
+                    }
+                    let age = q.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0;
+                    gauge!(QUEUE_OLDEST_AGE, "queue" => q.name.clone(), "tier" => tier).set(age);
+                    gauge!(QUEUE_PAUSED, "queue" => q.name.clone()).set(if q.paused { 1.0 } else { 0.0 });
+                }
+            }
+            Err(e) => tracing::warn!("refreshing queue gauges failed: {e}"),
+        }
+    }
+}
+
+/// The pool of `queue` runs `n` workers in this process.
+pub fn capacity(queue: &str, tier: &'static str, n: u32) {
+    gauge!(WORKERS_CAPACITY, "queue" => queue.to_owned(), "tier" => tier).set(f64::from(n));
+}
+
+/// One admin request was answered.
+pub fn admin_request(route: String, method: String, status: u16, secs: f64) {
+    let status = status.to_string();
+    counter!(ADMIN_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status.clone())
+        .increment(1);
+    histogram!(ADMIN_DURATION, "route" => route, "method" => method, "status" => status).record(secs);
+}
+
 /// Registers descriptions for the exporter.
 pub fn describe() {
+    describe_gauge!(QUEUE_JOBS, "Jobs in a queue by state (refreshed on an interval).");
+    describe_gauge!(
+        QUEUE_OLDEST_AGE,
+        metrics::Unit::Seconds,
+        "Age of the oldest due job waiting for a worker."
+    );
+    describe_gauge!(QUEUE_PAUSED, "1 while the queue is paused.");
+    describe_gauge!(WORKERS_CAPACITY, "Pool size of each queue running in this process.");
+    describe_counter!(ADMIN_REQUESTS, "Admin API requests.");
+    describe_histogram!(ADMIN_DURATION, metrics::Unit::Seconds, "Admin API request latency.");
     describe_counter!(JOBS_ENQUEUED, "Jobs stored.");
     describe_counter!(JOBS_STARTED, "Job runs started.");
     describe_counter!(JOBS_SUCCEEDED, "Job runs that succeeded.");

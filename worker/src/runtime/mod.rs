@@ -126,6 +126,7 @@ impl Runtime {
                     .cloned()
                     .ok_or_else(|| RuntimeError::UnknownQueue(name.clone()))?,
             );
+            crate::telemetry::capacity(name, settings.tier.as_str(), settings.concurrency);
             let wake = Arc::new(Notify::new());
             wakes.insert(self.store.wake_channel(name), wake.clone());
             let (shared, ack_rx) = PoolShared::new(

@@ -1,0 +1,522 @@
+//! The admin HTTP API, served on an ephemeral port and driven by a real HTTP client:
+//! enqueue and its errors, auth and scopes, job state, pause/resume seen by a running
+//! worker, dead letters, readiness, /metrics and the OpenAPI document.
+use culm_core::{Job, JobContext, JobError, Outcome, Tier};
+use culm_tests::{TcpProxy, TestEnv, eventually, is, next_event, queue, redis_url};
+use culm_worker::{
+    admin::{self, AdminState, Token},
+    config::Scope,
+    store::Store,
+};
+use reqwest::{Client, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::{sync::Arc, time::Duration};
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(30);
+const ADMIN: &str = "t-admin";
+const READER: &str = "t-reader";
+const ENQUEUER: &str = "t-enqueuer";
+
+/// A job type allowed only in the critical tier, to provoke 422s on a tier override.
+#[derive(Serialize, Deserialize)]
+struct CardLoad {
+    account: String,
+    amount_cents: u64,
+}
+
+impl Job for CardLoad {
+    const NAME: &'static str = "test.card_load";
+    const QUEUE: &'static str = "t_crit";
+    const TIERS: &'static [Tier] = &[Tier::Critical];
+    async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+        Ok(Outcome::done())
+    }
+}
+
+struct Api {
+    base: String,
+    http: Client,
+    _stop: watch::Sender<bool>,
+}
+
+impl Api {
+    async fn start(env: &TestEnv) -> Api {
+        Self::start_on(env, env.store.clone()).await
+    }
+
+    async fn start_on(env: &TestEnv, store: Store) -> Api {
+        let tokens = vec![
+            Token::new("admin", ADMIN, vec![Scope::Admin, Scope::Enqueue]),
+            Token::new("reader", READER, vec![Scope::Read]),
+            Token::new("enqueuer", ENQUEUER, vec![Scope::Enqueue]),
+        ];
+        let (router, _) = admin::router(AdminState::new(&env.config, store, tokens));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(admin::serve(listener, router, stop_rx));
+        Api {
+            base,
+            http: Client::new(),
+            _stop: stop,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request sent");
+        let status = resp.status();
+        let text = resp.text().await.expect("body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.call(Method::POST, path, Some(ADMIN), Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.call(Method::GET, path, Some(READER), None).await
+    }
+
+    async fn raw_post(&self, path: &str, body: String) -> StatusCode {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request sent")
+            .status()
+    }
+}
+
+async fn env() -> TestEnv {
+    let mut registry = culm_jobs::registry().expect("registry");
+    registry.register::<CardLoad>().expect("register test job");
+    TestEnv::with_registry(registry, |c| {
+        c.queues.insert("t_crit".into(), queue("critical", 4, 5_000, 3));
+        c.queues.insert("t_batch".into(), queue("batch", 2, 5_000, 2));
+        c.worker.idle_poll_interval = Duration::from_millis(50);
+        c.admin.max_body_bytes = 4096;
+        c.admin.batch_max = 5;
+    })
+    .await
+}
+
+fn error_code(body: &Value) -> (&str, Option<&str>) {
+    (
+        body["error"]["code"].as_str().unwrap_or("<no code>"),
+        body["error"]["field"].as_str(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_enqueued_over_http_runs_and_reads_done_and_metrics_move() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_batch".into()]).expect("start");
+
+    let (status, body) = api
+        .post("/v1/jobs", json!({"job": "platform.noop", "queue": "t_batch"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["queue"], "t_batch");
+    let id = body["id"].as_str().expect("id").to_owned();
+    next_event(&mut events, WAIT, |e| e.id == id && is("done", e)).await;
+    let state = eventually(WAIT, "job reads done", || async {
+        let (s, b) = api.get(&format!("/v1/jobs/{id}")).await;
+        (s == StatusCode::OK && b["state"] == "done").then_some(b)
+    })
+    .await;
+    assert_eq!(state["queue"], "t_batch");
+    assert!(state["finished_at"].is_string(), "{state}");
+
+    // A delayed job reads scheduled with its due time.
+    let (_, body) = api
+        .post(
+            "/v1/jobs",
+            json!({"job": "platform.noop", "queue": "t_batch", "delay_ms": 3_600_000}),
+        )
+        .await;
+    let (_, later) = api.get(&format!("/v1/jobs/{}", body["id"].as_str().expect("id"))).await;
+    assert_eq!(later["state"], "scheduled", "{later}");
+    assert!(later["run_at"].is_string(), "{later}");
+    let (status, body) = api.get("/v1/jobs/01NOSUCHJOB").await;
+    assert_eq!((status, error_code(&body).0), (StatusCode::NOT_FOUND, "job_not_found"));
+
+    // /metrics parses as Prometheus exposition and counts the run.
+    let text = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("text");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid exposition");
+    let value = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && s.labels.get("queue") == Some("t_batch"))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum::<f64>()
+    };
+    assert!(value("culm_jobs_succeeded_total") >= 1.0, "{text}");
+    assert!(value("culm_jobs_enqueued_total") >= 2.0, "{text}");
+    assert!(
+        scrape.samples.iter().any(|s| s.metric == "culm_job_wait_seconds"
+            && matches!(&s.value, prometheus_parse::Value::Histogram(b) if b.iter().any(|b| b.less_than == 0.001))),
+        "wait-time histogram with buckets from 1 ms"
+    );
+    assert!(
+        scrape.samples.iter().any(|s| s.metric == "culm_admin_requests_total"
+            && s.labels.get("route") == Some("/v1/jobs")
+            && s.labels.get("status") == Some("201")),
+        "admin requests are counted by route and status"
+    );
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_enqueues_get_the_right_status_and_name_the_field() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+
+    let cases = [
+        (
+            json!({"job": "nope.nothing"}),
+            StatusCode::NOT_FOUND,
+            "unknown_job",
+            Some("job"),
+        ),
+        (
+            json!({"job": "platform.sleep", "payload": {"ms": "soon"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_payload",
+            Some("payload.ms"),
+        ),
+        (
+            json!({"job": "test.card_load", "payload": {"account": "a", "amount_cents": 5}, "queue": "t_batch"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "tier_not_allowed",
+            Some("queue"),
+        ),
+        (
+            json!({"job": "platform.noop", "queue": "nowhere"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown_queue",
+            Some("queue"),
+        ),
+        (
+            json!({"job": "platform.noop", "run_at": "tomorrow"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("run_at"),
+        ),
+        (
+            json!({"job": "platform.noop", "delay_ms": -5}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("delay_ms"),
+        ),
+        (
+            json!({"payload": {}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("job"),
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let (s, b) = api.post("/v1/jobs", body.clone()).await;
+        assert_eq!((s, error_code(&b)), (status, (code, field)), "{body} -> {b}");
+        assert!(b["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(
+        api.raw_post("/v1/jobs", "{\"job\": ".into()).await,
+        StatusCode::BAD_REQUEST
+    );
+    let huge = json!({"job": "platform.noop", "payload": {"pad": "x".repeat(10_000)}}).to_string();
+    assert_eq!(api.raw_post("/v1/jobs", huge).await, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Idempotency: the second enqueue returns the first id with 200.
+    let body = json!({"job": "platform.noop", "queue": "t_batch", "idempotency_key": "order-7"});
+    let (s1, first) = api.post("/v1/jobs", body.clone()).await;
+    let (s2, second) = api.post("/v1/jobs", body).await;
+    assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::OK));
+    assert_eq!(first["id"], second["id"]);
+    assert_eq!(second["created"], false);
+
+    // Batches are all or nothing, and errors name the job's index.
+    let before = env.store.stats("t_batch").await.expect("stats").pending;
+    let (s, b) = api
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [{"job": "platform.noop", "queue": "t_batch"}, {"job": "platform.sleep", "queue": "t_batch"}]}),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid_payload", Some("jobs[1].payload.ms"))
+        )
+    );
+    assert_eq!(
+        env.store.stats("t_batch").await.expect("stats").pending,
+        before,
+        "nothing stored"
+    );
+    let jobs: Vec<Value> = (0..4)
+        .map(|i| json!({"job": "platform.sleep", "payload": {"ms": i}, "queue": "t_batch"}))
+        .collect();
+    let (s, b) = api.post("/v1/jobs/batch", json!({ "jobs": jobs })).await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let ids: Vec<&str> = b["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 4);
+    assert_eq!(env.store.stats("t_batch").await.expect("stats").pending, before + 4);
+    let too_many: Vec<Value> = (0..6).map(|_| json!({"job": "platform.noop"})).collect();
+    let (s, b) = api.post("/v1/jobs/batch", json!({ "jobs": too_many })).await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::UNPROCESSABLE_ENTITY, ("batch_too_large", Some("jobs")))
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_and_scopes_guard_every_v1_route() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let job = json!({"job": "platform.noop", "queue": "t_batch"});
+
+    let (s, b) = api.call(Method::POST, "/v1/jobs", None, Some(job.clone())).await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::UNAUTHORIZED, "unauthorized"));
+    let (s, _) = api.call(Method::GET, "/v1/queues", Some("wrong"), None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, b) = api
+        .call(Method::POST, "/v1/jobs", Some(READER), Some(job.clone()))
+        .await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::FORBIDDEN, "forbidden"));
+    let (s, _) = api.call(Method::GET, "/v1/queues", Some(ENQUEUER), None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = api
+        .call(Method::POST, "/v1/queues/t_batch/pause", Some(READER), None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _) = api.call(Method::POST, "/v1/jobs", Some(ENQUEUER), Some(job)).await;
+    assert_eq!(s, StatusCode::CREATED);
+    // Admin includes read.
+    let (s, b) = api.call(Method::GET, "/v1/queues", Some(ADMIN), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let names: Vec<&str> = b["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .filter_map(|q| q["name"].as_str())
+        .collect();
+    assert!(names.contains(&"t_batch") && names.contains(&"galileo"), "{names:?}");
+    // Probes need no token.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let (s, _) = api.call(Method::GET, path, None, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_queue_accepts_jobs_but_its_running_worker_fetches_nothing_until_resumed() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_batch".into()]).expect("start");
+
+    let (s, q) = api.post("/v1/queues/t_batch/pause", json!({})).await;
+    assert_eq!((s, q["paused"].clone()), (StatusCode::OK, json!(true)));
+    let (s, body) = api
+        .post("/v1/jobs", json!({"job": "platform.noop", "queue": "t_batch"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let id = body["id"].as_str().expect("id").to_owned();
+    // A negative property cannot be awaited: watch for 20 idle polls (50 ms each), during
+    // which the worker was also woken by the push itself.
+    for _ in 0..20 {
+        let (_, job) = api.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(job["state"], "pending", "a paused queue must not be fetched from");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, q) = api.get("/v1/queues/t_batch").await;
+    assert_eq!((q["pending"].clone(), q["paused"].clone()), (json!(1), json!(true)));
+    assert!(q["oldest_pending_age_ms"].as_i64().is_some_and(|a| a >= 0), "{q}");
+
+    let (s, q) = api.post("/v1/queues/t_batch/resume", json!({})).await;
+    assert_eq!((s, q["paused"].clone()), (StatusCode::OK, json!(false)));
+    next_event(&mut events, WAIT, |e| e.id == id && is("done", e)).await;
+    let (s, b) = api.post("/v1/queues/nowhere/pause", json!({})).await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::NOT_FOUND, "queue_not_found"));
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_retried_and_purged_over_http() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_batch".into()]).expect("start");
+    let (_, body) = api
+        .post(
+            "/v1/jobs",
+            json!({"job": "platform.fail_permanently", "payload": {"reason": "card closed"}, "queue": "t_batch"}),
+        )
+        .await;
+    let id = body["id"].as_str().expect("id").to_owned();
+    next_event(&mut events, WAIT, |e| e.id == id && is("dead", e)).await;
+
+    let (s, list) = api.get("/v1/dead?queue=t_batch").await;
+    assert_eq!(s, StatusCode::OK);
+    let dead = &list["jobs"][0];
+    assert_eq!(
+        (dead["id"].as_str(), dead["job"].as_str()),
+        (Some(id.as_str()), Some("platform.fail_permanently"))
+    );
+    assert!(
+        dead["last_error"].as_str().is_some_and(|e| e.contains("card closed")),
+        "{dead}"
+    );
+    assert_eq!(dead["payload"]["reason"], "card closed");
+    let (_, job) = api.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(job["state"], "dead");
+
+    let (s, _) = api.post(&format!("/v1/dead/{id}/retry"), json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    // It runs again (and, failing permanently, dies again with a fresh attempt count).
+    let again = next_event(&mut events, WAIT, |e| e.id == id && is("dead", e)).await;
+    assert_eq!(again.attempt, 1);
+
+    let (s, _) = api
+        .call(Method::DELETE, &format!("/v1/dead/{id}"), Some(ADMIN), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, b) = api
+        .call(Method::DELETE, &format!("/v1/dead/{id}"), Some(ADMIN), None)
+        .await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::NOT_FOUND, "dead_job_not_found"));
+    let (s, b) = api.get("/v1/dead?limit=lots").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{b}");
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_redis_when_it_is_unreachable() {
+    let env = env().await;
+    let target = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = TcpProxy::start(&target).await;
+    let mut config = env.config.clone();
+    config.redis.url = format!("redis://{}", proxy.addr);
+    let store = Store::connect(&config, Arc::new(culm_jobs::registry().expect("registry")))
+        .await
+        .expect("connect through proxy");
+    let api = Api::start_on(&env, store).await;
+    let (s, _) = api.call(Method::GET, "/readyz", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    proxy.cut();
+    let body = eventually(WAIT, "readyz reports redis down", || async {
+        let (s, b) = api.call(Method::GET, "/readyz", None, None).await;
+        (s == StatusCode::SERVICE_UNAVAILABLE).then_some(b)
+    })
+    .await;
+    assert_eq!(error_code(&body), ("dependency_unavailable", Some("redis")));
+    assert!(
+        !body.to_string().contains(&proxy.addr.to_string()),
+        "no connection strings in errors"
+    );
+    let (s, _) = api.call(Method::GET, "/healthz", None, None).await;
+    assert_eq!(s, StatusCode::OK, "liveness does not depend on Redis");
+    proxy.restore();
+    eventually(WAIT, "readyz recovers", || async {
+        let (s, _) = api.call(Method::GET, "/readyz", None, None).await;
+        (s == StatusCode::OK).then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_routes_served() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let (s, doc) = api.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc}");
+    let paths = doc["paths"].as_object().expect("paths");
+    let mut documented = Vec::new();
+    for (path, item) in paths {
+        for method in item.as_object().expect("path item").keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+            // Every documented operation is served: the router answers it (whatever the
+            // status), never with its not-found or method-not-allowed fallback.
+            let concrete = path.replace("{id}", "01NOSUCHJOB").replace("{name}", "t_batch");
+            let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
+            let (s, b) = api.call(m, &concrete, Some(ADMIN), Some(json!({}))).await;
+            assert_ne!(
+                error_code(&b).0,
+                "route_not_found",
+                "{method} {path} is documented but not served"
+            );
+            assert_ne!(s, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+        }
+    }
+    documented.sort();
+    let mut expected = vec![
+        "POST /v1/jobs",
+        "POST /v1/jobs/batch",
+        "GET /v1/jobs/{id}",
+        "GET /v1/queues",
+        "GET /v1/queues/{name}",
+        "POST /v1/queues/{name}/pause",
+        "POST /v1/queues/{name}/resume",
+        "GET /v1/dead",
+        "POST /v1/dead/{id}/retry",
+        "DELETE /v1/dead/{id}",
+        "GET /healthz",
+        "GET /readyz",
+        "GET /metrics",
+        "GET /openapi.json",
+    ];
+    expected.sort();
+    assert_eq!(documented, expected);
+    // And an undocumented path is not served.
+    let (s, b) = api.call(Method::GET, "/v1/nothing", Some(ADMIN), None).await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::NOT_FOUND, "route_not_found"));
+    env.cleanup().await;
+}
