@@ -58,6 +58,16 @@ pub enum Command {
     },
     /// Measure the hot path (own key namespace; run on a release build).
     Bench(crate::bench::BenchArgs),
+    /// Pause a queue on every replica: it keeps accepting jobs, workers fetch nothing.
+    Pause {
+        /// Queue name.
+        queue: String,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// Queue name.
+        queue: String,
+    },
     /// Serve only the admin HTTP API and /metrics (no worker pools).
     Serve,
     /// Inspect jobs.
@@ -234,6 +244,8 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Pause { queue } => pause(Store::connect(&config, registry).await?, &queue, true).await,
+        Command::Resume { queue } => pause(Store::connect(&config, registry).await?, &queue, false).await,
         Command::Dead { command } => dead(Store::connect(&config, registry).await?, command).await,
         Command::Jobs {
             command: JobsCommand::Show { id },
@@ -376,6 +388,20 @@ async fn start_http(
         }
         let _ = gauges.await;
     }))
+}
+
+async fn pause(store: Store, queue: &str, pause: bool) -> Result<ExitCode> {
+    if !store.routing().queues.contains_key(queue) {
+        bail!("no queue named `{queue}` is declared");
+    }
+    if pause {
+        store.pause(queue).await?;
+        println!("{queue}: paused (jobs are accepted; no worker fetches until `culm resume {queue}`)");
+    } else {
+        store.resume(queue).await?;
+        println!("{queue}: resumed");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `culm serve`: the admin API alone, for a separate deployment.
