@@ -16,11 +16,16 @@ fn main() {
         })
         .unwrap_or_default();
     files.sort();
-    let mut out = String::from("/// `(file name, contents)` of every `schedules/*.toml`, sorted by name.\npub static EMBEDDED: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// `(file name, contents)` of every `schedules/*.toml`, sorted by name.\npub static EMBEDDED: &[(&str, &str)] = &[\n",
+    );
     for f in &files {
         let name = f.file_name().and_then(|n| n.to_str()).expect("UTF-8 file name");
         let abs = fs::canonicalize(f).expect("schedule file exists");
-        out.push_str(&format!("    (\"schedules/{name}\", include_str!({:?})),\n", abs.display().to_string()));
+        out.push_str(&format!(
+            "    (\"schedules/{name}\", include_str!({:?})),\n",
+            abs.display().to_string()
+        ));
     }
     out.push_str("];\n");
     let dest = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("embedded_schedules.rs");

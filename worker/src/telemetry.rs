@@ -117,7 +117,11 @@ pub const SCHEDULE_LAST_FIRE: &str = "culm_schedule_last_fire_timestamp_seconds"
 /// Registers descriptions of the scheduler's metrics.
 pub fn describe_scheduler() {
     describe_counter!(SCHEDULE_FIRES, "Schedule ticks decided by this replica, by outcome.");
-    describe_histogram!(SCHEDULE_LAG, metrics::Unit::Seconds, "Enqueue time minus intended tick time.");
+    describe_histogram!(
+        SCHEDULE_LAG,
+        metrics::Unit::Seconds,
+        "Enqueue time minus intended tick time."
+    );
     describe_gauge!(SCHEDULE_LAST_FIRE, "Unix time this replica last fired the schedule.");
 }
 

@@ -166,7 +166,9 @@ mod tests {
     use super::*;
 
     fn utc(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).expect("valid test time").with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(s)
+            .expect("valid test time")
+            .with_timezone(&Utc)
     }
 
     fn fires_between(c: &Cadence, from: &str, to: &str) -> Vec<String> {
@@ -229,7 +231,11 @@ mod tests {
         // Spring forward: 01:00 EST, then 02:00 (gap) and 03:00 both land on 07:00Z once.
         assert_eq!(
             fires_between(&c, "2026-03-08T05:30:00Z", "2026-03-08T08:30:00Z"),
-            vec!["2026-03-08T06:00:00+00:00", "2026-03-08T07:00:00+00:00", "2026-03-08T08:00:00+00:00"]
+            vec![
+                "2026-03-08T06:00:00+00:00",
+                "2026-03-08T07:00:00+00:00",
+                "2026-03-08T08:00:00+00:00"
+            ]
         );
         // Fall back: 01:00 EDT (05:00Z) fires; the repeated 01:00 EST (06:00Z) does not.
         assert_eq!(
@@ -243,10 +249,17 @@ mod tests {
         let c = Cadence::parse("0 */30 * * * *", "UTC").expect("parses");
         let t = utc("2026-01-01T10:47:12Z");
         assert_eq!(c.latest_at_or_before(t), Some(utc("2026-01-01T10:30:00Z")));
-        assert_eq!(c.latest_at_or_before(utc("2026-01-01T10:30:00Z")), Some(utc("2026-01-01T10:30:00Z")));
+        assert_eq!(
+            c.latest_at_or_before(utc("2026-01-01T10:30:00Z")),
+            Some(utc("2026-01-01T10:30:00Z"))
+        );
         assert_eq!(
             c.upcoming(t, 3),
-            vec![utc("2026-01-01T11:00:00Z"), utc("2026-01-01T11:30:00Z"), utc("2026-01-01T12:00:00Z")]
+            vec![
+                utc("2026-01-01T11:00:00Z"),
+                utc("2026-01-01T11:30:00Z"),
+                utc("2026-01-01T12:00:00Z")
+            ]
         );
         let monthly = Cadence::parse("0 0 6 1 * *", "America/New_York").expect("parses");
         // 06:00 New York on the 1st is 11:00Z, after `t`: the latest is December's.
@@ -255,9 +268,22 @@ mod tests {
 
     #[test]
     fn bad_expressions_are_explained() {
-        assert!(Cadence::parse("*/5 * * * *", "UTC").expect_err("5 fields").1.contains("6"));
-        assert!(Cadence::parse("0 0 9 * * 1-5", "UTC").expect_err("numeric dow").1.contains("MON-FRI"));
-        assert_eq!(Cadence::parse("0 0 9 * * *", "Mars/Olympus").expect_err("tz").0, "timezone");
+        assert!(
+            Cadence::parse("*/5 * * * *", "UTC")
+                .expect_err("5 fields")
+                .1
+                .contains("6")
+        );
+        assert!(
+            Cadence::parse("0 0 9 * * 1-5", "UTC")
+                .expect_err("numeric dow")
+                .1
+                .contains("MON-FRI")
+        );
+        assert_eq!(
+            Cadence::parse("0 0 9 * * *", "Mars/Olympus").expect_err("tz").0,
+            "timezone"
+        );
         assert_eq!(Cadence::parse("0 0 25 * * *", "UTC").expect_err("hour 25").0, "cron");
         assert!(Cadence::parse("0 0 9 * * MON-FRI", "America/New_York").is_ok());
     }

@@ -164,7 +164,11 @@ impl Catalog {
     /// Loads `dir` (every `*.toml` in it) or, when `dir` is empty, the catalog embedded at
     /// build time; validates it against `registry` and `routing`.
     pub fn load(dir: &str, registry: &Registry, routing: &Routing) -> Result<Catalog, CatalogError> {
-        let sources = if dir.is_empty() { embedded() } else { read_dir(Path::new(dir))? };
+        let sources = if dir.is_empty() {
+            embedded()
+        } else {
+            read_dir(Path::new(dir))?
+        };
         Self::from_sources(&sources, registry, routing)
     }
 
@@ -283,7 +287,11 @@ fn parse_file(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<RawSch
         None => return Vec::new(),
         Some(toml::Value::Array(a)) => a.clone(),
         Some(_) => {
-            problems.push(problem(None, Some("schedule".into()), "must be an array of tables: [[schedule]]".into()));
+            problems.push(problem(
+                None,
+                Some("schedule".into()),
+                "must be an array of tables: [[schedule]]".into(),
+            ));
             return Vec::new();
         }
     };
@@ -339,10 +347,16 @@ fn validate(
             .chars()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
     {
-        problem("name", "use only a-z, 0-9, `_`, `.` and `-` (e.g. `bamboo.catalog_sync`)".into());
+        problem(
+            "name",
+            "use only a-z, 0-9, `_`, `.` and `-` (e.g. `bamboo.catalog_sync`)".into(),
+        );
     }
     if raw.description.trim().is_empty() {
-        problem("description", "say what the schedule does and why at this cadence".into());
+        problem(
+            "description",
+            "say what the schedule does and why at this cadence".into(),
+        );
     }
     let cadence = match Cadence::parse(&raw.cron, &raw.timezone) {
         Ok(c) => {
@@ -364,7 +378,10 @@ fn validate(
         ),
         Some(spec) => {
             if !raw.payload.is_object() {
-                problem("payload", "must be an inline table, e.g. payload = { limit = 100 }".into());
+                problem(
+                    "payload",
+                    "must be an inline table, e.g. payload = { limit = 100 }".into(),
+                );
             } else if let Err(e) = spec.validate(&raw.payload) {
                 problem("payload", e.to_string());
             }

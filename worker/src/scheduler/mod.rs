@@ -654,7 +654,11 @@ impl Scheduler {
         }
         let mut backoff = Duration::from_millis(100);
         while !stopped(&stop) {
-            let mut ticks = Box::pin(CronScheduler::new(s.cadence.clone()).with_timezone(s.cadence.tz()).into_stream());
+            let mut ticks = Box::pin(
+                CronScheduler::new(s.cadence.clone())
+                    .with_timezone(s.cadence.tz())
+                    .into_stream(),
+            );
             loop {
                 let item = tokio::select! {
                     item = ticks.next() => item,
