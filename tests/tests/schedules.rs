@@ -386,3 +386,59 @@ async fn culm_schedules_lists_the_catalog_and_check_names_bad_schedules() {
     std::fs::remove_dir_all(dir).ok();
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn culm_scheduler_and_culm_run_fire_schedules_and_stop_on_sigterm() {
+    let env = TestEnv::new(|_| {}).await;
+    let set = env.key("scheduled");
+    let dir = std::env::temp_dir().join(format!("culm-schedules-run-{}", env.prefix));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let toml = format!(
+        "[[schedule]]\nname = \"t.child\"\ncron = \"* * * * * *\"\njob = \"platform.record\"\npayload = {{ set = \"{set}\" }}\nqueue = \"platform\"\noverlap = \"allow\"\ndescription = \"records each run\"\n"
+    );
+    std::fs::write(dir.join("child.toml"), &toml).expect("write");
+    let spawn = |args: &[&str]| {
+        std::process::Command::new(culm_bin())
+            .current_dir(culm_tests::workspace_root())
+            .args(args)
+            .env("CULM_REDIS_URL", &env.config.redis.url)
+            .env("CULM__REDIS__KEY_PREFIX", &env.prefix)
+            .env("CULM__SCHEDULER__DIR", &dir)
+            .env("CULM_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("culm starts")
+    };
+    let sigterm = |child: &mut std::process::Child| {
+        let status = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        let exit = child.wait().expect("wait");
+        assert!(exit.success(), "culm exits 0 after SIGTERM: {exit:?}");
+    };
+
+    // `culm scheduler` fires without running pools: jobs wait in the queue.
+    let mut scheduler = spawn(&["scheduler"]);
+    eventually(WAIT, "the scheduler process to fire twice", || async {
+        (fired_ticks(&env, "platform", "t.child").await.len() >= 2).then_some(())
+    })
+    .await;
+    sigterm(&mut scheduler);
+    assert!(env.members(&set).await.is_empty(), "no pool ran");
+
+    // `culm run` runs the pools and the scheduler: the waiting jobs and new ticks run.
+    let mut run = spawn(&["run", "--queues", "platform"]);
+    let fired_before = fired_ticks(&env, "platform", "t.child").await.len();
+    eventually(WAIT, "new ticks fired and run", || async {
+        let members = env.members(&set).await.len();
+        (members > fired_before).then_some(())
+    })
+    .await;
+    sigterm(&mut run);
+    std::fs::remove_dir_all(dir).ok();
+    env.cleanup().await;
+}
