@@ -339,10 +339,12 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
     };
     crate::telemetry::describe();
     let store = Store::connect(&config, registry).await?;
-    let scheduler = catalog.map(|c| {
+    // The admin API (when it lands) serves list/trigger/pause/resume from this handle.
+    let scheduler = catalog.map(|c| Scheduler::new(store.clone(), c, &config));
+    if scheduler.is_some() {
         crate::telemetry::describe_scheduler();
-        Scheduler::new(store.clone(), c, &config).start()
-    });
+    }
+    let scheduler = scheduler.as_ref().map(Scheduler::start);
     let deps = Deps::default().with(store.connection());
     let runtime = Runtime::new(Arc::new(config), store, deps);
     let running = runtime.start(&queues)?;

@@ -694,11 +694,15 @@ impl Scheduler {
 }
 
 impl RunningScheduler {
-    /// Stops every tick stream; a tick being decided finishes first.
+    /// Stops every tick stream. A tick being decided may finish for up to 5 s (its
+    /// Redis calls); then it is abandoned, which at worst leaves that tick unfired.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
+        let mut tasks = self.tasks;
+        let all = futures::future::join_all(tasks.iter_mut());
+        if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
+            tracing::warn!("scheduler tasks did not stop within 5s; aborting them");
+            tasks.iter().for_each(JoinHandle::abort);
         }
         tracing::info!("scheduler stopped");
     }
