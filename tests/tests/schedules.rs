@@ -74,6 +74,53 @@ async fn next_schedule_event(
     .expect("expected schedule event did not arrive in time")
 }
 
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CardLoad {
+    account: String,
+}
+
+impl culm_core::Job for CardLoad {
+    const NAME: &'static str = "test.card_load";
+    const QUEUE: &'static str = "galileo";
+    const TIERS: &'static [culm_core::Tier] = &[culm_core::Tier::Critical];
+    async fn run(self, _ctx: culm_core::JobContext) -> Result<culm_core::Outcome, culm_core::JobError> {
+        Ok(culm_core::Outcome::done())
+    }
+}
+
+#[test]
+fn a_banking_schedule_routed_outside_critical_is_named() {
+    let mut registry = culm_core::Registry::new();
+    registry.register::<CardLoad>().expect("register");
+    let routing = Routing::from_config(&Config::defaults().expect("defaults"));
+    let toml = r#"
+[[schedule]]
+name = "galileo.reconcile"
+cron = "0 0 6 * * *"
+job = "test.card_load"
+payload = { account = "a1" }
+queue = "unit21"
+description = "misrouted, as in the seeds"
+"#;
+    let Err(CatalogError::Invalid(p)) =
+        Catalog::from_sources(&[("schedules/galileo.toml".into(), toml.into())], &registry, &routing)
+    else {
+        panic!("a banking job outside the critical tier is refused")
+    };
+    let line = p[0].to_string();
+    assert!(
+        line.contains("schedules/galileo.toml")
+            && line.contains("galileo.reconcile")
+            && line.contains("key `queue`")
+            && line.contains("unit21")
+            && line.contains("critical"),
+        "{line}"
+    );
+    // Routed by its declaration, it is valid.
+    let ok = toml.replace("queue = \"unit21\"\n", "");
+    assert!(Catalog::from_sources(&[("schedules/galileo.toml".into(), ok)], &registry, &routing).is_ok());
+}
+
 #[test]
 fn every_shipped_schedule_parses_and_routes() {
     let registry = culm_jobs::registry().expect("registry");
@@ -133,8 +180,13 @@ description = "ticks every second"
         replica(&env, toml).await,
     ];
     let mut events: Vec<_> = replicas.iter().map(Scheduler::events).collect();
-    let running: Vec<_> = replicas.iter().map(Scheduler::start).collect();
-
+    // Two replicas first; the third starts late, while ticks are being fired.
+    let mut running: Vec<_> = replicas[..2].iter().map(Scheduler::start).collect();
+    eventually(WAIT, "three ticks fired", || async {
+        (fired_ticks(&env, "t_sched", "t.every_second").await.len() >= 3).then_some(())
+    })
+    .await;
+    running.push(replicas[2].start());
     eventually(WAIT, "six ticks fired", || async {
         (fired_ticks(&env, "t_sched", "t.every_second").await.len() >= 6).then_some(())
     })

@@ -509,8 +509,8 @@ description = "x"
     }
 
     #[test]
-    fn banking_tier_rules_apply_to_schedules() {
-        // platform.noop may run anywhere; a queue override to an undeclared queue is named.
+    fn an_explicit_queue_of_an_allowed_tier_is_accepted() {
+        // platform.noop may run in every tier, the critical one included.
         let p = problems(
             "[[schedule]]\nname = \"t.q\"\ncron = \"0 * * * * *\"\njob = \"platform.noop\"\nqueue = \"galileo\"\ndescription = \"x\"\n",
         );
