@@ -14,6 +14,10 @@ use chrono::{DateTime, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 use std::str::FromStr;
 
+/// How late a tick may still be handed out after a stall (a busy task, slow Redis):
+/// later ticks fire in order once the stall ends; older ones are dropped.
+pub const LATE_GRACE: chrono::Duration = chrono::Duration::seconds(60);
+
 /// Candidates examined per lookup; bounds the cost of a per-second schedule crossing a
 /// fall-back hour, whose repeated local times are all skipped.
 const SCAN_LIMIT: usize = 100_000;
@@ -23,8 +27,9 @@ const SCAN_LIMIT: usize = 100_000;
 pub struct Cadence {
     cron: cron::Schedule,
     tz: Tz,
-    /// Last tick handed to apalis-cron, seconds: never hand out the same tick twice even
-    /// if the timer wakes early.
+    /// Last tick handed to apalis-cron, seconds. The next tick follows it (so none is
+    /// handed out twice, even if the timer wakes early, and none is skipped after a
+    /// short stall); `None` starts from now.
     last: Option<i64>,
 }
 
@@ -61,6 +66,11 @@ impl Cadence {
             )
         })?;
         Ok(Cadence { cron, tz, last: None })
+    }
+
+    /// A copy whose tick stream continues after `last` (seconds) instead of from now.
+    pub fn resuming_after(&self, last: Option<i64>) -> Cadence {
+        Cadence { last, ..self.clone() }
     }
 
     /// The timezone.
@@ -151,10 +161,11 @@ impl Cadence {
 
 impl apalis_cron::Schedule<Tz> for Cadence {
     fn next_tick(&mut self, _tz: &Tz) -> Option<Tick<Tz>> {
-        let mut from = Utc::now();
-        if let Some(last) = self.last.and_then(|s| DateTime::from_timestamp(s, 0)) {
-            from = from.max(last);
-        }
+        let now = Utc::now();
+        let from = match self.last.and_then(|s| DateTime::from_timestamp(s, 0)) {
+            Some(last) => last.max(now - LATE_GRACE),
+            None => now,
+        };
         let next = self.next_after(from)?;
         self.last = Some(next.timestamp());
         Some(Tick::new(u64::try_from(next.timestamp()).ok()?))
@@ -264,6 +275,26 @@ mod tests {
         let monthly = Cadence::parse("0 0 6 1 * *", "America/New_York").expect("parses");
         // 06:00 New York on the 1st is 11:00Z, after `t`: the latest is December's.
         assert_eq!(monthly.latest_at_or_before(t), Some(utc("2025-12-01T11:00:00Z")));
+    }
+
+    #[test]
+    fn tick_stream_resumes_after_a_short_stall_without_skipping() {
+        use apalis_cron::Schedule as _;
+        let now = Utc::now().timestamp();
+        let every_second = Cadence::parse("* * * * * *", "UTC").expect("parses");
+        // A stream rebuilt after a 5 s stall continues with the tick after the last one.
+        let mut c = every_second.resuming_after(Some(now - 5));
+        let next = c.next_tick(&every_second.tz()).expect("tick").get_timestamp();
+        assert_eq!(next as i64, now - 4);
+        let after = c.next_tick(&every_second.tz()).expect("tick").get_timestamp();
+        assert_eq!(after, next + 1, "ticks stay in order");
+        // After a stall longer than the grace, ticks older than it are dropped.
+        let mut c = every_second.resuming_after(Some(now - 3600));
+        let next = c.next_tick(&every_second.tz()).expect("tick").get_timestamp() as i64;
+        assert!(next >= now - LATE_GRACE.num_seconds(), "{next} vs {now}");
+        // A fresh stream starts after now.
+        let mut c = every_second.clone();
+        assert!(c.next_tick(&every_second.tz()).expect("tick").get_timestamp() as i64 > now - 1);
     }
 
     #[test]

@@ -652,13 +652,11 @@ impl Scheduler {
         if let Err(e) = self.catch_up(&name).await {
             tracing::warn!(schedule = %name, "missed-tick check failed: {e}");
         }
-        let mut backoff = Duration::from_millis(100);
+        // The tick after which a rebuilt stream continues (seconds).
+        let mut resume: Option<i64> = None;
         while !stopped(&stop) {
-            let mut ticks = Box::pin(
-                CronScheduler::new(s.cadence.clone())
-                    .with_timezone(s.cadence.tz())
-                    .into_stream(),
-            );
+            let cadence = s.cadence.resuming_after(resume);
+            let mut ticks = Box::pin(CronScheduler::new(cadence).with_timezone(s.cadence.tz()).into_stream());
             loop {
                 let item = tokio::select! {
                     item = ticks.next() => item,
@@ -666,16 +664,16 @@ impl Scheduler {
                 };
                 match item {
                     Some(Ok(tick)) => {
-                        let ms = i64::try_from(tick.get_timestamp()).unwrap_or(i64::MAX / 1000) * 1000;
-                        self.tick(&s, ms, false).await;
-                        backoff = Duration::from_millis(100);
+                        self.tick(&s, tick_ms(tick.get_timestamp()), false).await;
                     }
-                    // The stream was polled after its next tick had passed (this task
-                    // was busy, e.g. Redis was slow). The tick is due: decide it late,
-                    // then rebuild the stream, which otherwise keeps reporting it.
+                    // The stream's next tick had passed when it was polled (this task was
+                    // busy, e.g. Redis was slow). The tick is due: decide it late, then
+                    // rebuild the stream after it, which otherwise keeps reporting it.
+                    // Ticks stay in order and none is skipped for stalls within
+                    // `cadence::LATE_GRACE`.
                     Some(Err(apalis_cron::Error::OutOfRange { tick, .. })) => {
-                        let ms = i64::try_from(tick).unwrap_or(i64::MAX / 1000) * 1000;
-                        self.tick(&s, ms, false).await;
+                        self.tick(&s, tick_ms(tick), false).await;
+                        resume = i64::try_from(tick).ok();
                         break;
                     }
                     None => {
@@ -684,13 +682,12 @@ impl Scheduler {
                     }
                 }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.changed() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
+}
+
+fn tick_ms(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
 }
 
 impl RunningScheduler {
