@@ -494,3 +494,37 @@ async fn culm_scheduler_and_culm_run_fire_schedules_and_stop_on_sigterm() {
     std::fs::remove_dir_all(dir).ok();
     env.cleanup().await;
 }
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SyncCatalog {}
+
+impl culm_core::Job for SyncCatalog {
+    const NAME: &'static str = "bamboo.sync_catalog";
+    const QUEUE: &'static str = "bamboo_sync";
+    const TIERS: &'static [culm_core::Tier] = &[culm_core::Tier::ThirdParty];
+    async fn run(self, _ctx: culm_core::JobContext) -> Result<culm_core::Outcome, culm_core::JobError> {
+        Ok(culm_core::Outcome::done())
+    }
+}
+
+#[test]
+fn the_readme_schedule_example_is_valid() {
+    let readme = std::fs::read_to_string(culm_tests::workspace_root().join("README.md")).expect("README");
+    let section = readme.split("## Schedules").nth(1).expect("a Schedules section");
+    let example = section
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a TOML example");
+    let mut registry = culm_core::Registry::new();
+    registry.register::<SyncCatalog>().expect("register");
+    let routing = Routing::from_config(&Config::defaults().expect("defaults"));
+    let catalog = Catalog::from_sources(&[("README.md".into(), example.into())], &registry, &routing)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let s = catalog.get("bamboo.catalog_sync").expect("the example schedule");
+    assert_eq!(
+        (s.queue.as_str(), s.timezone.as_str()),
+        ("bamboo_sync", "America/New_York")
+    );
+}
