@@ -528,3 +528,46 @@ fn the_readme_schedule_example_is_valid() {
         ("bamboo_sync", "America/New_York")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tick_is_decided_once_and_a_lagging_replica_cannot_fire_an_old_one() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_claim".into(), queue("batch", 1, 5_000, 1));
+    })
+    .await;
+    let toml = r#"
+[[schedule]]
+name = "t.claimed"
+cron = "0 0 * * * *"
+job = "platform.noop"
+queue = "t_claim"
+overlap = "allow"
+description = "ticks driven by hand"
+"#;
+    let (a, b) = (replica(&env, toml).await, replica(&env, toml).await);
+    let t = 1_800_000_000_000;
+    let fired = a.fire_tick("t.claimed", t).await.expect("fire");
+    assert!(matches!(fired, TickOutcome::Fired { .. }), "{fired:?}");
+    assert_eq!(
+        b.fire_tick("t.claimed", t).await.expect("fire"),
+        TickOutcome::ClaimedElsewhere
+    );
+    // Even once the claim has expired, an older tick is refused: ticks go forward.
+    let mut c = env.store.connection();
+    let _: i64 = redis::cmd("DEL")
+        .arg(format!("{}:idem:schedule:t.claimed:{t}", env.store.base_key("t_claim")))
+        .query_async(&mut c)
+        .await
+        .expect("DEL");
+    assert_eq!(b.fire_tick("t.claimed", t).await.expect("fire"), TickOutcome::Stale);
+    assert_eq!(
+        b.fire_tick("t.claimed", t - 3_600_000).await.expect("fire"),
+        TickOutcome::Stale
+    );
+    let next = b.fire_tick("t.claimed", t + 3_600_000).await.expect("fire");
+    assert!(matches!(next, TickOutcome::Fired { .. }), "{next:?}");
+    assert_eq!(fired_ticks(&env, "t_claim", "t.claimed").await, vec![t, t + 3_600_000]);
+    let status = a.get("t.claimed").await.expect("status");
+    assert_eq!(status.last_fire.expect("fired").job_id, next.job_id().expect("id"));
+    env.cleanup().await;
+}
