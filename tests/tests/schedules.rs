@@ -439,6 +439,18 @@ async fn culm_schedules_lists_the_catalog_and_check_names_bad_schedules() {
     env.cleanup().await;
 }
 
+/// Kills the child process if the test fails before stopping it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn culm_scheduler_and_culm_run_fire_schedules_and_stop_on_sigterm() {
     let env = TestEnv::new(|_| {}).await;
@@ -462,7 +474,8 @@ async fn culm_scheduler_and_culm_run_fire_schedules_and_stop_on_sigterm() {
             .spawn()
             .expect("culm starts")
     };
-    let sigterm = |child: &mut std::process::Child| {
+    let sigterm = |mut guard: KillOnDrop| {
+        let child = guard.0.as_mut().expect("child");
         let status = std::process::Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
@@ -470,27 +483,28 @@ async fn culm_scheduler_and_culm_run_fire_schedules_and_stop_on_sigterm() {
             .expect("kill");
         assert!(status.success());
         let exit = child.wait().expect("wait");
+        guard.0 = None;
         assert!(exit.success(), "culm exits 0 after SIGTERM: {exit:?}");
     };
 
     // `culm scheduler` fires without running pools: jobs wait in the queue.
-    let mut scheduler = spawn(&["scheduler"]);
+    let scheduler = KillOnDrop(Some(spawn(&["scheduler"])));
     eventually(WAIT, "the scheduler process to fire twice", || async {
         (fired_ticks(&env, "platform", "t.child").await.len() >= 2).then_some(())
     })
     .await;
-    sigterm(&mut scheduler);
+    sigterm(scheduler);
     assert!(env.members(&set).await.is_empty(), "no pool ran");
 
     // `culm run` runs the pools and the scheduler: the waiting jobs and new ticks run.
-    let mut run = spawn(&["run", "--queues", "platform"]);
+    let run = KillOnDrop(Some(spawn(&["run", "--queues", "platform"])));
     let fired_before = fired_ticks(&env, "platform", "t.child").await.len();
     eventually(WAIT, "new ticks fired and run", || async {
         let members = env.members(&set).await.len();
         (members > fired_before).then_some(())
     })
     .await;
-    sigterm(&mut run);
+    sigterm(run);
     std::fs::remove_dir_all(dir).ok();
     env.cleanup().await;
 }
