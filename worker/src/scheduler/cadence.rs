@@ -109,10 +109,10 @@ impl Cadence {
 
     /// The latest fire time at or before `t` (within about five years).
     pub fn latest_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
-        // Widen the window until it holds a fire time; a per-second schedule is settled
-        // by the first window, a monthly one by the third.
-        for days in [0.05_f64, 1.0, 32.0, 367.0, 1830.0] {
-            let start = t - chrono::Duration::seconds((days * 86_400.0) as i64);
+        // Widen the window until it holds a fire time: a per-second or per-minute schedule
+        // is settled by the first window, a monthly one by the fourth.
+        for secs in [120, 3_600, 86_400, 32 * 86_400, 367 * 86_400, 1_830 * 86_400] {
+            let start = t - chrono::Duration::seconds(secs);
             let mut cur = start;
             let mut latest = None;
             for _ in 0..SCAN_LIMIT {
