@@ -6,7 +6,8 @@ use culm_tests::{TcpProxy, TestEnv, eventually, is, next_event, queue, redis_url
 use culm_worker::{
     admin::{self, AdminState, Token},
     config::Scope,
-    store::Store,
+    scheduler::{Scheduler, catalog::Catalog},
+    store::{Routing, Store},
 };
 use reqwest::{Client, Method, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -52,7 +53,9 @@ impl Api {
             Token::new("reader", READER, vec![Scope::Read]),
             Token::new("enqueuer", ENQUEUER, vec![Scope::Enqueue]),
         ];
-        let (router, _) = admin::router(AdminState::new(&env.config, store, tokens));
+        let catalog = Catalog::load("", env.store.registry(), &Routing::from_config(&env.config)).expect("catalog");
+        let scheduler = Scheduler::new(store.clone(), catalog, &env.config);
+        let (router, _) = admin::router(AdminState::new(&env.config, store, tokens).with_scheduler(Some(scheduler)));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let (stop, stop_rx) = watch::channel(false);
@@ -485,7 +488,12 @@ async fn the_openapi_document_matches_the_routes_served() {
             documented.push(format!("{} {path}", method.to_uppercase()));
             // Every documented operation is served: the router answers it (whatever the
             // status), never with its not-found or method-not-allowed fallback.
-            let concrete = path.replace("{id}", "01NOSUCHJOB").replace("{name}", "t_batch");
+            let name = if path.contains("schedules") {
+                "platform.heartbeat"
+            } else {
+                "t_batch"
+            };
+            let concrete = path.replace("{id}", "01NOSUCHJOB").replace("{name}", name);
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             let (s, b) = api.call(m, &concrete, Some(ADMIN), Some(json!({}))).await;
             assert_ne!(
@@ -512,11 +520,63 @@ async fn the_openapi_document_matches_the_routes_served() {
         "GET /readyz",
         "GET /metrics",
         "GET /openapi.json",
+        "GET /v1/schedules",
+        "GET /v1/schedules/{name}",
+        "POST /v1/schedules/{name}/trigger",
+        "POST /v1/schedules/{name}/pause",
+        "POST /v1/schedules/{name}/resume",
     ];
     expected.sort();
     assert_eq!(documented, expected);
     // And an undocumented path is not served.
     let (s, b) = api.call(Method::GET, "/v1/nothing", Some(ADMIN), None).await;
     assert_eq!((s, error_code(&b).0), (StatusCode::NOT_FOUND, "route_not_found"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schedules_are_listed_triggered_paused_and_resumed_over_http() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let (s, list) = api.get("/v1/schedules").await;
+    assert_eq!(s, StatusCode::OK);
+    let first = &list["schedules"][0];
+    let name = first["name"].as_str().expect("a shipped schedule").to_owned();
+    assert!(
+        first["next_fire_times"].as_array().is_some_and(|t| t.len() == 3),
+        "{first}"
+    );
+
+    let (s, fired) = api.post(&format!("/v1/schedules/{name}/trigger"), json!({})).await;
+    assert_eq!(
+        (s, fired["outcome"].as_str()),
+        (StatusCode::OK, Some("triggered")),
+        "{fired}"
+    );
+    let job_id = fired["job_id"].as_str().expect("job id");
+    let (s, job) = api.get(&format!("/v1/jobs/{job_id}")).await;
+    assert_eq!(
+        (s, job["job"].clone()),
+        (StatusCode::OK, first["job"].clone()),
+        "the triggered job is stored"
+    );
+
+    let (s, paused) = api.post(&format!("/v1/schedules/{name}/pause"), json!({})).await;
+    assert_eq!((s, paused["paused"].clone()), (StatusCode::OK, json!(true)));
+    let (_, read) = api.get(&format!("/v1/schedules/{name}")).await;
+    assert_eq!(read["paused"], true);
+    let (s, resumed) = api.post(&format!("/v1/schedules/{name}/resume"), json!({})).await;
+    assert_eq!((s, resumed["paused"].clone()), (StatusCode::OK, json!(false)));
+    let (s, b) = api.post("/v1/schedules/no.such/trigger", json!({})).await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::NOT_FOUND, "schedule_not_found"));
+    let (s, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/schedules/{name}/trigger"),
+            Some(READER),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
     env.cleanup().await;
 }

@@ -3,6 +3,10 @@
 use crate::{
     config::{Config, Loader},
     runtime::Runtime,
+    scheduler::{
+        Scheduler,
+        catalog::{Catalog, CatalogError},
+    },
     store::{Routing, Store},
 };
 use anyhow::{Context, Result, bail};
@@ -75,6 +79,14 @@ pub enum Command {
         #[command(subcommand)]
         command: JobsCommand,
     },
+    /// List schedules: next three fire times (local and UTC), last fire and outcome.
+    Schedules {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run only the scheduler (no worker pools); stops on SIGTERM/SIGINT.
+    Scheduler,
 }
 
 /// `culm run`
@@ -89,6 +101,9 @@ pub struct RunArgs {
     /// Do not serve the admin HTTP API from this process.
     #[arg(long)]
     pub no_admin: bool,
+    /// Do not fire schedules in this process (by default `culm run` also runs the scheduler).
+    #[arg(long)]
+    pub no_scheduler: bool,
 }
 
 /// `culm enqueue`
@@ -247,6 +262,8 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
         Command::Pause { queue } => pause(Store::connect(&config, registry).await?, &queue, true).await,
         Command::Resume { queue } => pause(Store::connect(&config, registry).await?, &queue, false).await,
         Command::Dead { command } => dead(Store::connect(&config, registry).await?, command).await,
+        Command::Schedules { json } => schedules(config, registry, json).await,
+        Command::Scheduler => scheduler_only(config, registry).await,
         Command::Jobs {
             command: JobsCommand::Show { id },
         } => {
@@ -265,12 +282,25 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
 }
 
 fn check(config: &Config, registry: &Registry) -> Result<ExitCode> {
-    let problems = Routing::from_config(config).problems(registry);
+    let mut problems = Routing::from_config(config).problems(registry);
+    // Schedules (issue 4): every file, schedule and key at fault is listed.
+    let schedules = match load_schedules(config, registry) {
+        Ok(c) => c.len(),
+        Err(CatalogError::Invalid(p)) => {
+            problems.extend(p.iter().map(ToString::to_string));
+            0
+        }
+        Err(e) => {
+            problems.push(e.to_string());
+            0
+        }
+    };
     if problems.is_empty() {
         println!(
-            "ok: {} queues, {} job types, routing valid",
+            "ok: {} queues, {} job types, {} schedules, routing valid",
             config.queues.len(),
-            registry.len()
+            registry.len(),
+            schedules
         );
         return Ok(ExitCode::SUCCESS);
     }
@@ -317,11 +347,24 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
         );
     }
     let queues = select_queues(&config, &args.queues, &args.tiers)?;
+    let catalog = if args.no_scheduler {
+        None
+    } else {
+        Some(
+            load_schedules(&config, &registry)
+                .context("refusing to start the scheduler (use --no-scheduler to run without it)")?,
+        )
+    };
     crate::telemetry::install();
     let store = Store::connect(&config, registry).await?;
+    // With --no-scheduler the catalog still backs the admin API's schedule endpoints.
+    let start_scheduler = catalog.is_some();
+    let scheduler = catalog
+        .or_else(|| load_schedules(&config, store.registry()).ok())
+        .map(|c| Scheduler::new(store.clone(), c, &config));
     let (stop_http, stop_http_rx) = tokio::sync::watch::channel(false);
     let http = if config.admin.enabled && !args.no_admin {
-        Some(start_http(&config, store.clone(), stop_http_rx).await?)
+        Some(start_http(&config, store.clone(), scheduler.clone(), stop_http_rx).await?)
     } else {
         tokio::spawn(crate::telemetry::queue_gauges(
             store.clone(),
@@ -330,11 +373,16 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
         ));
         None
     };
+    let scheduler = scheduler.as_ref().filter(|_| start_scheduler).map(Scheduler::start);
     let deps = Deps::default().with(store.connection());
     let runtime = Runtime::new(Arc::new(config), store, deps);
     let running = runtime.start(&queues)?;
     shutdown_signal().await;
     tracing::info!("shutdown requested: draining");
+    // Stop firing before draining, so no new scheduled job lands behind the drain.
+    if let Some(s) = scheduler {
+        s.shutdown().await;
+    }
     let report = running.shutdown().await;
     let _ = stop_http.send(true);
     if let Some(h) = http {
@@ -353,6 +401,7 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
 async fn start_http(
     config: &Config,
     store: Store,
+    scheduler: Option<Scheduler>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     use crate::admin;
@@ -373,7 +422,7 @@ async fn start_http(
         config.admin.gauge_interval,
         stop.clone(),
     ));
-    let state = admin::AdminState::new(config, store, tokens);
+    let state = admin::AdminState::new(config, store, tokens).with_scheduler(scheduler);
     let (router, _) = admin::router(state);
     let metrics = metrics_listener.map(|l| {
         let r = admin::metrics_router(crate::telemetry::install());
@@ -409,10 +458,81 @@ async fn serve(config: Config, registry: Arc<Registry>) -> Result<ExitCode> {
     crate::telemetry::install();
     let store = Store::connect(&config, registry).await?;
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let http = start_http(&config, store, stop_rx).await?;
+    // Not started: this process only answers schedule list/trigger/pause/resume calls.
+    let scheduler = load_schedules(&config, store.registry())
+        .ok()
+        .map(|c| Scheduler::new(store.clone(), c, &config));
+    let http = start_http(&config, store, scheduler, stop_rx).await?;
     shutdown_signal().await;
     let _ = stop.send(true);
     let _ = http.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+// --- Schedules (issue 4) ----------------------------------------------------------------
+
+fn load_schedules(config: &Config, registry: &Registry) -> Result<Catalog, CatalogError> {
+    Catalog::load(&config.scheduler.dir, registry, &Routing::from_config(config))
+}
+
+/// `culm scheduler`: the scheduler alone.
+async fn scheduler_only(config: Config, registry: Arc<Registry>) -> Result<ExitCode> {
+    let catalog = load_schedules(&config, &registry)?;
+    crate::telemetry::describe_scheduler();
+    let store = Store::connect(&config, registry).await?;
+    let running = Scheduler::new(store, catalog, &config).start();
+    shutdown_signal().await;
+    tracing::info!("shutdown requested");
+    running.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `culm schedules [--json]`. Without Redis it still lists the catalog, minus pause
+/// flags and last fires.
+async fn schedules(config: Config, registry: Arc<Registry>, json: bool) -> Result<ExitCode> {
+    let catalog = load_schedules(&config, &registry)?;
+    let list = match Store::connect(&config, registry).await {
+        Ok(store) => Scheduler::new(store, catalog, &config).list().await?,
+        Err(e) => {
+            eprintln!("warning: {e}; showing schedules without their last fire");
+            let now = chrono::Utc::now();
+            catalog.iter().map(|s| crate::scheduler::describe(s, now)).collect()
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for s in &list {
+        let state = match (s.enabled, s.paused) {
+            (false, _) => "disabled",
+            (true, Some(true)) => "PAUSED",
+            _ => "enabled",
+        };
+        println!("{}  [{state}]  {} ({})", s.name, s.cron, s.timezone);
+        println!(
+            "    {} -> queue {}   overlap={} missed={}",
+            s.job, s.queue, s.overlap, s.missed
+        );
+        println!("    {}", s.description);
+        for t in &s.next_fire_times {
+            println!("    next  {}   {}", t.local, t.utc);
+        }
+        match (&s.last_fire, &s.last_outcome) {
+            (None, None) => println!("    last  never fired"),
+            (fire, outcome) => {
+                if let Some(f) = fire {
+                    println!("    last fire     {}  job {}", f.at, f.job_id);
+                }
+                if let Some(o) = outcome {
+                    let err = o.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+                    println!("    last outcome  {} at {}{err}", o.outcome, o.at);
+                }
+            }
+        }
+    }
+    let enabled = list.iter().filter(|s| s.enabled).count();
+    eprintln!("{} schedule(s), {enabled} enabled", list.len());
     Ok(ExitCode::SUCCESS)
 }
 

@@ -30,6 +30,9 @@ pub struct Config {
     pub routes: BTreeMap<String, String>,
     /// The admin HTTP API and metrics endpoint.
     pub admin: AdminConfig,
+    /// The scheduler (issue 4).
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
 }
 
 /// `[admin]`
@@ -76,6 +79,32 @@ pub enum Scope {
     Read,
     /// Steer: pause and resume queues, retry and purge dead letters, trigger schedules.
     Admin,
+}
+
+/// `[scheduler]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Directory of `*.toml` schedule files; empty: the catalog embedded in the binary.
+    #[serde(default)]
+    pub dir: String,
+    /// How long a tick's claim is kept (replicas whose clocks or timers lag by more than
+    /// this are still stopped by the per-schedule last-tick guard).
+    #[serde(with = "humantime_serde", default = "default_claim_ttl")]
+    pub claim_ttl: Duration,
+}
+
+fn default_claim_ttl() -> Duration {
+    Duration::from_secs(6 * 3600)
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            dir: String::new(),
+            claim_ttl: default_claim_ttl(),
+        }
+    }
 }
 
 /// `[redis]`
@@ -547,6 +576,9 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
         return Err(("queues".into(), "declare at least one queue".into()));
     }
     check_retry("queue_defaults.retry", &c.queue_defaults.retry)?;
+    if c.scheduler.claim_ttl < Duration::from_secs(60) {
+        return Err(("scheduler.claim_ttl".into(), "must be at least 1m".into()));
+    }
     for (name, q) in &c.queues {
         if name.is_empty()
             || !name

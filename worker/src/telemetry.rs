@@ -67,6 +67,7 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
             describe();
+            describe_scheduler();
             handle
         })
         .clone()
@@ -208,4 +209,35 @@ pub fn store_error(queue: &str, op: &'static str) {
 /// The reaper returned `n` expired leases.
 pub fn reaped(queue: &str, n: usize) {
     counter!(LEASES_REAPED, "queue" => queue.to_owned()).increment(n as u64);
+}
+
+// --- Scheduler (issue 4) ---------------------------------------------------------------
+
+/// Ticks decided by this replica (`schedule`, `outcome`): `fired`, `caught_up`,
+/// `triggered`, `skipped_overlap`, `claimed_elsewhere`, `stale`, `paused`, `missed`,
+/// `error`. Summed over replicas, `fired` counts each tick once.
+pub const SCHEDULE_FIRES: &str = "culm_schedule_fires_total";
+/// Fire lag: when the job was enqueued minus the tick's intended time (`schedule`).
+pub const SCHEDULE_LAG: &str = "culm_schedule_lag_seconds";
+/// Unix time at which this replica last enqueued a job for the schedule (`schedule`).
+pub const SCHEDULE_LAST_FIRE: &str = "culm_schedule_last_fire_timestamp_seconds";
+
+/// Registers descriptions of the scheduler's metrics.
+pub fn describe_scheduler() {
+    describe_counter!(SCHEDULE_FIRES, "Schedule ticks decided by this replica, by outcome.");
+    describe_histogram!(
+        SCHEDULE_LAG,
+        metrics::Unit::Seconds,
+        "Enqueue time minus intended tick time."
+    );
+    describe_gauge!(SCHEDULE_LAST_FIRE, "Unix time this replica last fired the schedule.");
+}
+
+/// A schedule's tick was decided with `outcome`; `(lag_s, fired_at_s)` when a job was enqueued.
+pub fn schedule_tick(schedule: &str, outcome: &'static str, fired: Option<(f64, f64)>) {
+    counter!(SCHEDULE_FIRES, "schedule" => schedule.to_owned(), "outcome" => outcome).increment(1);
+    if let Some((lag_s, fired_at_s)) = fired {
+        histogram!(SCHEDULE_LAG, "schedule" => schedule.to_owned()).record(lag_s);
+        gauge!(SCHEDULE_LAST_FIRE, "schedule" => schedule.to_owned()).set(fired_at_s);
+    }
 }

@@ -35,6 +35,8 @@ struct Inner {
     batch_max: usize,
     /// The OpenAPI document, rendered once when the router is built.
     openapi: std::sync::OnceLock<String>,
+    /// The schedule catalog and its Redis state, when this process loaded one.
+    scheduler: Option<crate::scheduler::Scheduler>,
 }
 
 impl AdminState {
@@ -48,8 +50,17 @@ impl AdminState {
                 max_body_bytes: config.admin.max_body_bytes,
                 batch_max: config.admin.batch_max,
                 openapi: std::sync::OnceLock::new(),
+                scheduler: None,
             }),
         }
+    }
+
+    /// Serves the schedule endpoints from `scheduler` (call before [`router`]).
+    pub fn with_scheduler(mut self, scheduler: Option<crate::scheduler::Scheduler>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.scheduler = scheduler;
+        }
+        self
     }
 
     fn store(&self) -> &Store {

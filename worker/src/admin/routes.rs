@@ -60,12 +60,17 @@ pub(super) fn table(state: AdminState) -> (axum::Router<AdminState>, utoipa::ope
         .routes(routes!(list_queues))
         .routes(routes!(get_queue))
         .routes(routes!(list_dead))
+        .routes(routes!(list_schedules))
+        .routes(routes!(get_schedule))
         .route_layer(guard(Scope::Read));
     let admin = OpenApiRouter::new()
         .routes(routes!(pause_queue))
         .routes(routes!(resume_queue))
         .routes(routes!(retry_dead))
         .routes(routes!(purge_dead))
+        .routes(routes!(trigger_schedule))
+        .routes(routes!(pause_schedule))
+        .routes(routes!(resume_schedule))
         .route_layer(guard(Scope::Admin));
     let (router, api) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(open)
@@ -719,6 +724,98 @@ pub(super) fn render_metrics(h: &PrometheusHandle) -> Response {
 async fn openapi_json(State(state): State<AdminState>) -> Response {
     let body = state.inner.openapi.get().cloned().unwrap_or_else(|| "{}".to_owned());
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+// ---- schedules ------------------------------------------------------------------------
+
+/// Every schedule with its next fire times, pause flag and last fire and outcome.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SchedulesView {
+    /// Schedules in catalog order (see `culm schedules --json` for the fields).
+    #[schema(value_type = Vec<Object>)]
+    pub schedules: Vec<crate::scheduler::ScheduleStatus>,
+}
+
+fn scheduler(state: &AdminState) -> Result<&crate::scheduler::Scheduler, ApiError> {
+    state.inner.scheduler.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "schedules_unavailable",
+            "this process has no schedule catalog loaded (see `culm check`)",
+        )
+    })
+}
+
+impl From<crate::scheduler::SchedulerError> for ApiError {
+    fn from(e: crate::scheduler::SchedulerError) -> Self {
+        use crate::scheduler::SchedulerError as E;
+        match e {
+            E::UnknownSchedule(_) => ApiError::new(StatusCode::NOT_FOUND, "schedule_not_found", e.to_string()),
+            E::Redis(e) => ApiError::internal(redact(&e)),
+            E::Encode { .. } => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "schedule_invalid", e.to_string()),
+        }
+    }
+}
+
+/// Every schedule.
+#[utoipa::path(get, path = "/v1/schedules", tag = "schedules",
+    responses((status = 200, body = SchedulesView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+async fn list_schedules(State(state): State<AdminState>) -> Result<Json<SchedulesView>, ApiError> {
+    let schedules = scheduler(&state)?.list().await?;
+    Ok(Json(SchedulesView { schedules }))
+}
+
+/// One schedule.
+#[utoipa::path(get, path = "/v1/schedules/{name}", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn get_schedule(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::scheduler::ScheduleStatus>, ApiError> {
+    Ok(Json(scheduler(&state)?.get(&name).await?))
+}
+
+/// Fire a schedule now (ignores its cadence, pause flag and overlap policy).
+#[utoipa::path(post, path = "/v1/schedules/{name}/trigger", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 200, description = "`{\"outcome\": \"triggered\", \"job_id\": ...}`", body = Object),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn trigger_schedule(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::scheduler::TickOutcome>, ApiError> {
+    let outcome = scheduler(&state)?.trigger(&name).await?;
+    tracing::info!(schedule = %name, "schedule triggered over the admin API");
+    Ok(Json(outcome))
+}
+
+/// Pause a schedule on every replica (its ticks are skipped until resumed).
+#[utoipa::path(post, path = "/v1/schedules/{name}/pause", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn pause_schedule(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::scheduler::ScheduleStatus>, ApiError> {
+    let s = scheduler(&state)?;
+    s.pause(&name).await?;
+    tracing::info!(schedule = %name, "schedule paused over the admin API");
+    Ok(Json(s.get(&name).await?))
+}
+
+/// Resume a paused schedule.
+#[utoipa::path(post, path = "/v1/schedules/{name}/resume", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+async fn resume_schedule(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::scheduler::ScheduleStatus>, ApiError> {
+    let s = scheduler(&state)?;
+    s.resume(&name).await?;
+    tracing::info!(schedule = %name, "schedule resumed over the admin API");
+    Ok(Json(s.get(&name).await?))
 }
 
 pub(super) async fn not_found() -> ApiError {

@@ -1,0 +1,21 @@
+-- Record what happened to a schedule's tick, for `culm schedules`, the admin API and the
+-- missed-tick check. KEYS[1]: the schedule's state hash ('{prefix}:schedules:state:<name>').
+-- ARGV: tick_ms ('' = none), now_ms, outcome ('' = only advance the tick), strength
+-- ('strong': this replica decided the tick; 'weak': any replica's observation, never
+-- overwriting a decision for the same tick), job_id, queue, lag_ms, error.
+local K = KEYS[1]
+local tick, now, outcome, strength = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if tick ~= '' then
+  local t = tonumber(tick)
+  -- 'tick' is the latest tick any replica handled; it only moves forward.
+  if t > tonumber(redis.call('HGET', K, 'tick') or '-1') then redis.call('HSET', K, 'tick', tick) end
+  local ot = tonumber(redis.call('HGET', K, 'outcome_tick') or '-1')
+  if outcome ~= '' and (t < ot or (t == ot and strength == 'weak')) then return 0 end
+end
+if outcome == '' then return 0 end
+redis.call('HSET', K, 'outcome', outcome, 'outcome_at', now, 'error', ARGV[8])
+if tick ~= '' then redis.call('HSET', K, 'outcome_tick', tick) end
+if ARGV[5] ~= '' then
+  redis.call('HSET', K, 'fired_at', now, 'fired_tick', tick, 'job', ARGV[5], 'queue', ARGV[6], 'lag_ms', ARGV[7])
+end
+return 1

@@ -1,0 +1,706 @@
+//! The scheduler: fires the periodic jobs of `schedules/*.toml`, exactly once per tick
+//! across any number of replicas, without leader election.
+//!
+//! - [`catalog`] reads and validates the schedule files; [`cadence`] computes fire times
+//!   (DST-safe) and is the `Schedule` behind apalis-cron's `CronScheduler`, which is the
+//!   tick source: one tick stream per enabled schedule in every scheduler process.
+//! - Every replica handles every tick. `lua/fire.lua` decides it atomically in the target
+//!   queue's hash slot: it claims the idempotency key `schedule:<name>:<tick_ms>` (SET NX
+//!   semantics inside the script), refuses ticks at or before the last one decided
+//!   there, applies the overlap policy, and pushes the job, all in one call. One replica
+//!   gets `fired`; the others get `claimed_elsewhere` or `stale`.
+//! - `lua/record.lua` keeps per-schedule state in `{<prefix>}:schedules:state:<name>`:
+//!   the latest tick handled (for the missed-tick check at start-up), the last outcome
+//!   and the last fire. Pauses live in `{<prefix>}:schedules:paused`, read on every tick
+//!   by every replica.
+//! - The admin API calls [`Scheduler::list`], [`Scheduler::trigger`],
+//!   [`Scheduler::pause`] and [`Scheduler::resume`].
+pub mod cadence;
+pub mod catalog;
+
+use crate::{config::Config, store::Store};
+use apalis_cron::CronScheduler;
+use catalog::{Catalog, Missed, Overlap, Schedule};
+use chrono::{DateTime, Utc};
+use culm_core::now_ms;
+use futures::StreamExt;
+use redis::{Script, Value};
+use serde::Serialize;
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
+use tokio::{
+    sync::{broadcast, watch},
+    task::JoinHandle,
+};
+
+static FIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("../store/lua/common.lua"),
+        "\n",
+        include_str!("lua/fire.lua")
+    ))
+});
+static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/record.lua")));
+
+/// A scheduler failure.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    /// No schedule has that name.
+    #[error("no schedule named `{0}` (see `culm schedules`)")]
+    UnknownSchedule(String),
+    /// Redis failed.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The job could not be encoded.
+    #[error("cannot encode the job of schedule `{schedule}`: {message}")]
+    Encode {
+        /// Schedule.
+        schedule: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What happened to one tick (or trigger) on this replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum TickOutcome {
+    /// This replica enqueued the tick's job.
+    Fired {
+        /// Job id.
+        job_id: String,
+    },
+    /// This replica enqueued one catch-up run for ticks missed while no scheduler ran.
+    CaughtUp {
+        /// Job id.
+        job_id: String,
+    },
+    /// Enqueued by [`Scheduler::trigger`].
+    Triggered {
+        /// Job id.
+        job_id: String,
+    },
+    /// Skipped: the previous run had not finished (overlap = "skip").
+    SkippedOverlap {
+        /// The unfinished job.
+        running_job_id: String,
+    },
+    /// Another replica decided this tick.
+    ClaimedElsewhere,
+    /// A later tick was already decided; this one is too late to fire.
+    Stale,
+    /// The schedule is paused.
+    Paused,
+    /// Ticks missed while no scheduler ran were skipped (missed = "skip").
+    Missed,
+    /// Redis failed; the tick was not fired by this replica.
+    Error {
+        /// What failed.
+        message: String,
+    },
+}
+
+impl TickOutcome {
+    /// The outcome's name (metric label and state).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TickOutcome::Fired { .. } => "fired",
+            TickOutcome::CaughtUp { .. } => "caught_up",
+            TickOutcome::Triggered { .. } => "triggered",
+            TickOutcome::SkippedOverlap { .. } => "skipped_overlap",
+            TickOutcome::ClaimedElsewhere => "claimed_elsewhere",
+            TickOutcome::Stale => "stale",
+            TickOutcome::Paused => "paused",
+            TickOutcome::Missed => "missed",
+            TickOutcome::Error { .. } => "error",
+        }
+    }
+
+    /// The job enqueued, if any.
+    pub fn job_id(&self) -> Option<&str> {
+        match self {
+            TickOutcome::Fired { job_id } | TickOutcome::CaughtUp { job_id } | TickOutcome::Triggered { job_id } => {
+                Some(job_id)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A tick decided by this replica (tests wait on these instead of sleeping).
+#[derive(Debug, Clone)]
+pub struct ScheduleEvent {
+    /// Schedule name.
+    pub schedule: String,
+    /// The tick, ms since the epoch (`None` for a manual trigger).
+    pub tick_ms: Option<i64>,
+    /// What happened.
+    pub outcome: TickOutcome,
+}
+
+/// One fire time, in the schedule's timezone and in UTC (RFC 3339).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FireTime {
+    /// In the schedule's timezone, with its offset.
+    pub local: String,
+    /// In UTC.
+    pub utc: String,
+}
+
+/// A schedule as the CLI and admin API show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleStatus {
+    /// Name.
+    pub name: String,
+    /// Cron expression (6 fields).
+    pub cron: String,
+    /// IANA timezone.
+    pub timezone: String,
+    /// Job type.
+    pub job: String,
+    /// Payload.
+    pub payload: serde_json::Value,
+    /// Queue.
+    pub queue: String,
+    /// Enabled in the catalog.
+    pub enabled: bool,
+    /// Paused by an operator (`None` when Redis was not consulted).
+    pub paused: Option<bool>,
+    /// What it does.
+    pub description: String,
+    /// `skip` or `allow`.
+    pub overlap: &'static str,
+    /// `skip` or `run_once`.
+    pub missed: &'static str,
+    /// The file it came from.
+    pub source: String,
+    /// The next three fire times.
+    pub next_fire_times: Vec<FireTime>,
+    /// Last fire, from Redis.
+    pub last_fire: Option<LastFire>,
+    /// Last outcome, from Redis.
+    pub last_outcome: Option<LastOutcome>,
+}
+
+/// The last job a schedule enqueued.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LastFire {
+    /// When it was enqueued (RFC 3339, UTC).
+    pub at: String,
+    /// The tick it was for (RFC 3339, UTC); `None` for a manual trigger.
+    pub tick: Option<String>,
+    /// Job id.
+    pub job_id: String,
+    /// Queue.
+    pub queue: String,
+    /// Enqueue time minus tick time, ms.
+    pub lag_ms: Option<i64>,
+}
+
+/// The last decision about a schedule's tick.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LastOutcome {
+    /// `fired`, `caught_up`, `triggered`, `skipped_overlap`, `paused`, `missed` or `error`.
+    pub outcome: String,
+    /// When (RFC 3339, UTC).
+    pub at: String,
+    /// The error, for `error`.
+    pub error: Option<String>,
+}
+
+/// The stored form of a job, as `store::Envelope` reads it.
+#[derive(Serialize)]
+struct NewEnvelope<'a> {
+    job: &'a str,
+    payload: &'a serde_json::Value,
+    enqueued_at: i64,
+    run_at: i64,
+    idempotency_key: &'a str,
+}
+
+struct Inner {
+    store: Store,
+    catalog: Catalog,
+    /// `{<prefix>}`: the scheduler's own hash slot.
+    base: String,
+    claim_ttl_s: u64,
+    events: broadcast::Sender<ScheduleEvent>,
+}
+
+/// The scheduler engine and the operations the admin API calls. Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("schedules", &self.inner.catalog.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Running tick streams; [`RunningScheduler::shutdown`] stops them.
+pub struct RunningScheduler {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn rfc3339_ms(ms: i64) -> Option<String> {
+    DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// The next `n` fire times of `s` after `now`, in its timezone and in UTC.
+pub fn next_fire_times(s: &Schedule, now: DateTime<Utc>, n: usize) -> Vec<FireTime> {
+    s.cadence
+        .upcoming(now, n)
+        .into_iter()
+        .map(|t| FireTime {
+            local: t.with_timezone(&s.cadence.tz()).to_rfc3339(),
+            utc: t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        })
+        .collect()
+}
+
+/// How `s` is shown without consulting Redis.
+pub fn describe(s: &Schedule, now: DateTime<Utc>) -> ScheduleStatus {
+    ScheduleStatus {
+        name: s.name.clone(),
+        cron: s.cron.clone(),
+        timezone: s.timezone.clone(),
+        job: s.job.clone(),
+        payload: s.payload.clone(),
+        queue: s.queue.clone(),
+        enabled: s.enabled,
+        paused: None,
+        description: s.description.clone(),
+        overlap: s.overlap.as_str(),
+        missed: s.missed.as_str(),
+        source: s.source.clone(),
+        next_fire_times: next_fire_times(s, now, 3),
+        last_fire: None,
+        last_outcome: None,
+    }
+}
+
+impl Scheduler {
+    /// A scheduler over `store` for the schedules of `catalog`.
+    pub fn new(store: Store, catalog: Catalog, config: &Config) -> Scheduler {
+        let (events, _) = broadcast::channel(4096);
+        Scheduler {
+            inner: Arc::new(Inner {
+                store,
+                catalog,
+                base: format!("{{{}}}", config.redis.key_prefix),
+                claim_ttl_s: config.scheduler.claim_ttl.as_secs().max(60),
+                events,
+            }),
+        }
+    }
+
+    /// The catalog.
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
+    }
+
+    /// Subscribes to the ticks this replica decides.
+    pub fn events(&self) -> broadcast::Receiver<ScheduleEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn schedule(&self, name: &str) -> Result<&Schedule, SchedulerError> {
+        self.inner
+            .catalog
+            .get(name)
+            .ok_or_else(|| SchedulerError::UnknownSchedule(name.to_owned()))
+    }
+
+    fn state_key(&self, name: &str) -> String {
+        format!("{}:schedules:state:{name}", self.inner.base)
+    }
+
+    fn paused_key(&self) -> String {
+        format!("{}:schedules:paused", self.inner.base)
+    }
+
+    /// Every schedule with its next fire times, pause flag, last fire and last outcome
+    /// (`GET /v1/schedules`).
+    pub async fn list(&self) -> Result<Vec<ScheduleStatus>, SchedulerError> {
+        let names: Vec<&str> = self.inner.catalog.iter().map(|s| s.name.as_str()).collect();
+        self.statuses(&names).await
+    }
+
+    /// One schedule's status (`GET /v1/schedules/{name}`).
+    pub async fn get(&self, name: &str) -> Result<ScheduleStatus, SchedulerError> {
+        self.schedule(name)?;
+        let mut v = self.statuses(&[name]).await?;
+        v.pop().ok_or_else(|| SchedulerError::UnknownSchedule(name.to_owned()))
+    }
+
+    async fn statuses(&self, names: &[&str]) -> Result<Vec<ScheduleStatus>, SchedulerError> {
+        let now = Utc::now();
+        let mut pipe = redis::pipe();
+        for name in names {
+            pipe.hexists(self.paused_key(), *name).hgetall(self.state_key(name));
+        }
+        let mut conn = self.inner.store.connection();
+        let replies: Vec<Value> = if names.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn).await?
+        };
+        let mut out = Vec::with_capacity(names.len());
+        for (i, name) in names.iter().enumerate() {
+            let s = self.schedule(name)?;
+            let mut st = describe(s, now);
+            st.paused = replies.get(i * 2).map(|v| matches!(v, Value::Int(1)));
+            let state: HashMap<String, String> = replies
+                .get(i * 2 + 1)
+                .and_then(|v| redis::from_redis_value(v.clone()).ok())
+                .unwrap_or_default();
+            let num = |k: &str| state.get(k).and_then(|v| v.parse::<i64>().ok());
+            if let (Some(job_id), Some(at)) = (state.get("job"), num("fired_at")) {
+                st.last_fire = Some(LastFire {
+                    at: rfc3339_ms(at).unwrap_or_default(),
+                    tick: num("fired_tick").and_then(rfc3339_ms),
+                    job_id: job_id.clone(),
+                    queue: state.get("queue").cloned().unwrap_or_default(),
+                    lag_ms: num("lag_ms"),
+                });
+            }
+            if let (Some(outcome), Some(at)) = (state.get("outcome"), num("outcome_at")) {
+                st.last_outcome = Some(LastOutcome {
+                    outcome: outcome.clone(),
+                    at: rfc3339_ms(at).unwrap_or_default(),
+                    error: state.get("error").filter(|e| !e.is_empty()).cloned(),
+                });
+            }
+            out.push(st);
+        }
+        Ok(out)
+    }
+
+    /// Pauses a schedule on every replica: its ticks are recorded as `paused` and fire
+    /// nothing until [`Scheduler::resume`] (`POST /v1/schedules/{name}/pause`).
+    pub async fn pause(&self, name: &str) -> Result<(), SchedulerError> {
+        self.schedule(name)?;
+        let mut conn = self.inner.store.connection();
+        redis::cmd("HSET")
+            .arg(self.paused_key())
+            .arg(name)
+            .arg(now_ms())
+            .exec_async(&mut conn)
+            .await?;
+        tracing::info!(schedule = %name, "schedule paused");
+        Ok(())
+    }
+
+    /// Resumes a paused schedule from its next tick; ticks that passed while it was paused
+    /// are not caught up (`POST /v1/schedules/{name}/resume`).
+    pub async fn resume(&self, name: &str) -> Result<(), SchedulerError> {
+        self.schedule(name)?;
+        let mut conn = self.inner.store.connection();
+        redis::cmd("HDEL")
+            .arg(self.paused_key())
+            .arg(name)
+            .exec_async(&mut conn)
+            .await?;
+        tracing::info!(schedule = %name, "schedule resumed");
+        Ok(())
+    }
+
+    /// Whether a schedule is paused.
+    pub async fn is_paused(&self, name: &str) -> Result<bool, SchedulerError> {
+        let mut conn = self.inner.store.connection();
+        Ok(redis::cmd("HEXISTS")
+            .arg(self.paused_key())
+            .arg(name)
+            .query_async(&mut conn)
+            .await?)
+    }
+
+    /// Enqueues the schedule's job now, whatever its cadence, pause or overlap policy
+    /// (`POST /v1/schedules/{name}/trigger`). Later ticks see this run for their overlap
+    /// check. Works for disabled schedules too.
+    pub async fn trigger(&self, name: &str) -> Result<TickOutcome, SchedulerError> {
+        let s = self.schedule(name)?.clone();
+        let id = ulid::Ulid::new().to_string();
+        let claim = format!("schedule:{name}:manual:{id}");
+        let outcome = match self.fire(&s, None, Overlap::Allow, &id, &claim).await? {
+            TickOutcome::Fired { job_id } => TickOutcome::Triggered { job_id },
+            other => other,
+        };
+        self.record(&s, None, &outcome, true).await?;
+        self.emit(&s, None, outcome.clone());
+        Ok(outcome)
+    }
+
+    /// Decides one tick of schedule `name` (what every replica's tick stream calls):
+    /// pause check, then the atomic claim/overlap/push, then the record. Redis errors are
+    /// returned as [`TickOutcome::Error`].
+    pub async fn fire_tick(&self, name: &str, tick_ms: i64) -> Result<TickOutcome, SchedulerError> {
+        let s = self.schedule(name)?.clone();
+        Ok(self.tick(&s, tick_ms, false).await)
+    }
+
+    async fn tick(&self, s: &Schedule, tick_ms: i64, catch_up: bool) -> TickOutcome {
+        let result = async {
+            if self.is_paused(&s.name).await? {
+                return Ok(TickOutcome::Paused);
+            }
+            let id = ulid::Ulid::new().to_string();
+            let claim = format!("schedule:{}:{tick_ms}", s.name);
+            let outcome = self.fire(s, Some(tick_ms), s.overlap, &id, &claim).await?;
+            Ok::<_, SchedulerError>(match outcome {
+                TickOutcome::Fired { job_id } if catch_up => TickOutcome::CaughtUp { job_id },
+                other => other,
+            })
+        }
+        .await;
+        let outcome = match result {
+            Ok(o) => o,
+            Err(e) => TickOutcome::Error { message: e.to_string() },
+        };
+        if let TickOutcome::Error { message } = &outcome {
+            tracing::warn!(schedule = %s.name, tick_ms, "tick not fired: {message}");
+        }
+        let strong = !matches!(
+            outcome,
+            TickOutcome::ClaimedElsewhere | TickOutcome::Stale | TickOutcome::Paused | TickOutcome::Missed
+        );
+        if let Err(e) = self.record(s, Some(tick_ms), &outcome, strong).await {
+            tracing::warn!(schedule = %s.name, tick_ms, "cannot record the tick's outcome: {e}");
+        }
+        self.emit(s, Some(tick_ms), outcome.clone());
+        outcome
+    }
+
+    /// One call to `fire.lua` in the target queue's slot.
+    async fn fire(
+        &self,
+        s: &Schedule,
+        tick_ms: Option<i64>,
+        overlap: Overlap,
+        id: &str,
+        claim: &str,
+    ) -> Result<TickOutcome, SchedulerError> {
+        let now = now_ms();
+        let env = serde_json::to_string(&NewEnvelope {
+            job: &s.job,
+            payload: &s.payload,
+            enqueued_at: now,
+            run_at: now,
+            idempotency_key: claim,
+        })
+        .map_err(|e| SchedulerError::Encode {
+            schedule: s.name.clone(),
+            message: e.to_string(),
+        })?;
+        let mut conn = self.inner.store.connection();
+        let reply: Vec<String> = FIRE
+            .key(self.inner.store.base_key(&s.queue))
+            .arg(&s.name)
+            .arg(tick_ms.map(|t| t.to_string()).unwrap_or_default())
+            .arg(overlap.as_str())
+            .arg(self.inner.claim_ttl_s)
+            .arg(id)
+            .arg(env)
+            .arg(claim)
+            .invoke_async(&mut conn)
+            .await?;
+        let detail = reply.get(1).cloned().unwrap_or_default();
+        Ok(match reply.first().map(String::as_str) {
+            Some("fired") => {
+                crate::telemetry::enqueued(&s.queue, &s.job);
+                TickOutcome::Fired { job_id: detail }
+            }
+            Some("overlap") => TickOutcome::SkippedOverlap { running_job_id: detail },
+            Some("stale") => TickOutcome::Stale,
+            _ => TickOutcome::ClaimedElsewhere,
+        })
+    }
+
+    async fn record(
+        &self,
+        s: &Schedule,
+        tick_ms: Option<i64>,
+        outcome: &TickOutcome,
+        strong: bool,
+    ) -> Result<(), SchedulerError> {
+        let now = now_ms();
+        // An error does not count as handling the tick: a restart may still catch it up.
+        let tick = match outcome {
+            TickOutcome::Error { .. } => String::new(),
+            _ => tick_ms.map(|t| t.to_string()).unwrap_or_default(),
+        };
+        let label = match outcome {
+            TickOutcome::ClaimedElsewhere | TickOutcome::Stale => "",
+            o => o.as_str(),
+        };
+        let error = match outcome {
+            TickOutcome::Error { message } => message.as_str(),
+            _ => "",
+        };
+        let lag = tick_ms.map(|t| (now - t).to_string()).unwrap_or_default();
+        let mut conn = self.inner.store.connection();
+        let _: i64 = RECORD
+            .key(self.state_key(&s.name))
+            .arg(tick)
+            .arg(now)
+            .arg(label)
+            .arg(if strong { "strong" } else { "weak" })
+            .arg(outcome.job_id().unwrap_or(""))
+            .arg(&s.queue)
+            .arg(lag)
+            .arg(error)
+            .invoke_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    fn emit(&self, s: &Schedule, tick_ms: Option<i64>, outcome: TickOutcome) {
+        let fired = outcome.job_id().map(|_| {
+            let now = now_ms();
+            let lag = tick_ms.map(|t| (now - t).max(0) as f64 / 1000.0).unwrap_or(0.0);
+            (lag, now as f64 / 1000.0)
+        });
+        crate::telemetry::schedule_tick(&s.name, outcome.as_str(), fired);
+        match &outcome {
+            TickOutcome::Fired { job_id } | TickOutcome::CaughtUp { job_id } | TickOutcome::Triggered { job_id } => {
+                tracing::info!(schedule = %s.name, job = %s.job, queue = %s.queue, job_id = %job_id, tick_ms, outcome = outcome.as_str(), "schedule fired")
+            }
+            o => tracing::debug!(schedule = %s.name, tick_ms, outcome = o.as_str(), "schedule tick"),
+        }
+        let _ = self.inner.events.send(ScheduleEvent {
+            schedule: s.name.clone(),
+            tick_ms,
+            outcome,
+        });
+    }
+
+    /// The missed-tick check one replica runs for `name` at start-up. If ticks passed
+    /// since the last one any replica handled, `missed = "run_once"` fires one catch-up
+    /// for the latest of them (claimed like any tick, so several replicas starting at once
+    /// fire it once) and `missed = "skip"` records them as missed. With no history yet,
+    /// it records the latest past tick as the baseline and fires nothing.
+    pub async fn catch_up(&self, name: &str) -> Result<Option<TickOutcome>, SchedulerError> {
+        let s = self.schedule(name)?.clone();
+        let Some(latest) = s.cadence.latest_at_or_before(Utc::now()) else {
+            return Ok(None);
+        };
+        let latest_ms = latest.timestamp_millis();
+        let mut conn = self.inner.store.connection();
+        let handled: Option<i64> = redis::cmd("HGET")
+            .arg(self.state_key(name))
+            .arg("tick")
+            .query_async(&mut conn)
+            .await?;
+        match handled {
+            None => {
+                let _: i64 = RECORD
+                    .key(self.state_key(name))
+                    .arg(latest_ms)
+                    .arg(now_ms())
+                    .arg("")
+                    .arg("weak")
+                    .arg("")
+                    .arg("")
+                    .arg("")
+                    .arg("")
+                    .invoke_async(&mut conn)
+                    .await?;
+                Ok(None)
+            }
+            Some(h) if h >= latest_ms => Ok(None),
+            Some(_) => Ok(Some(match s.missed {
+                Missed::RunOnce => self.tick(&s, latest_ms, true).await,
+                Missed::Skip => {
+                    let outcome = TickOutcome::Missed;
+                    self.record(&s, Some(latest_ms), &outcome, false).await?;
+                    self.emit(&s, Some(latest_ms), outcome.clone());
+                    outcome
+                }
+            })),
+        }
+    }
+
+    /// Starts one tick stream per enabled schedule, each after its missed-tick check.
+    pub fn start(&self) -> RunningScheduler {
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = self
+            .inner
+            .catalog
+            .iter()
+            .filter(|s| s.enabled)
+            .map(|s| tokio::spawn(self.clone().drive(s.name.clone(), stop_rx.clone())))
+            .collect::<Vec<_>>();
+        tracing::info!(schedules = tasks.len(), "scheduler started");
+        RunningScheduler { stop, tasks }
+    }
+
+    /// One schedule's loop: apalis-cron's `CronScheduler` (over [`cadence::Cadence`])
+    /// yields ticks; each is decided by [`Scheduler::fire_tick`]'s path.
+    async fn drive(self, name: String, mut stop: watch::Receiver<bool>) {
+        let Some(s) = self.inner.catalog.get(&name).cloned() else {
+            return;
+        };
+        let stopped = |stop: &watch::Receiver<bool>| *stop.borrow();
+        if let Err(e) = self.catch_up(&name).await {
+            tracing::warn!(schedule = %name, "missed-tick check failed: {e}");
+        }
+        // The tick after which a rebuilt stream continues (seconds).
+        let mut resume: Option<i64> = None;
+        while !stopped(&stop) {
+            let cadence = s.cadence.resuming_after(resume);
+            let mut ticks = Box::pin(CronScheduler::new(cadence).with_timezone(s.cadence.tz()).into_stream());
+            loop {
+                let item = tokio::select! {
+                    item = ticks.next() => item,
+                    _ = stop.changed() => return,
+                };
+                match item {
+                    Some(Ok(tick)) => {
+                        self.tick(&s, tick_ms(tick.get_timestamp()), false).await;
+                    }
+                    // The stream's next tick had passed when it was polled (this task was
+                    // busy, e.g. Redis was slow). The tick is due: decide it late, then
+                    // rebuild the stream after it, which otherwise keeps reporting it.
+                    // Ticks stay in order and none is skipped for stalls within
+                    // `cadence::LATE_GRACE`.
+                    Some(Err(apalis_cron::Error::OutOfRange { tick, .. })) => {
+                        self.tick(&s, tick_ms(tick), false).await;
+                        resume = i64::try_from(tick).ok();
+                        break;
+                    }
+                    None => {
+                        tracing::warn!(schedule = %name, "schedule has no further fire times");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn tick_ms(secs: u64) -> i64 {
+    i64::try_from(secs).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
+}
+
+impl RunningScheduler {
+    /// Stops every tick stream. A tick being decided may finish for up to 5 s (its
+    /// Redis calls); then it is abandoned, which at worst leaves that tick unfired.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let mut tasks = self.tasks;
+        let all = futures::future::join_all(tasks.iter_mut());
+        if tokio::time::timeout(Duration::from_secs(5), all).await.is_err() {
+            tracing::warn!("scheduler tasks did not stop within 5s; aborting them");
+            tasks.iter().for_each(JoinHandle::abort);
+        }
+        tracing::info!("scheduler stopped");
+    }
+}
