@@ -1,6 +1,9 @@
 //! `culm bench`: measures the hot path in its own Redis key namespace (deleted after).
-//! Scenarios: throughput (enqueue and drain of N no-op jobs), latency (enqueue→start at
-//! a steady rate into an idle worker), baseline (raw pipelined Redis list operations).
+//! Scenarios: baseline (raw pipelined Redis list operations), throughput (enqueue and
+//! drain of N no-op jobs), latency (enqueue→start at a steady rate into an idle worker),
+//! isolation (critical latency while a batch backlog drains in the same process), http
+//! (admin API enqueue rates), backlog (1,000,000 pending jobs) and memory (RSS of a
+//! child `culm run`).
 use crate::{
     config::{Config, QueueConfig},
     runtime::Runtime,
@@ -19,7 +22,8 @@ use std::{
 /// Options of `culm bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Run one scenario: throughput, latency or baseline (default: all).
+    /// Run one scenario: baseline, throughput, latency, isolation, http, backlog or memory
+    /// (default: all).
     #[arg(long)]
     pub scenario: Option<String>,
     /// Jobs for the throughput scenario.
@@ -34,9 +38,49 @@ pub struct BenchArgs {
     /// Print one JSON object per scenario line.
     #[arg(long)]
     pub json: bool,
+    /// Jobs for the backlog scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub backlog_jobs: usize,
+}
+
+/// A job that records how long after `sent_us` it started, into the in-process
+/// [`Stamps`] dependency (so latency is measured without the event channel, which can
+/// lag under a 30,000 jobs/s backlog).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Stamp {
+    sent_us: i64,
+}
+
+/// Start latencies of [`Stamp`] jobs, in milliseconds.
+#[derive(Clone, Default)]
+struct Stamps(Arc<std::sync::Mutex<Vec<f64>>>);
+
+impl Stamps {
+    fn take(&self) -> Vec<f64> {
+        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    }
+}
+
+impl culm_core::Job for Stamp {
+    const NAME: &'static str = "bench.stamp";
+    const QUEUE: &'static str = QUEUE;
+    const TIERS: &'static [Tier] = &Tier::ALL;
+    const DESCRIPTION: &'static str = "Benchmark probe: records its enqueue-to-start latency.";
+    async fn run(self, ctx: culm_core::JobContext) -> Result<culm_core::Outcome, culm_core::JobError> {
+        let lat = (now_us() - self.sent_us) as f64 / 1000.0;
+        if let Some(s) = ctx.dep::<Stamps>()
+            && let Ok(mut v) = s.0.lock()
+        {
+            v.push(lat);
+        }
+        Ok(culm_core::Outcome::done())
+    }
 }
 
 const QUEUE: &str = "bench";
+const CRIT: &str = "bench_critical";
+const BULK_1MS: &str = "bench_batch_1ms";
+const BULK_50MS: &str = "bench_batch_50ms";
 
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
@@ -54,10 +98,11 @@ struct Bench {
     config: Config,
     store: Store,
     prefix: String,
+    stamps: Stamps,
 }
 
 impl Bench {
-    async fn new(mut config: Config, registry: Arc<Registry>, concurrency: u32) -> Result<Bench> {
+    async fn new(mut config: Config, concurrency: u32) -> Result<Bench> {
         let prefix = format!("culmbench-{}", ulid::Ulid::new().to_string().to_lowercase());
         config.redis.key_prefix = prefix.clone();
         config.queues.insert(
@@ -70,16 +115,37 @@ impl Bench {
                 description: "benchmark".into(),
             },
         );
-        let store = Store::connect(&config, registry).await?;
-        Ok(Bench { config, store, prefix })
+        for (name, tier, concurrency) in [
+            (CRIT, Tier::Critical, 8),
+            (BULK_1MS, Tier::Batch, concurrency),
+            (BULK_50MS, Tier::Batch, concurrency),
+        ] {
+            config.queues.insert(
+                name.into(),
+                QueueConfig {
+                    tier,
+                    concurrency,
+                    timeout: Some(Duration::from_secs(60)),
+                    retry: None,
+                    description: "benchmark".into(),
+                },
+            );
+        }
+        // The bench adds its probe job type to the shipped catalog.
+        let mut with_stamp = culm_jobs::registry()?;
+        with_stamp.register::<Stamp>()?;
+        let store = Store::connect(&config, Arc::new(with_stamp)).await?;
+        Ok(Bench {
+            config,
+            store,
+            prefix,
+            stamps: Stamps::default(),
+        })
     }
 
     fn runtime(&self) -> Runtime {
-        Runtime::new(
-            Arc::new(self.config.clone()),
-            self.store.clone(),
-            Deps::default().with(self.store.connection()),
-        )
+        let deps = Deps::default().with(self.store.connection()).with(self.stamps.clone());
+        Runtime::new(Arc::new(self.config.clone()), self.store.clone(), deps)
     }
 
     async fn cleanup(&self) {
@@ -181,6 +247,235 @@ impl Bench {
         }))
     }
 
+    /// Enqueues `n` copies of `req` in batches of 1,000, 8 batches in flight.
+    async fn fill(&self, n: usize, req: impl Fn() -> EnqueueRequest) -> Result<f64> {
+        let start = Instant::now();
+        let batches = stream::iter((0..n).step_by(1000).map(|from| {
+            let k = (n - from).min(1000);
+            self.store.enqueue((0..k).map(|_| req()).collect())
+        }))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+        for b in batches {
+            b?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    }
+
+    /// Deletes every key of `queue` (jobs left behind by a scenario).
+    async fn purge(&self, queue: &str) -> Result<()> {
+        let mut c = self.store.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}*", self.store.base_key(queue)))
+            .query_async(&mut c)
+            .await?;
+        for chunk in keys.chunks(100) {
+            redis::cmd("DEL").arg(chunk).exec_async(&mut c).await?;
+        }
+        Ok(())
+    }
+
+    /// Waits until `queue` holds nothing pending, scheduled or running.
+    async fn drained(&self, queue: &str) -> Result<()> {
+        loop {
+            let s = self.store.stats(queue).await?;
+            if s.pending + s.scheduled + s.running == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// 200 critical jobs at 20 ms intervals while a 100,000-job batch backlog of
+    /// `batch_ms` jobs drains at full concurrency in the same process.
+    async fn isolation(&self, batch_ms: u64) -> Result<Value> {
+        let bulk = if batch_ms <= 1 { BULK_1MS } else { BULK_50MS };
+        self.fill(100_000, || {
+            EnqueueRequest::raw("platform.sleep", json!({ "ms": batch_ms })).queue(bulk)
+        })
+        .await?;
+        let running = self.runtime().start(&[CRIT.to_owned(), bulk.to_owned()])?;
+        // Measure only once the batch pool is saturated.
+        while self.store.stats(bulk).await?.running == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.stamps.take();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for _ in 0..200 {
+            tick.tick().await;
+            self.store
+                .enqueue(vec![
+                    EnqueueRequest::raw("bench.stamp", json!({ "sent_us": now_us() })).queue(CRIT),
+                ])
+                .await?;
+        }
+        self.drained(CRIT).await?;
+        let batch_left = self.store.stats(bulk).await?.pending;
+        running.shutdown().await;
+        let mut lat = self.stamps.take();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        Ok(json!({
+            "scenario": "isolation", "batch_job_ms": batch_ms, "batch_backlog": 100_000,
+            "batch_pending_after": batch_left, "critical_jobs": lat.len(),
+            "p50_ms": percentile(&lat, 50.0), "p95_ms": percentile(&lat, 95.0),
+            "p99_ms": percentile(&lat, 99.0), "max_ms": lat.last().copied().unwrap_or(f64::NAN),
+        }))
+    }
+
+    /// The admin API's enqueue: single-job requests/s from 64 concurrent clients, p99 at a
+    /// paced 1,000 rps, and jobs/s through the batch endpoint (1,000 jobs per request).
+    async fn http(&self, seconds: u64) -> Result<Value> {
+        let secret = ulid::Ulid::new().to_string();
+        let token = crate::admin::Token::new("bench", &secret, vec![crate::config::Scope::Enqueue]);
+        let (router, _) = crate::admin::router(crate::admin::AdminState::new(
+            &self.config,
+            self.store.clone(),
+            vec![token],
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/v1/jobs", listener.local_addr()?);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(crate::admin::serve(listener, router, stop_rx));
+        let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
+        let body = json!({ "job": "platform.noop", "queue": QUEUE }).to_string();
+        let post = |url: String, body: String| {
+            let c = client.clone();
+            let auth = format!("Bearer {secret}");
+            async move {
+                let t = Instant::now();
+                let r = c
+                    .post(url)
+                    .header("authorization", auth)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let ok = matches!(&r, Ok(r) if r.status().is_success());
+                (ok, t.elapsed().as_secs_f64() * 1000.0)
+            }
+        };
+
+        // Saturation: 64 clients in closed loops.
+        let deadline = Instant::now() + Duration::from_secs(seconds.min(5));
+        let workers = (0..64).map(|_| {
+            let (url, body, post) = (url.clone(), body.clone(), &post);
+            async move {
+                let (mut ok, mut failed) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    match post(url.clone(), body.clone()).await {
+                        (true, _) => ok += 1,
+                        (false, _) => failed += 1,
+                    }
+                }
+                (ok, failed)
+            }
+        });
+        let start = Instant::now();
+        let results = futures::future::join_all(workers).await;
+        let secs = start.elapsed().as_secs_f64();
+        let ok: u64 = results.iter().map(|r| r.0).sum();
+        let failed: u64 = results.iter().map(|r| r.1).sum();
+
+        // Paced: 1,000 requests/s, each its own task, latency measured by the client.
+        let total = 1000 * seconds as usize;
+        let mut tick = tokio::time::interval(Duration::from_millis(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut tasks = Vec::with_capacity(total);
+        for _ in 0..total {
+            tick.tick().await;
+            tasks.push(tokio::spawn(post(url.clone(), body.clone())));
+        }
+        let mut lat = Vec::with_capacity(total);
+        let mut paced_failed = 0;
+        for t in tasks {
+            match t.await {
+                Ok((true, ms)) => lat.push(ms),
+                _ => paced_failed += 1,
+            }
+        }
+        lat.sort_by(|a, b| a.total_cmp(b));
+
+        // Batch endpoint: 1,000 jobs per request, 4 in flight.
+        let batch_url = format!("{url}/batch");
+        let batch_body = json!({ "jobs": vec![json!({ "job": "platform.noop", "queue": QUEUE }); 1000] }).to_string();
+        let start = Instant::now();
+        let batches = stream::iter((0..100).map(|_| post(batch_url.clone(), batch_body.clone())))
+            .buffer_unordered(4)
+            .collect::<Vec<_>>()
+            .await;
+        let batch_secs = start.elapsed().as_secs_f64();
+        let batch_ok = batches.iter().filter(|b| b.0).count();
+        let _ = stop.send(true);
+        let _ = server.await;
+        self.purge(QUEUE).await?;
+        Ok(json!({
+            "scenario": "http", "clients": 64,
+            "single_req_per_s": (ok as f64 / secs).round(), "single_failed": failed,
+            "paced_rps": 1000, "paced_requests": total, "paced_failed": paced_failed,
+            "p50_ms": percentile(&lat, 50.0), "p95_ms": percentile(&lat, 95.0),
+            "p99_ms": percentile(&lat, 99.0), "max_ms": lat.last().copied().unwrap_or(f64::NAN),
+            "batch_jobs_per_s": ((batch_ok * 1000) as f64 / batch_secs).round(),
+        }))
+    }
+
+    /// `n` pending jobs in one queue: enqueue, Redis memory per job, drain without error.
+    async fn backlog(&self, n: usize) -> Result<Value> {
+        let before = used_memory(&self.store).await?;
+        let enqueue_s = self
+            .fill(n, || EnqueueRequest::raw("platform.noop", json!({})).queue(QUEUE))
+            .await?;
+        let after = used_memory(&self.store).await?;
+        let pending = self.store.stats(QUEUE).await?.pending;
+        let start = Instant::now();
+        let running = self.runtime().start(&[QUEUE.to_owned()])?;
+        self.drained(QUEUE).await?;
+        let drain_s = start.elapsed().as_secs_f64();
+        running.shutdown().await;
+        let dead = self.store.stats(QUEUE).await?.dead;
+        Ok(json!({
+            "scenario": "backlog", "jobs": n, "pending_before_drain": pending, "dead_after": dead,
+            "enqueue_jobs_per_s": (n as f64 / enqueue_s).round(),
+            "drain_jobs_per_s": (n as f64 / drain_s).round(),
+            "redis_bytes_per_pending_job": ((after.saturating_sub(before)) as f64 / n as f64).round(),
+        }))
+    }
+
+    /// RSS of a child `culm run` (every shipped queue, no admin API, no scheduler) idle,
+    /// and its peak while it drains `jobs` no-op jobs from the `platform` queue.
+    async fn memory(&self, jobs: usize) -> Result<Value> {
+        let exe = std::env::current_exe()?;
+        let mut child = tokio::process::Command::new(exe)
+            .args(["run", "--no-admin", "--no-scheduler"])
+            .env("CULM_REDIS_URL", &self.config.redis.url)
+            .env("CULM__REDIS__KEY_PREFIX", &self.prefix)
+            .env("CULM_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().context("child pid")?;
+        // Idle means: started and settled; there is no readiness signal without the API.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let idle = proc_status_kb(pid, "VmRSS:")?;
+        self.fill(jobs, || {
+            EnqueueRequest::raw("platform.noop", json!({})).queue("platform")
+        })
+        .await?;
+        let start = Instant::now();
+        self.drained("platform").await?;
+        let drain_s = start.elapsed().as_secs_f64();
+        let peak = proc_status_kb(pid, "VmHWM:")?;
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        Ok(json!({
+            "scenario": "memory", "queues": "all shipped", "jobs": jobs,
+            "idle_rss_mb": (idle as f64 / 1024.0 * 10.0).round() / 10.0,
+            "peak_rss_mb": (peak as f64 / 1024.0 * 10.0).round() / 10.0,
+            "drain_jobs_per_s": (jobs as f64 / drain_s).round(),
+        }))
+    }
+
     async fn baseline(&self, n: usize) -> Result<Value> {
         let key = format!("{}:baseline", self.prefix);
         let mut c = self.store.connection();
@@ -211,6 +506,25 @@ impl Bench {
     }
 }
 
+async fn used_memory(store: &Store) -> Result<u64> {
+    let mut c = store.connection();
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("INFO memory has no used_memory")
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+fn proc_status_kb(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("/proc/{pid}/status has no {field}"))
+}
+
 fn print(v: &Value, as_json: bool) {
     if as_json {
         println!("{v}");
@@ -222,7 +536,8 @@ fn print(v: &Value, as_json: bool) {
 
 /// Runs the selected scenarios.
 pub async fn run(config: Config, registry: Arc<Registry>, args: BenchArgs) -> Result<()> {
-    let bench = Bench::new(config, registry, args.concurrency).await?;
+    let _ = registry;
+    let bench = Bench::new(config, args.concurrency).await?;
     let wants = |s: &str| args.scenario.as_deref().is_none_or(|w| w == s);
     let result = async {
         if wants("baseline") {
@@ -235,6 +550,20 @@ pub async fn run(config: Config, registry: Arc<Registry>, args: BenchArgs) -> Re
             for rate in [500, 5000] {
                 print(&bench.latency(rate, args.seconds).await?, args.json);
             }
+        }
+        if wants("isolation") {
+            for batch_ms in [1, 50] {
+                print(&bench.isolation(batch_ms).await?, args.json);
+            }
+        }
+        if wants("http") {
+            print(&bench.http(args.seconds).await?, args.json);
+        }
+        if wants("backlog") {
+            print(&bench.backlog(args.backlog_jobs).await?, args.json);
+        }
+        if wants("memory") {
+            print(&bench.memory(args.jobs).await?, args.json);
         }
         Ok::<(), anyhow::Error>(())
     }
