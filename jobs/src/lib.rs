@@ -2,9 +2,21 @@
 //!
 //! One module per integration family; each job type is a payload struct implementing
 //! [`culm_core::Job`] with its routing next to it. [`registry`] registers every job type
-//! this binary runs; the worker validates the routing against the configured queues at start.
+//! this binary runs; the worker validates the routing against the configured queues at
+//! start. Every third-party call goes through the client stack in [`http`].
 
+pub mod bamboo;
+pub mod crm;
+pub mod crossborder;
+pub mod ding;
+pub mod files;
+pub mod galileo;
+pub mod health;
+pub mod http;
+pub mod mail;
 pub mod platform;
+pub mod support;
+pub mod unit21;
 
 use culm_core::{Registry, RegistryError};
 
@@ -12,5 +24,14 @@ use culm_core::{Registry, RegistryError};
 pub fn registry() -> Result<Registry, RegistryError> {
     let mut r = Registry::new();
     platform::register(&mut r)?;
+    galileo::register(&mut r)?;
+    crossborder::register(&mut r)?;
+    ding::register(&mut r)?;
+    bamboo::register(&mut r)?;
+    crm::register(&mut r)?;
+    unit21::register(&mut r)?;
+    mail::register(&mut r)?;
+    files::register(&mut r)?;
+    health::register(&mut r)?;
     Ok(r)
 }

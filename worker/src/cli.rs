@@ -11,7 +11,7 @@ use crate::{
 };
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use culm_core::{Deps, EnqueueRequest, Registry, Tier};
+use culm_core::{EnqueueRequest, Registry, Tier};
 use std::{collections::BTreeSet, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 /// culm: priority-separated job queues on Redis.
@@ -87,6 +87,8 @@ pub enum Command {
     },
     /// Run only the scheduler (no worker pools); stops on SIGTERM/SIGINT.
     Scheduler,
+    /// Print every job type's example payload; `--enqueue --wait 60s` runs one of each (smoke test).
+    Examples(crate::examples::ExamplesArgs),
 }
 
 /// `culm run`
@@ -264,6 +266,7 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
         Command::Dead { command } => dead(Store::connect(&config, registry).await?, command).await,
         Command::Schedules { json } => schedules(config, registry, json).await,
         Command::Scheduler => scheduler_only(config, registry).await,
+        Command::Examples(args) => crate::examples::run(config, registry, args).await,
         Command::Jobs {
             command: JobsCommand::Show { id },
         } => {
@@ -374,7 +377,7 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
         None
     };
     let scheduler = scheduler.as_ref().filter(|_| start_scheduler).map(Scheduler::start);
-    let deps = Deps::default().with(store.connection());
+    let deps = crate::integrations::deps(&config, &store)?;
     let runtime = Runtime::new(Arc::new(config), store, deps);
     let running = runtime.start(&queues)?;
     shutdown_signal().await;

@@ -33,6 +33,11 @@ pub struct Config {
     /// The scheduler (issue 4).
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// Settings every integration client inherits (issue 5).
+    pub integration_defaults: culm_jobs::http::config::IntegrationDefaults,
+    /// Third-party integrations by name (issue 5).
+    #[serde(default)]
+    pub integrations: BTreeMap<String, culm_jobs::http::config::IntegrationConfig>,
 }
 
 /// `[admin]`
@@ -576,6 +581,7 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
         return Err(("queues".into(), "declare at least one queue".into()));
     }
     check_retry("queue_defaults.retry", &c.queue_defaults.retry)?;
+    culm_jobs::http::config::validate(&c.integration_defaults, &c.integrations)?;
     if c.scheduler.claim_ttl < Duration::from_secs(60) {
         return Err(("scheduler.claim_ttl".into(), "must be at least 1m".into()));
     }

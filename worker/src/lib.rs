@@ -4,6 +4,8 @@ pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod examples;
+pub mod integrations;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;

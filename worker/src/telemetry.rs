@@ -68,6 +68,7 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
             }
             describe();
             describe_scheduler();
+            culm_jobs::http::metrics::describe();
             handle
         })
         .clone()
@@ -241,3 +242,20 @@ pub fn schedule_tick(schedule: &str, outcome: &'static str, fired: Option<(f64, 
         gauge!(SCHEDULE_LAST_FIRE, "schedule" => schedule.to_owned()).set(fired_at_s);
     }
 }
+
+// --- Integrations (issue 5) ------------------------------------------------------------
+// Recorded by culm-jobs' client stack (which cannot depend on this crate), so the names
+// are defined there and re-exported here; `install` registers their descriptions.
+
+/// Calls deferred because the breaker was open (`integration`).
+pub use culm_jobs::http::metrics::BREAKER_REJECTED as INTEGRATION_BREAKER_REJECTED;
+/// Breaker state, 0 closed / 1 half-open / 2 open (`integration`).
+pub use culm_jobs::http::metrics::BREAKER_STATE as INTEGRATION_BREAKER_STATE;
+/// Breaker transitions (`integration`, `to`).
+pub use culm_jobs::http::metrics::BREAKER_TRANSITIONS as INTEGRATION_BREAKER_TRANSITIONS;
+/// Latency of one upstream attempt (`integration`, `endpoint`).
+pub use culm_jobs::http::metrics::DURATION as INTEGRATION_DURATION;
+/// Rate-limit waits, deferrals and upstream push-backs (`integration`, `endpoint`, `action`).
+pub use culm_jobs::http::metrics::RATE_LIMITED as INTEGRATION_RATE_LIMITED;
+/// Upstream responses (`integration`, `endpoint`, `status` or `transport`/`timeout`).
+pub use culm_jobs::http::metrics::REQUESTS as INTEGRATION_REQUESTS;

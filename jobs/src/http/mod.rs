@@ -1,0 +1,464 @@
+//! The one HTTP client stack every integration is called through (reqwest with rustls):
+//! circuit breaker → shared rate limiter → request with backon retries for transient
+//! transport errors → classification of the answer into a [`Reply`] or a [`JobError`].
+//!
+//! - **Rate limits** ([`limiter`]): a GCRA slot per integration and endpoint in Redis.
+//!   A slot within `max_wait` is waited for; a later one defers the job (no attempt spent).
+//! - **Push-back**: 429, or 503 with `Retry-After`, defers the job by that long and
+//!   moves the endpoint's shared next slot past it, so no process calls sooner.
+//! - **Breaker** ([`breaker`]): per integration; while open, jobs are deferred.
+//! - **Classification**: 2xx → [`Reply`]; 408, 409, 5xx, transport errors →
+//!   [`JobError::Retryable`]; other 4xx → [`JobError::Permanent`] with the upstream's message.
+//! - **Idempotency**: [`Call::idempotent`] sends `Idempotency-Key` derived from the job id.
+//! - **Credentials**: read once from the environment variable named in the config and sent
+//!   as a bearer token marked sensitive; never logged or printed.
+pub mod breaker;
+pub mod config;
+pub mod limiter;
+pub mod metrics;
+
+use backon::{ExponentialBuilder, Retryable};
+use breaker::Breaker;
+use config::IntegrationSettings;
+use culm_core::{JobContext, JobError};
+use limiter::{Limiter, Slot};
+use rand::Rng;
+use redis::aio::ConnectionManager;
+use reqwest::{Method, header};
+use serde::Serialize;
+use std::{
+    collections::BTreeMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+/// Every configured integration's client, by name. Built once by the worker and handed
+/// to handlers through `Deps`; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Integrations {
+    clients: Arc<BTreeMap<String, Client>>,
+    prefix: Arc<str>,
+}
+
+/// Building a client failed.
+#[derive(Debug, thiserror::Error)]
+#[error("integration `{integration}`: cannot build its HTTP client: {message}")]
+pub struct BuildError {
+    /// The integration.
+    pub integration: String,
+    /// Why.
+    pub message: String,
+}
+
+impl Integrations {
+    /// Clients for `settings`, sharing limiter state in Redis under `key_prefix`.
+    /// API keys are read from the environment now.
+    pub fn new(
+        settings: Vec<IntegrationSettings>,
+        redis: ConnectionManager,
+        key_prefix: &str,
+    ) -> Result<Self, BuildError> {
+        let mut clients = BTreeMap::new();
+        for s in settings {
+            let api_key = (!s.api_key_env.is_empty())
+                .then(|| std::env::var(&s.api_key_env).ok())
+                .flatten()
+                .filter(|k| !k.is_empty());
+            if api_key.is_none() && !s.api_key_env.is_empty() {
+                tracing::debug!(integration = %s.name, env = %s.api_key_env, "no API key set: calling without credentials");
+            }
+            clients.insert(s.name.clone(), Client::new(s, redis.clone(), key_prefix, api_key)?);
+        }
+        Ok(Self {
+            clients: Arc::new(clients),
+            prefix: key_prefix.into(),
+        })
+    }
+
+    /// A Redis key under the process's key prefix, for job results (`<prefix>:<suffix>`).
+    pub fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+
+    /// The client of integration `name`.
+    pub fn get(&self, name: &str) -> Option<&Client> {
+        self.clients.get(name)
+    }
+
+    /// Configured integration names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.clients.keys().map(String::as_str)
+    }
+}
+
+/// The client of integration `name` from the handler's dependencies. A missing client is
+/// a deployment error, so the job is dead-lettered with the config key to fix.
+pub fn client(ctx: &JobContext, name: &str) -> Result<Client, JobError> {
+    ctx.dep::<Integrations>()
+        .and_then(|i| i.get(name).cloned())
+        .ok_or_else(|| {
+            JobError::permanent(format!(
+                "integration `{name}` is not configured in this process (add [integrations.{name}] to the config)"
+            ))
+        })
+}
+
+/// One integration's client; clones share the connection pool, breaker and limiter.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: IntegrationSettings,
+    http: reqwest::Client,
+    limiter: Limiter,
+    breaker: Breaker,
+    api_key: Option<header::HeaderValue>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("integration", &self.inner.settings.name)
+            .field("base_url", &self.inner.settings.base_url)
+            .field("api_key", &self.inner.api_key.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client for `settings`; `api_key` is sent as a bearer token.
+    pub fn new(
+        settings: IntegrationSettings,
+        redis: ConnectionManager,
+        key_prefix: &str,
+        api_key: Option<String>,
+    ) -> Result<Self, BuildError> {
+        let err = |message: String| BuildError {
+            integration: settings.name.clone(),
+            message,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .connect_timeout(settings.connect_timeout)
+            .user_agent(concat!("culm/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| err(e.to_string()))?;
+        let api_key = match api_key {
+            Some(k) => {
+                let mut v = header::HeaderValue::from_str(&format!("Bearer {k}")).map_err(|_| {
+                    err(format!(
+                        "the value of {} is not a valid header value",
+                        settings.api_key_env
+                    ))
+                })?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                limiter: Limiter::new(redis, key_prefix, &settings.name),
+                breaker: Breaker::new(&settings.name, settings.breaker),
+                settings,
+                http,
+                api_key,
+            }),
+        })
+    }
+
+    /// The resolved settings.
+    pub fn settings(&self) -> &IntegrationSettings {
+        &self.inner.settings
+    }
+
+    /// The breaker (for tests and the admin view).
+    pub fn breaker(&self) -> &Breaker {
+        &self.inner.breaker
+    }
+
+    /// A call of `method` to `path` (appended to the base URL), rate-limited as `endpoint`.
+    pub fn request(&self, method: Method, endpoint: &str, path: impl Into<String>) -> Call {
+        Call {
+            client: self.clone(),
+            method,
+            endpoint: endpoint.to_owned(),
+            path: path.into(),
+            body: None,
+            query: Vec::new(),
+            idempotency_key: None,
+        }
+    }
+
+    /// `GET path`, limited as `endpoint`.
+    pub fn get(&self, endpoint: &str, path: impl Into<String>) -> Call {
+        self.request(Method::GET, endpoint, path)
+    }
+
+    /// `POST path`, limited as `endpoint`.
+    pub fn post(&self, endpoint: &str, path: impl Into<String>) -> Call {
+        self.request(Method::POST, endpoint, path)
+    }
+
+    /// `PUT path`, limited as `endpoint`.
+    pub fn put(&self, endpoint: &str, path: impl Into<String>) -> Call {
+        self.request(Method::PUT, endpoint, path)
+    }
+}
+
+/// A request being built; [`Call::send`] runs it through the stack.
+#[must_use = "a call does nothing until sent"]
+pub struct Call {
+    client: Client,
+    method: Method,
+    endpoint: String,
+    path: String,
+    body: Option<serde_json::Value>,
+    query: Vec<(String, String)>,
+    idempotency_key: Option<String>,
+}
+
+/// A successful (2xx) answer.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// HTTP status.
+    pub status: u16,
+    /// The JSON body (`Null` when empty, a string when not JSON).
+    pub body: serde_json::Value,
+}
+
+impl Reply {
+    /// A string field of the body.
+    pub fn str(&self, field: &str) -> Option<&str> {
+        self.body.get(field).and_then(|v| v.as_str())
+    }
+}
+
+/// Parses `Retry-After`: whole or fractional seconds, or an HTTP date.
+pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let ms = (at.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0);
+    Some(Duration::from_millis(ms.unsigned_abs()))
+}
+
+fn jitter(d: Duration) -> Duration {
+    let cap = (d.as_millis() / 10).clamp(1, 250) as u64;
+    d + Duration::from_millis(rand::rng().random_range(0..=cap))
+}
+
+fn transient(e: &reqwest::Error) -> bool {
+    e.is_timeout() || e.is_connect() || e.is_request()
+}
+
+fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    let mut s: String = text.chars().take(300).collect();
+    if s.len() < text.len() {
+        s.push('…');
+    }
+    if s.is_empty() { "(empty body)".to_owned() } else { s }
+}
+
+impl Call {
+    /// Sends `body` as JSON.
+    pub fn json<T: Serialize + ?Sized>(mut self, body: &T) -> Self {
+        // Payload structs always serialise; a failure becomes a null body the upstream rejects.
+        self.body = Some(serde_json::to_value(body).unwrap_or(serde_json::Value::Null));
+        self
+    }
+
+    /// Adds a query parameter.
+    pub fn query(mut self, key: &str, value: impl ToString) -> Self {
+        self.query.push((key.to_owned(), value.to_string()));
+        self
+    }
+
+    /// Sends `Idempotency-Key: <key>`.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// For calls that move money or buy something: sends the running job's idempotency
+    /// key, the same on every redelivery, so the upstream executes the call once.
+    pub fn idempotent(self, ctx: &JobContext) -> Self {
+        self.idempotency_key(ctx.idempotency_key())
+    }
+
+    /// Runs the call through breaker, limiter, retries and classification.
+    pub async fn send(self) -> Result<Reply, JobError> {
+        let inner = self.client.inner.clone();
+        let s = &inner.settings;
+        let name = s.name.as_str();
+        let endpoint = self.endpoint.as_str();
+        let permit = match inner.breaker.admit() {
+            Ok(p) => p,
+            Err(wait) => {
+                metrics::breaker_rejected(name);
+                return Err(JobError::defer(
+                    jitter(wait),
+                    format!("{name}: circuit breaker open, calls paused"),
+                ));
+            }
+        };
+        let limit = s.limit(endpoint);
+        match inner.limiter.acquire(endpoint, limit, s.headroom, s.max_wait).await {
+            Ok(Slot::Reserved(wait)) => {
+                if !wait.is_zero() {
+                    metrics::rate_limited(name, endpoint, "waited");
+                    tokio::time::sleep(wait).await;
+                }
+            }
+            Ok(Slot::Busy(wait)) => {
+                metrics::rate_limited(name, endpoint, "deferred");
+                // Come back when the slot is within reach of a short wait.
+                let back = wait.saturating_sub(s.max_wait / 2).max(Duration::from_millis(10));
+                return Err(JobError::defer(
+                    jitter(back),
+                    format!("{name} {endpoint}: rate limit, next slot in {}ms", wait.as_millis()),
+                ));
+            }
+            Err(e) => return Err(JobError::retryable(format!("{name}: rate limiter unavailable: {e}"))),
+        }
+        let url = format!("{}{}", s.base_url, self.path);
+        let attempt = || {
+            let mut rb = inner.http.request(self.method.clone(), &url);
+            if !self.query.is_empty() {
+                rb = rb.query(&self.query);
+            }
+            if let Some(b) = &self.body {
+                rb = rb.json(b);
+            }
+            if let Some(k) = &self.idempotency_key {
+                rb = rb.header("Idempotency-Key", k);
+            }
+            if let Some(k) = &inner.api_key {
+                rb = rb.header(header::AUTHORIZATION, k.clone());
+            }
+            async move {
+                let start = Instant::now();
+                let res = rb.send().await;
+                let status = match &res {
+                    Ok(r) => r.status().as_u16().to_string(),
+                    Err(e) if e.is_timeout() => "timeout".to_owned(),
+                    Err(_) => "transport".to_owned(),
+                };
+                metrics::request(name, endpoint, status, start.elapsed().as_secs_f64());
+                res
+            }
+        };
+        let sent = attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_jitter()
+                    .with_min_delay(Duration::from_millis(50))
+                    .with_max_delay(Duration::from_secs(1))
+                    .with_max_times(s.transport_retries),
+            )
+            .when(transient)
+            .notify(|e, d| tracing::debug!(integration = name, endpoint, "transient error, retrying in {d:?}: {e}"))
+            .await;
+        let resp = match sent {
+            Ok(r) => r,
+            Err(e) => {
+                permit.failure();
+                // reqwest's message names the URL, never headers, so no credential leaks.
+                let what = if e.is_timeout() { "timed out" } else { "transport error" };
+                return Err(JobError::retryable(format!(
+                    "{name} {endpoint}: {what}: {}",
+                    e.without_url()
+                )));
+            }
+        };
+        let status = resp.status();
+        let retry_after = resp
+            .headers()
+            .get(header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after);
+        let body = match resp.bytes().await {
+            Ok(b) => b,
+            Err(e) => {
+                permit.failure();
+                return Err(JobError::retryable(format!(
+                    "{name} {endpoint}: reading the response failed: {}",
+                    e.without_url()
+                )));
+            }
+        };
+        let code = status.as_u16();
+        if status.is_success() {
+            permit.success();
+            let body = if body.is_empty() {
+                serde_json::Value::Null
+            } else {
+                serde_json::from_slice(&body)
+                    .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()))
+            };
+            return Ok(Reply { status: code, body });
+        }
+        let pushed_back = code == 429 || (code == 503 && retry_after.is_some());
+        if pushed_back {
+            if code == 503 {
+                permit.failure();
+            } else {
+                drop(permit);
+            }
+            let after = retry_after.unwrap_or(s.default_retry_after);
+            metrics::rate_limited(name, endpoint, "upstream");
+            if let Err(e) = inner.limiter.push_back(endpoint, limit, s.headroom, after).await {
+                tracing::warn!(integration = name, endpoint, "could not slow the shared limiter: {e}");
+            }
+            return Err(JobError::defer(
+                after,
+                format!("{name} {endpoint}: HTTP {code}, upstream asked to retry after {after:?}"),
+            ));
+        }
+        let message = format!("{name} {endpoint}: HTTP {code}: {}", snippet(&body));
+        if code == 408 || status.is_server_error() {
+            permit.failure();
+            return Err(JobError::Retryable { message, after: None });
+        }
+        // The upstream answered deliberately: it is healthy.
+        permit.success();
+        if code == 409 {
+            return Err(JobError::Retryable { message, after: None });
+        }
+        Err(JobError::Permanent(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_parses_seconds_and_dates() {
+        assert_eq!(parse_retry_after("2"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after(" 0.5 "), Some(Duration::from_millis(500)));
+        assert_eq!(parse_retry_after("-1"), None);
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn limits_are_spaced_with_headroom() {
+        let l = config::LimitConfig {
+            endpoint: "place_order".into(),
+            rate: 2,
+            per: Duration::from_secs(1),
+            burst: 1,
+        };
+        assert_eq!(limiter::interval_ms(&l, 0.0), (500, 0));
+        assert_eq!(limiter::interval_ms(&l, 0.1), (550, 0));
+        let l = config::LimitConfig { burst: 3, ..l };
+        assert_eq!(limiter::interval_ms(&l, 0.0), (500, 1000));
+    }
+}

@@ -1,0 +1,690 @@
+//! Integrations (issue 5): the client stack against wiremock upstreams (success,
+//! retryable and permanent failures, 429 with Retry-After, timeouts, the breaker,
+//! idempotency and credentials) on the real Redis, which holds the shared limiter.
+use culm_core::JobError;
+use culm_jobs::http::{
+    Client,
+    breaker::BreakerState,
+    config::{BreakerConfig, IntegrationSettings, LimitConfig},
+};
+use culm_tests::TestEnv;
+use std::time::Duration;
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{header, header_exists, method, path},
+};
+
+/// The defaults of `integration`, pointed at `server`, adjusted by `adjust`.
+fn settings(
+    env: &TestEnv,
+    integration: &str,
+    server: &MockServer,
+    adjust: impl FnOnce(&mut IntegrationSettings),
+) -> IntegrationSettings {
+    let c = &env.config;
+    let mut s = IntegrationSettings::resolve(integration, &c.integrations[integration], &c.integration_defaults);
+    s.base_url = format!("{}/{integration}", server.uri());
+    s.transport_retries = 0;
+    adjust(&mut s);
+    s
+}
+
+fn client(env: &TestEnv, s: IntegrationSettings, api_key: Option<&str>) -> Client {
+    Client::new(s, env.store.connection(), &env.prefix, api_key.map(str::to_owned)).expect("client builds")
+}
+
+#[tokio::test]
+async fn success_sends_credentials_and_parses_json() {
+    let env = TestEnv::new(|_| {}).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/galileo/cards/c1/load"))
+        .and(header("authorization", "Bearer s3cret"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "tx-1", "ok": true})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = client(&env, settings(&env, "galileo", &server, |_| {}), Some("s3cret"));
+    assert!(!format!("{c:?}").contains("s3cret"), "the key never shows in Debug");
+    let reply = c
+        .post("load_card", "/cards/c1/load")
+        .json(&serde_json::json!({"amount_cents": 500}))
+        .send()
+        .await
+        .expect("2xx is a reply");
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.str("id"), Some("tx-1"));
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn server_errors_are_retryable_and_client_errors_permanent() {
+    let env = TestEnv::new(|_| {}).await;
+    let server = MockServer::start().await;
+    for (p, status, body) in [
+        ("/salesforce/a", 500, "boom"),
+        ("/salesforce/b", 408, "slow"),
+        ("/salesforce/c", 409, "in progress"),
+        ("/salesforce/d", 422, r#"{"error":"email is not valid"}"#),
+        ("/salesforce/e", 404, "no such contact"),
+    ] {
+        Mock::given(path(p))
+            .respond_with(ResponseTemplate::new(status).set_body_string(body))
+            .mount(&server)
+            .await;
+    }
+    let c = client(&env, settings(&env, "salesforce", &server, |_| {}), None);
+    for p in ["/a", "/b", "/c"] {
+        let e = c.get("x", p).send().await.expect_err("fails");
+        assert!(matches!(e, JobError::Retryable { .. }), "{p}: {e:?}");
+    }
+    let e = c.get("x", "/d").send().await.expect_err("fails");
+    match e {
+        JobError::Permanent(m) => {
+            assert!(
+                m.contains("HTTP 422") && m.contains("email is not valid"),
+                "upstream message kept: {m}"
+            )
+        }
+        other => panic!("422 must be permanent: {other:?}"),
+    }
+    let e = c.get("x", "/e").send().await.expect_err("fails");
+    assert!(
+        matches!(e, JobError::Permanent(ref m) if m.contains("no such contact")),
+        "{e:?}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn retry_after_defers_and_slows_the_shared_limiter() {
+    let env = TestEnv::new(|_| {}).await;
+    let server = MockServer::start().await;
+    Mock::given(path("/bamboo/orders"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "3"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let s = settings(&env, "bamboo", &server, |s| s.max_wait = Duration::from_millis(200));
+    let first = client(&env, s.clone(), None);
+    let e = first.post("place_order", "/orders").send().await.expect_err("429");
+    assert!(
+        matches!(e, JobError::Defer { after, .. } if after == Duration::from_secs(3)),
+        "deferred by Retry-After: {e:?}"
+    );
+    // Another process (its own client and connection) does not call before the slot.
+    let other = client(&env, s, None);
+    let e = other.post("place_order", "/orders").send().await.expect_err("limited");
+    assert!(
+        matches!(e, JobError::Defer { after, .. } if after >= Duration::from_secs(2)),
+        "the shared limiter was pushed back: {e:?}"
+    );
+    // 503 with Retry-After is push-back too; 503 without it is an ordinary retryable error.
+    Mock::given(path("/kard/a"))
+        .respond_with(ResponseTemplate::new(503).insert_header("Retry-After", "1"))
+        .mount(&server)
+        .await;
+    Mock::given(path("/kard/b"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let kard = client(&env, settings(&env, "kard", &server, |_| {}), None);
+    let e = kard.get("a", "/a").send().await.expect_err("503");
+    assert!(
+        matches!(e, JobError::Defer { after, .. } if after == Duration::from_secs(1)),
+        "{e:?}"
+    );
+    let e = kard.get("b", "/b").send().await.expect_err("503");
+    assert!(matches!(e, JobError::Retryable { .. }), "{e:?}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn timeouts_are_retried_inside_the_call_then_retryable() {
+    let env = TestEnv::new(|_| {}).await;
+    let server = MockServer::start().await;
+    Mock::given(path("/avalara/tax"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_secs(2)))
+        .expect(3)
+        .mount(&server)
+        .await;
+    let s = settings(&env, "avalara", &server, |s| {
+        s.timeout = Duration::from_millis(150);
+        s.transport_retries = 2;
+    });
+    let c = client(&env, s, None);
+    let e = c.post("calculate", "/tax").send().await.expect_err("times out");
+    assert!(
+        matches!(e, JobError::Retryable { ref message, .. } if message.contains("timed out")),
+        "{e:?}"
+    );
+    server.verify().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn breaker_opens_defers_probes_and_closes() {
+    let env = TestEnv::new(|_| {}).await;
+    let server = MockServer::start().await;
+    Mock::given(path("/unit21/events"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(2)
+        .expect(2)
+        .mount(&server)
+        .await;
+    let s = settings(&env, "unit21", &server, |s| {
+        s.breaker = BreakerConfig {
+            failure_threshold: 2,
+            open_for: Duration::from_millis(300),
+            half_open_probes: 1,
+        }
+    });
+    let c = client(&env, s, None);
+    for _ in 0..2 {
+        let e = c.post("events", "/events").send().await.expect_err("500");
+        assert!(matches!(e, JobError::Retryable { .. }), "{e:?}");
+    }
+    assert_eq!(c.breaker().state(), BreakerState::Open);
+    let e = c.post("events", "/events").send().await.expect_err("open");
+    assert!(
+        matches!(e, JobError::Defer { after, .. } if after <= Duration::from_millis(400)),
+        "open breaker defers without calling: {e:?}"
+    );
+    server.verify().await;
+    Mock::given(path("/unit21/events"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    // After open_for a probe goes through, and its success closes the breaker.
+    let reply = culm_tests::eventually(Duration::from_secs(3), "a half-open probe", || {
+        let c = c.clone();
+        async move { c.post("events", "/events").send().await.ok() }
+    })
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(c.breaker().state(), BreakerState::Closed);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn idempotency_key_is_sent_when_asked() {
+    let env = TestEnv::new(|_| {}).await;
+    let server = MockServer::start().await;
+    Mock::given(path("/ding/topups"))
+        .and(header("idempotency-key", "culm-01JOB"))
+        .respond_with(ResponseTemplate::new(201))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/ding/products"))
+        .and(header_exists("idempotency-key"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(0)
+        .mount(&server)
+        .await;
+    Mock::given(path("/ding/products"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    let c = client(&env, settings(&env, "ding", &server, |_| {}), None);
+    c.post("top_up", "/topups")
+        .idempotency_key("culm-01JOB")
+        .send()
+        .await
+        .expect("sent with key");
+    c.get("products", "/products").send().await.expect("reads carry no key");
+    server.verify().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn limiter_spaces_calls_and_defers_beyond_max_wait() {
+    let env = TestEnv::new(|_| {}).await;
+    let server = MockServer::start().await;
+    Mock::given(path("/bamboo/catalog"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = client(&env, settings(&env, "bamboo", &server, |_| {}), None);
+    assert_eq!(
+        c.settings().limit("catalog"),
+        Some(&LimitConfig {
+            endpoint: "catalog".into(),
+            rate: 2,
+            per: Duration::from_secs(3600),
+            burst: 1
+        })
+    );
+    c.get("catalog", "/catalog").send().await.expect("first catalog call");
+    let e = c
+        .get("catalog", "/catalog")
+        .send()
+        .await
+        .expect_err("second within the half hour");
+    assert!(
+        matches!(e, JobError::Defer { after, .. } if after > Duration::from_secs(1800)),
+        "2/hour with headroom: the next slot is ~33 minutes away: {e:?}"
+    );
+    server.verify().await;
+    env.cleanup().await;
+}
+
+// --- Job catalog through the worker runtime ---------------------------------------------
+
+use culm_core::{EnqueueRequest, Enqueued, Enqueuer, Job, JobContext, Tier};
+use culm_worker::{config::Config, runtime::Runtime, scheduler::catalog::Catalog, store::Routing, store::Store};
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Instant,
+};
+use wiremock::matchers::any;
+
+/// Points every integration at `uri`/<name>.
+fn point_at(c: &mut Config, uri: &str) {
+    for (name, i) in c.integrations.iter_mut() {
+        i.base_url = format!("{uri}/{name}");
+    }
+}
+
+/// Answers every request like the sandbox's catch-all: 200 `{"ok": true, "id": ...}`.
+async fn catch_all(server: &MockServer) {
+    Mock::given(any())
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"ok": true, "id": "up-1"})))
+        .with_priority(u8::MAX)
+        .mount(server)
+        .await;
+}
+
+/// Records when each request arrived, and answers like Bamboo's order endpoint.
+#[derive(Clone, Default)]
+struct Arrivals(Arc<Mutex<Vec<Instant>>>);
+
+impl Arrivals {
+    fn times(&self) -> Vec<Instant> {
+        self.0.lock().expect("arrivals lock").clone()
+    }
+}
+
+impl wiremock::Respond for Arrivals {
+    fn respond(&self, _req: &wiremock::Request) -> ResponseTemplate {
+        self.0.lock().expect("arrivals lock").push(Instant::now());
+        ResponseTemplate::new(202).set_body_json(serde_json::json!({"status": "pending"}))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_moving_jobs_send_their_job_id_as_idempotency_key() {
+    let server = MockServer::start().await;
+    catch_all(&server).await;
+    // The first transfer attempt fails: the retry must carry the same key.
+    Mock::given(method("POST"))
+        .and(path("/galileo/transfers"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    let env = TestEnv::new(|c| point_at(c, &server.uri())).await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt
+        .start(&[
+            "galileo".into(),
+            "crossborder".into(),
+            "ding".into(),
+            "bamboo_orders".into(),
+        ])
+        .expect("start");
+    let registry = culm_jobs::registry().expect("registry");
+    let money = [
+        ("galileo.load_card", "/galileo/cards/card_2001/loads"),
+        ("galileo.transfer", "/galileo/transfers"),
+        ("crossborder.send_transfer", "/crossborder/transfers"),
+        ("ding.top_up", "/ding/topups"),
+        ("bamboo.place_order", "/bamboo/orders"),
+    ];
+    let mut ids = Vec::new();
+    for (job, p) in money {
+        let example = registry.get(job).and_then(|s| s.example.clone()).expect("example");
+        let e = env.enqueue(EnqueueRequest::raw(job, example)).await;
+        ids.push((e.id, p));
+    }
+    let mut waiting: std::collections::BTreeSet<String> = ids.iter().map(|(id, _)| id.clone()).collect();
+    while !waiting.is_empty() {
+        let e = culm_tests::next_event(&mut events, Duration::from_secs(20), |e| {
+            waiting.contains(&e.id) && culm_tests::is("done", e)
+        })
+        .await;
+        waiting.remove(&e.id);
+    }
+    let received = server.received_requests().await.expect("recording on");
+    for (id, p) in &ids {
+        let keys: Vec<String> = received
+            .iter()
+            .filter(|r| r.method.as_str() == "POST" && r.url.path() == *p)
+            .map(|r| {
+                r.headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("(none)")
+                    .to_owned()
+            })
+            .collect();
+        assert!(!keys.is_empty(), "{p} was called");
+        assert!(
+            keys.iter().all(|k| *k == format!("culm-{id}")),
+            "{p}: every attempt carries the job's key: {keys:?}"
+        );
+    }
+    let transfer_calls = received.iter().filter(|r| r.url.path() == "/galileo/transfers").count();
+    assert_eq!(transfer_calls, 2, "failed once, retried once with the same key");
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bamboo_pipeline_runs_through_continuations() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/bamboo/orders"))
+        .respond_with(
+            ResponseTemplate::new(202).set_body_json(serde_json::json!({"order_id": "ord-p1", "status": "pending"})),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/bamboo/orders/ord-p1"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"order_id": "ord-p1", "status": "pending"})),
+        )
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/bamboo/orders/ord-p1"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(
+            serde_json::json!({"order_id": "ord-p1", "status": "fulfilled", "cards": [{"code": "XXXX"}]}),
+        ))
+        .mount(&server)
+        .await;
+    let env = TestEnv::new(|c| point_at(c, &server.uri())).await;
+    let running = env.runtime().start(&["bamboo_orders".into()]).expect("start");
+    env.enqueue(EnqueueRequest::raw(
+        "bamboo.accept_order",
+        serde_json::json!({"order_id": "ord-p1", "sku": "AMAZON_US_25", "quantity": 1}),
+    ))
+    .await;
+    let key = format!("{}:bamboo:order:ord-p1", env.prefix);
+    let recorded: String = culm_tests::eventually(Duration::from_secs(20), "the recorded order", || {
+        let mut c = env.store.connection();
+        let key = key.clone();
+        async move {
+            redis::cmd("GET")
+                .arg(&key)
+                .query_async::<Option<String>>(&mut c)
+                .await
+                .ok()
+                .flatten()
+        }
+    })
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&recorded).expect("JSON");
+    assert_eq!(v["status"], "fulfilled");
+    assert_eq!(v["cards"][0]["code"], "XXXX");
+    let polls = server
+        .received_requests()
+        .await
+        .expect("recording on")
+        .iter()
+        .filter(|r| r.method.as_str() == "GET")
+        .count();
+    assert_eq!(polls, 2, "polled until fulfilled, once pending and once fulfilled");
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+/// The acceptance test of the shared limiter: three independent worker pools, each with
+/// its own Redis connections and clients, place 40 orders at 2/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_pools_share_bamboos_two_per_second_limit() {
+    let server = MockServer::start().await;
+    let arrivals = Arrivals::default();
+    Mock::given(method("POST"))
+        .and(path("/bamboo/orders"))
+        .respond_with(arrivals.clone())
+        .mount(&server)
+        .await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"status": "fulfilled", "cards": []})))
+        .mount(&server)
+        .await;
+    let env = TestEnv::new(|c| point_at(c, &server.uri())).await;
+    let registry = Arc::new(culm_jobs::registry().expect("registry"));
+    let mut pools = Vec::new();
+    for _ in 0..3 {
+        let store = Store::connect(&env.config, registry.clone()).await.expect("connect");
+        let deps = culm_worker::integrations::deps(&env.config, &store).expect("clients");
+        let rt = Runtime::new(Arc::new(env.config.clone()), store, deps);
+        pools.push(rt.start(&["bamboo_orders".into()]).expect("start"));
+    }
+    let orders: Vec<EnqueueRequest> = (0..40)
+        .map(|i| {
+            EnqueueRequest::raw(
+                "bamboo.place_order",
+                serde_json::json!({"order_id": format!("ord-{i}"), "sku": "AMAZON_US_25", "quantity": 1}),
+            )
+        })
+        .collect();
+    env.store.enqueue(orders).await.expect("enqueue");
+    culm_tests::eventually(Duration::from_secs(60), "40 orders at Bamboo", || {
+        let n = arrivals.times().len();
+        async move { (n >= 40).then_some(()) }
+    })
+    .await;
+    let mut t = arrivals.times();
+    t.sort();
+    assert_eq!(t.len(), 40, "each order placed once");
+    for w in t.windows(3) {
+        let gap = w[2] - w[0];
+        assert!(
+            gap >= Duration::from_secs(1),
+            "three orders within one second ({gap:?}): the 2/s limit was broken"
+        );
+    }
+    // With at most 2 in any 1 s window, 40 requests need at least 19 s between first and last.
+    let span = t[39] - t[0];
+    let minimum = Duration::from_secs(19);
+    assert!(
+        span <= minimum.mul_f64(1.2),
+        "over-throttled: 40 orders took {span:?}, more than 20% above the {minimum:?} minimum"
+    );
+    for p in pools {
+        p.shutdown().await;
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_defers_its_jobs_and_leaves_other_integrations_alone() {
+    let server = MockServer::start().await;
+    Mock::given(path("/unit21/events"))
+        .respond_with(ResponseTemplate::new(500).set_delay(Duration::from_millis(100)))
+        .mount(&server)
+        .await;
+    Mock::given(path_regex_salesforce())
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "sf-1"})))
+        .mount(&server)
+        .await;
+    let env = TestEnv::new(|c| {
+        point_at(c, &server.uri());
+        c.integrations.get_mut("unit21").expect("unit21").breaker = Some(BreakerConfig {
+            failure_threshold: 3,
+            open_for: Duration::from_secs(60),
+            half_open_probes: 1,
+        });
+    })
+    .await;
+    assert_eq!(env.config.queues["unit21"].tier, env.config.queues["salesforce"].tier);
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["unit21".into(), "salesforce".into()]).expect("start");
+    let fraud: Vec<EnqueueRequest> = (0..10)
+        .map(|i| {
+            EnqueueRequest::raw(
+                "unit21.send_event",
+                serde_json::json!({"event_id": format!("e{i}"), "account_id": "a", "kind": "login"}),
+            )
+        })
+        .collect();
+    env.store.enqueue(fraud).await.expect("enqueue");
+    culm_tests::next_event(&mut events, Duration::from_secs(20), |e| {
+        e.job == "unit21.send_event" && culm_tests::is("defer", e) && e.error.contains("circuit breaker open")
+    })
+    .await;
+    // Unit21 is down and its breaker open; Salesforce jobs on the same tier run as usual.
+    let mut latencies = Vec::new();
+    for i in 0..10 {
+        let start = Instant::now();
+        let e = env
+            .enqueue(EnqueueRequest::raw(
+                "salesforce.sync_contact",
+                serde_json::json!({"user_id": format!("u{i}"), "email": "a@example.com"}),
+            ))
+            .await;
+        culm_tests::next_event(&mut events, Duration::from_secs(10), |ev| {
+            ev.id == e.id && culm_tests::is("done", ev)
+        })
+        .await;
+        latencies.push(start.elapsed());
+    }
+    let worst = latencies.iter().max().copied().unwrap_or_default();
+    assert!(
+        worst < Duration::from_millis(500),
+        "salesforce latency during the unit21 outage: {latencies:?}"
+    );
+    let stats = env.store.all_stats().await.expect("stats");
+    let unit21 = stats.iter().find(|q| q.name == "unit21").expect("unit21 stats");
+    assert_eq!(unit21.dead, 0, "deferred, not dead-lettered");
+    assert_eq!(
+        unit21.scheduled + unit21.pending + unit21.running,
+        10,
+        "all waiting for the breaker"
+    );
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+fn path_regex_salesforce() -> wiremock::matchers::PathRegexMatcher {
+    wiremock::matchers::path_regex("^/salesforce/")
+}
+
+/// Forwards to the store and counts enqueue calls.
+struct Counting {
+    store: Store,
+    calls: AtomicUsize,
+}
+
+impl Enqueuer for Counting {
+    fn enqueue_batch(
+        &self,
+        jobs: Vec<EnqueueRequest>,
+    ) -> futures::future::BoxFuture<'_, Result<Vec<Enqueued>, culm_core::EnqueueError>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.store.enqueue_batch(jobs)
+    }
+}
+
+#[tokio::test]
+async fn a_statement_run_fans_out_in_batches() {
+    let env = TestEnv::new(|_| {}).await;
+    let counting = Arc::new(Counting {
+        store: env.store.clone(),
+        calls: AtomicUsize::new(0),
+    });
+    let deps = culm_worker::integrations::deps(&env.config, &env.store).expect("deps");
+    let ctx = |id: &str| {
+        JobContext::new(
+            id.into(),
+            "statements.run".into(),
+            "statements".into(),
+            1,
+            5,
+            0,
+            counting.clone(),
+            deps.clone(),
+        )
+    };
+    let run = culm_jobs::files::StatementRun {
+        period: "2026-10".into(),
+        account_ids: (0..1200).map(|i| format!("acc_{i}")).collect(),
+    };
+    run.clone().run(ctx("01RUN")).await.expect("fan-out");
+    assert_eq!(counting.calls.load(Ordering::SeqCst), 3, "1200 jobs in 3 enqueue calls");
+    // A redelivered run enqueues nothing new.
+    run.run(ctx("01RUN")).await.expect("again");
+    let stats = env.store.all_stats().await.expect("stats");
+    let q = stats.iter().find(|q| q.name == "statements").expect("statements");
+    assert_eq!(q.pending, 1200);
+    env.cleanup().await;
+}
+
+#[test]
+fn the_catalog_covers_every_family_with_examples_and_banking_stays_critical() {
+    let registry = culm_jobs::registry().expect("registry");
+    let config = Config::defaults().expect("defaults");
+    let problems = Routing::from_config(&config).problems(&registry);
+    assert!(problems.is_empty(), "{problems:?}");
+    for family in [
+        "galileo.",
+        "crossborder.",
+        "ding.",
+        "bamboo.",
+        "salesforce.",
+        "appsflyer.",
+        "unit21.",
+        "veriff.",
+        "persona.",
+        "kard.",
+        "avalara.",
+        "mail.",
+        "ftp.",
+        "reports.",
+        "statements.",
+        "health.",
+    ] {
+        assert!(registry.iter().any(|s| s.name.starts_with(family)), "{family}");
+    }
+    for s in registry.iter().filter(|s| !s.name.starts_with("platform.")) {
+        assert!(s.example.is_some(), "{} has an example payload", s.name);
+        assert!(!s.description.is_empty(), "{} is described", s.name);
+        let banking = ["galileo.", "crossborder.", "ding."]
+            .iter()
+            .any(|p| s.name.starts_with(p));
+        if banking {
+            assert_eq!(s.tiers, &[Tier::Critical], "{} is banking: critical only", s.name);
+        }
+    }
+    assert_eq!(culm_jobs::bamboo::PlaceOrder::NAME, "bamboo.place_order");
+    // Every integration of the contract is configured, pointing at the sandbox by default.
+    for name in culm_jobs::http::config::INTEGRATIONS {
+        let i = config
+            .integrations
+            .get(name)
+            .unwrap_or_else(|| panic!("[integrations.{name}]"));
+        assert_eq!(i.base_url, format!("http://127.0.0.1:8900/{name}"));
+    }
+}
+
+#[test]
+fn the_shipped_schedules_validate_with_at_least_60_enabled() {
+    let registry = culm_jobs::registry().expect("registry");
+    let config = Config::defaults().expect("defaults");
+    let catalog = Catalog::load("", &registry, &Routing::from_config(&config)).unwrap_or_else(|e| panic!("{e}"));
+    let enabled = catalog.iter().filter(|s| s.enabled).count();
+    assert!(enabled >= 60, "only {enabled} enabled schedules");
+}
