@@ -212,7 +212,7 @@ async fn idempotency_key_is_sent_when_asked() {
     let env = TestEnv::new(|_| {}).await;
     let server = MockServer::start().await;
     Mock::given(path("/ding/topups"))
-        .and(header("idempotency-key", "culm-01JOB"))
+        .and(header("idempotency-key", "01JOB"))
         .respond_with(ResponseTemplate::new(201))
         .expect(1)
         .mount(&server)
@@ -229,7 +229,7 @@ async fn idempotency_key_is_sent_when_asked() {
         .await;
     let c = client(&env, settings(&env, "ding", &server, |_| {}), None);
     c.post("top_up", "/topups")
-        .idempotency_key("culm-01JOB")
+        .idempotency_key("01JOB")
         .send()
         .await
         .expect("sent with key");
@@ -376,7 +376,7 @@ async fn money_moving_jobs_send_their_job_id_as_idempotency_key() {
             .collect();
         assert!(!keys.is_empty(), "{p} was called");
         assert!(
-            keys.iter().all(|k| *k == format!("culm-{id}")),
+            keys.iter().all(|k| k == id),
             "{p}: every attempt carries the job's key: {keys:?}"
         );
     }
@@ -687,4 +687,46 @@ fn the_shipped_schedules_validate_with_at_least_60_enabled() {
     let catalog = Catalog::load("", &registry, &Routing::from_config(&config)).unwrap_or_else(|e| panic!("{e}"));
     let enabled = catalog.iter().filter(|s| s.enabled).count();
     assert!(enabled >= 60, "only {enabled} enabled schedules");
+}
+
+/// The smoke run of `culm examples --enqueue --wait`, in-process: one job of every type
+/// against an upstream that answers like the sandbox's catch-all, on every queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_job_succeeds_against_a_sandbox_like_upstream() {
+    let server = MockServer::start().await;
+    catch_all(&server).await;
+    let env = TestEnv::new(|c| point_at(c, &server.uri())).await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let queues: Vec<String> = env.config.queues.keys().cloned().collect();
+    let running = rt.start(&queues).expect("start");
+    let registry = culm_jobs::registry().expect("registry");
+    let reqs = culm_worker::examples::requests(&registry, &[]);
+    assert!(reqs.len() >= 60, "{} example jobs", reqs.len());
+    let out = env.store.enqueue(reqs.clone()).await.expect("every example is valid");
+    let mut waiting: std::collections::BTreeMap<String, String> = out
+        .iter()
+        .zip(&reqs)
+        .map(|(e, r)| (e.id.clone(), r.job.clone()))
+        .collect();
+    while !waiting.is_empty() {
+        let e = tokio::time::timeout(Duration::from_secs(30), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("unfinished: {:?}", waiting.values().collect::<Vec<_>>()))
+            .expect("events");
+        if !waiting.contains_key(&e.id) {
+            continue;
+        }
+        assert!(
+            !culm_tests::is("dead", &e) && !culm_tests::is("retry", &e),
+            "{} failed: {}",
+            e.job,
+            e.error
+        );
+        if culm_tests::is("done", &e) {
+            waiting.remove(&e.id);
+        }
+    }
+    running.shutdown().await;
+    env.cleanup().await;
 }

@@ -86,7 +86,16 @@ pub async fn run(config: Config, registry: Arc<Registry>, args: ExamplesArgs) ->
         println!("dead: {d}");
     }
     for (id, job) in &pending {
-        println!("unfinished: {job} ({id})");
+        // A deferred job (rate limit, open breaker) shows as `scheduled`.
+        let why = match store.status(id).await? {
+            Some(s) => format!(
+                "{}{}",
+                s.state,
+                s.last_error.map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+            None => "unknown".to_owned(),
+        };
+        println!("unfinished: {job} ({id}) {why}");
     }
     Ok(if dead.is_empty() && pending.is_empty() {
         ExitCode::SUCCESS
