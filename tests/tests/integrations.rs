@@ -258,6 +258,13 @@ async fn limiter_spaces_calls_and_defers_beyond_max_wait() {
         })
     );
     c.get("catalog", "/catalog").send().await.expect("first catalog call");
+    let mut conn = env.store.connection();
+    let tat: Option<i64> = redis::cmd("GET")
+        .arg(format!("{}:integration:bamboo:catalog:tat", env.prefix))
+        .query_async(&mut conn)
+        .await
+        .expect("GET");
+    assert!(tat.is_some(), "the documented limiter key holds the next slot");
     let e = c
         .get("catalog", "/catalog")
         .send()
@@ -729,4 +736,24 @@ async fn every_example_job_succeeds_against_a_sandbox_like_upstream() {
     }
     running.shutdown().await;
     env.cleanup().await;
+}
+
+#[test]
+fn bad_integration_settings_name_their_key() {
+    use culm_worker::config::Loader;
+    let load = |name: &str, value: &str| {
+        Loader::new(None, None)
+            .load_from(vec![(name.to_owned(), value.to_owned())])
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    let e = load("CULM__INTEGRATIONS__BAMBOO__HEADROOM", "2").expect_err("headroom above 1");
+    assert!(e.contains("integrations.bamboo.headroom"), "{e}");
+    let e = load("CULM__INTEGRATIONS__GALILEO__BASE_URL", "ftp://x").expect_err("not http");
+    assert!(e.contains("integrations.galileo.base_url"), "{e}");
+    let e = load("CULM__INTEGRATIONS__KARD__API_KEY_ENV", "sk live 123").expect_err("a secret, not a name");
+    assert!(e.contains("integrations.kard.api_key_env"), "{e}");
+    let e = load("CULM__INTEGRATION_DEFAULTS__TIMEOUT", "0s").expect_err("zero timeout");
+    assert!(e.contains("integration_defaults.timeout"), "{e}");
+    load("CULM__INTEGRATIONS__DING__TIMEOUT", "5s").expect("an override loads");
 }
