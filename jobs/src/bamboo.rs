@@ -99,8 +99,13 @@ job! {
     }
     example PollOrder { order_id: "ord_8002".into(), polls: 0 };
     |j, ctx| {
-        let r = client(&ctx, "bamboo")?.get("get_order", format!("/orders/{}", seg(&j.order_id))).send().await?;
-        let status = r.str("status").unwrap_or("fulfilled").to_owned();
+        // A just-placed order may not be visible yet: 404 means "ask again", within MAX_POLLS.
+        let r = client(&ctx, "bamboo")?
+            .get("get_order", format!("/orders/{}", seg(&j.order_id)))
+            .accept(404)
+            .send()
+            .await?;
+        let status = if r.status == 404 { "not_found".to_owned() } else { r.str("status").unwrap_or("fulfilled").to_owned() };
         match status.as_str() {
             "fulfilled" => {
                 let cards = r.body.get("cards").cloned().unwrap_or(serde_json::Value::Array(vec![]));

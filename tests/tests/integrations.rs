@@ -404,6 +404,13 @@ async fn bamboo_pipeline_runs_through_continuations() {
         .expect(1)
         .mount(&server)
         .await;
+    // Not visible yet, then pending, then fulfilled.
+    Mock::given(method("GET"))
+        .and(path("/bamboo/orders/ord-p1"))
+        .respond_with(ResponseTemplate::new(404).set_body_string("order not found"))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
     Mock::given(method("GET"))
         .and(path("/bamboo/orders/ord-p1"))
         .respond_with(
@@ -450,7 +457,7 @@ async fn bamboo_pipeline_runs_through_continuations() {
         .iter()
         .filter(|r| r.method.as_str() == "GET")
         .count();
-    assert_eq!(polls, 2, "polled until fulfilled, once pending and once fulfilled");
+    assert_eq!(polls, 3, "polled until fulfilled: not found, pending, fulfilled");
     running.shutdown().await;
     env.cleanup().await;
 }

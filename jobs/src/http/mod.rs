@@ -189,6 +189,7 @@ impl Client {
             body: None,
             query: Vec::new(),
             idempotency_key: None,
+            accept: Vec::new(),
         }
     }
 
@@ -218,6 +219,7 @@ pub struct Call {
     body: Option<serde_json::Value>,
     query: Vec<(String, String)>,
     idempotency_key: Option<String>,
+    accept: Vec<u16>,
 }
 
 /// A successful (2xx) answer.
@@ -283,6 +285,12 @@ impl Call {
     /// Sends `Idempotency-Key: <key>`.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Treats `status` (e.g. 404 on a status poll) as a [`Reply`] instead of an error.
+    pub fn accept(mut self, status: u16) -> Self {
+        self.accept.push(status);
         self
     }
 
@@ -395,7 +403,7 @@ impl Call {
             }
         };
         let code = status.as_u16();
-        if status.is_success() {
+        if status.is_success() || self.accept.contains(&status.as_u16()) {
             permit.success();
             let body = if body.is_empty() {
                 serde_json::Value::Null
