@@ -87,6 +87,8 @@ pub enum Command {
     },
     /// Run only the scheduler (no worker pools); stops on SIGTERM/SIGINT.
     Scheduler,
+    /// Create the PostgreSQL database if missing and apply culm's migrations (idempotent).
+    Migrate,
 }
 
 /// `culm run`
@@ -261,14 +263,28 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Pause { queue } => pause(Store::connect(&config, registry).await?, &queue, true).await,
         Command::Resume { queue } => pause(Store::connect(&config, registry).await?, &queue, false).await,
-        Command::Dead { command } => dead(Store::connect(&config, registry).await?, command).await,
+        Command::Dead { command } => {
+            let store = Store::connect(&config, registry).await?;
+            match crate::db::cmd::connect_optional(&config).await? {
+                Some(db) => crate::db::cmd::dead(store, db, command).await,
+                None => dead(store, command).await,
+            }
+        }
         Command::Schedules { json } => schedules(config, registry, json).await,
         Command::Scheduler => scheduler_only(config, registry).await,
+        Command::Migrate => crate::db::cmd::migrate(&config).await,
         Command::Jobs {
             command: JobsCommand::Show { id },
         } => {
             let store = Store::connect(&config, registry).await?;
-            match store.status(&id).await? {
+            let mut status = store.status(&id).await?;
+            // Issue 6: jobs Redis no longer holds are looked up in the ledger.
+            if status.is_none()
+                && let Some(db) = crate::db::cmd::connect_optional(&config).await?
+            {
+                status = db.job_status(&id).await?;
+            }
+            match status {
                 Some(s) => {
                     println!("{}", serde_json::to_string_pretty(&s)?);
                     Ok(ExitCode::SUCCESS)
@@ -357,6 +373,8 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
     };
     crate::telemetry::install();
     let store = Store::connect(&config, registry).await?;
+    // Issue 6: migrations or the schema check, then the ledger writer and outbox relay.
+    let pg = crate::db::cmd::start(&config, &store).await?;
     // With --no-scheduler the catalog still backs the admin API's schedule endpoints.
     let start_scheduler = catalog.is_some();
     let scheduler = catalog
@@ -364,7 +382,16 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
         .map(|c| Scheduler::new(store.clone(), c, &config));
     let (stop_http, stop_http_rx) = tokio::sync::watch::channel(false);
     let http = if config.admin.enabled && !args.no_admin {
-        Some(start_http(&config, store.clone(), scheduler.clone(), stop_http_rx).await?)
+        Some(
+            start_http(
+                &config,
+                store.clone(),
+                scheduler.clone(),
+                pg.as_ref().map(|p| p.db.clone()),
+                stop_http_rx,
+            )
+            .await?,
+        )
     } else {
         tokio::spawn(crate::telemetry::queue_gauges(
             store.clone(),
@@ -375,7 +402,10 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
     };
     let scheduler = scheduler.as_ref().filter(|_| start_scheduler).map(Scheduler::start);
     let deps = Deps::default().with(store.connection());
-    let runtime = Runtime::new(Arc::new(config), store, deps);
+    let mut runtime = Runtime::new(Arc::new(config), store, deps);
+    if let Some(l) = pg.as_ref().and_then(|p| p.ledger.clone()) {
+        runtime = runtime.with_ledger(l);
+    }
     let running = runtime.start(&queues)?;
     shutdown_signal().await;
     tracing::info!("shutdown requested: draining");
@@ -384,6 +414,9 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
         s.shutdown().await;
     }
     let report = running.shutdown().await;
+    if let Some(pg) = pg {
+        pg.shutdown().await;
+    }
     let _ = stop_http.send(true);
     if let Some(h) = http {
         let _ = h.await;
@@ -402,6 +435,7 @@ async fn start_http(
     config: &Config,
     store: Store,
     scheduler: Option<Scheduler>,
+    db: Option<crate::db::Db>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     use crate::admin;
@@ -422,7 +456,9 @@ async fn start_http(
         config.admin.gauge_interval,
         stop.clone(),
     ));
-    let state = admin::AdminState::new(config, store, tokens).with_scheduler(scheduler);
+    let state = admin::AdminState::new(config, store, tokens)
+        .with_scheduler(scheduler)
+        .with_database(db);
     let (router, _) = admin::router(state);
     let metrics = metrics_listener.map(|l| {
         let r = admin::metrics_router(crate::telemetry::install());
@@ -462,7 +498,8 @@ async fn serve(config: Config, registry: Arc<Registry>) -> Result<ExitCode> {
     let scheduler = load_schedules(&config, store.registry())
         .ok()
         .map(|c| Scheduler::new(store.clone(), c, &config));
-    let http = start_http(&config, store, scheduler, stop_rx).await?;
+    let db = crate::db::cmd::connect_optional(&config).await?;
+    let http = start_http(&config, store, scheduler, db, stop_rx).await?;
     shutdown_signal().await;
     let _ = stop.send(true);
     let _ = http.await;

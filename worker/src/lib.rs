@@ -4,6 +4,7 @@ pub mod admin;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod db;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;
