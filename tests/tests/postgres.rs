@@ -491,3 +491,41 @@ async fn readyz_names_postgres_when_it_is_down() {
     db.pool().close().await;
     tdb.drop_db().await;
 }
+
+#[tokio::test]
+async fn retention_deletes_old_ledger_rows_and_archived_jobs_in_batches() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let (db, _l, w) = ledger_for(&env).await;
+    w.shutdown(Duration::from_secs(5)).await;
+    sqlx::query(
+        "INSERT INTO culm_job_runs (run_id, job_id, job, queue, tier, attempt, outcome, finished_at, worker_id) \
+         SELECT 'r' || g, 'j' || g, 'platform.noop', 't_q', 'batch', 1, 'succeeded', \
+           CASE WHEN g <= 5 THEN now() - interval '100 days' ELSE now() END, 'w' \
+         FROM generate_series(1, 8) g",
+    )
+    .execute(db.pool())
+    .await
+    .expect("ledger rows");
+    sqlx::query(
+        "INSERT INTO culm_dead_jobs (job_id, job, queue, tier, payload, attempts, died_at) VALUES \
+         ('old', 'platform.noop', 't_q', 'batch', '{}', 1, now() - interval '500 days'), \
+         ('new', 'platform.noop', 't_q', 'batch', '{}', 1, now())",
+    )
+    .execute(db.pool())
+    .await
+    .expect("dead rows");
+    let mut cfg = env.config.database.ledger.clone();
+    cfg.retention = Duration::from_secs(90 * 86_400);
+    cfg.dead_retention = Duration::from_secs(400 * 86_400);
+    let (runs, dead) = ledger::housekeeping(&db, &cfg, 2).await.expect("housekeeping");
+    assert_eq!((runs, dead), (5, 1));
+    assert_eq!(count(&db, "SELECT count(*) FROM culm_job_runs").await, 3);
+    let left: Vec<String> = sqlx::query_scalar("SELECT job_id FROM culm_dead_jobs")
+        .fetch_all(db.pool())
+        .await
+        .expect("dead left");
+    assert_eq!(left, vec!["new".to_owned()]);
+    db.pool().close().await;
+    tdb.drop_db().await;
+}

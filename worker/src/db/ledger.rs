@@ -192,6 +192,7 @@ pub fn start(db: Db, redis: ConnectionManager, prefix: &str, config: LedgerConfi
         config,
         counters: counters.clone(),
         spill_pending: true, // a previous process may have left rows behind
+        spill_checked: Instant::now(),
         pg_retry_at: None,
         pg_backoff: Duration::from_millis(200),
         last_error_log: None,
@@ -213,8 +214,10 @@ struct Writer {
     spill_key: String,
     config: LedgerConfig,
     counters: Arc<LedgerCounters>,
-    /// The spill stream may hold rows (checked at start and after each spill).
+    /// The spill stream may hold rows (checked at start, after each spill, and every
+    /// `SPILL_RECHECK`, since another replica may have spilled and stopped).
     spill_pending: bool,
+    spill_checked: Instant,
     /// While PostgreSQL is failing: do not try it again before this.
     pg_retry_at: Option<Instant>,
     pg_backoff: Duration,
@@ -223,6 +226,8 @@ struct Writer {
 
 /// Entries read from the spill stream per replay step.
 const REPLAY_CHUNK: usize = 50;
+/// How often a writer looks for rows other replicas spilled.
+const SPILL_RECHECK: Duration = Duration::from_secs(30);
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<LedgerRow>, mut stop: watch::Receiver<bool>) {
@@ -304,6 +309,10 @@ impl Writer {
 
     /// Writes up to one batch of `buf` (after replaying any spill), spilling on failure.
     async fn flush(&mut self, buf: &mut Vec<LedgerRow>) {
+        if self.spill_checked.elapsed() >= SPILL_RECHECK {
+            self.spill_checked = Instant::now();
+            self.spill_pending = true;
+        }
         if self.spill_pending && self.pg_available() {
             self.replay().await;
         }
