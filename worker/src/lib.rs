@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod runtime;
+pub mod sandbox;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;
