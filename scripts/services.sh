@@ -15,10 +15,21 @@ if ! redis_up; then
   redis_up || { echo "Redis did not start; see /var/log/redis/ci.log" >&2; exit 1; }
 fi
 
+# PostgreSQL (the ledger, archive and outbox tests need it): installed on a fresh machine
+# where we are root, with trust for the postgres role on loopback only.
+if ! command -v pg_isready >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing PostgreSQL"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  ver="$(ls /etc/postgresql | sort -V | tail -n1)"
+  hba="/etc/postgresql/$ver/main/pg_hba.conf"
+  sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' "$hba"
+  pg_ctlcluster --skip-systemctl-redirect "$ver" main restart || true
+fi
+
 if command -v pg_isready >/dev/null 2>&1 && ! pg_up; then
   echo "starting PostgreSQL on 127.0.0.1:5432"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
   for _ in $(seq 1 100); do pg_up && break; sleep 0.1; done
-  pg_up || echo "warning: PostgreSQL is not running (culm only needs it for the ledger)" >&2
+  pg_up || echo "warning: PostgreSQL is not running (tests/tests/postgres.rs will fail)" >&2
 fi
-echo "services ready: redis://127.0.0.1:6379"
+echo "services ready: redis://127.0.0.1:6379 postgres://postgres@127.0.0.1:5432"

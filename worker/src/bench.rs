@@ -160,7 +160,46 @@ impl Bench {
         }
     }
 
+    /// Throughput with the job ledger on (issue 6): the same drain with every run recorded
+    /// in PostgreSQL; the ledger's rows are deleted afterwards.
+    async fn throughput_ledger(&self, jobs: usize) -> Result<Value> {
+        let d = &self.config.database;
+        crate::db::Db::ensure_database(d).await?;
+        let db = crate::db::Db::connect(d).await?;
+        db.migrate().await?;
+        let since = chrono::Utc::now();
+        let (ledger, writer) =
+            crate::db::ledger::start(db.clone(), self.store.connection(), &self.prefix, d.ledger.clone());
+        let counters = ledger.counters().clone();
+        let mut v = self.throughput_with(jobs, Some(ledger)).await?;
+        let start = Instant::now();
+        writer.shutdown(Duration::from_secs(60)).await;
+        let flush_s = start.elapsed().as_secs_f64();
+        let deleted = sqlx::query("DELETE FROM culm_job_runs WHERE queue = $1 AND finished_at >= $2")
+            .bind(QUEUE)
+            .bind(since)
+            .execute(db.pool())
+            .await?
+            .rows_affected();
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("ledger_rows".into(), json!(deleted));
+            o.insert("ledger_spilled".into(), json!(counters.spilled.load(Relaxed)));
+            o.insert("ledger_dropped".into(), json!(counters.dropped.load(Relaxed)));
+            o.insert(
+                "ledger_final_flush_s".into(),
+                json!((flush_s * 1000.0).round() / 1000.0),
+            );
+        }
+        Ok(v)
+    }
+
     async fn throughput(&self, jobs: usize) -> Result<Value> {
+        self.throughput_with(jobs, None).await
+    }
+
+    async fn throughput_with(&self, jobs: usize, ledger: Option<crate::db::ledger::Ledger>) -> Result<Value> {
+        let with_ledger = ledger.is_some();
         let noop = || EnqueueRequest::raw("platform.noop", json!({})).queue(QUEUE);
         let start = Instant::now();
         let batches = stream::iter((0..jobs).step_by(1000).map(|from| {
@@ -175,7 +214,11 @@ impl Bench {
         }
         let enqueue_s = start.elapsed().as_secs_f64();
         let start = Instant::now();
-        let running = self.runtime().start(&[QUEUE.to_owned()])?;
+        let mut rt = self.runtime();
+        if let Some(l) = ledger {
+            rt = rt.with_ledger(l);
+        }
+        let running = rt.start(&[QUEUE.to_owned()])?;
         loop {
             let s = self.store.stats(QUEUE).await?;
             if s.pending + s.scheduled + s.running == 0 {
@@ -186,7 +229,7 @@ impl Bench {
         let drain_s = start.elapsed().as_secs_f64();
         running.shutdown().await;
         Ok(json!({
-            "scenario": "throughput", "ledger": false, "jobs": jobs,
+            "scenario": "throughput", "ledger": with_ledger, "jobs": jobs,
             "enqueue_jobs_per_s": (jobs as f64 / enqueue_s).round(),
             "drain_jobs_per_s": (jobs as f64 / drain_s).round(),
         }))
@@ -545,6 +588,10 @@ pub async fn run(config: Config, registry: Arc<Registry>, args: BenchArgs) -> Re
         }
         if wants("throughput") {
             print(&bench.throughput(args.jobs).await?, args.json);
+            // Issue 6: the ledger's cost, when a database is configured.
+            if bench.config.database.enabled() && bench.config.database.ledger.enabled {
+                print(&bench.throughput_ledger(args.jobs).await?, args.json);
+            }
         }
         if wants("latency") {
             for rate in [500, 5000] {

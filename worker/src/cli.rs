@@ -89,6 +89,24 @@ pub enum Command {
     Scheduler,
     /// Print every job type's example payload; `--enqueue --wait 60s` runs one of each (smoke test).
     Examples(crate::examples::ExamplesArgs),
+    /// Create the PostgreSQL database if missing and apply culm's migrations (idempotent).
+    Migrate,
+    /// Serve fake versions of every integration's API on loopback (docs/sandbox.md).
+    Sandbox(SandboxArgs),
+}
+
+/// `culm sandbox`
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Listen address (default: sandbox.listen, 127.0.0.1:8900).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Fraction of requests answered 503 with Retry-After: 1 (default: sandbox.fail_rate).
+    #[arg(long)]
+    pub fail_rate: Option<f64>,
+    /// Typical answer latency in ms (default: sandbox.latency_ms).
+    #[arg(long)]
+    pub latency_ms: Option<u64>,
 }
 
 /// `culm run`
@@ -106,6 +124,9 @@ pub struct RunArgs {
     /// Do not fire schedules in this process (by default `culm run` also runs the scheduler).
     #[arg(long)]
     pub no_scheduler: bool,
+    /// Also serve the integration sandbox on sandbox.listen (docs/sandbox.md).
+    #[arg(long)]
+    pub sandbox: bool,
 }
 
 /// `culm enqueue`
@@ -263,15 +284,30 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Pause { queue } => pause(Store::connect(&config, registry).await?, &queue, true).await,
         Command::Resume { queue } => pause(Store::connect(&config, registry).await?, &queue, false).await,
-        Command::Dead { command } => dead(Store::connect(&config, registry).await?, command).await,
+        Command::Dead { command } => {
+            let store = Store::connect(&config, registry).await?;
+            match crate::db::cmd::connect_optional(&config).await? {
+                Some(db) => crate::db::cmd::dead(store, db, command).await,
+                None => dead(store, command).await,
+            }
+        }
         Command::Schedules { json } => schedules(config, registry, json).await,
         Command::Scheduler => scheduler_only(config, registry).await,
         Command::Examples(args) => crate::examples::run(config, registry, args).await,
+        Command::Migrate => crate::db::cmd::migrate(&config).await,
+        Command::Sandbox(args) => sandbox(&config, args).await,
         Command::Jobs {
             command: JobsCommand::Show { id },
         } => {
             let store = Store::connect(&config, registry).await?;
-            match store.status(&id).await? {
+            let mut status = store.status(&id).await?;
+            // Issue 6: jobs Redis no longer holds are looked up in the ledger.
+            if status.is_none()
+                && let Some(db) = crate::db::cmd::connect_optional(&config).await?
+            {
+                status = db.job_status(&id).await?;
+            }
+            match status {
                 Some(s) => {
                     println!("{}", serde_json::to_string_pretty(&s)?);
                     Ok(ExitCode::SUCCESS)
@@ -359,7 +395,14 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
         )
     };
     crate::telemetry::install();
+    // Before the pools, so the first jobs already find their integrations.
+    let sandbox = match args.sandbox {
+        true => Some(crate::sandbox::Sandbox::bind(&config.sandbox.listen, sandbox_options(&config.sandbox)).await?),
+        false => None,
+    };
     let store = Store::connect(&config, registry).await?;
+    // Issue 6: migrations or the schema check, then the ledger writer and outbox relay.
+    let pg = crate::db::cmd::start(&config, &store).await?;
     // With --no-scheduler the catalog still backs the admin API's schedule endpoints.
     let start_scheduler = catalog.is_some();
     let scheduler = catalog
@@ -367,7 +410,16 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
         .map(|c| Scheduler::new(store.clone(), c, &config));
     let (stop_http, stop_http_rx) = tokio::sync::watch::channel(false);
     let http = if config.admin.enabled && !args.no_admin {
-        Some(start_http(&config, store.clone(), scheduler.clone(), stop_http_rx).await?)
+        Some(
+            start_http(
+                &config,
+                store.clone(),
+                scheduler.clone(),
+                pg.as_ref().map(|p| p.db.clone()),
+                stop_http_rx,
+            )
+            .await?,
+        )
     } else {
         tokio::spawn(crate::telemetry::queue_gauges(
             store.clone(),
@@ -378,7 +430,10 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
     };
     let scheduler = scheduler.as_ref().filter(|_| start_scheduler).map(Scheduler::start);
     let deps = crate::integrations::deps(&config, &store)?;
-    let runtime = Runtime::new(Arc::new(config), store, deps);
+    let mut runtime = Runtime::new(Arc::new(config), store, deps);
+    if let Some(l) = pg.as_ref().and_then(|p| p.ledger.clone()) {
+        runtime = runtime.with_ledger(l);
+    }
     let running = runtime.start(&queues)?;
     shutdown_signal().await;
     tracing::info!("shutdown requested: draining");
@@ -387,9 +442,15 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
         s.shutdown().await;
     }
     let report = running.shutdown().await;
+    if let Some(pg) = pg {
+        pg.shutdown().await;
+    }
     let _ = stop_http.send(true);
     if let Some(h) = http {
         let _ = h.await;
+    }
+    if let Some(s) = sandbox {
+        s.shutdown().await;
     }
     tracing::info!(
         handed_back = report.handed_back,
@@ -405,6 +466,7 @@ async fn start_http(
     config: &Config,
     store: Store,
     scheduler: Option<Scheduler>,
+    db: Option<crate::db::Db>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>> {
     use crate::admin;
@@ -425,7 +487,9 @@ async fn start_http(
         config.admin.gauge_interval,
         stop.clone(),
     ));
-    let state = admin::AdminState::new(config, store, tokens).with_scheduler(scheduler);
+    let state = admin::AdminState::new(config, store, tokens)
+        .with_scheduler(scheduler)
+        .with_database(db);
     let (router, _) = admin::router(state);
     let metrics = metrics_listener.map(|l| {
         let r = admin::metrics_router(crate::telemetry::install());
@@ -465,7 +529,8 @@ async fn serve(config: Config, registry: Arc<Registry>) -> Result<ExitCode> {
     let scheduler = load_schedules(&config, store.registry())
         .ok()
         .map(|c| Scheduler::new(store.clone(), c, &config));
-    let http = start_http(&config, store, scheduler, stop_rx).await?;
+    let db = crate::db::cmd::connect_optional(&config).await?;
+    let http = start_http(&config, store, scheduler, db, stop_rx).await?;
     shutdown_signal().await;
     let _ = stop.send(true);
     let _ = http.await;
@@ -629,5 +694,30 @@ async fn dead(store: Store, command: DeadCommand) -> Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+// --- Sandbox (issue 5) ------------------------------------------------------------------
+
+fn sandbox_options(c: &crate::config::SandboxConfig) -> crate::sandbox::Options {
+    crate::sandbox::Options {
+        latency: Duration::from_millis(c.latency_ms),
+        fail_rate: c.fail_rate,
+    }
+}
+
+/// `culm sandbox`: serves until SIGTERM/SIGINT.
+async fn sandbox(config: &Config, args: SandboxArgs) -> Result<ExitCode> {
+    let mut c = config.sandbox.clone();
+    c.listen = args.listen.unwrap_or(c.listen);
+    c.fail_rate = args.fail_rate.unwrap_or(c.fail_rate);
+    c.latency_ms = args.latency_ms.unwrap_or(c.latency_ms);
+    let sandbox = crate::sandbox::Sandbox::bind(&c.listen, sandbox_options(&c)).await?;
+    eprintln!(
+        "sandbox listening on http://{0}: integrations at http://{0}/<name>, request log at http://{0}/_sandbox/requests",
+        sandbox.addr()
+    );
+    shutdown_signal().await;
+    sandbox.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

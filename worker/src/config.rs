@@ -38,6 +38,31 @@ pub struct Config {
     /// Third-party integrations by name (issue 5).
     #[serde(default)]
     pub integrations: BTreeMap<String, culm_jobs::http::config::IntegrationConfig>,
+    /// The local integration sandbox (`culm sandbox`, `culm run --sandbox`).
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// `[sandbox]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Listen address; the default integration base URLs point here.
+    pub listen: String,
+    /// Typical answer latency in milliseconds (each answer takes 0.5x to 1.5x this).
+    pub latency_ms: u64,
+    /// Fraction of requests answered 503 with `Retry-After: 1`, from 0.0 to 1.0.
+    pub fail_rate: f64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8900".to_owned(),
+            latency_ms: 20,
+            fail_rate: 0.0,
+        }
+    }
 }
 
 /// `[admin]`
@@ -134,19 +159,169 @@ impl std::fmt::Debug for RedisConfig {
     }
 }
 
-/// `[database]`
+/// `[database]` (issue 6): PostgreSQL for the ledger, the dead-letter archive and the outbox.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// Connection URL; empty when PostgreSQL is not used.
     pub url: String,
+    /// Connections per process.
+    #[serde(default = "db_defaults::pool_size")]
+    pub pool_size: u32,
+    /// Server-side `statement_timeout` of every culm connection.
+    #[serde(with = "humantime_serde", default = "db_defaults::statement_timeout")]
+    pub statement_timeout: Duration,
+    /// How long connecting (or waiting for a pooled connection) may take.
+    #[serde(with = "humantime_serde", default = "db_defaults::connect_timeout")]
+    pub connect_timeout: Duration,
+    /// `culm run` applies pending migrations at start (otherwise it refuses to start
+    /// until `culm migrate` has run).
+    #[serde(default = "db_defaults::yes")]
+    pub migrate_on_start: bool,
+    /// The job ledger.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    /// The outbox relay.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+/// `[database.ledger]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// Record every attempt (when a database is configured).
+    #[serde(default = "db_defaults::yes")]
+    pub enabled: bool,
+    /// Rows buffered in memory between the workers and the writer.
+    #[serde(default = "db_defaults::buffer")]
+    pub buffer_size: usize,
+    /// Flush at least this often.
+    #[serde(with = "humantime_serde", default = "db_defaults::flush_interval")]
+    pub flush_interval: Duration,
+    /// Flush as soon as this many rows are buffered (also the largest insert).
+    #[serde(default = "db_defaults::flush_batch")]
+    pub flush_batch: usize,
+    /// What happens to rows PostgreSQL cannot take: `redis` (spill to a Redis stream and
+    /// replay on recovery) or `memory` (keep up to `buffer_size`, then drop and count).
+    #[serde(default)]
+    pub spill: SpillPolicy,
+    /// Ledger rows older than this are deleted (in batches); `0s` keeps them forever.
+    #[serde(with = "humantime_serde", default = "db_defaults::retention")]
+    pub retention: Duration,
+    /// Archived dead jobs older than this are deleted; `0s` keeps them forever.
+    #[serde(with = "humantime_serde", default = "db_defaults::dead_retention")]
+    pub dead_retention: Duration,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde", default = "db_defaults::housekeeping_interval")]
+    pub housekeeping_interval: Duration,
+}
+
+/// Where ledger rows go while PostgreSQL is down.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpillPolicy {
+    /// A Redis stream, replayed into PostgreSQL on recovery.
+    #[default]
+    Redis,
+    /// Memory only, up to `buffer_size`; beyond that rows are dropped and counted.
+    Memory,
+}
+
+/// `[database.outbox]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxConfig {
+    /// Relay committed outbox rows to Redis from this process (`culm run`).
+    #[serde(default = "db_defaults::yes")]
+    pub enabled: bool,
+    /// Rows moved per transaction.
+    #[serde(default = "db_defaults::outbox_batch")]
+    pub batch: usize,
+    /// Poll this often when no NOTIFY arrives (the fallback).
+    #[serde(with = "humantime_serde", default = "db_defaults::outbox_poll")]
+    pub poll_interval: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            buffer_size: db_defaults::buffer(),
+            flush_interval: db_defaults::flush_interval(),
+            flush_batch: db_defaults::flush_batch(),
+            spill: SpillPolicy::Redis,
+            retention: db_defaults::retention(),
+            dead_retention: db_defaults::dead_retention(),
+            housekeeping_interval: db_defaults::housekeeping_interval(),
+        }
+    }
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            batch: db_defaults::outbox_batch(),
+            poll_interval: db_defaults::outbox_poll(),
+        }
+    }
+}
+
+mod db_defaults {
+    use std::time::Duration;
+    pub(super) fn yes() -> bool {
+        true
+    }
+    pub(super) fn pool_size() -> u32 {
+        8
+    }
+    pub(super) fn statement_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn connect_timeout() -> Duration {
+        Duration::from_secs(3)
+    }
+    pub(super) fn buffer() -> usize {
+        65_536
+    }
+    pub(super) fn flush_interval() -> Duration {
+        Duration::from_millis(200)
+    }
+    pub(super) fn flush_batch() -> usize {
+        1000
+    }
+    pub(super) fn retention() -> Duration {
+        Duration::from_secs(90 * 86_400)
+    }
+    pub(super) fn dead_retention() -> Duration {
+        Duration::from_secs(400 * 86_400)
+    }
+    pub(super) fn housekeeping_interval() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub(super) fn outbox_batch() -> usize {
+        500
+    }
+    pub(super) fn outbox_poll() -> Duration {
+        Duration::from_secs(1)
+    }
+}
+
+impl DatabaseConfig {
+    /// Whether PostgreSQL is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
 }
 
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseConfig")
             .field("url", &redact_url(&self.url))
-            .finish()
+            .field("pool_size", &self.pool_size)
+            .field("ledger", &self.ledger)
+            .finish_non_exhaustive()
     }
 }
 
@@ -580,6 +755,7 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
     if c.queues.is_empty() {
         return Err(("queues".into(), "declare at least one queue".into()));
     }
+    validate_database(&c.database)?;
     check_retry("queue_defaults.retry", &c.queue_defaults.retry)?;
     culm_jobs::http::config::validate(&c.integration_defaults, &c.integrations)?;
     if c.scheduler.claim_ttl < Duration::from_secs(60) {
@@ -605,6 +781,37 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
         if let Some(r) = &q.retry {
             check_retry(&format!("queues.{name}.retry"), r)?;
         }
+    }
+    Ok(())
+}
+
+/// `[database]` (issue 6).
+fn validate_database(d: &DatabaseConfig) -> Result<(), (String, String)> {
+    if d.enabled() && !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
+        return Err(("database.url".into(), "must be a postgres:// URL or empty".into()));
+    }
+    if d.pool_size == 0 {
+        return Err(("database.pool_size".into(), "must be at least 1".into()));
+    }
+    for (key, v) in [
+        ("database.statement_timeout", d.statement_timeout),
+        ("database.connect_timeout", d.connect_timeout),
+        ("database.ledger.flush_interval", d.ledger.flush_interval),
+        ("database.ledger.housekeeping_interval", d.ledger.housekeeping_interval),
+        ("database.outbox.poll_interval", d.outbox.poll_interval),
+    ] {
+        if v.is_zero() {
+            return Err((key.into(), "must be above zero".into()));
+        }
+    }
+    if d.ledger.flush_batch == 0 || d.ledger.buffer_size < d.ledger.flush_batch {
+        return Err((
+            "database.ledger.buffer_size".into(),
+            "flush_batch must be at least 1 and buffer_size at least flush_batch".into(),
+        ));
+    }
+    if d.outbox.batch == 0 {
+        return Err(("database.outbox.batch".into(), "must be at least 1".into()));
     }
     Ok(())
 }

@@ -69,6 +69,7 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
             describe();
             describe_scheduler();
             culm_jobs::http::metrics::describe();
+            describe_postgres();
             handle
         })
         .clone()
@@ -259,3 +260,67 @@ pub use culm_jobs::http::metrics::DURATION as INTEGRATION_DURATION;
 pub use culm_jobs::http::metrics::RATE_LIMITED as INTEGRATION_RATE_LIMITED;
 /// Upstream responses (`integration`, `endpoint`, `status` or `transport`/`timeout`).
 pub use culm_jobs::http::metrics::REQUESTS as INTEGRATION_REQUESTS;
+// --- PostgreSQL: ledger and outbox (issue 6) --------------------------------------------
+
+/// Ledger rows inserted into PostgreSQL, including replayed spills.
+pub const LEDGER_WRITTEN: &str = "culm_ledger_rows_written_total";
+/// Ledger rows spilled to the Redis stream while PostgreSQL was unavailable.
+pub const LEDGER_SPILLED: &str = "culm_ledger_rows_spilled_total";
+/// Spilled ledger rows replayed into PostgreSQL.
+pub const LEDGER_REPLAYED: &str = "culm_ledger_rows_replayed_total";
+/// Ledger rows dropped (`reason`: buffer_full, overflow, shutdown, writer_stopped); each drop is also logged.
+pub const LEDGER_DROPPED: &str = "culm_ledger_rows_dropped_total";
+/// Time of one ledger batch insert.
+pub const LEDGER_FLUSH: &str = "culm_ledger_flush_seconds";
+/// Outbox rows relayed to Redis (`result`: enqueued, rejected).
+pub const OUTBOX_RELAYED: &str = "culm_outbox_rows_total";
+/// Failed outbox relay steps (rolled back and retried).
+pub const OUTBOX_ERRORS: &str = "culm_outbox_errors_total";
+
+/// Registers descriptions of the PostgreSQL metrics.
+pub fn describe_postgres() {
+    describe_counter!(LEDGER_WRITTEN, "Ledger rows inserted into PostgreSQL.");
+    describe_counter!(
+        LEDGER_SPILLED,
+        "Ledger rows spilled to Redis while PostgreSQL was unavailable."
+    );
+    describe_counter!(LEDGER_REPLAYED, "Spilled ledger rows replayed into PostgreSQL.");
+    describe_counter!(LEDGER_DROPPED, "Ledger rows dropped, by reason (each drop is logged).");
+    describe_histogram!(LEDGER_FLUSH, metrics::Unit::Seconds, "Ledger batch insert time.");
+    describe_counter!(OUTBOX_RELAYED, "Outbox rows relayed, by result.");
+    describe_counter!(OUTBOX_ERRORS, "Failed outbox relay steps.");
+}
+
+/// `n` ledger rows were inserted in `secs`.
+pub fn ledger_written(n: u64, secs: f64) {
+    counter!(LEDGER_WRITTEN).increment(n);
+    histogram!(LEDGER_FLUSH).record(secs);
+}
+
+/// `n` ledger rows were spilled.
+pub fn ledger_spilled(n: u64) {
+    counter!(LEDGER_SPILLED).increment(n);
+}
+
+/// `n` spilled rows were replayed.
+pub fn ledger_replayed(n: u64) {
+    counter!(LEDGER_REPLAYED).increment(n);
+}
+
+/// `n` ledger rows were dropped for `reason`.
+pub fn ledger_dropped(reason: &'static str, n: u64) {
+    counter!(LEDGER_DROPPED, "reason" => reason).increment(n);
+}
+
+/// An outbox step moved `enqueued` rows and rejected `rejected`.
+pub fn outbox_relayed(enqueued: u64, rejected: u64) {
+    counter!(OUTBOX_RELAYED, "result" => "enqueued").increment(enqueued);
+    if rejected > 0 {
+        counter!(OUTBOX_RELAYED, "result" => "rejected").increment(rejected);
+    }
+}
+
+/// An outbox relay step failed.
+pub fn outbox_error() {
+    counter!(OUTBOX_ERRORS).increment(1);
+}

@@ -37,6 +37,8 @@ struct Inner {
     openapi: std::sync::OnceLock<String>,
     /// The schedule catalog and its Redis state, when this process loaded one.
     scheduler: Option<crate::scheduler::Scheduler>,
+    /// PostgreSQL (issue 6): readiness, the ledger fallback of job status, the dead-letter archive.
+    db: Option<crate::db::Db>,
 }
 
 impl AdminState {
@@ -51,6 +53,7 @@ impl AdminState {
                 batch_max: config.admin.batch_max,
                 openapi: std::sync::OnceLock::new(),
                 scheduler: None,
+                db: None,
             }),
         }
     }
@@ -61,6 +64,18 @@ impl AdminState {
             inner.scheduler = scheduler;
         }
         self
+    }
+
+    /// Serves readiness, job status and dead letters with PostgreSQL (call before [`router`]).
+    pub fn with_database(mut self, db: Option<crate::db::Db>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.db = db;
+        }
+        self
+    }
+
+    fn db(&self) -> Option<&crate::db::Db> {
+        self.inner.db.as_ref()
     }
 
     fn store(&self) -> &Store {

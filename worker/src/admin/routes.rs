@@ -538,7 +538,14 @@ async fn enqueue_batch(State(state): State<AdminState>, headers: HeaderMap, body
         (status = 404, description = "No queue knows this id", body = ErrorBody),
     ))]
 async fn get_job(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<JobView>, ApiError> {
-    match state.store().status(&id).await.map_err(ApiError::internal)? {
+    let mut status = state.store().status(&id).await.map_err(ApiError::internal)?;
+    // Issue 6: jobs Redis no longer holds are looked up in the ledger.
+    if status.is_none()
+        && let Some(db) = state.db()
+    {
+        status = db.job_status(&id).await.map_err(ApiError::internal)?;
+    }
+    match status {
         Some(s) => Ok(Json(s.into())),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -611,6 +618,13 @@ async fn list_dead(
         None => state.store().routing().queues.keys().cloned().collect(),
     };
     let mut jobs = Vec::new();
+    // Issue 6: with PostgreSQL the archive is the source (it outlives Redis's dead set).
+    if let Some(db) = state.db() {
+        let only = (queues.len() == 1).then(|| queues[0].as_str());
+        let dead = db.dead_list(only, limit).await.map_err(ApiError::internal)?;
+        jobs.extend(dead.into_iter().map(DeadView::from));
+        return Ok(Json(DeadListView { jobs }));
+    }
     for name in queues {
         let dead = state
             .store()
@@ -642,6 +656,19 @@ async fn dead_queue(state: &AdminState, id: &str) -> Result<String, ApiError> {
     responses((status = 200, body = DeadOpView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn retry_dead(State(state): State<AdminState>, Path(id): Path<String>) -> Result<Json<DeadOpView>, ApiError> {
+    if let Some(db) = state.db() {
+        return match db.dead_redrive(state.store(), &id).await.map_err(ApiError::internal)? {
+            Some((queue, runs_as)) => {
+                tracing::info!(job_id = %id, queue = %queue, runs_as = %runs_as, "dead job re-driven from the archive over the admin API");
+                Ok(Json(DeadOpView { id: runs_as, queue }))
+            }
+            None => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "dead_job_not_found",
+                format!("no archived dead job `{id}` awaiting re-drive"),
+            )),
+        };
+    }
     let queue = dead_queue(&state, &id).await?;
     let n = state
         .store()
@@ -664,6 +691,29 @@ async fn retry_dead(State(state): State<AdminState>, Path(id): Path<String>) -> 
     responses((status = 204, description = "Deleted"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 async fn purge_dead(State(state): State<AdminState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    if let Some(db) = state.db() {
+        let archived = db
+            .dead_purge(std::slice::from_ref(&id))
+            .await
+            .map_err(ApiError::internal)?;
+        let queue = state.store().dead_queue_of(&id).await.map_err(ApiError::internal)?;
+        if let Some(q) = &queue {
+            state
+                .store()
+                .dead_purge(q, std::slice::from_ref(&id))
+                .await
+                .map_err(ApiError::internal)?;
+        }
+        if archived == 0 && queue.is_none() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "dead_job_not_found",
+                format!("no dead-lettered job `{id}`"),
+            ));
+        }
+        tracing::info!(job_id = %id, "dead job purged (archive and Redis) over the admin API");
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let queue = dead_queue(&state, &id).await?;
     state
         .store()
@@ -692,10 +742,27 @@ async fn readyz(State(state): State<AdminState>) -> Result<Json<HealthView>, Api
     .await;
     let down = |m: String| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "dependency_unavailable", m).field("redis");
     match ping {
-        Ok(Ok(_)) => Ok(Json(HealthView { status: "ok".into() })),
-        Ok(Err(e)) => Err(down(format!("redis is unreachable: {}", redact(&e)))),
-        Err(_) => Err(down("redis did not answer within 2s".into())),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(down(format!("redis is unreachable: {}", redact(&e)))),
+        Err(_) => return Err(down("redis did not answer within 2s".into())),
     }
+    // Issue 6: PostgreSQL, when configured. The error never echoes the URL.
+    if let Some(db) = state.db()
+        && let Err(e) = db.ping(Duration::from_secs(2)).await
+    {
+        let kind = match e {
+            sqlx::Error::PoolTimedOut => "did not answer within 2s".to_owned(),
+            sqlx::Error::Database(d) => format!("error {}", d.code().unwrap_or_default()),
+            _ => "is unreachable".to_owned(),
+        };
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "dependency_unavailable",
+            format!("postgres {kind}"),
+        )
+        .field("postgres"));
+    }
+    Ok(Json(HealthView { status: "ok".into() }))
 }
 
 /// Redis errors can echo the URL; keep only the kind and detail.

@@ -40,6 +40,12 @@ pub struct Completion {
     pub duration: Duration,
     /// When the handler started, µs since the epoch (0 if it never started).
     pub started_at_us: i64,
+    /// Enqueue time, ms (for the ledger).
+    pub enqueued_at_ms: i64,
+    /// The job's idempotency key (for the dead-letter archive).
+    pub idempotency_key: Option<String>,
+    /// The payload, moved out of the delivery after the run (for the dead-letter archive).
+    pub payload: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl Completion {
@@ -102,6 +108,9 @@ impl Dispatcher {
             summary: None,
             duration: Duration::ZERO,
             started_at_us: 0,
+            enqueued_at_ms: d.envelope.enqueued_at,
+            idempotency_key: d.envelope.idempotency_key.clone(),
+            payload: None,
         };
         let Some(spec) = self.registry.get(&d.envelope.job) else {
             c.job = "unknown".into();
@@ -113,6 +122,7 @@ impl Dispatcher {
                 ),
             );
             telemetry::dead_without_run(&s.name, "unknown");
+            c.payload = Some(d.envelope.payload);
             return c;
         };
         let due = d.envelope.run_at.max(d.envelope.enqueued_at);
@@ -197,6 +207,7 @@ impl Dispatcher {
             tracing::error!(error = %c.error, "dead-lettered");
         }
         telemetry::finished(&s.name, spec.name, ended, c.duration.as_secs_f64());
+        c.payload = Some(d.envelope.payload);
         c
     }
 }

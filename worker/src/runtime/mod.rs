@@ -57,6 +57,7 @@ pub struct Runtime {
     store: Store,
     deps: Deps,
     events: broadcast::Sender<JobEvent>,
+    ledger: Option<crate::db::ledger::Ledger>,
 }
 
 struct PoolHandle {
@@ -95,7 +96,14 @@ impl Runtime {
             store,
             deps,
             events,
+            ledger: None,
         }
+    }
+
+    /// Records every run in the job ledger (issue 6).
+    pub fn with_ledger(mut self, ledger: crate::db::ledger::Ledger) -> Self {
+        self.ledger = Some(ledger);
+        self
     }
 
     /// Subscribes to acknowledgement events (tests wait on these instead of sleeping).
@@ -135,6 +143,8 @@ impl Runtime {
                 self.config.worker.clone(),
                 wake,
                 self.events.clone(),
+                self.ledger.clone(),
+                Arc::from(worker_id.as_str()),
             );
             let (tx, rx) = mpsc::channel(settings.concurrency as usize);
             let backend = backend::QueueBackend {

@@ -4,7 +4,8 @@
 use super::{JobEvent, dispatch::Completion};
 use crate::{
     config::{QueueSettings, WorkerConfig},
-    store::{Ack, Delivery, Store},
+    db::ledger::{DeadInfo, Ledger, LedgerRow, RunOutcome},
+    store::{Ack, AckKind, Delivery, Store},
     telemetry,
 };
 use apalis_core::task::Task;
@@ -25,6 +26,18 @@ pub struct PendingAck {
     ack: Ack,
     job: String,
     started_at_us: i64,
+    /// What the ledger records besides the ack (issue 6).
+    ledger: LedgerExtra,
+}
+
+/// A run's details that only the ledger and the dead-letter archive need.
+#[derive(Debug)]
+struct LedgerExtra {
+    enqueued_at_ms: i64,
+    duration: Duration,
+    summary: Option<String>,
+    idempotency_key: Option<String>,
+    payload: Option<Box<serde_json::value::RawValue>>,
 }
 
 impl From<Completion> for PendingAck {
@@ -38,6 +51,13 @@ impl From<Completion> for PendingAck {
             },
             job: c.job,
             started_at_us: c.started_at_us,
+            ledger: LedgerExtra {
+                enqueued_at_ms: c.enqueued_at_ms,
+                duration: c.duration,
+                summary: c.summary,
+                idempotency_key: c.idempotency_key,
+                payload: c.payload,
+            },
         }
     }
 }
@@ -58,6 +78,9 @@ pub struct PoolShared {
     pub(super) wake: Arc<Notify>,
     ack_tx: mpsc::UnboundedSender<PendingAck>,
     events: broadcast::Sender<JobEvent>,
+    /// The job ledger (issue 6), when PostgreSQL is configured.
+    ledger: Option<Ledger>,
+    worker_id: Arc<str>,
 }
 
 impl PoolShared {
@@ -67,6 +90,8 @@ impl PoolShared {
         worker: WorkerConfig,
         wake: Arc<Notify>,
         events: broadcast::Sender<JobEvent>,
+        ledger: Option<Ledger>,
+        worker_id: Arc<str>,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<PendingAck>) {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(PoolShared {
@@ -80,6 +105,8 @@ impl PoolShared {
             wake,
             ack_tx,
             events,
+            ledger,
+            worker_id,
         });
         (shared, ack_rx)
     }
@@ -241,6 +268,9 @@ pub(super) async fn ack_loop(
                 }
             }
         }
+        if let Some(ledger) = &shared.ledger {
+            record_runs(&shared, ledger, &mut batch);
+        }
         let n = shared.forget(batch.iter().map(|p| p.ack.id.clone()));
         shared.free.fetch_add(n, Ordering::AcqRel);
         shared.slot_freed.notify_one();
@@ -258,6 +288,43 @@ pub(super) async fn ack_loop(
             }
         }
         batch.clear();
+    }
+}
+
+/// Hands the batch's runs to the ledger (never waits; see `db::ledger`).
+fn record_runs(shared: &PoolShared, ledger: &Ledger, batch: &mut [PendingAck]) {
+    let finished_at_us = chrono::Utc::now().timestamp_micros();
+    let tier = shared.settings.tier.as_str();
+    for p in batch {
+        let (outcome, next_run_at_ms) = match p.ack.kind {
+            AckKind::Done => (RunOutcome::Succeeded, None),
+            AckKind::Retry { at } => (RunOutcome::FailedWillRetry, Some(at)),
+            AckKind::Defer { at } => (RunOutcome::Deferred, Some(at)),
+            AckKind::Dead => (RunOutcome::Dead, None),
+        };
+        let x = &mut p.ledger;
+        let dead = (outcome == RunOutcome::Dead).then(|| DeadInfo {
+            payload: x.payload.take().unwrap_or_default(),
+            idempotency_key: x.idempotency_key.take(),
+        });
+        ledger.record(LedgerRow {
+            run_id: ulid::Ulid::new().to_string(),
+            job_id: p.ack.id.clone(),
+            job: p.job.clone(),
+            queue: shared.queue.to_string(),
+            tier: tier.to_owned(),
+            attempt: p.ack.attempt,
+            outcome,
+            error: (!p.ack.error.is_empty()).then(|| p.ack.error.clone()),
+            enqueued_at_ms: Some(x.enqueued_at_ms),
+            started_at_us: (p.started_at_us > 0).then_some(p.started_at_us),
+            finished_at_us,
+            duration_ms: x.duration.as_secs_f64() * 1000.0,
+            next_run_at_ms,
+            worker_id: shared.worker_id.to_string(),
+            summary: x.summary.take(),
+            dead,
+        });
     }
 }
 

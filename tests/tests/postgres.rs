@@ -1,0 +1,531 @@
+//! Issue 6 against the real PostgreSQL: migrations, the job ledger (including an outage
+//! in the middle of processing), the dead-letter archive, the transactional outbox with
+//! two relays, and the ledger fallback of job status. Each test creates its own database
+//! (`culm_test_<ulid>`) and drops it at the end.
+use culm_core::EnqueueRequest;
+use culm_tests::{TcpProxy, TestEnv, eventually, is, next_event, queue};
+use culm_worker::runtime::JobEvent;
+use culm_worker::{
+    admin::{self, AdminState, Token},
+    config::{Config, Scope},
+    db::{
+        Db, DbError,
+        ledger::{self, Ledger, LedgerWriter},
+        outbox,
+    },
+};
+use serde_json::{Value, json};
+use sqlx::{Connection, PgConnection, Row};
+use std::{sync::atomic::Ordering, time::Duration};
+use tokio::sync::{broadcast, watch};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Server URL without a database (`CULM_TEST_DATABASE_URL`, default the local trust login).
+fn server_url() -> String {
+    std::env::var("CULM_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// A database of this test's own.
+struct TestDb {
+    name: String,
+    url: String,
+}
+
+impl TestDb {
+    fn new() -> TestDb {
+        let name = format!("culm_test_{}", ulid::Ulid::new().to_string().to_lowercase());
+        let url = format!("{}/{name}", server_url());
+        TestDb { name, url }
+    }
+
+    /// The same database reached through `proxy`.
+    fn via(&self, proxy: &TcpProxy) -> String {
+        let base = server_url();
+        let host = base.rsplit('@').next().unwrap_or("127.0.0.1:5432").to_owned();
+        format!("{}/{}", base.replace(&host, &proxy.addr.to_string()), self.name)
+    }
+
+    async fn drop_db(self) {
+        let mut c = PgConnection::connect(&format!("{}/postgres", server_url()))
+            .await
+            .expect("connect to drop the test database");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
+            .execute(&mut c)
+            .await
+            .expect("drop test database");
+    }
+}
+
+/// A test env whose `[database]` points at `url`, with a fast ledger.
+async fn env(url: &str) -> TestEnv {
+    let url = url.to_owned();
+    TestEnv::new(move |c| {
+        c.database.url = url;
+        c.database.connect_timeout = Duration::from_secs(1);
+        c.database.ledger.flush_interval = Duration::from_millis(50);
+        c.database.ledger.flush_batch = 100;
+        c.queues.insert("t_q".into(), queue("batch", 8, 5_000, 5));
+    })
+    .await
+}
+
+/// Creates and migrates the env's database; starts a ledger writer.
+async fn ledger_for(env: &TestEnv) -> (Db, Ledger, LedgerWriter) {
+    Db::ensure_database(&env.config.database)
+        .await
+        .expect("create database");
+    let db = Db::connect(&env.config.database).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    let (l, w) = ledger::start(
+        db.clone(),
+        env.store.connection(),
+        &env.prefix,
+        env.config.database.ledger.clone(),
+    );
+    (db, l, w)
+}
+
+/// Waits for `n` successful runs, counting from now.
+fn wait_done(events: &broadcast::Receiver<JobEvent>, n: usize) -> impl std::future::Future<Output = ()> + use<> {
+    let mut rx = events.resubscribe();
+    async move {
+        for _ in 0..n {
+            next_event(&mut rx, WAIT, |e| is("done", e)).await;
+        }
+    }
+}
+
+async fn count(db: &Db, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(db.pool()).await.expect(sql)
+}
+
+#[tokio::test]
+async fn migrations_apply_from_zero_are_idempotent_and_refuse_a_newer_schema() {
+    let tdb = TestDb::new();
+    let mut config = Config::defaults().expect("defaults");
+    config.database.url = tdb.url.clone();
+    // The database does not exist yet: migrate creates it (postgres may).
+    assert!(Db::ensure_database(&config.database).await.expect("create"));
+    assert!(!Db::ensure_database(&config.database).await.expect("exists"));
+    let db = Db::connect(&config.database).await.expect("connect");
+    // A fresh database with migrate_on_start off: refused, naming the command.
+    let e = db.prepare(false).await.expect_err("schema behind");
+    assert!(e.to_string().contains("culm migrate"), "{e}");
+    assert_eq!(db.migrate().await.expect("first migrate"), vec![1]);
+    assert_eq!(db.migrate().await.expect("second migrate"), Vec::<i64>::new());
+    db.prepare(false).await.expect("schema current");
+    for table in ["culm_job_runs", "culm_dead_jobs", "culm_outbox"] {
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(table)
+            .fetch_one(db.pool())
+            .await
+            .expect("regclass");
+        assert!(exists, "{table} exists");
+    }
+    // A newer culm migrated this database: this binary refuses it.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', true, '\\x00', 0)",
+    )
+    .execute(db.pool())
+    .await
+    .expect("fake newer migration");
+    let e = db.prepare(true).await.expect_err("newer schema");
+    assert!(matches!(e, DbError::SchemaTooNew { found: 9999, .. }), "{e}");
+    assert!(e.to_string().contains("refusing to start"), "{e}");
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
+
+#[tokio::test]
+async fn culm_migrate_creates_the_database_and_is_idempotent() {
+    let tdb = TestDb::new();
+    let run = || {
+        std::process::Command::new(culm_tests::culm_bin())
+            .arg("migrate")
+            .env("CULM_DATABASE_URL", &tdb.url)
+            .current_dir(culm_tests::workspace_root())
+            .output()
+            .expect("culm migrate runs")
+    };
+    let first = run();
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        out.contains("created the database") && out.contains("applied migration"),
+        "{out}"
+    );
+    let second = run();
+    let out = String::from_utf8_lossy(&second.stdout);
+    assert!(second.status.success() && out.contains("up to date"), "{out}");
+    tdb.drop_db().await;
+}
+
+#[tokio::test]
+async fn a_job_failing_twice_then_succeeding_has_three_ledger_rows_and_status_falls_back_to_the_ledger() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let rt = env.runtime().with_ledger(ledger);
+    let mut events = rt.events();
+    let running = rt.start(&["t_q".to_owned()]).expect("start");
+    let job = env
+        .enqueue(EnqueueRequest::raw("platform.fail", json!({ "times": 2 })).queue("t_q"))
+        .await;
+    next_event(&mut events, WAIT, |e| e.id == job.id && is("done", e)).await;
+    running.shutdown().await;
+    writer.shutdown(Duration::from_secs(10)).await;
+
+    let rows = sqlx::query(
+        "SELECT attempt, outcome, error, summary, tier, queue, job, worker_id, started_at IS NOT NULL AS started, \
+         next_run_at IS NOT NULL AS has_next, enqueued_at IS NOT NULL AS has_enqueued \
+         FROM culm_job_runs WHERE job_id = $1 ORDER BY attempt",
+    )
+    .bind(&job.id)
+    .fetch_all(db.pool())
+    .await
+    .expect("ledger rows");
+    let got: Vec<(i32, String)> = rows.iter().map(|r| (r.get("attempt"), r.get("outcome"))).collect();
+    assert_eq!(
+        got,
+        vec![
+            (1, "failed_will_retry".to_owned()),
+            (2, "failed_will_retry".to_owned()),
+            (3, "succeeded".to_owned())
+        ]
+    );
+    for r in &rows {
+        assert_eq!(r.get::<String, _>("tier"), "batch");
+        assert_eq!(r.get::<String, _>("queue"), "t_q");
+        assert_eq!(r.get::<String, _>("job"), "platform.fail");
+        assert!(!r.get::<String, _>("worker_id").is_empty());
+        assert!(r.get::<bool, _>("started") && r.get::<bool, _>("has_enqueued"));
+    }
+    assert!(
+        rows[0]
+            .get::<Option<String>, _>("error")
+            .is_some_and(|e| e.contains("induced failure"))
+    );
+    assert!(rows[0].get::<bool, _>("has_next"));
+    assert_eq!(
+        rows[2].get::<Option<String>, _>("summary").as_deref(),
+        Some("succeeded on attempt 3")
+    );
+
+    // Redis forgets the job; status comes from the ledger, over the CLI's path and HTTP.
+    env.cleanup().await;
+    assert!(env.store.status(&job.id).await.expect("status").is_none());
+    let s = db.job_status(&job.id).await.expect("ledger status").expect("in ledger");
+    assert_eq!((s.state.as_str(), s.attempts, s.errors.len()), ("done", 3, 2));
+    let (router, _) = admin::router(
+        AdminState::new(
+            &env.config,
+            env.store.clone(),
+            vec![Token::new("r", "reader-secret", vec![Scope::Read])],
+        )
+        .with_database(Some(db.clone())),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(admin::serve(listener, router, stop_rx));
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/v1/jobs/{}", job.id))
+        .bearer_auth("reader-secret")
+        .send()
+        .await
+        .expect("GET job");
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["state"], "done");
+    assert_eq!(body["attempts"], 3);
+    assert_eq!(body["job"], "platform.fail");
+    let ready = reqwest::get(format!("{base}/readyz")).await.expect("readyz");
+    assert_eq!(ready.status(), reqwest::StatusCode::OK);
+
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
+
+#[tokio::test]
+async fn dead_jobs_are_archived_with_payload_and_errors_and_can_be_redriven_from_the_archive() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let rt = env.runtime().with_ledger(ledger);
+    let mut events = rt.events();
+    let running = rt.start(&["t_q".to_owned()]).expect("start");
+    let mut req = EnqueueRequest::raw("platform.fail_permanently", json!({ "reason": "card closed" })).queue("t_q");
+    req.idempotency_key = Some("dead-1".into());
+    let job = env.enqueue(req).await;
+    next_event(&mut events, WAIT, |e| e.id == job.id && is("dead", e)).await;
+    let dead = eventually(WAIT, "the dead job in the archive", || async {
+        db.dead_list(Some("t_q"), 10)
+            .await
+            .expect("dead list")
+            .into_iter()
+            .next()
+    })
+    .await;
+    assert_eq!(dead.id, job.id);
+    assert_eq!(dead.payload, json!({ "reason": "card closed" }));
+    assert_eq!((dead.attempts, dead.errors.len()), (1, 1));
+    assert_eq!(dead.last_error.as_deref(), Some("card closed"));
+
+    // Redis lets the job go; the archive still re-drives it, as a new job.
+    running.shutdown().await;
+    env.cleanup().await;
+    let (queue, runs_as) = db
+        .dead_redrive(&env.store, &job.id)
+        .await
+        .expect("redrive")
+        .expect("archived");
+    assert_eq!(queue, "t_q");
+    assert_ne!(runs_as, job.id);
+    let st = env
+        .store
+        .status(&runs_as)
+        .await
+        .expect("status")
+        .expect("re-driven job exists");
+    assert_eq!(st.state, "pending");
+    assert!(
+        db.dead_list(Some("t_q"), 10).await.expect("list").is_empty(),
+        "re-driven jobs leave the list"
+    );
+    assert!(db.dead_redrive(&env.store, &job.id).await.expect("again").is_none());
+    writer.shutdown(Duration::from_secs(10)).await;
+    env.cleanup().await;
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
+
+#[tokio::test]
+async fn the_ledger_survives_postgres_being_unavailable_and_catches_up_without_losing_a_row() {
+    let tdb = TestDb::new();
+    // Create and migrate directly, then run the ledger through a proxy we can cut.
+    {
+        let env = env(&tdb.url).await;
+        let (db, _l, w) = ledger_for(&env).await;
+        w.shutdown(Duration::from_secs(5)).await;
+        db.pool().close().await;
+    }
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let env = env(&tdb.via(&proxy)).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let counters = ledger.counters().clone();
+    let rt = env.runtime().with_ledger(ledger);
+    let events = rt.events();
+    let running = rt.start(&["t_q".to_owned()]).expect("start");
+    let noop = || EnqueueRequest::raw("platform.noop", json!({})).queue("t_q");
+
+    let run = |n: usize| {
+        let reqs: Vec<_> = (0..n).map(|_| noop()).collect();
+        let store = env.store.clone();
+        async move { store.enqueue(reqs).await.expect("enqueue").len() }
+    };
+    // Before the outage.
+    let done = wait_done(&events, 50);
+    run(50).await;
+    done.await;
+    eventually(WAIT, "50 rows written", || async {
+        (count(&db, "SELECT count(*) FROM culm_job_runs").await == 50).then_some(())
+    })
+    .await;
+
+    // PostgreSQL becomes unreachable; the workers keep going.
+    proxy.cut();
+    let done = wait_done(&events, 150);
+    run(150).await;
+    done.await;
+    eventually(WAIT, "rows spilled to Redis", || async {
+        (counters.spilled.load(Ordering::Relaxed) == 150).then_some(())
+    })
+    .await;
+
+    // Back: the spill is replayed, nothing lost, nothing twice.
+    proxy.restore();
+    eventually(WAIT, "the ledger catches up", || async {
+        (count(&db, "SELECT count(*) FROM culm_job_runs").await == 200).then_some(())
+    })
+    .await;
+    running.shutdown().await;
+    writer.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(
+        count(&db, "SELECT count(DISTINCT job_id) FROM culm_job_runs").await,
+        200
+    );
+    assert_eq!(counters.dropped.load(Ordering::Relaxed), 0, "no row dropped");
+    let mut c = env.store.connection();
+    let left: i64 = redis::cmd("XLEN")
+        .arg(ledger::spill_key(&env.prefix))
+        .query_async(&mut c)
+        .await
+        .expect("XLEN");
+    assert_eq!(left, 0, "the spill stream is drained");
+    env.cleanup().await;
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
+
+#[tokio::test]
+async fn outbox_rows_are_enqueued_only_when_committed_and_exactly_once_with_two_relays() {
+    let tdb = TestDb::new();
+    let mut env = env(&tdb.url).await;
+    // Only NOTIFY wakes the relays within the test's time: the poll is far away.
+    env.config.database.outbox.poll_interval = Duration::from_secs(600);
+    env.config.database.outbox.batch = 7;
+    let (db, _l, w) = ledger_for(&env).await;
+    w.shutdown(Duration::from_secs(5)).await;
+    let mut service = PgConnection::connect(&tdb.url).await.expect("service connection");
+
+    // A relay that pushed row R and died before deleting it: R must not be enqueued again.
+    let r: i64 = sqlx::query_scalar(
+        "INSERT INTO culm_outbox (job, payload, queue) VALUES ('platform.noop', '{}', 't_q') RETURNING id",
+    )
+    .fetch_one(&mut service)
+    .await
+    .expect("row R");
+    let mut pushed = EnqueueRequest::raw("platform.noop", json!({})).queue("t_q");
+    pushed.idempotency_key = Some(format!("outbox:{r}"));
+    env.enqueue(pushed).await;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let relays = [
+        outbox::start(
+            db.clone(),
+            env.store.clone(),
+            env.config.database.outbox.clone(),
+            stop_rx.clone(),
+        ),
+        outbox::start(
+            db.clone(),
+            env.store.clone(),
+            env.config.database.outbox.clone(),
+            stop_rx,
+        ),
+    ];
+
+    // Rolled back with its business change: never enqueued.
+    let mut tx = service.begin().await.expect("begin");
+    sqlx::query("INSERT INTO culm_outbox (job, payload, queue, idempotency_key) VALUES ('platform.noop', '{}', 't_q', 'rolled-back')")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    tx.rollback().await.expect("rollback");
+
+    // Committed: 100 rows (half with their own key) and one the relay must reject.
+    let mut tx = service.begin().await.expect("begin");
+    sqlx::query(
+        "INSERT INTO culm_outbox (job, payload, queue, idempotency_key) \
+         SELECT 'platform.noop', '{}', 't_q', CASE WHEN g % 2 = 0 THEN 'order-' || g END FROM generate_series(1, 100) g",
+    )
+    .execute(&mut *tx)
+    .await
+    .expect("insert 100");
+    sqlx::query("INSERT INTO culm_outbox (job, payload) VALUES ('no.such_job', '{}')")
+        .execute(&mut *tx)
+        .await
+        .expect("insert bad");
+    tx.commit().await.expect("commit");
+
+    eventually(WAIT, "the outbox drained", || async {
+        (count(&db, "SELECT count(*) FROM culm_outbox WHERE rejected_at IS NULL").await == 0).then_some(())
+    })
+    .await;
+    let stats = env.store.stats("t_q").await.expect("stats");
+    assert_eq!(
+        stats.pending, 101,
+        "row R once, 100 committed rows once, the rolled-back row never"
+    );
+    let err: String = sqlx::query_scalar("SELECT last_error FROM culm_outbox WHERE job = 'no.such_job'")
+        .fetch_one(db.pool())
+        .await
+        .expect("rejected row kept");
+    assert!(err.contains("no.such_job"), "{err}");
+    // Nothing else arrives later.
+    assert_eq!(
+        outbox::drain(&db, &env.store, 100).await.expect("drain"),
+        outbox::Relayed::default()
+    );
+    assert_eq!(env.store.stats("t_q").await.expect("stats").pending, 101);
+
+    let _ = stop.send(true);
+    for r in relays {
+        r.await.expect("relay ends");
+    }
+    drop(service);
+    env.cleanup().await;
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
+
+#[tokio::test]
+async fn readyz_names_postgres_when_it_is_down() {
+    let tdb = TestDb::new();
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let env = env(&tdb.via(&proxy)).await;
+    Db::ensure_database(&env.config.database).await.expect("create");
+    let db = Db::connect(&env.config.database).await.expect("connect");
+    let (router, _) =
+        admin::router(AdminState::new(&env.config, env.store.clone(), vec![]).with_database(Some(db.clone())));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (_stop, stop_rx) = watch::channel(false);
+    tokio::spawn(admin::serve(listener, router, stop_rx));
+    assert_eq!(
+        reqwest::get(format!("{base}/readyz")).await.expect("readyz").status(),
+        reqwest::StatusCode::OK
+    );
+    proxy.cut();
+    let resp = reqwest::get(format!("{base}/readyz")).await.expect("readyz");
+    assert_eq!(resp.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = resp.json().await.expect("json");
+    assert_eq!(body["error"]["field"], "postgres", "{body}");
+    proxy.restore();
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
+
+#[tokio::test]
+async fn retention_deletes_old_ledger_rows_and_archived_jobs_in_batches() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let (db, _l, w) = ledger_for(&env).await;
+    w.shutdown(Duration::from_secs(5)).await;
+    sqlx::query(
+        "INSERT INTO culm_job_runs (run_id, job_id, job, queue, tier, attempt, outcome, finished_at, worker_id) \
+         SELECT 'r' || g, 'j' || g, 'platform.noop', 't_q', 'batch', 1, 'succeeded', \
+           CASE WHEN g <= 5 THEN now() - interval '100 days' ELSE now() END, 'w' \
+         FROM generate_series(1, 8) g",
+    )
+    .execute(db.pool())
+    .await
+    .expect("ledger rows");
+    sqlx::query(
+        "INSERT INTO culm_dead_jobs (job_id, job, queue, tier, payload, attempts, died_at) VALUES \
+         ('old', 'platform.noop', 't_q', 'batch', '{}', 1, now() - interval '500 days'), \
+         ('new', 'platform.noop', 't_q', 'batch', '{}', 1, now())",
+    )
+    .execute(db.pool())
+    .await
+    .expect("dead rows");
+    let mut cfg = env.config.database.ledger.clone();
+    cfg.retention = Duration::from_secs(90 * 86_400);
+    cfg.dead_retention = Duration::from_secs(400 * 86_400);
+    let (runs, dead) = ledger::housekeeping(&db, &cfg, 2).await.expect("housekeeping");
+    assert_eq!((runs, dead), (5, 1));
+    assert_eq!(count(&db, "SELECT count(*) FROM culm_job_runs").await, 3);
+    let left: Vec<String> = sqlx::query_scalar("SELECT job_id FROM culm_dead_jobs")
+        .fetch_all(db.pool())
+        .await
+        .expect("dead left");
+    assert_eq!(left, vec!["new".to_owned()]);
+    db.pool().close().await;
+    tdb.drop_db().await;
+}

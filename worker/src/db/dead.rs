@@ -1,0 +1,154 @@
+//! The dead-letter archive, `culm_dead_jobs`: written by the ledger writer in the same
+//! transaction as a dead run's ledger row; read by `culm dead` and `/v1/dead*` when
+//! PostgreSQL is configured. Re-drive works from here even after Redis let the job go.
+use super::{Db, DbError, ledger::LedgerRow};
+use crate::store::{DeadJob, ErrorRecord, Store};
+use chrono::{DateTime, Utc};
+use culm_core::EnqueueRequest;
+use sqlx::{Postgres, Row, Transaction, postgres::PgRow};
+
+/// Upserts the archive rows of `dead` runs. The error history is every failed attempt in
+/// the ledger, which this transaction has just extended.
+pub(super) async fn archive(tx: &mut Transaction<'_, Postgres>, dead: &[&LedgerRow]) -> Result<(), sqlx::Error> {
+    let ms = |v: Option<i64>| v.and_then(DateTime::<Utc>::from_timestamp_millis);
+    sqlx::query(
+        "INSERT INTO culm_dead_jobs (job_id, job, queue, tier, payload, idempotency_key, attempts, last_error, \
+         errors, enqueued_at, died_at) \
+         SELECT d.job_id, d.job, d.queue, d.tier, d.payload::jsonb, d.idem, d.attempt, d.error, \
+           COALESCE((SELECT jsonb_agg(jsonb_build_object('attempt', r.attempt, \
+                       'at', (extract(epoch FROM r.finished_at) * 1000)::bigint, 'error', r.error) \
+                     ORDER BY r.finished_at, r.attempt) \
+                     FROM culm_job_runs r \
+                     WHERE r.job_id = d.job_id AND r.outcome IN ('failed_will_retry', 'dead') \
+                       AND r.finished_at <= d.died_at), '[]'::jsonb), \
+           d.enqueued_at, d.died_at \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int4[], \
+           $8::text[], $9::timestamptz[], $10::timestamptz[]) \
+           AS d(job_id, job, queue, tier, payload, idem, attempt, error, enqueued_at, died_at) \
+         ON CONFLICT (job_id) DO UPDATE SET job = EXCLUDED.job, queue = EXCLUDED.queue, tier = EXCLUDED.tier, \
+           payload = EXCLUDED.payload, idempotency_key = EXCLUDED.idempotency_key, attempts = EXCLUDED.attempts, \
+           last_error = EXCLUDED.last_error, errors = EXCLUDED.errors, enqueued_at = EXCLUDED.enqueued_at, \
+           died_at = EXCLUDED.died_at, redriven_at = NULL, redriven_as = NULL \
+         WHERE culm_dead_jobs.died_at <= EXCLUDED.died_at",
+    )
+    .bind(dead.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.job.as_str()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| r.tier.as_str()).collect::<Vec<_>>())
+    .bind(
+        dead.iter()
+            .map(|r| r.dead.as_ref().map_or("null", |d| d.payload.get()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        dead.iter()
+            .map(|r| r.dead.as_ref().and_then(|d| d.idempotency_key.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        dead.iter()
+            .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .bind(dead.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|r| ms(r.enqueued_at_ms)).collect::<Vec<_>>())
+    .bind(
+        dead.iter()
+            .map(|r| DateTime::<Utc>::from_timestamp_micros(r.finished_at_us).unwrap_or_else(Utc::now))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+const COLUMNS: &str = "job_id, job, queue, payload, attempts, last_error, errors, enqueued_at, died_at";
+
+fn dead_job(r: &PgRow) -> Result<DeadJob, sqlx::Error> {
+    let errors: serde_json::Value = r.try_get("errors")?;
+    let errors: Vec<ErrorRecord> = serde_json::from_value(errors).unwrap_or_default();
+    let enqueued: Option<DateTime<Utc>> = r.try_get("enqueued_at")?;
+    let died: DateTime<Utc> = r.try_get("died_at")?;
+    Ok(DeadJob {
+        id: r.try_get("job_id")?,
+        queue: r.try_get("queue")?,
+        job: r.try_get("job")?,
+        payload: r.try_get("payload")?,
+        attempts: u32::try_from(r.try_get::<i32, _>("attempts")?).unwrap_or(0),
+        died_at: died.timestamp_millis(),
+        enqueued_at: enqueued.map(|t| t.timestamp_millis()).unwrap_or(0),
+        last_error: r.try_get("last_error")?,
+        errors,
+    })
+}
+
+impl Db {
+    /// Archived dead jobs not yet re-driven, newest first; `queue` narrows, `limit` caps.
+    pub async fn dead_list(&self, queue: Option<&str>, limit: usize) -> Result<Vec<DeadJob>, DbError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM culm_dead_jobs WHERE redriven_at IS NULL AND ($1::text IS NULL OR queue = $1) \
+             ORDER BY died_at DESC LIMIT $2"
+        ))
+        .bind(queue)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(dead_job).collect::<Result<_, _>>()?)
+    }
+
+    /// One archived dead job (re-driven or not).
+    pub async fn dead_get(&self, id: &str) -> Result<Option<DeadJob>, DbError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM culm_dead_jobs WHERE job_id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.as_ref().map(dead_job).transpose()?)
+    }
+
+    /// Re-drives an archived dead job. If Redis still holds it, it goes back on its queue
+    /// under the same id with a fresh attempt budget; otherwise a new job is enqueued from
+    /// the archived payload (idempotency key `redrive:<id>:<died_at ms>`, so repeating the
+    /// call does not enqueue twice). Returns the queue and the id that will run, or `None`
+    /// when the archive has no such job awaiting re-drive.
+    pub async fn dead_redrive(&self, store: &Store, id: &str) -> Result<Option<(String, String)>, DbError> {
+        let row = sqlx::query(
+            "SELECT job, queue, payload, died_at FROM culm_dead_jobs WHERE job_id = $1 AND redriven_at IS NULL",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        let queue: String = row.try_get("queue")?;
+        let job: String = row.try_get("job")?;
+        let payload: serde_json::Value = row.try_get("payload")?;
+        let died: DateTime<Utc> = row.try_get("died_at")?;
+        let in_redis = store.routing().queues.contains_key(&queue)
+            && store.dead_retry(&queue, &[id.to_owned()]).await.unwrap_or(0) > 0;
+        let runs_as = if in_redis {
+            id.to_owned()
+        } else {
+            let mut req = EnqueueRequest::raw(job, payload).queue(queue.clone());
+            req.idempotency_key = Some(format!("redrive:{id}:{}", died.timestamp_millis()));
+            let e = store
+                .enqueue(vec![req])
+                .await
+                .map_err(|e| DbError::Sql(sqlx::Error::Protocol(format!("re-drive of {id}: {e}"))))?;
+            e.into_iter().next().map(|e| e.id).unwrap_or_default()
+        };
+        sqlx::query("UPDATE culm_dead_jobs SET redriven_at = now(), redriven_as = $2 WHERE job_id = $1")
+            .bind(id)
+            .bind(&runs_as)
+            .execute(self.pool())
+            .await?;
+        Ok(Some((queue, runs_as)))
+    }
+
+    /// Deletes archived dead jobs for good; returns how many.
+    pub async fn dead_purge(&self, ids: &[String]) -> Result<u64, DbError> {
+        Ok(sqlx::query("DELETE FROM culm_dead_jobs WHERE job_id = ANY($1)")
+            .bind(ids)
+            .execute(self.pool())
+            .await?
+            .rows_affected())
+    }
+}

@@ -1,0 +1,586 @@
+//! The job ledger: one `culm_job_runs` row per attempt, written off the hot path.
+//!
+//! Workers hand rows to [`Ledger::record`], which never waits: it puts the row on a bounded
+//! channel. One [`LedgerWriter`] task per process drains the channel and writes a batch
+//! with one multi-row `INSERT … SELECT FROM UNNEST(…)` when `flush_batch` rows are
+//! buffered or every `flush_interval`. Dead runs also upsert the dead-letter archive
+//! (`culm_dead_jobs`) in the same transaction.
+//!
+//! When PostgreSQL fails or is slow, the batch is spilled (policy `redis`) to the stream
+//! `{<prefix>}:ledger:spill`, shared by all replicas, and replayed by whichever replica
+//! next reaches PostgreSQL. Rows carry a ULID `run_id` and inserts are
+//! `ON CONFLICT DO NOTHING`, so a replay after a partial failure never duplicates a row.
+//! A row is dropped only when it fits nowhere (the channel is full, or PostgreSQL and the
+//! spill both fail and `buffer_size` rows are already held); every drop is logged and
+//! counted in `culm_ledger_rows_dropped_total`.
+use super::Db;
+use crate::{
+    config::{LedgerConfig, SpillPolicy},
+    telemetry,
+};
+use chrono::{DateTime, Utc};
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+};
+
+/// What an attempt ended in, as stored in `culm_job_runs.outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunOutcome {
+    /// The handler succeeded.
+    Succeeded,
+    /// It failed and another attempt is scheduled.
+    FailedWillRetry,
+    /// It failed for good and was dead-lettered.
+    Dead,
+    /// It asked to run later without spending an attempt.
+    Deferred,
+}
+
+impl RunOutcome {
+    /// The stored text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunOutcome::Succeeded => "succeeded",
+            RunOutcome::FailedWillRetry => "failed_will_retry",
+            RunOutcome::Dead => "dead",
+            RunOutcome::Deferred => "deferred",
+        }
+    }
+}
+
+/// What the archive needs of a dead job besides its ledger row.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeadInfo {
+    /// The job's payload.
+    pub payload: Box<RawValue>,
+    /// Its idempotency key.
+    pub idempotency_key: Option<String>,
+}
+
+/// One attempt of one job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LedgerRow {
+    /// ULID of this run (the primary key; makes replays idempotent).
+    pub run_id: String,
+    /// Job id.
+    pub job_id: String,
+    /// Job type.
+    pub job: String,
+    /// Queue.
+    pub queue: String,
+    /// Tier of the queue.
+    pub tier: String,
+    /// Attempt number (from 1).
+    pub attempt: u32,
+    /// Outcome.
+    pub outcome: RunOutcome,
+    /// Error text, for failures and deferrals.
+    pub error: Option<String>,
+    /// Enqueue time, ms.
+    pub enqueued_at_ms: Option<i64>,
+    /// Handler start, µs (absent when it never started).
+    pub started_at_us: Option<i64>,
+    /// When the run's outcome was recorded, µs.
+    pub finished_at_us: i64,
+    /// Handler run time, ms.
+    pub duration_ms: f64,
+    /// Retries and deferrals: the next attempt's due time, ms.
+    pub next_run_at_ms: Option<i64>,
+    /// `hostname-pid` of the process that ran it.
+    pub worker_id: String,
+    /// The handler's summary (bounded to 512 bytes by the dispatcher).
+    pub summary: Option<String>,
+    /// Set on dead runs: what the archive keeps.
+    pub dead: Option<DeadInfo>,
+}
+
+/// Counters of a ledger writer (also exported as metrics).
+#[derive(Debug, Default)]
+pub struct LedgerCounters {
+    /// Rows inserted into PostgreSQL (including replays).
+    pub written: AtomicU64,
+    /// Rows spilled to Redis.
+    pub spilled: AtomicU64,
+    /// Rows dropped (never silently: each drop is logged too).
+    pub dropped: AtomicU64,
+}
+
+/// The producer side: cheap to clone, never blocks.
+#[derive(Clone, Debug)]
+pub struct Ledger {
+    tx: mpsc::Sender<LedgerRow>,
+    counters: Arc<LedgerCounters>,
+    last_warn: Arc<std::sync::Mutex<Option<Instant>>>,
+}
+
+impl Ledger {
+    /// Queues a row for the writer. If the buffer is full the row is dropped, counted and
+    /// logged (at most one warning per 10 s).
+    pub fn record(&self, row: LedgerRow) {
+        let reason = match self.tx.try_send(row) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => "buffer_full",
+            Err(mpsc::error::TrySendError::Closed(_)) => "writer_stopped",
+        };
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        telemetry::ledger_dropped(reason, 1);
+        if let Ok(mut last) = self.last_warn.lock()
+            && last.is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+        {
+            *last = Some(Instant::now());
+            tracing::error!(
+                reason,
+                "ledger row dropped (see culm_ledger_rows_dropped_total); raise database.ledger.buffer_size or check PostgreSQL"
+            );
+        }
+    }
+
+    /// The writer's counters.
+    pub fn counters(&self) -> &Arc<LedgerCounters> {
+        &self.counters
+    }
+}
+
+/// The writer task; [`LedgerWriter::shutdown`] flushes what is buffered.
+#[derive(Debug)]
+pub struct LedgerWriter {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl LedgerWriter {
+    /// Stops accepting rows, writes (or spills) what is buffered, and waits up to `timeout`.
+    pub async fn shutdown(self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(timeout, &mut task).await.is_err() {
+            tracing::error!(
+                "ledger writer did not finish within {}; buffered rows are lost",
+                humantime::format_duration(timeout)
+            );
+            task.abort();
+        }
+    }
+}
+
+/// The Redis stream rows are spilled to.
+pub fn spill_key(prefix: &str) -> String {
+    format!("{{{prefix}}}:ledger:spill")
+}
+
+/// Starts the writer. `redis` and `prefix` locate the spill stream.
+pub fn start(db: Db, redis: ConnectionManager, prefix: &str, config: LedgerConfig) -> (Ledger, LedgerWriter) {
+    let (tx, rx) = mpsc::channel(config.buffer_size);
+    let (stop, stop_rx) = watch::channel(false);
+    let counters = Arc::new(LedgerCounters::default());
+    let writer = Writer {
+        db,
+        redis,
+        spill_key: spill_key(prefix),
+        config,
+        counters: counters.clone(),
+        spill_pending: true, // a previous process may have left rows behind
+        spill_checked: Instant::now(),
+        pg_retry_at: None,
+        pg_backoff: Duration::from_millis(200),
+        last_error_log: None,
+    };
+    let task = tokio::spawn(writer.run(rx, stop_rx));
+    (
+        Ledger {
+            tx,
+            counters,
+            last_warn: Arc::default(),
+        },
+        LedgerWriter { stop, task },
+    )
+}
+
+struct Writer {
+    db: Db,
+    redis: ConnectionManager,
+    spill_key: String,
+    config: LedgerConfig,
+    counters: Arc<LedgerCounters>,
+    /// The spill stream may hold rows (checked at start, after each spill, and every
+    /// `SPILL_RECHECK`, since another replica may have spilled and stopped).
+    spill_pending: bool,
+    spill_checked: Instant,
+    /// While PostgreSQL is failing: do not try it again before this.
+    pg_retry_at: Option<Instant>,
+    pg_backoff: Duration,
+    last_error_log: Option<Instant>,
+}
+
+/// Entries read from the spill stream per replay step.
+const REPLAY_CHUNK: usize = 50;
+/// How often a writer looks for rows other replicas spilled.
+const SPILL_RECHECK: Duration = Duration::from_secs(30);
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<LedgerRow>, mut stop: watch::Receiver<bool>) {
+        let batch = self.config.flush_batch;
+        let mut buf: Vec<LedgerRow> = Vec::with_capacity(batch);
+        let mut tick = tokio::time::interval(self.config.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if buf.len() < batch {
+                let room = batch - buf.len();
+                tokio::select! {
+                    biased;
+                    _ = stop.changed() => {
+                        // Take what the workers already handed over, then write it.
+                        rx.close();
+                        while let Some(r) = rx.recv().await {
+                            buf.push(r);
+                        }
+                        self.flush_all(&mut buf).await;
+                        return;
+                    }
+                    n = rx.recv_many(&mut buf, room) => {
+                        if n == 0 {
+                            self.flush_all(&mut buf).await;
+                            return;
+                        }
+                        if buf.len() < batch {
+                            continue;
+                        }
+                    }
+                    _ = tick.tick() => {}
+                }
+            }
+            self.flush(&mut buf).await;
+        }
+    }
+
+    /// Final flush at shutdown: everything, batch by batch, with one attempt each.
+    async fn flush_all(&mut self, buf: &mut Vec<LedgerRow>) {
+        self.pg_retry_at = None;
+        while !buf.is_empty() {
+            let before = buf.len();
+            self.flush(buf).await;
+            if buf.len() >= before {
+                let n = buf.len() as u64;
+                self.counters.dropped.fetch_add(n, Ordering::Relaxed);
+                telemetry::ledger_dropped("shutdown", n);
+                tracing::error!(
+                    rows = n,
+                    "ledger rows could not be written or spilled at shutdown; dropped"
+                );
+                buf.clear();
+            }
+        }
+    }
+
+    fn pg_available(&self) -> bool {
+        self.pg_retry_at.is_none_or(|t| Instant::now() >= t)
+    }
+
+    fn pg_failed(&mut self, what: &str, e: &dyn std::fmt::Display) {
+        self.pg_retry_at = Some(Instant::now() + self.pg_backoff);
+        self.pg_backoff = (self.pg_backoff * 2).min(Duration::from_secs(5));
+        if self
+            .last_error_log
+            .is_none_or(|t| t.elapsed() > Duration::from_secs(10))
+        {
+            self.last_error_log = Some(Instant::now());
+            tracing::warn!("ledger: {what} failed ({e}); spilling per database.ledger.spill until PostgreSQL is back");
+        }
+    }
+
+    fn pg_ok(&mut self) {
+        if self.pg_retry_at.take().is_some() {
+            tracing::info!("ledger: PostgreSQL is reachable again");
+        }
+        self.pg_backoff = Duration::from_millis(200);
+    }
+
+    /// Writes up to one batch of `buf` (after replaying any spill), spilling on failure.
+    async fn flush(&mut self, buf: &mut Vec<LedgerRow>) {
+        if self.spill_checked.elapsed() >= SPILL_RECHECK {
+            self.spill_checked = Instant::now();
+            self.spill_pending = true;
+        }
+        if self.spill_pending && self.pg_available() {
+            self.replay().await;
+        }
+        if buf.is_empty() {
+            return;
+        }
+        let n = buf.len().min(self.config.flush_batch);
+        // While spilled rows wait, new rows go behind them so the archive's error history
+        // (read from earlier ledger rows) is complete when a dead row lands.
+        if !self.spill_pending && self.pg_available() {
+            match self.insert(&buf[..n]).await {
+                Ok(()) => {
+                    self.pg_ok();
+                    buf.drain(..n);
+                    return;
+                }
+                Err(e) => self.pg_failed("writing the ledger", &e),
+            }
+        }
+        if self.config.spill == SpillPolicy::Redis {
+            match self.spill(&buf[..n]).await {
+                Ok(()) => {
+                    buf.drain(..n);
+                    return;
+                }
+                Err(e) => tracing::error!("ledger: spilling {n} rows to Redis failed ({e}); holding them in memory"),
+            }
+        }
+        // Held in memory: bounded by buffer_size.
+        let cap = self.config.buffer_size;
+        if buf.len() > cap {
+            let excess = buf.len() - cap;
+            buf.drain(..excess);
+            self.counters.dropped.fetch_add(excess as u64, Ordering::Relaxed);
+            telemetry::ledger_dropped("overflow", excess as u64);
+            tracing::error!(
+                rows = excess,
+                "ledger rows dropped: PostgreSQL unavailable and the buffer is full"
+            );
+        }
+    }
+
+    async fn insert(&self, rows: &[LedgerRow]) -> Result<(), sqlx::Error> {
+        let start = Instant::now();
+        // A slow PostgreSQL must not stall the writer for the whole statement timeout.
+        let limit = self.config.flush_interval.max(Duration::from_secs(2));
+        tokio::time::timeout(limit, insert_rows(&self.db, rows))
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        self.counters.written.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        telemetry::ledger_written(rows.len() as u64, start.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    async fn spill(&mut self, rows: &[LedgerRow]) -> Result<(), redis::RedisError> {
+        let body = serde_json::to_string(rows)
+            .map_err(|e| redis::RedisError::from((redis::ErrorKind::Client, "serialize", e.to_string())))?;
+        let mut conn = self.redis.clone();
+        redis::cmd("XADD")
+            .arg(&self.spill_key)
+            .arg("*")
+            .arg("rows")
+            .arg(body)
+            .exec_async(&mut conn)
+            .await?;
+        self.spill_pending = true;
+        self.counters.spilled.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        telemetry::ledger_spilled(rows.len() as u64);
+        Ok(())
+    }
+
+    /// Moves spilled batches into PostgreSQL, oldest first, until the stream is empty or
+    /// a write fails.
+    async fn replay(&mut self) {
+        loop {
+            let mut conn = self.redis.clone();
+            // [[id, [field, value, ...]], ...]; each entry has one field, `rows`.
+            let entries: redis::RedisResult<Vec<(String, Vec<String>)>> = redis::cmd("XRANGE")
+                .arg(&self.spill_key)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(REPLAY_CHUNK)
+                .query_async(&mut conn)
+                .await;
+            let entries = match entries {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!("ledger: reading the spill stream failed: {e}");
+                    return;
+                }
+            };
+            if entries.is_empty() {
+                self.spill_pending = false;
+                return;
+            }
+            for (id, fields) in entries {
+                let raw = fields.get(1).map(String::as_str).unwrap_or("[]");
+                match serde_json::from_str::<Vec<LedgerRow>>(raw) {
+                    Ok(rows) => {
+                        for chunk in rows.chunks(self.config.flush_batch) {
+                            if let Err(e) = self.insert(chunk).await {
+                                self.pg_failed("replaying spilled ledger rows", &e);
+                                return;
+                            }
+                        }
+                        self.pg_ok();
+                        telemetry::ledger_replayed(rows.len() as u64);
+                    }
+                    Err(e) => {
+                        // Written by a culm whose row format differs: keep it for a human.
+                        tracing::error!(entry = %id, "ledger: unreadable spill entry moved aside: {e}");
+                        let _: redis::RedisResult<()> = redis::cmd("XADD")
+                            .arg(format!("{}:unreadable", self.spill_key))
+                            .arg("*")
+                            .arg("rows")
+                            .arg(raw)
+                            .query_async(&mut conn)
+                            .await;
+                    }
+                }
+                let _: redis::RedisResult<()> = redis::cmd("XDEL")
+                    .arg(&self.spill_key)
+                    .arg(&id)
+                    .query_async(&mut conn)
+                    .await;
+            }
+        }
+    }
+}
+
+fn ts_us(us: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(us)
+}
+
+fn ts_ms(ms: i64) -> Option<DateTime<Utc>> {
+    DateTime::from_timestamp_millis(ms)
+}
+
+/// One transaction: the ledger rows, then the archive rows of dead runs.
+async fn insert_rows(db: &Db, rows: &[LedgerRow]) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool().begin().await?;
+    sqlx::query(
+        "INSERT INTO culm_job_runs (run_id, job_id, job, queue, tier, attempt, outcome, error, enqueued_at, \
+         started_at, finished_at, duration_ms, next_run_at, worker_id, summary) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], \
+         $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::float8[], $13::timestamptz[], \
+         $14::text[], $15::text[]) \
+         ON CONFLICT (run_id) DO NOTHING",
+    )
+    .bind(rows.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.job.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.tier.as_str()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.enqueued_at_ms.and_then(ts_ms))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.started_at_us.and_then(ts_us)).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| ts_us(r.finished_at_us).unwrap_or_else(Utc::now))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.next_run_at_ms.and_then(ts_ms))
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.worker_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.summary.clone()).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    // The last death of each job in this batch (ON CONFLICT DO UPDATE may touch a row once).
+    let mut dead: Vec<&LedgerRow> = Vec::new();
+    for r in rows.iter().filter(|r| r.dead.is_some()) {
+        dead.retain(|d| d.job_id != r.job_id);
+        dead.push(r);
+    }
+    if !dead.is_empty() {
+        super::dead::archive(&mut tx, &dead).await?;
+    }
+    tx.commit().await
+}
+
+/// Deletes ledger rows (and archived dead jobs) past their retention, in batches of
+/// `batch`, so no statement holds locks for long. Returns (runs, dead jobs) deleted.
+pub async fn housekeeping(db: &Db, config: &LedgerConfig, batch: i64) -> Result<(u64, u64), sqlx::Error> {
+    let mut runs = 0;
+    let mut dead = 0;
+    if !config.retention.is_zero() {
+        let cutoff = Utc::now() - chrono::Duration::from_std(config.retention).unwrap_or(chrono::Duration::MAX);
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM culm_job_runs WHERE run_id IN \
+                 (SELECT run_id FROM culm_job_runs WHERE finished_at < $1 LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(batch)
+            .execute(db.pool())
+            .await?
+            .rows_affected();
+            runs += n;
+            if n < batch as u64 {
+                break;
+            }
+        }
+    }
+    if !config.dead_retention.is_zero() {
+        let cutoff = Utc::now() - chrono::Duration::from_std(config.dead_retention).unwrap_or(chrono::Duration::MAX);
+        loop {
+            let n = sqlx::query(
+                "DELETE FROM culm_dead_jobs WHERE job_id IN \
+                 (SELECT job_id FROM culm_dead_jobs WHERE died_at < $1 LIMIT $2)",
+            )
+            .bind(cutoff)
+            .bind(batch)
+            .execute(db.pool())
+            .await?
+            .rows_affected();
+            dead += n;
+            if n < batch as u64 {
+                break;
+            }
+        }
+    }
+    Ok((runs, dead))
+}
+
+/// Runs [`housekeeping`] every `housekeeping_interval` until `stop`. Replicas take a
+/// PostgreSQL advisory lock so only one deletes at a time.
+pub async fn housekeeping_loop(db: Db, config: LedgerConfig, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(config.housekeeping_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        let run = async {
+            let mut conn = db.pool().acquire().await?;
+            // Key: "culm" in ASCII, an arbitrary constant shared by every replica.
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(1668640109)")
+                .fetch_one(&mut *conn)
+                .await?;
+            if !got {
+                return Ok((0, 0));
+            }
+            let r = housekeeping(&db, &config, 5000).await;
+            let _ = sqlx::query("SELECT pg_advisory_unlock(1668640109)")
+                .execute(&mut *conn)
+                .await;
+            r
+        };
+        match run.await {
+            Ok((0, 0)) => {}
+            Ok((runs, dead)) => tracing::info!(runs, dead, "ledger retention deleted old rows"),
+            Err(e) => tracing::warn!("ledger retention failed: {e}"),
+        }
+    }
+}
