@@ -1,7 +1,7 @@
 //! Test support: each test gets its own Redis key prefix and its own config, starts
 //! culm in-process or as a child `culm` binary, and waits on conditions or job events
 //! instead of sleeping.
-use culm_core::{Deps, EnqueueRequest, Enqueued};
+use culm_core::{EnqueueRequest, Enqueued};
 use culm_worker::{
     config::{Config, QueueConfig, RetryConfig},
     runtime::{JobEvent, Runtime},
@@ -71,7 +71,7 @@ impl TestEnv {
 
     /// A runtime over this env (handlers get a Redis connection as their dependency).
     pub fn runtime(&self) -> Runtime {
-        let deps = Deps::default().with(self.store.connection());
+        let deps = self.store.handler_deps();
         Runtime::new(Arc::new(self.config.clone()), self.store.clone(), deps)
     }
 

@@ -11,7 +11,7 @@ use crate::{
 };
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use culm_core::{Deps, EnqueueRequest, Registry, Tier};
+use culm_core::{EnqueueRequest, Registry, Tier};
 use std::{collections::BTreeSet, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 /// culm: priority-separated job queues on Redis.
@@ -426,7 +426,7 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
         None
     };
     let scheduler = scheduler.as_ref().filter(|_| start_scheduler).map(Scheduler::start);
-    let deps = Deps::default().with(store.connection());
+    let deps = store.handler_deps();
     let mut runtime = Runtime::new(Arc::new(config), store, deps);
     if let Some(l) = pg.as_ref().and_then(|p| p.ledger.clone()) {
         runtime = runtime.with_ledger(l);
@@ -545,10 +545,26 @@ async fn scheduler_only(config: Config, registry: Arc<Registry>) -> Result<ExitC
     let catalog = load_schedules(&config, &registry)?;
     crate::telemetry::describe_scheduler();
     let store = Store::connect(&config, registry).await?;
-    let running = Scheduler::new(store, catalog, &config).start();
+    let scheduler = Scheduler::new(store.clone(), catalog, &config);
+    // Probes and /metrics (schedule lag) for orchestrators (deploy/kubernetes). A taken
+    // port must not stop the scheduler: it only loses its probes and metrics.
+    let (stop_http, stop_http_rx) = tokio::sync::watch::channel(false);
+    let http = if config.admin.enabled {
+        start_http(&config, store, Some(scheduler.clone()), None, stop_http_rx)
+            .await
+            .map_err(|e| tracing::warn!("scheduler runs without its HTTP endpoints: {e:#}"))
+            .ok()
+    } else {
+        None
+    };
+    let running = scheduler.start();
     shutdown_signal().await;
     tracing::info!("shutdown requested");
     running.shutdown().await;
+    let _ = stop_http.send(true);
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

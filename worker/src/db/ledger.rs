@@ -19,7 +19,7 @@ use crate::{
     telemetry,
 };
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
+use crate::store::RedisConn;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::{
@@ -181,7 +181,7 @@ pub fn spill_key(prefix: &str) -> String {
 }
 
 /// Starts the writer. `redis` and `prefix` locate the spill stream.
-pub fn start(db: Db, redis: ConnectionManager, prefix: &str, config: LedgerConfig) -> (Ledger, LedgerWriter) {
+pub fn start(db: Db, redis: RedisConn, prefix: &str, config: LedgerConfig) -> (Ledger, LedgerWriter) {
     let (tx, rx) = mpsc::channel(config.buffer_size);
     let (stop, stop_rx) = watch::channel(false);
     let counters = Arc::new(LedgerCounters::default());
@@ -210,7 +210,7 @@ pub fn start(db: Db, redis: ConnectionManager, prefix: &str, config: LedgerConfi
 
 struct Writer {
     db: Db,
-    redis: ConnectionManager,
+    redis: RedisConn,
     spill_key: String,
     config: LedgerConfig,
     counters: Arc<LedgerCounters>,
