@@ -627,8 +627,9 @@ fn rate_at(samples: &[(f64, u64)], t: f64) -> Option<f64> {
     Some((at(t)?.saturating_sub(at(t - 1.0)?)) as f64)
 }
 
-/// (lowest 1-s rate within 10 s after the fault as a fraction of the baseline, seconds
-/// from the fault until the rate is back to 90 % of the baseline after the dip). The
+/// (lowest 1-s rate within 5 s after the fault, by when a kill's jobs are back, as a
+/// fraction of the baseline; seconds from the fault until the rate is back to 90 % of
+/// the baseline after the dip). The
 /// baseline is the rate of the 3 s before the fault, capped at the enqueue rate (a
 /// backlog draining from an earlier fault is not the steady state). Only samples taken
 /// while jobs were still being enqueued count.
@@ -645,7 +646,7 @@ fn throughput_recovery(samples: &[(f64, u64)], at: f64, offered: f64, until: f64
         .collect();
     let (dip_t, dip) = after
         .iter()
-        .filter(|(t, _)| *t <= at + 10.0)
+        .filter(|(t, _)| *t <= at + 5.0)
         .copied()
         .min_by(|a, b| a.1.total_cmp(&b.1))?;
     if dip >= 0.9 * baseline {
@@ -703,7 +704,7 @@ fn render(
     let _ = writeln!(
         s,
         "\n| # | fault | at | restarted after | leased at fault | leased jobs all done after | \
-         throughput dip (lowest 1 s rate / baseline) | throughput back to 90 % after | \
+         throughput dip (lowest 1 s rate in the 5 s after / baseline) | throughput back to 90 % after | \
          jobs/s in each second from 3 s before to 8 s after |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
