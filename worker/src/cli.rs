@@ -725,11 +725,21 @@ async fn sandbox(config: &Config, args: SandboxArgs) -> Result<ExitCode> {
     c.listen = args.listen.unwrap_or(c.listen);
     c.fail_rate = args.fail_rate.unwrap_or(c.fail_rate);
     c.latency_ms = args.latency_ms.unwrap_or(c.latency_ms);
+    // Listen for SIGTERM before serving, so a client that saw an answer can stop us cleanly.
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let sandbox = crate::sandbox::Sandbox::bind(&c.listen, sandbox_options(&c)).await?;
     eprintln!(
         "sandbox listening on http://{0}: integrations at http://{0}/<name>, request log at http://{0}/_sandbox/requests",
         sandbox.addr()
     );
+    #[cfg(unix)]
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    #[cfg(not(unix))]
     shutdown_signal().await;
     sandbox.shutdown().await;
     Ok(ExitCode::SUCCESS)
