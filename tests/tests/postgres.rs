@@ -66,6 +66,7 @@ async fn env(url: &str) -> TestEnv {
         c.database.ledger.flush_interval = Duration::from_millis(50);
         c.database.ledger.flush_batch = 100;
         c.queues.insert("t_q".into(), queue("batch", 8, 5_000, 5));
+        c.queues.insert("t_one".into(), queue("batch", 2, 5_000, 1));
     })
     .await
 }
@@ -526,6 +527,51 @@ async fn retention_deletes_old_ledger_rows_and_archived_jobs_in_batches() {
         .await
         .expect("dead left");
     assert_eq!(left, vec!["new".to_owned()]);
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
+
+#[tokio::test]
+async fn an_attempt_whose_worker_vanished_is_recorded_by_the_reaper_and_archived_when_it_was_the_last() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let job = env
+        .enqueue(EnqueueRequest::raw("platform.sleep", json!({ "ms": 1 })).queue("t_one"))
+        .await;
+    // A worker leases the job and dies (never acknowledges).
+    let fetched = env
+        .store
+        .fetch(&std::sync::Arc::from("t_one"), 1, Duration::from_millis(300))
+        .await
+        .expect("fetch");
+    assert_eq!(fetched.jobs.len(), 1);
+    // Another process's reaper notices.
+    let running = env
+        .runtime()
+        .with_ledger(ledger)
+        .start(&["t_one".to_owned()])
+        .expect("start");
+    let dead = eventually(WAIT, "the reaped job in the archive", || async {
+        db.dead_get(&job.id).await.expect("dead get")
+    })
+    .await;
+    assert_eq!(dead.attempts, 1);
+    assert!(
+        dead.last_error.as_deref().is_some_and(|e| e.contains("lease expired")),
+        "{dead:?}"
+    );
+    let (outcome, worker): (String, String) =
+        sqlx::query_as("SELECT outcome, worker_id FROM culm_job_runs WHERE job_id = $1")
+            .bind(&job.id)
+            .fetch_one(db.pool())
+            .await
+            .expect("ledger row");
+    assert_eq!(outcome, "dead");
+    assert!(worker.starts_with("reaper:"), "{worker}");
+    running.shutdown().await;
+    writer.shutdown(Duration::from_secs(10)).await;
+    env.cleanup().await;
     db.pool().close().await;
     tdb.drop_db().await;
 }
