@@ -300,6 +300,22 @@ async fn dead_jobs_are_archived_with_payload_and_errors_and_can_be_redriven_from
         "re-driven jobs leave the list"
     );
     assert!(db.dead_redrive(&env.store, &job.id).await.expect("again").is_none());
+
+    // A job that died while the ledger was off exists only in Redis: still listed, re-drivable.
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_q".to_owned()]).expect("start");
+    let only_redis = env
+        .enqueue(EnqueueRequest::raw("platform.fail_permanently", json!({ "reason": "x" })).queue("t_q"))
+        .await;
+    next_event(&mut events, WAIT, |e| e.id == only_redis.id && is("dead", e)).await;
+    running.shutdown().await;
+    let merged = db.dead_list_merged(&env.store, Some("t_q"), 10).await.expect("merged");
+    assert!(merged.iter().any(|d| d.id == only_redis.id), "{merged:?}");
+    assert_eq!(
+        db.dead_redrive(&env.store, &only_redis.id).await.expect("redrive"),
+        Some(("t_q".to_owned(), only_redis.id.clone()))
+    );
     writer.shutdown(Duration::from_secs(10)).await;
     env.cleanup().await;
     db.pool().close().await;
