@@ -591,3 +591,84 @@ async fn an_attempt_whose_worker_vanished_is_recorded_by_the_reaper_and_archived
     db.pool().close().await;
     tdb.drop_db().await;
 }
+
+/// Kills the child process if the test fails before stopping it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn culm_run_migrates_at_start_relays_the_outbox_records_the_ledger_and_refuses_a_newer_schema() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let command = |args: &[&str]| {
+        let mut c = std::process::Command::new(culm_tests::culm_bin());
+        c.current_dir(culm_tests::workspace_root())
+            .args(args)
+            .env("CULM_REDIS_URL", &env.config.redis.url)
+            .env("CULM__REDIS__KEY_PREFIX", &env.prefix)
+            .env("CULM_DATABASE_URL", &tdb.url)
+            .env("CULM_LOG", "warn");
+        c
+    };
+    let args = ["run", "--queues", "platform", "--no-admin", "--no-scheduler"];
+    let mut guard = KillOnDrop(Some(
+        command(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("culm starts"),
+    ));
+    // The database did not exist: culm run created and migrated it.
+    let db = eventually(WAIT, "culm run to migrate the database", || async {
+        let mut config = env.config.database.clone();
+        config.url = tdb.url.clone();
+        let db = Db::connect(&config).await.ok()?;
+        (db.applied_versions().await.ok()?.last() == Some(&1)).then_some(db)
+    })
+    .await;
+    sqlx::query("INSERT INTO culm_outbox (job, payload) VALUES ('platform.fail', '{\"times\": 1}')")
+        .execute(db.pool())
+        .await
+        .expect("outbox row");
+    eventually(WAIT, "two ledger rows for the outbox job", || async {
+        (count(&db, "SELECT count(*) FROM culm_job_runs WHERE job = 'platform.fail'").await == 2).then_some(())
+    })
+    .await;
+    let child = guard.0.as_mut().expect("child");
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    guard.0 = None;
+    assert!(exit.success(), "culm exits 0 after SIGTERM: {exit:?}");
+
+    // A newer culm migrated the database since: this binary refuses to start.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', true, '\\x00', 0)",
+    )
+    .execute(db.pool())
+    .await
+    .expect("fake newer migration");
+    let out = command(&args).output().expect("culm runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("refusing to start") && stderr.contains("9999"),
+        "{stderr}"
+    );
+    env.cleanup().await;
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
