@@ -672,3 +672,49 @@ async fn culm_run_migrates_at_start_relays_the_outbox_records_the_ledger_and_ref
     db.pool().close().await;
     tdb.drop_db().await;
 }
+
+#[tokio::test]
+async fn rows_spilled_by_a_process_that_stopped_during_the_outage_are_replayed_by_the_next_writer() {
+    let tdb = TestDb::new();
+    {
+        let env = env(&tdb.url).await;
+        let (db, _l, w) = ledger_for(&env).await;
+        w.shutdown(Duration::from_secs(5)).await;
+        db.pool().close().await;
+    }
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let env = env(&tdb.via(&proxy)).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let counters = ledger.counters().clone();
+    let rt = env.runtime().with_ledger(ledger);
+    let events = rt.events();
+    let running = rt.start(&["t_q".to_owned()]).expect("start");
+    proxy.cut();
+    let done = wait_done(&events, 30);
+    env.store
+        .enqueue(
+            (0..30)
+                .map(|_| EnqueueRequest::raw("platform.noop", json!({})).queue("t_q"))
+                .collect(),
+        )
+        .await
+        .expect("enqueue");
+    done.await;
+    // The process stops while PostgreSQL is still down: its buffer goes to the spill.
+    running.shutdown().await;
+    writer.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(counters.spilled.load(Ordering::Relaxed), 30);
+    assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
+
+    // The next process (or another replica) replays it.
+    proxy.restore();
+    let (_db2, _l2, w2) = ledger_for(&env).await;
+    eventually(WAIT, "the spilled rows replayed", || async {
+        (count(&db, "SELECT count(*) FROM culm_job_runs").await == 30).then_some(())
+    })
+    .await;
+    w2.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
