@@ -46,14 +46,34 @@ impl TestDb {
         format!("{}/{}", base.replace(&host, &proxy.addr.to_string()), self.name)
     }
 
-    async fn drop_db(self) {
-        let mut c = PgConnection::connect(&format!("{}/postgres", server_url()))
-            .await
-            .expect("connect to drop the test database");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
-            .execute(&mut c)
-            .await
-            .expect("drop test database");
+    async fn drop_db(mut self) {
+        drop_database(&std::mem::take(&mut self.name)).await;
+    }
+}
+
+async fn drop_database(name: &str) {
+    let mut c = PgConnection::connect(&format!("{}/postgres", server_url()))
+        .await
+        .expect("connect to drop the test database");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut c)
+        .await
+        .expect("drop test database");
+}
+
+/// A test that fails before `drop_db` still removes its database.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let name = std::mem::take(&mut self.name);
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(drop_database(&name));
+            }
+        })
+        .join();
     }
 }
 
