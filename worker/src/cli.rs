@@ -89,6 +89,22 @@ pub enum Command {
     Scheduler,
     /// Create the PostgreSQL database if missing and apply culm's migrations (idempotent).
     Migrate,
+    /// Serve fake versions of every integration's API on loopback (docs/sandbox.md).
+    Sandbox(SandboxArgs),
+}
+
+/// `culm sandbox`
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Listen address (default: sandbox.listen, 127.0.0.1:8900).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Fraction of requests answered 503 with Retry-After: 1 (default: sandbox.fail_rate).
+    #[arg(long)]
+    pub fail_rate: Option<f64>,
+    /// Typical answer latency in ms (default: sandbox.latency_ms).
+    #[arg(long)]
+    pub latency_ms: Option<u64>,
 }
 
 /// `culm run`
@@ -106,6 +122,9 @@ pub struct RunArgs {
     /// Do not fire schedules in this process (by default `culm run` also runs the scheduler).
     #[arg(long)]
     pub no_scheduler: bool,
+    /// Also serve the integration sandbox on sandbox.listen (docs/sandbox.md).
+    #[arg(long)]
+    pub sandbox: bool,
 }
 
 /// `culm enqueue`
@@ -273,6 +292,7 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
         Command::Schedules { json } => schedules(config, registry, json).await,
         Command::Scheduler => scheduler_only(config, registry).await,
         Command::Migrate => crate::db::cmd::migrate(&config).await,
+        Command::Sandbox(args) => sandbox(&config, args).await,
         Command::Jobs {
             command: JobsCommand::Show { id },
         } => {
@@ -372,6 +392,11 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
         )
     };
     crate::telemetry::install();
+    // Before the pools, so the first jobs already find their integrations.
+    let sandbox = match args.sandbox {
+        true => Some(crate::sandbox::Sandbox::bind(&config.sandbox.listen, sandbox_options(&config.sandbox)).await?),
+        false => None,
+    };
     let store = Store::connect(&config, registry).await?;
     // Issue 6: migrations or the schema check, then the ledger writer and outbox relay.
     let pg = crate::db::cmd::start(&config, &store).await?;
@@ -420,6 +445,9 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
     let _ = stop_http.send(true);
     if let Some(h) = http {
         let _ = h.await;
+    }
+    if let Some(s) = sandbox {
+        s.shutdown().await;
     }
     tracing::info!(
         handed_back = report.handed_back,
@@ -663,5 +691,30 @@ async fn dead(store: Store, command: DeadCommand) -> Result<ExitCode> {
             }
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+// --- Sandbox (issue 5) ------------------------------------------------------------------
+
+fn sandbox_options(c: &crate::config::SandboxConfig) -> crate::sandbox::Options {
+    crate::sandbox::Options {
+        latency: Duration::from_millis(c.latency_ms),
+        fail_rate: c.fail_rate,
+    }
+}
+
+/// `culm sandbox`: serves until SIGTERM/SIGINT.
+async fn sandbox(config: &Config, args: SandboxArgs) -> Result<ExitCode> {
+    let mut c = config.sandbox.clone();
+    c.listen = args.listen.unwrap_or(c.listen);
+    c.fail_rate = args.fail_rate.unwrap_or(c.fail_rate);
+    c.latency_ms = args.latency_ms.unwrap_or(c.latency_ms);
+    let sandbox = crate::sandbox::Sandbox::bind(&c.listen, sandbox_options(&c)).await?;
+    eprintln!(
+        "sandbox listening on http://{0}: integrations at http://{0}/<name>, request log at http://{0}/_sandbox/requests",
+        sandbox.addr()
+    );
+    shutdown_signal().await;
+    sandbox.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }

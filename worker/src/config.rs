@@ -33,6 +33,31 @@ pub struct Config {
     /// The scheduler (issue 4).
     #[serde(default)]
     pub scheduler: SchedulerConfig,
+    /// The local integration sandbox (`culm sandbox`, `culm run --sandbox`).
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// `[sandbox]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Listen address; the default integration base URLs point here.
+    pub listen: String,
+    /// Typical answer latency in milliseconds (each answer takes 0.5x to 1.5x this).
+    pub latency_ms: u64,
+    /// Fraction of requests answered 503 with `Retry-After: 1`, from 0.0 to 1.0.
+    pub fail_rate: f64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8900".to_owned(),
+            latency_ms: 20,
+            fail_rate: 0.0,
+        }
+    }
 }
 
 /// `[admin]`

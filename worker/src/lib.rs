@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod runtime;
+pub mod sandbox;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;

@@ -1,0 +1,361 @@
+//! The integration sandbox (issue 5): Bamboo's real limits with 429 + Retry-After, the
+//! request log with millisecond arrival times, failure injection, and clearing the log.
+use culm_worker::sandbox::{Options, RecordedRequest, Sandbox, SandboxError};
+use reqwest::{Client, StatusCode};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+async fn start(options: Options) -> (Sandbox, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let sandbox = Sandbox::start(listener, options).expect("sandbox starts");
+    let base = format!("http://{}", sandbox.addr());
+    (sandbox, base)
+}
+
+async fn log(client: &Client, base: &str) -> Vec<RecordedRequest> {
+    client
+        .get(format!("{base}/_sandbox/requests"))
+        .send()
+        .await
+        .expect("log request")
+        .json()
+        .await
+        .expect("log is JSON")
+}
+
+fn order(n: usize) -> Value {
+    json!({"order_id": format!("o-{n}"), "sku": "AMZ-US-25", "quantity": 1})
+}
+
+fn retry_after(r: &reqwest::Response) -> Option<u64> {
+    r.headers().get("retry-after")?.to_str().ok()?.parse().ok()
+}
+
+fn at_ms(r: &RecordedRequest) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(&r.at)
+        .expect("`at` is RFC 3339")
+        .timestamp_millis()
+}
+
+#[tokio::test]
+async fn bamboo_place_order_is_held_to_two_per_second_with_retry_after() {
+    let (sandbox, base) = start(Options::instant()).await;
+    let client = Client::new();
+    let url = format!("{base}/bamboo/orders");
+
+    let burst = futures::future::join_all((0..6).map(|n| client.post(&url).json(&order(n)).send())).await;
+    let mut accepted = 0;
+    for r in burst {
+        let r = r.expect("answered");
+        match r.status() {
+            StatusCode::ACCEPTED => {
+                accepted += 1;
+                let body: Value = r.json().await.expect("JSON");
+                assert_eq!(body["status"], "pending");
+                assert!(body["order_id"].as_str().is_some_and(|o| o.starts_with("o-")));
+            }
+            StatusCode::TOO_MANY_REQUESTS => assert_eq!(retry_after(&r), Some(1), "429 carries Retry-After: 1"),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!(accepted, 2, "exactly two of a burst of six are accepted");
+
+    // Hammer for a little over two seconds: accepted requests never exceed 2 in any
+    // 1-second window (closed), and the limit is not stricter than it has to be.
+    let started = Instant::now();
+    let mut n = 100;
+    while started.elapsed() < Duration::from_millis(2_300) {
+        n += 1;
+        let r = client.post(&url).json(&order(n)).send().await.expect("answered");
+        assert!(matches!(
+            r.status(),
+            StatusCode::ACCEPTED | StatusCode::TOO_MANY_REQUESTS
+        ));
+        if r.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert!(retry_after(&r).is_some_and(|s| s >= 1), "429 without Retry-After");
+        }
+    }
+    let times: Vec<i64> = log(&client, &base)
+        .await
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/bamboo/orders" && r.status == 202)
+        .map(at_ms)
+        .collect();
+    for w in times.windows(3) {
+        assert!(w[2] - w[0] > 1000, "three accepted orders within one second: {w:?}");
+    }
+    assert!(
+        times.len() >= 6,
+        "at least 2/s accepted over ~2.3 s, got {}",
+        times.len()
+    );
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn bamboo_orders_fulfil_on_the_second_poll_and_polls_and_catalog_are_limited() {
+    let (sandbox, base) = start(Options::instant()).await;
+    let client = Client::new();
+    let placed = client
+        .post(format!("{base}/bamboo/orders"))
+        .json(&json!({"order_id": "gc-1", "sku": "AMZ-US-25", "quantity": 2}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(placed.status(), StatusCode::ACCEPTED);
+
+    let poll = || client.get(format!("{base}/bamboo/orders/gc-1")).send();
+    let first: Value = poll().await.expect("answered").json().await.expect("JSON");
+    assert_eq!(
+        (first["status"].as_str(), first["cards"].as_array().map(Vec::len)),
+        (Some("pending"), Some(0))
+    );
+    let second: Value = poll().await.expect("answered").json().await.expect("JSON");
+    assert_eq!(second["status"], "fulfilled");
+    assert_eq!(second["cards"].as_array().map(Vec::len), Some(2), "one card per unit");
+
+    // 120 polls a minute: 118 more pass, the 121st is refused for up to a minute.
+    for _ in 0..118 {
+        assert_eq!(poll().await.expect("answered").status(), StatusCode::OK);
+    }
+    let refused = poll().await.expect("answered");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(retry_after(&refused).is_some_and(|s| (1..=60).contains(&s)));
+
+    // 2 catalog reads an hour.
+    for _ in 0..2 {
+        let r = client
+            .get(format!("{base}/bamboo/catalog"))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.expect("JSON");
+        assert!(body["products"].as_array().is_some_and(|p| !p.is_empty()));
+    }
+    let refused = client
+        .get(format!("{base}/bamboo/catalog"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(
+        retry_after(&refused).is_some_and(|s| s > 3_000 && s <= 3_600),
+        "about an hour"
+    );
+
+    // A malformed order is refused naming the field, and not counted as placed.
+    let bad = client
+        .post(format!("{base}/bamboo/orders"))
+        .json(&json!({"order_id": "gc-2", "quantity": 1}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    let body: Value = bad.json().await.expect("JSON");
+    assert!(body["error"].as_str().is_some_and(|e| e.contains("sku")), "{body}");
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_are_recorded_with_millisecond_times_idempotency_keys_and_no_secrets() {
+    let (sandbox, base) = start(Options::instant()).await;
+    let client = Client::new();
+    let transfer = || {
+        client
+            .post(format!("{base}/galileo/transfers"))
+            .header("Idempotency-Key", "job-01")
+            .header("Authorization", "Bearer s3cret")
+            .json(&json!({"account": "A1", "amount": "10.00"}))
+            .send()
+    };
+    let first: Value = transfer().await.expect("answered").json().await.expect("JSON");
+    assert_eq!(
+        (first["ok"].as_bool(), first["integration"].as_str()),
+        (Some(true), Some("galileo"))
+    );
+    let txn = first["transaction_id"]
+        .as_str()
+        .expect("galileo answers a transaction id")
+        .to_owned();
+    // The same idempotency key is answered with the first transaction, not a new one.
+    let again = transfer().await.expect("answered");
+    assert_eq!(
+        again.headers().get("idempotent-replayed").map(|v| v.as_bytes()),
+        Some(&b"true"[..])
+    );
+    let again: Value = again.json().await.expect("JSON");
+    assert_eq!(again["transaction_id"].as_str(), Some(txn.as_str()));
+
+    let generic: Value = client
+        .put(format!("{base}/salesforce/sobjects/Contact/42"))
+        .json(&json!({"Email": "a@example.com"}))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(generic["method"], "PUT");
+    assert_eq!(generic["path"], "/salesforce/sobjects/Contact/42");
+    assert!(generic["id"].as_str().is_some_and(|i| !i.is_empty()));
+    let unknown = client.get(format!("{base}/nobody/x")).send().await.expect("answered");
+    assert_eq!(unknown.status(), StatusCode::NOT_FOUND);
+
+    let entries = log(&client, &base).await;
+    assert_eq!(entries.len(), 4, "every request is recorded: {entries:?}");
+    let e = &entries[0];
+    assert_eq!(
+        (e.integration.as_str(), e.method.as_str(), e.path.as_str(), e.status),
+        ("galileo", "POST", "/galileo/transfers", 200)
+    );
+    assert_eq!(e.idempotency_key.as_deref(), Some("job-01"));
+    assert_eq!(e.headers.get("authorization").map(String::as_str), Some("***"));
+    assert_eq!(e.body.as_ref().and_then(|b| b["amount"].as_str()), Some("10.00"));
+    for e in &entries {
+        // e.g. 2026-11-23T13:00:41.123Z
+        let frac = e.at.rsplit_once('.').map(|(_, f)| f).unwrap_or("");
+        assert!(
+            frac.len() == 4 && frac.ends_with('Z') && frac[..3].bytes().all(|b| b.is_ascii_digit()),
+            "{}",
+            e.at
+        );
+        at_ms(e);
+    }
+    assert!(
+        entries.windows(2).all(|w| at_ms(&w[0]) <= at_ms(&w[1])),
+        "in arrival order"
+    );
+    assert_eq!((entries[3].integration.as_str(), entries[3].status), ("nobody", 404));
+
+    let only: Vec<RecordedRequest> = client
+        .get(format!("{base}/_sandbox/requests?integration=salesforce"))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(only.len(), 1);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn failure_injection_headers_and_the_default_fail_rate() {
+    let (sandbox, base) = start(Options::instant()).await;
+    let client = Client::new();
+    let url = format!("{base}/ding/topups");
+    for (status, retry) in [(503, Some(1)), (429, Some(1)), (500, None), (400, None)] {
+        let r = client
+            .post(&url)
+            .header("X-Sandbox-Fail", status.to_string())
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status().as_u16(), status);
+        assert_eq!(retry_after(&r), retry, "Retry-After for {status}");
+    }
+    let bad = client
+        .get(&url)
+        .header("X-Sandbox-Fail", "boom")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+
+    let t = Instant::now();
+    let slow = client
+        .get(&url)
+        .header("X-Sandbox-Delay-Ms", "300")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(slow.status(), StatusCode::OK);
+    assert!(t.elapsed() >= Duration::from_millis(300), "the delay was added");
+
+    let statuses: Vec<u16> = log(&client, &base).await.iter().map(|r| r.status).collect();
+    assert_eq!(
+        statuses,
+        [503, 429, 500, 400, 400, 200],
+        "injected answers are recorded"
+    );
+    sandbox.shutdown().await;
+
+    let (failing, base) = start(Options {
+        fail_rate: 1.0,
+        ..Options::instant()
+    })
+    .await;
+    for _ in 0..5 {
+        let r = client
+            .get(format!("{base}/kard/rewards"))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(retry_after(&r), Some(1));
+    }
+    failing.shutdown().await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let refused = Sandbox::start(
+        listener,
+        Options {
+            fail_rate: 1.5,
+            ..Options::instant()
+        },
+    );
+    assert!(matches!(refused, Err(SandboxError::FailRate(_))));
+}
+
+#[tokio::test]
+async fn the_request_log_clears() {
+    let (sandbox, base) = start(Options::instant()).await;
+    let client = Client::new();
+    for name in ["mailer", "sftp", "avalara"] {
+        let r = client
+            .post(format!("{base}/{name}/x"))
+            .json(&json!({"amount": 100}))
+            .send()
+            .await;
+        assert_eq!(r.expect("answered").status(), StatusCode::OK);
+    }
+    assert_eq!(log(&client, &base).await.len(), 3);
+    let cleared = client
+        .delete(format!("{base}/_sandbox/requests"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(cleared.status(), StatusCode::NO_CONTENT);
+    assert!(log(&client, &base).await.is_empty());
+    // Recording goes on after a clear.
+    client
+        .get(format!("{base}/veriff/sessions/1"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(log(&client, &base).await.len(), 1);
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_contract_integration_answers_with_the_generic_body() {
+    let (sandbox, base) = start(Options::instant()).await;
+    let client = Client::new();
+    for name in culm_worker::sandbox::INTEGRATIONS {
+        let r = client
+            .post(format!("{base}/{name}/ping"))
+            .json(&json!({}))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(r.status(), StatusCode::OK, "{name}");
+        let body: Value = r.json().await.expect("JSON");
+        assert_eq!(
+            (body["ok"].as_bool(), body["integration"].as_str()),
+            (Some(true), Some(name))
+        );
+    }
+    sandbox.shutdown().await;
+}

@@ -1,0 +1,596 @@
+//! `culm sandbox`: fake versions of every third-party API culm calls, on loopback, so
+//! `culm run` works on a fresh clone without credentials. Owns the routes under each
+//! integration's prefix (`/<integration>/...`), Bamboo's real rate limits, failure
+//! injection, and the request log at `/_sandbox/requests`. See docs/sandbox.md.
+
+pub mod bodies;
+pub mod limits;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Query, State},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use limits::{Decision, SlidingWindow};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+/// The integrations the sandbox serves, each under `/<name>/`.
+pub const INTEGRATIONS: [&str; 13] = [
+    "galileo",
+    "crossborder",
+    "ding",
+    "bamboo",
+    "salesforce",
+    "appsflyer",
+    "unit21",
+    "veriff",
+    "persona",
+    "kard",
+    "avalara",
+    "mailer",
+    "sftp",
+];
+
+/// Header that makes the sandbox answer with the given status.
+pub const FAIL_HEADER: &str = "x-sandbox-fail";
+/// Header that adds the given milliseconds of latency.
+pub const DELAY_HEADER: &str = "x-sandbox-delay-ms";
+/// Longest latency a request may ask for (keeps shutdown bounded).
+const MAX_DELAY_MS: u64 = 60_000;
+/// Most requests kept in the log; the oldest are dropped beyond it.
+const LOG_CAPACITY: usize = 200_000;
+/// Most idempotent answers remembered for replay.
+const REPLAY_CAPACITY: usize = 100_000;
+
+/// How the sandbox behaves.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    /// Typical latency of an answer; each request takes between half and one and a half
+    /// times this. Zero answers at once.
+    pub latency: Duration,
+    /// Fraction of requests (0.0 to 1.0) answered `503` with `Retry-After: 1`.
+    pub fail_rate: f64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            latency: Duration::from_millis(20),
+            fail_rate: 0.0,
+        }
+    }
+}
+
+impl Options {
+    /// No latency, no random failures: what tests want.
+    pub fn instant() -> Self {
+        Self {
+            latency: Duration::ZERO,
+            fail_rate: 0.0,
+        }
+    }
+}
+
+/// Why the sandbox could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr} (sandbox.listen / --listen): {source}")]
+    Bind {
+        /// Address asked for.
+        addr: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The failure rate is not a fraction.
+    #[error("sandbox.fail_rate / --fail-rate must be between 0.0 and 1.0, got {0}")]
+    FailRate(f64),
+}
+
+/// One request as the sandbox received it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordedRequest {
+    /// The integration prefix (first path segment).
+    pub integration: String,
+    /// HTTP method.
+    pub method: String,
+    /// The full request path, prefix included (`/bamboo/orders`).
+    pub path: String,
+    /// The query string, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The status the sandbox answered.
+    pub status: u16,
+    /// Arrival time, RFC 3339 UTC with milliseconds.
+    pub at: String,
+    /// The `Idempotency-Key` header, if sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Request headers; credentials are replaced by `***`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The request body: JSON as sent, other bodies as text, absent when empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+}
+
+/// The sandbox's millisecond clock: wall time at start plus monotonic time since, so
+/// logged times never go backwards and rate limits see the same times the log shows.
+struct Clock {
+    wall0_ms: i64,
+    mono0: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Self {
+            wall0_ms: chrono::Utc::now().timestamp_millis(),
+            mono0: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.wall0_ms + i64::try_from(self.mono0.elapsed().as_millis()).unwrap_or(i64::MAX / 2)
+    }
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Bamboo's endpoints with their own limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Limited {
+    PlaceOrder,
+    GetOrder,
+    Catalog,
+}
+
+impl Limited {
+    fn window(self) -> SlidingWindow {
+        match self {
+            Limited::PlaceOrder => SlidingWindow::new(2, 1_000),
+            Limited::GetOrder => SlidingWindow::new(120, 60_000),
+            Limited::Catalog => SlidingWindow::new(2, 3_600_000),
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Limited::PlaceOrder => "2 requests per second on POST /bamboo/orders",
+            Limited::GetOrder => "120 requests per minute on GET /bamboo/orders/{order_id}",
+            Limited::Catalog => "2 requests per hour on GET /bamboo/catalog",
+        }
+    }
+}
+
+struct Order {
+    sku: String,
+    quantity: u64,
+    polls: u32,
+}
+
+#[derive(Default)]
+struct Inner {
+    log: VecDeque<RecordedRequest>,
+    limits: HashMap<Limited, SlidingWindow>,
+    orders: HashMap<String, Order>,
+    replays: HashMap<String, (u16, Value)>,
+}
+
+struct Shared {
+    options: Options,
+    clock: Clock,
+    inner: Mutex<Inner>,
+}
+
+/// An answer decided under the lock, sent after the latency.
+struct Answer {
+    status: u16,
+    body: Value,
+    headers: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    fn new(status: u16, body: Value) -> Self {
+        Self {
+            status,
+            body,
+            headers: Vec::new(),
+        }
+    }
+
+    fn error(status: u16, message: impl Into<String>) -> Self {
+        Self::new(status, json!({"ok": false, "error": message.into()}))
+    }
+
+    fn header(mut self, name: &'static str, value: impl ToString) -> Self {
+        self.headers.push((name, value.to_string()));
+        self
+    }
+
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, Json(self.body)).into_response();
+        for (name, value) in self.headers {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                response.headers_mut().insert(HeaderName::from_static(name), v);
+            }
+        }
+        response
+    }
+}
+
+/// The sandbox's routes (serve with [`Sandbox::start`], or nest in another router).
+pub fn router(options: Options) -> Router {
+    let shared = Arc::new(Shared {
+        options,
+        clock: Clock::new(),
+        inner: Mutex::new(Inner::default()),
+    });
+    Router::new()
+        .route("/_sandbox/requests", get(list_requests).delete(clear_requests))
+        .route("/_sandbox/reset", post(reset))
+        .fallback(handle)
+        .with_state(shared)
+}
+
+/// A running sandbox server.
+pub struct Sandbox {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Sandbox {
+    /// Binds `addr` (e.g. `127.0.0.1:8900`) and serves.
+    pub async fn bind(addr: &str, options: Options) -> Result<Sandbox, SandboxError> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| SandboxError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?;
+        Self::start(listener, options)
+    }
+
+    /// Serves on an already bound listener (tests bind `127.0.0.1:0`).
+    pub fn start(listener: TcpListener, options: Options) -> Result<Sandbox, SandboxError> {
+        if !(0.0..=1.0).contains(&options.fail_rate) {
+            return Err(SandboxError::FailRate(options.fail_rate));
+        }
+        let addr = listener.local_addr().map_err(|source| SandboxError::Bind {
+            addr: "listener".to_owned(),
+            source,
+        })?;
+        let (stop, mut stop_rx) = watch::channel(false);
+        let app = router(options);
+        let task = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop_rx.wait_for(|s| *s).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!("sandbox stopped: {e}");
+            }
+        });
+        tracing::info!(
+            %addr,
+            latency_ms = options.latency.as_millis() as u64,
+            fail_rate = options.fail_rate,
+            "sandbox listening: integrations at http://{addr}/<integration>, request log at /_sandbox/requests"
+        );
+        Ok(Sandbox { addr, stop, task })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>/<integration>`: the base URL a client of that integration uses.
+    pub fn base_url(&self, integration: &str) -> String {
+        format!("http://{}/{integration}", self.addr)
+    }
+
+    /// Stops accepting, lets answers in flight finish (for at most 5 s), and returns.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct LogFilter {
+    integration: Option<String>,
+}
+
+async fn list_requests(State(s): State<Arc<Shared>>, Query(filter): Query<LogFilter>) -> Json<Vec<RecordedRequest>> {
+    let inner = s.inner.lock().unwrap_or_else(PoisonError::into_inner);
+    Json(
+        inner
+            .log
+            .iter()
+            .filter(|r| filter.integration.as_ref().is_none_or(|i| *i == r.integration))
+            .cloned()
+            .collect(),
+    )
+}
+
+async fn clear_requests(State(s): State<Arc<Shared>>) -> StatusCode {
+    s.inner.lock().unwrap_or_else(PoisonError::into_inner).log.clear();
+    StatusCode::NO_CONTENT
+}
+
+/// Clears the log, the rate-limit windows, Bamboo orders and idempotent replays.
+async fn reset(State(s): State<Arc<Shared>>) -> StatusCode {
+    *s.inner.lock().unwrap_or_else(PoisonError::into_inner) = Inner::default();
+    StatusCode::NO_CONTENT
+}
+
+/// Headers whose values are credentials: recorded as `***`.
+fn is_secret(name: &str) -> bool {
+    if name == "idempotency-key" {
+        return false;
+    }
+    ["auth", "token", "secret", "key", "cookie", "password", "signature"]
+        .iter()
+        .any(|s| name.contains(s))
+}
+
+fn recorded_headers(headers: &HeaderMap) -> BTreeMap<String, String> {
+    headers
+        .iter()
+        .map(|(name, value)| {
+            let name = name.as_str().to_owned();
+            let value = if is_secret(&name) {
+                "***".to_owned()
+            } else {
+                String::from_utf8_lossy(value.as_bytes()).into_owned()
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+fn parse_body(body: &Bytes) -> Option<Value> {
+    if body.is_empty() {
+        return None;
+    }
+    Some(serde_json::from_slice(body).unwrap_or_else(|_| {
+        let text = String::from_utf8_lossy(&body[..body.len().min(4096)]).into_owned();
+        Value::String(text)
+    }))
+}
+
+/// Every request under an integration prefix.
+async fn handle(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().to_owned();
+    let trimmed = path.trim_start_matches('/');
+    let (integration, rest) = trimmed.split_once('/').unwrap_or((trimmed, ""));
+    let integration = integration.to_owned();
+    let rest = format!("/{}", rest.trim_end_matches('/'));
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let idempotency_key = header("idempotency-key").map(str::to_owned);
+    let request_body = parse_body(&body);
+
+    let mut delay = match header(DELAY_HEADER).map(str::parse::<u64>) {
+        None => Ok(0),
+        Some(Ok(ms)) => Ok(ms.min(MAX_DELAY_MS)),
+        Some(Err(_)) => Err(()),
+    };
+
+    // Decide and record atomically, so the log's order and times match the limits.
+    let answer = {
+        let mut inner = s.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let now_ms = s.clock.now_ms();
+        let answer = if !INTEGRATIONS.contains(&integration.as_str()) {
+            Answer::error(
+                404,
+                format!(
+                    "unknown integration `{integration}`; the sandbox serves /<integration>/... for: {}",
+                    INTEGRATIONS.join(", ")
+                ),
+            )
+        } else if delay.is_err() {
+            delay = Ok(0);
+            Answer::error(400, format!("{DELAY_HEADER} must be a whole number of milliseconds"))
+        } else if let Some(fail) = header(FAIL_HEADER) {
+            injected(fail)
+        } else if s.options.fail_rate > 0.0 && rand::random::<f64>() < s.options.fail_rate {
+            Answer::error(503, "injected failure (sandbox --fail-rate)").header("retry-after", 1)
+        } else {
+            let request = Request {
+                integration: &integration,
+                method: &method,
+                path: &path,
+                rest: &rest,
+                body: request_body.as_ref(),
+                idempotency_key: idempotency_key.as_deref(),
+                now_ms,
+            };
+            inner.answer(&request)
+        };
+        if inner.log.len() >= LOG_CAPACITY {
+            inner.log.pop_front();
+        }
+        inner.log.push_back(RecordedRequest {
+            integration: integration.clone(),
+            method: method.as_str().to_owned(),
+            path: path.clone(),
+            query: uri.query().map(str::to_owned),
+            status: answer.status,
+            at: rfc3339_ms(now_ms),
+            idempotency_key: idempotency_key.clone(),
+            headers: recorded_headers(&headers),
+            body: request_body.clone(),
+        });
+        answer
+    };
+
+    let latency = jittered(s.options.latency) + Duration::from_millis(delay.unwrap_or(0));
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    answer.into_response()
+}
+
+fn injected(value: &str) -> Answer {
+    match value.parse::<u16>() {
+        Ok(status @ 100..=599) => {
+            let answer = Answer::new(
+                status,
+                json!({"ok": status < 400, "error": format!("injected failure ({FAIL_HEADER}: {status})")}),
+            );
+            if status == 429 || status == 503 {
+                answer.header("retry-after", 1)
+            } else {
+                answer
+            }
+        }
+        _ => Answer::error(
+            400,
+            format!("{FAIL_HEADER} must be an HTTP status between 100 and 599, got `{value}`"),
+        ),
+    }
+}
+
+/// Uniform in [latency / 2, latency * 3 / 2].
+fn jittered(latency: Duration) -> Duration {
+    if latency.is_zero() {
+        return latency;
+    }
+    latency.mul_f64(0.5 + rand::random::<f64>())
+}
+
+struct Request<'a> {
+    integration: &'a str,
+    method: &'a Method,
+    path: &'a str,
+    rest: &'a str,
+    body: Option<&'a Value>,
+    idempotency_key: Option<&'a str>,
+    now_ms: i64,
+}
+
+impl Inner {
+    /// The answer to a request that is neither injected to fail nor unknown.
+    fn answer(&mut self, r: &Request<'_>) -> Answer {
+        let limited = match (r.integration, r.method, r.rest) {
+            ("bamboo", &Method::POST, "/orders") => Some(Limited::PlaceOrder),
+            ("bamboo", &Method::GET, "/catalog") => Some(Limited::Catalog),
+            ("bamboo", &Method::GET, rest) if rest.starts_with("/orders/") && rest.len() > "/orders/".len() => {
+                Some(Limited::GetOrder)
+            }
+            _ => None,
+        };
+        let mut remaining = None;
+        if let Some(l) = limited {
+            let window = self.limits.entry(l).or_insert_with(|| l.window());
+            let limit = window.limit();
+            match window.check(r.now_ms) {
+                Decision::Allow { remaining: left } => remaining = Some((limit, left)),
+                Decision::Reject { retry_after_secs } => {
+                    return Answer::new(
+                        429,
+                        json!({
+                            "ok": false,
+                            "error": format!("rate limit exceeded: {}", l.describe()),
+                            "retry_after": retry_after_secs,
+                        }),
+                    )
+                    .header("retry-after", retry_after_secs)
+                    .header("x-ratelimit-limit", limit)
+                    .header("x-ratelimit-remaining", 0);
+                }
+            }
+        }
+        // A repeated idempotency key gets the first answer again, as payment APIs do.
+        let replay_key = r
+            .idempotency_key
+            .map(|k| format!("{} {} {} {k}", r.integration, r.method, r.path));
+        if let Some((status, body)) = replay_key.as_ref().and_then(|k| self.replays.get(k)) {
+            return Answer::new(*status, body.clone()).header("idempotent-replayed", "true");
+        }
+        let id = ulid::Ulid::new().to_string();
+        let mut answer = match limited {
+            Some(Limited::PlaceOrder) => self.place_order(&id, r.body),
+            Some(Limited::GetOrder) => self.poll_order(&r.rest["/orders/".len()..]),
+            Some(Limited::Catalog) => Answer::new(200, bodies::bamboo_catalog()),
+            None => Answer::new(
+                200,
+                bodies::generic(r.integration, r.method.as_str(), r.path, &id, r.body),
+            ),
+        };
+        if let Some((limit, left)) = remaining {
+            answer = answer
+                .header("x-ratelimit-limit", limit)
+                .header("x-ratelimit-remaining", left);
+        }
+        if let Some(k) = replay_key.filter(|_| (200..300).contains(&answer.status)) {
+            if self.replays.len() >= REPLAY_CAPACITY {
+                self.replays.clear();
+            }
+            self.replays.insert(k, (answer.status, answer.body.clone()));
+        }
+        answer
+    }
+
+    fn place_order(&mut self, id: &str, body: Option<&Value>) -> Answer {
+        let Some(body) = body.filter(|b| b.is_object()) else {
+            return Answer::error(400, "body must be a JSON object with order_id, sku and quantity");
+        };
+        let order_id = match body.get("order_id") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => return Answer::error(400, "field `order_id` is required (a non-empty string)"),
+        };
+        let Some(sku) = body.get("sku").and_then(Value::as_str).filter(|s| !s.is_empty()) else {
+            return Answer::error(400, "field `sku` is required (a non-empty string)");
+        };
+        let Some(quantity) = body
+            .get("quantity")
+            .and_then(Value::as_u64)
+            .filter(|q| (1..=100).contains(q))
+        else {
+            return Answer::error(400, "field `quantity` is required (an integer from 1 to 100)");
+        };
+        // Placing the same order id again is idempotent: the order is not duplicated.
+        self.orders.entry(order_id.clone()).or_insert(Order {
+            sku: sku.to_owned(),
+            quantity,
+            polls: 0,
+        });
+        Answer::new(202, bodies::bamboo_order_placed(id, &Value::String(order_id)))
+    }
+
+    fn poll_order(&mut self, order_id: &str) -> Answer {
+        // An order this sandbox has not seen (e.g. placed before a restart) is treated as
+        // placed just now, so a restarted sandbox does not strand pollers.
+        let order = self.orders.entry(order_id.to_owned()).or_insert(Order {
+            sku: "AMZ-US-25".to_owned(),
+            quantity: 1,
+            polls: 0,
+        });
+        order.polls += 1;
+        Answer::new(
+            200,
+            bodies::bamboo_order(order_id, &order.sku, order.quantity, order.polls >= 2),
+        )
+    }
+}
