@@ -160,6 +160,19 @@ pub struct Ack {
     pub error: String,
 }
 
+/// A job whose lease expired and which the reaper returned to its queue or dead-lettered.
+#[derive(Debug, Clone)]
+pub struct Reaped {
+    /// Job id.
+    pub id: String,
+    /// The attempt whose worker stopped responding.
+    pub attempt: u32,
+    /// It was the last attempt: the job is now dead.
+    pub dead: bool,
+    /// The stored job.
+    pub envelope: Option<Envelope>,
+}
+
 /// Counts for one queue.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct QueueStats {
@@ -598,17 +611,26 @@ impl Store {
         Ok(inv.invoke_async(&mut conn).await?)
     }
 
-    /// Returns expired leases of `queue` to ready (or dead on their last attempt).
-    pub async fn reap(&self, queue: &str) -> Result<usize, StoreError> {
+    /// Returns expired leases of `queue` to ready (or dead on their last attempt); says
+    /// which jobs it reaped (the ledger records their lost attempts).
+    pub async fn reap(&self, queue: &str) -> Result<Vec<Reaped>, StoreError> {
         let max = self.settings(queue)?.retry.max_attempts;
         let mut conn = self.inner.conn.clone();
-        Ok(REAP
+        let v: Vec<Value> = REAP
             .key(self.base_key(queue))
             .arg(now_ms())
             .arg(max)
             .arg(REAP_CHUNK)
             .invoke_async(&mut conn)
-            .await?)
+            .await?;
+        Ok(v.chunks_exact(4)
+            .map(|r| Reaped {
+                id: text(&r[0]),
+                attempt: text(&r[1]).parse().unwrap_or(0),
+                dead: text(&r[2]) == "dead",
+                envelope: serde_json::from_str(&text(&r[3])).ok(),
+            })
+            .collect())
     }
 
     /// Hands leased jobs back to the front of the queue, refunding the attempt.
