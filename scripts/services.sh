@@ -32,4 +32,17 @@ if command -v pg_isready >/dev/null 2>&1 && ! pg_up; then
   for _ in $(seq 1 100); do pg_up && break; sleep 0.1; done
   pg_up || echo "warning: PostgreSQL is not running (tests/tests/postgres.rs will fail)" >&2
 fi
+# promtool (Debian's prometheus package) validates deploy/prometheus/alerts.yml and a live
+# /metrics scrape (scripts/check-deploy.sh, tests/tests/deploy.rs). Installed once; the
+# Prometheus server it ships is not started.
+if ! command -v promtool >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "installing promtool (Debian package prometheus)"
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+  { $SUDO apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1 \
+    || { $SUDO apt-get update >/dev/null 2>&1 && $SUDO apt-get install -y --no-install-recommends prometheus >/dev/null 2>&1; }; } \
+    || echo "warning: could not install promtool; deploy checks will fail" >&2
+  # The package's service must not run here (it would listen on :9090).
+  { command -v systemctl >/dev/null 2>&1 && $SUDO systemctl disable --now prometheus >/dev/null 2>&1; } || true
+fi
 echo "services ready: redis://127.0.0.1:6379 postgres://postgres@127.0.0.1:5432"

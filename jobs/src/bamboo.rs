@@ -9,7 +9,6 @@ use crate::{
     support::{THIRD_PARTY, follow, seg},
 };
 use culm_core::{JobError, Outcome, Registry, RegistryError};
-use redis::aio::ConnectionManager;
 use std::time::Duration;
 
 /// Registers the Bamboo job types.
@@ -145,11 +144,7 @@ job! {
     example RecordResult { order_id: "ord_8002".into(), status: "fulfilled".into(), cards: serde_json::json!([]) };
     |j, ctx| {
         let integrations = ctx.dep::<Integrations>().ok_or_else(|| JobError::permanent("integration clients are not configured"))?;
-        let mut conn = ctx
-            .dep::<ConnectionManager>()
-            .ok_or_else(|| JobError::permanent("no Redis connection available"))?
-            .as_ref()
-            .clone();
+        let mut conn = integrations.redis().ok_or_else(|| JobError::permanent("no Redis connection available"))?;
         let key = integrations.key(&format!("bamboo:order:{}", j.order_id));
         let value = serde_json::json!({"order_id": j.order_id, "status": j.status, "cards": j.cards, "job_id": ctx.id});
         redis::cmd("SET")

@@ -1,7 +1,7 @@
 //! Platform job types: no-ops for benchmarks and smoke tests, and jobs with controlled
 //! behaviour (sleep, fail, panic, record) used by the test suite and the soak.
 use culm_core::{EnqueueRequest, Job, JobContext, JobError, Outcome, Registry, RegistryError, Tier};
-use redis::aio::ConnectionManager;
+use redis::{aio::ConnectionManager, cluster_async::ClusterConnection};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -147,20 +147,19 @@ pub struct Record {
 }
 
 async fn record(ctx: &JobContext, set: &str, member: &str) -> Result<(), JobError> {
-    let mut conn = ctx
-        .dep::<ConnectionManager>()
-        .ok_or_else(|| JobError::permanent("no Redis connection available to platform jobs"))?
-        .as_ref()
-        .clone();
     let runs_key = format!("{set}:runs");
-    redis::pipe()
-        .sadd(set, member)
-        .ignore()
-        .hincr(&runs_key, member, 1)
-        .ignore()
-        .exec_async(&mut conn)
-        .await
-        .map_err(|e| JobError::retryable(format!("recording to Redis failed: {e}")))
+    let mut pipe = redis::pipe();
+    pipe.sadd(set, member).ignore().hincr(&runs_key, member, 1).ignore();
+    // Standalone and Sentinel deployments provide a ConnectionManager; Redis Cluster a
+    // cluster connection (there, `set` needs a hash tag so both keys share a slot).
+    let written = if let Some(c) = ctx.dep::<ConnectionManager>() {
+        pipe.exec_async(&mut c.as_ref().clone()).await
+    } else if let Some(c) = ctx.dep::<ClusterConnection>() {
+        pipe.exec_async(&mut c.as_ref().clone()).await
+    } else {
+        return Err(JobError::permanent("no Redis connection available to platform jobs"));
+    };
+    written.map_err(|e| JobError::retryable(format!("recording to Redis failed: {e}")))
 }
 
 impl Job for Record {

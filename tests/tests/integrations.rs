@@ -30,7 +30,13 @@ fn settings(
 }
 
 fn client(env: &TestEnv, s: IntegrationSettings, api_key: Option<&str>) -> Client {
-    Client::new(s, env.store.connection(), &env.prefix, api_key.map(str::to_owned)).expect("client builds")
+    Client::new(
+        s,
+        culm_worker::integrations::conn(&env.store),
+        &env.prefix,
+        api_key.map(str::to_owned),
+    )
+    .expect("client builds")
 }
 
 #[tokio::test]

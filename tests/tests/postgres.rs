@@ -46,14 +46,34 @@ impl TestDb {
         format!("{}/{}", base.replace(&host, &proxy.addr.to_string()), self.name)
     }
 
-    async fn drop_db(self) {
-        let mut c = PgConnection::connect(&format!("{}/postgres", server_url()))
-            .await
-            .expect("connect to drop the test database");
-        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name))
-            .execute(&mut c)
-            .await
-            .expect("drop test database");
+    async fn drop_db(mut self) {
+        drop_database(&std::mem::take(&mut self.name)).await;
+    }
+}
+
+async fn drop_database(name: &str) {
+    let mut c = PgConnection::connect(&format!("{}/postgres", server_url()))
+        .await
+        .expect("connect to drop the test database");
+    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+        .execute(&mut c)
+        .await
+        .expect("drop test database");
+}
+
+/// A test that fails before `drop_db` still removes its database.
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if self.name.is_empty() {
+            return;
+        }
+        let name = std::mem::take(&mut self.name);
+        let _ = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(drop_database(&name));
+            }
+        })
+        .join();
     }
 }
 
@@ -66,6 +86,7 @@ async fn env(url: &str) -> TestEnv {
         c.database.ledger.flush_interval = Duration::from_millis(50);
         c.database.ledger.flush_batch = 100;
         c.queues.insert("t_q".into(), queue("batch", 8, 5_000, 5));
+        c.queues.insert("t_one".into(), queue("batch", 2, 5_000, 1));
     })
     .await
 }
@@ -299,6 +320,22 @@ async fn dead_jobs_are_archived_with_payload_and_errors_and_can_be_redriven_from
         "re-driven jobs leave the list"
     );
     assert!(db.dead_redrive(&env.store, &job.id).await.expect("again").is_none());
+
+    // A job that died while the ledger was off exists only in Redis: still listed, re-drivable.
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_q".to_owned()]).expect("start");
+    let only_redis = env
+        .enqueue(EnqueueRequest::raw("platform.fail_permanently", json!({ "reason": "x" })).queue("t_q"))
+        .await;
+    next_event(&mut events, WAIT, |e| e.id == only_redis.id && is("dead", e)).await;
+    running.shutdown().await;
+    let merged = db.dead_list_merged(&env.store, Some("t_q"), 10).await.expect("merged");
+    assert!(merged.iter().any(|d| d.id == only_redis.id), "{merged:?}");
+    assert_eq!(
+        db.dead_redrive(&env.store, &only_redis.id).await.expect("redrive"),
+        Some(("t_q".to_owned(), only_redis.id.clone()))
+    );
     writer.shutdown(Duration::from_secs(10)).await;
     env.cleanup().await;
     db.pool().close().await;
@@ -526,6 +563,178 @@ async fn retention_deletes_old_ledger_rows_and_archived_jobs_in_batches() {
         .await
         .expect("dead left");
     assert_eq!(left, vec!["new".to_owned()]);
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
+
+#[tokio::test]
+async fn an_attempt_whose_worker_vanished_is_recorded_by_the_reaper_and_archived_when_it_was_the_last() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let job = env
+        .enqueue(EnqueueRequest::raw("platform.sleep", json!({ "ms": 1 })).queue("t_one"))
+        .await;
+    // A worker leases the job and dies (never acknowledges).
+    let fetched = env
+        .store
+        .fetch(&std::sync::Arc::from("t_one"), 1, Duration::from_millis(300))
+        .await
+        .expect("fetch");
+    assert_eq!(fetched.jobs.len(), 1);
+    // Another process's reaper notices.
+    let running = env
+        .runtime()
+        .with_ledger(ledger)
+        .start(&["t_one".to_owned()])
+        .expect("start");
+    let dead = eventually(WAIT, "the reaped job in the archive", || async {
+        db.dead_get(&job.id).await.expect("dead get")
+    })
+    .await;
+    assert_eq!(dead.attempts, 1);
+    assert!(
+        dead.last_error.as_deref().is_some_and(|e| e.contains("lease expired")),
+        "{dead:?}"
+    );
+    let (outcome, worker): (String, String) =
+        sqlx::query_as("SELECT outcome, worker_id FROM culm_job_runs WHERE job_id = $1")
+            .bind(&job.id)
+            .fetch_one(db.pool())
+            .await
+            .expect("ledger row");
+    assert_eq!(outcome, "dead");
+    assert!(worker.starts_with("reaper:"), "{worker}");
+    running.shutdown().await;
+    writer.shutdown(Duration::from_secs(10)).await;
+    env.cleanup().await;
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
+
+/// Kills the child process if the test fails before stopping it.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn culm_run_migrates_at_start_relays_the_outbox_records_the_ledger_and_refuses_a_newer_schema() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let command = |args: &[&str]| {
+        let mut c = std::process::Command::new(culm_tests::culm_bin());
+        c.current_dir(culm_tests::workspace_root())
+            .args(args)
+            .env("CULM_REDIS_URL", &env.config.redis.url)
+            .env("CULM__REDIS__KEY_PREFIX", &env.prefix)
+            .env("CULM_DATABASE_URL", &tdb.url)
+            .env("CULM_LOG", "warn");
+        c
+    };
+    let args = ["run", "--queues", "platform", "--no-admin", "--no-scheduler"];
+    let mut guard = KillOnDrop(Some(
+        command(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("culm starts"),
+    ));
+    // The database did not exist: culm run created and migrated it.
+    let db = eventually(WAIT, "culm run to migrate the database", || async {
+        let mut config = env.config.database.clone();
+        config.url = tdb.url.clone();
+        let db = Db::connect(&config).await.ok()?;
+        (db.applied_versions().await.ok()?.last() == Some(&1)).then_some(db)
+    })
+    .await;
+    sqlx::query("INSERT INTO culm_outbox (job, payload) VALUES ('platform.fail', '{\"times\": 1}')")
+        .execute(db.pool())
+        .await
+        .expect("outbox row");
+    eventually(WAIT, "two ledger rows for the outbox job", || async {
+        (count(&db, "SELECT count(*) FROM culm_job_runs WHERE job = 'platform.fail'").await == 2).then_some(())
+    })
+    .await;
+    let child = guard.0.as_mut().expect("child");
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait");
+    guard.0 = None;
+    assert!(exit.success(), "culm exits 0 after SIGTERM: {exit:?}");
+
+    // A newer culm migrated the database since: this binary refuses to start.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (9999, 'from the future', true, '\\x00', 0)",
+    )
+    .execute(db.pool())
+    .await
+    .expect("fake newer migration");
+    let out = command(&args).output().expect("culm runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("refusing to start") && stderr.contains("9999"),
+        "{stderr}"
+    );
+    env.cleanup().await;
+    db.pool().close().await;
+    tdb.drop_db().await;
+}
+
+#[tokio::test]
+async fn rows_spilled_by_a_process_that_stopped_during_the_outage_are_replayed_by_the_next_writer() {
+    let tdb = TestDb::new();
+    {
+        let env = env(&tdb.url).await;
+        let (db, _l, w) = ledger_for(&env).await;
+        w.shutdown(Duration::from_secs(5)).await;
+        db.pool().close().await;
+    }
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let env = env(&tdb.via(&proxy)).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let counters = ledger.counters().clone();
+    let rt = env.runtime().with_ledger(ledger);
+    let events = rt.events();
+    let running = rt.start(&["t_q".to_owned()]).expect("start");
+    proxy.cut();
+    let done = wait_done(&events, 30);
+    env.store
+        .enqueue(
+            (0..30)
+                .map(|_| EnqueueRequest::raw("platform.noop", json!({})).queue("t_q"))
+                .collect(),
+        )
+        .await
+        .expect("enqueue");
+    done.await;
+    // The process stops while PostgreSQL is still down: its buffer goes to the spill.
+    running.shutdown().await;
+    writer.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(counters.spilled.load(Ordering::Relaxed), 30);
+    assert_eq!(counters.dropped.load(Ordering::Relaxed), 0);
+
+    // The next process (or another replica) replays it.
+    proxy.restore();
+    let (_db2, _l2, w2) = ledger_for(&env).await;
+    eventually(WAIT, "the spilled rows replayed", || async {
+        (count(&db, "SELECT count(*) FROM culm_job_runs").await == 30).then_some(())
+    })
+    .await;
+    w2.shutdown(Duration::from_secs(5)).await;
+    env.cleanup().await;
     db.pool().close().await;
     tdb.drop_db().await;
 }

@@ -1,9 +1,13 @@
 //! The integration sandbox (issue 5): Bamboo's real limits with 429 + Retry-After, the
 //! request log with millisecond arrival times, failure injection, and clearing the log.
+use culm_tests::{TestEnv, culm_bin, eventually, workspace_root};
 use culm_worker::sandbox::{Options, RecordedRequest, Sandbox, SandboxError};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::{
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
 
 async fn start(options: Options) -> (Sandbox, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -358,4 +362,79 @@ async fn every_contract_integration_answers_with_the_generic_body() {
         );
     }
     sandbox.shutdown().await;
+}
+
+/// A loopback port that was free a moment ago (for child processes, which take an address).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Waits for the child's sandbox to answer, posts one order, then stops the child with
+/// SIGTERM and expects exit 0.
+async fn exercise_child(mut child: Child, base: &str) {
+    let client = Client::new();
+    let up = eventually(Duration::from_secs(30), "the sandbox to answer", || async {
+        client.get(format!("{base}/_sandbox/requests")).send().await.ok()
+    })
+    .await;
+    assert_eq!(up.status(), StatusCode::OK);
+    let placed = client
+        .post(format!("{base}/bamboo/orders"))
+        .json(&order(1))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(placed.status(), StatusCode::ACCEPTED);
+    assert_eq!(log(&client, base).await.len(), 1);
+    let term = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    assert!(term.expect("kill runs").success());
+    let exit = child.wait().expect("wait");
+    assert!(exit.success(), "exits 0 after SIGTERM: {exit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn culm_sandbox_serves_on_the_listen_flag() {
+    let port = free_port();
+    let child = Command::new(culm_bin())
+        .current_dir(workspace_root())
+        .args(["sandbox", "--listen", &format!("127.0.0.1:{port}"), "--latency-ms", "0"])
+        .env("CULM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("culm starts");
+    exercise_child(child, &format!("http://127.0.0.1:{port}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn culm_run_with_sandbox_starts_it_on_the_configured_address() {
+    let env = TestEnv::new(|_| {}).await;
+    let port = free_port();
+    let child = Command::new(culm_bin())
+        .current_dir(workspace_root())
+        .args(["run", "--sandbox", "--no-scheduler", "--queues", "platform"])
+        .env("CULM_REDIS_URL", culm_tests::redis_url())
+        .env("CULM__REDIS__KEY_PREFIX", &env.prefix)
+        .env("CULM__ADMIN__ENABLED", "false")
+        .env("CULM__SANDBOX__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CULM__SANDBOX__LATENCY_MS", "0")
+        .env("CULM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("culm starts");
+    // SIGTERM is handled once the pools run: wait until they have run a job.
+    let job = env
+        .enqueue(culm_core::EnqueueRequest::raw("platform.noop", json!({})).queue("platform"))
+        .await;
+    eventually(Duration::from_secs(30), "the pools to run a job", || async {
+        let s = env.store.status(&job.id).await.ok()??;
+        (s.state == "done").then_some(())
+    })
+    .await;
+    exercise_child(child, &format!("http://127.0.0.1:{port}")).await;
+    env.cleanup().await;
 }

@@ -10,7 +10,7 @@ use crate::{
     store::{AckKind, Store},
 };
 use anyhow::{Context, Result};
-use culm_core::{Deps, EnqueueRequest, Registry, Tier};
+use culm_core::{EnqueueRequest, Registry, Tier};
 use futures::{StreamExt, stream};
 use serde_json::{Value, json};
 use std::{
@@ -144,7 +144,7 @@ impl Bench {
     }
 
     fn runtime(&self) -> Runtime {
-        let deps = Deps::default().with(self.store.connection()).with(self.stamps.clone());
+        let deps = self.store.handler_deps().with(self.stamps.clone());
         Runtime::new(Arc::new(self.config.clone()), self.store.clone(), deps)
     }
 

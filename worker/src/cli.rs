@@ -548,10 +548,26 @@ async fn scheduler_only(config: Config, registry: Arc<Registry>) -> Result<ExitC
     let catalog = load_schedules(&config, &registry)?;
     crate::telemetry::describe_scheduler();
     let store = Store::connect(&config, registry).await?;
-    let running = Scheduler::new(store, catalog, &config).start();
+    let scheduler = Scheduler::new(store.clone(), catalog, &config);
+    // Probes and /metrics (schedule lag) for orchestrators (deploy/kubernetes). A taken
+    // port must not stop the scheduler: it only loses its probes and metrics.
+    let (stop_http, stop_http_rx) = tokio::sync::watch::channel(false);
+    let http = if config.admin.enabled {
+        start_http(&config, store, Some(scheduler.clone()), None, stop_http_rx)
+            .await
+            .map_err(|e| tracing::warn!("scheduler runs without its HTTP endpoints: {e:#}"))
+            .ok()
+    } else {
+        None
+    };
+    let running = scheduler.start();
     shutdown_signal().await;
     tracing::info!("shutdown requested");
     running.shutdown().await;
+    let _ = stop_http.send(true);
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -712,11 +728,21 @@ async fn sandbox(config: &Config, args: SandboxArgs) -> Result<ExitCode> {
     c.listen = args.listen.unwrap_or(c.listen);
     c.fail_rate = args.fail_rate.unwrap_or(c.fail_rate);
     c.latency_ms = args.latency_ms.unwrap_or(c.latency_ms);
+    // Listen for SIGTERM before serving, so a client that saw an answer can stop us cleanly.
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
     let sandbox = crate::sandbox::Sandbox::bind(&c.listen, sandbox_options(&c)).await?;
     eprintln!(
         "sandbox listening on http://{0}: integrations at http://{0}/<name>, request log at http://{0}/_sandbox/requests",
         sandbox.addr()
     );
+    #[cfg(unix)]
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    #[cfg(not(unix))]
     shutdown_signal().await;
     sandbox.shutdown().await;
     Ok(ExitCode::SUCCESS)

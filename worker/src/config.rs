@@ -148,6 +148,33 @@ pub struct RedisConfig {
     /// Connect timeout.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Topology: one server, a Redis Cluster, or a Sentinel-managed master.
+    #[serde(default)]
+    pub mode: RedisMode,
+    /// Cluster seed nodes (`redis://host:port`); empty: `url` is the only seed. Credentials
+    /// in `url` apply to every node.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
+    /// Sentinel: the monitored master's name.
+    #[serde(default)]
+    pub sentinel_master: String,
+    /// Sentinel: the sentinels (`redis://host:26379`). Credentials and db in `url` apply
+    /// to the master.
+    #[serde(default)]
+    pub sentinel_nodes: Vec<String>,
+}
+
+/// `redis.mode`
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (or a managed endpoint that hides failover).
+    #[default]
+    Standalone,
+    /// Redis Cluster: every queue's keys share one hash slot.
+    Cluster,
+    /// A master found through Redis Sentinel, re-resolved after a failover.
+    Sentinel,
 }
 
 impl std::fmt::Debug for RedisConfig {
@@ -155,6 +182,16 @@ impl std::fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &redact_url(&self.url))
             .field("key_prefix", &self.key_prefix)
+            .field("mode", &self.mode)
+            .field(
+                "cluster_nodes",
+                &self.cluster_nodes.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("sentinel_master", &self.sentinel_master)
+            .field(
+                "sentinel_nodes",
+                &self.sentinel_nodes.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -724,6 +761,13 @@ fn validate(c: &Config) -> Result<(), (String, String)> {
         return Err((
             "redis.key_prefix".into(),
             "must be non-empty without braces or spaces".into(),
+        ));
+    }
+    if c.redis.mode == RedisMode::Sentinel && (c.redis.sentinel_master.is_empty() || c.redis.sentinel_nodes.is_empty())
+    {
+        return Err((
+            "redis.sentinel_master".into(),
+            "mode = \"sentinel\" needs redis.sentinel_master and at least one redis.sentinel_nodes entry".into(),
         ));
     }
     if c.admin.listen.parse::<std::net::SocketAddr>().is_err() {

@@ -5,7 +5,8 @@
 //! endpoint's theoretical arrival time in ms (Redis server time). It expires a minute
 //! after the last reserved slot, so idle endpoints leave nothing behind.
 use super::config::LimitConfig;
-use redis::{Script, aio::ConnectionManager};
+use super::conn::Conn;
+use redis::Script;
 use std::{sync::LazyLock, time::Duration};
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("limiter.lua")));
@@ -22,7 +23,7 @@ pub enum Slot {
 /// Limiter for one integration.
 #[derive(Clone)]
 pub struct Limiter {
-    redis: ConnectionManager,
+    redis: Conn,
     prefix: String,
     integration: String,
 }
@@ -37,7 +38,7 @@ pub fn interval_ms(limit: &LimitConfig, headroom: f64) -> (u64, u64) {
 
 impl Limiter {
     /// A limiter writing keys under `prefix`.
-    pub fn new(redis: ConnectionManager, prefix: &str, integration: &str) -> Self {
+    pub fn new(redis: Conn, prefix: &str, integration: &str) -> Self {
         Self {
             redis,
             prefix: prefix.to_owned(),

@@ -14,16 +14,17 @@
 //!   as a bearer token marked sensitive; never logged or printed.
 pub mod breaker;
 pub mod config;
+pub mod conn;
 pub mod limiter;
 pub mod metrics;
 
 use backon::{ExponentialBuilder, Retryable};
 use breaker::Breaker;
 use config::IntegrationSettings;
+use conn::Conn;
 use culm_core::{JobContext, JobError};
 use limiter::{Limiter, Slot};
 use rand::Rng;
-use redis::aio::ConnectionManager;
 use reqwest::{Method, header};
 use serde::Serialize;
 use std::{
@@ -38,6 +39,7 @@ use std::{
 pub struct Integrations {
     clients: Arc<BTreeMap<String, Client>>,
     prefix: Arc<str>,
+    redis: Option<Conn>,
 }
 
 /// Building a client failed.
@@ -55,9 +57,10 @@ impl Integrations {
     /// API keys are read from the environment now.
     pub fn new(
         settings: Vec<IntegrationSettings>,
-        redis: ConnectionManager,
+        redis: impl Into<Conn>,
         key_prefix: &str,
     ) -> Result<Self, BuildError> {
+        let redis: Conn = redis.into();
         let mut clients = BTreeMap::new();
         for s in settings {
             let api_key = (!s.api_key_env.is_empty())
@@ -72,7 +75,13 @@ impl Integrations {
         Ok(Self {
             clients: Arc::new(clients),
             prefix: key_prefix.into(),
+            redis: Some(redis),
         })
+    }
+
+    /// The Redis connection the clients share (for handlers that record results).
+    pub fn redis(&self) -> Option<Conn> {
+        self.redis.clone()
     }
 
     /// A Redis key under the process's key prefix, for job results (`<prefix>:<suffix>`).
@@ -131,7 +140,7 @@ impl Client {
     /// A client for `settings`; `api_key` is sent as a bearer token.
     pub fn new(
         settings: IntegrationSettings,
-        redis: ConnectionManager,
+        redis: impl Into<Conn>,
         key_prefix: &str,
         api_key: Option<String>,
     ) -> Result<Self, BuildError> {
@@ -160,7 +169,7 @@ impl Client {
         };
         Ok(Self {
             inner: Arc::new(Inner {
-                limiter: Limiter::new(redis, key_prefix, &settings.name),
+                limiter: Limiter::new(redis.into(), key_prefix, &settings.name),
                 breaker: Breaker::new(&settings.name, settings.breaker),
                 settings,
                 http,

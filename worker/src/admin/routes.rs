@@ -621,7 +621,10 @@ async fn list_dead(
     // Issue 6: with PostgreSQL the archive is the source (it outlives Redis's dead set).
     if let Some(db) = state.db() {
         let only = (queues.len() == 1).then(|| queues[0].as_str());
-        let dead = db.dead_list(only, limit).await.map_err(ApiError::internal)?;
+        let dead = db
+            .dead_list_merged(state.store(), only, limit)
+            .await
+            .map_err(ApiError::internal)?;
         jobs.extend(dead.into_iter().map(DeadView::from));
         return Ok(Json(DeadListView { jobs }));
     }

@@ -115,7 +115,7 @@ impl Services {
 pub async fn dead(store: Store, db: Db, command: DeadCommand) -> Result<ExitCode> {
     match command {
         DeadCommand::List { queue, limit, json } => {
-            let all = db.dead_list(queue.as_deref(), limit).await?;
+            let all = db.dead_list_merged(&store, queue.as_deref(), limit).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {

@@ -96,6 +96,36 @@ impl Db {
         Ok(rows.iter().map(dead_job).collect::<Result<_, _>>()?)
     }
 
+    /// Dead jobs from the archive plus any only Redis holds (dead before PostgreSQL was
+    /// configured, or not flushed yet), newest first; at most `limit`.
+    pub async fn dead_list_merged(
+        &self,
+        store: &Store,
+        queue: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, DbError> {
+        let mut all = self.dead_list(queue, limit).await?;
+        let queues: Vec<String> = match queue {
+            Some(q) => vec![q.to_owned()],
+            None => store.routing().queues.keys().cloned().collect(),
+        };
+        let mut seen: std::collections::HashSet<String> = all.iter().map(|d| d.id.clone()).collect();
+        for q in queues {
+            let from_redis = store
+                .dead_list(&q, limit)
+                .await
+                .map_err(|e| DbError::Sql(sqlx::Error::Protocol(e.to_string())))?;
+            for d in from_redis {
+                if seen.insert(d.id.clone()) {
+                    all.push(d);
+                }
+            }
+        }
+        all.sort_by_key(|d| std::cmp::Reverse(d.died_at));
+        all.truncate(limit);
+        Ok(all)
+    }
+
     /// One archived dead job (re-driven or not).
     pub async fn dead_get(&self, id: &str) -> Result<Option<DeadJob>, DbError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM culm_dead_jobs WHERE job_id = $1"))
@@ -117,7 +147,19 @@ impl Db {
         .bind(id)
         .fetch_optional(self.pool())
         .await?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = row else {
+            // Dead only in Redis (before PostgreSQL was configured, or not flushed yet).
+            let queue = store
+                .dead_queue_of(id)
+                .await
+                .map_err(|e| DbError::Sql(sqlx::Error::Protocol(e.to_string())))?;
+            if let Some(q) = queue
+                && store.dead_retry(&q, &[id.to_owned()]).await.unwrap_or(0) > 0
+            {
+                return Ok(Some((q, id.to_owned())));
+            }
+            return Ok(None);
+        };
         let queue: String = row.try_get("queue")?;
         let job: String = row.try_get("job")?;
         let payload: serde_json::Value = row.try_get("payload")?;

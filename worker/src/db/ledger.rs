@@ -14,12 +14,12 @@
 //! spill both fail and `buffer_size` rows are already held); every drop is logged and
 //! counted in `culm_ledger_rows_dropped_total`.
 use super::Db;
+use crate::store::RedisConn;
 use crate::{
     config::{LedgerConfig, SpillPolicy},
     telemetry,
 };
 use chrono::{DateTime, Utc};
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::{
@@ -181,7 +181,7 @@ pub fn spill_key(prefix: &str) -> String {
 }
 
 /// Starts the writer. `redis` and `prefix` locate the spill stream.
-pub fn start(db: Db, redis: ConnectionManager, prefix: &str, config: LedgerConfig) -> (Ledger, LedgerWriter) {
+pub fn start(db: Db, redis: RedisConn, prefix: &str, config: LedgerConfig) -> (Ledger, LedgerWriter) {
     let (tx, rx) = mpsc::channel(config.buffer_size);
     let (stop, stop_rx) = watch::channel(false);
     let counters = Arc::new(LedgerCounters::default());
@@ -210,7 +210,7 @@ pub fn start(db: Db, redis: ConnectionManager, prefix: &str, config: LedgerConfi
 
 struct Writer {
     db: Db,
-    redis: ConnectionManager,
+    redis: RedisConn,
     spill_key: String,
     config: LedgerConfig,
     counters: Arc<LedgerCounters>,

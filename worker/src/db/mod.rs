@@ -141,7 +141,11 @@ impl Db {
             .await
             .map_err(|e| DbError::Unreachable {
                 url: redact_url(&config.url),
-                cause: e.to_string(),
+                cause: if is_code(&e, "3D000") {
+                    "the database does not exist; run `culm migrate` (it creates it when the role may)".to_owned()
+                } else {
+                    e.to_string()
+                },
             })?;
         Ok(db)
     }

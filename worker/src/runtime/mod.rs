@@ -185,7 +185,7 @@ impl Runtime {
                 worker,
             });
         }
-        let listener = tokio::spawn(wake_listener(self.store.client().clone(), wakes, stop_rx));
+        let listener = tokio::spawn(wake_listener(self.store.pubsub().clone(), wakes, stop_rx));
         tracing::info!(queues = %queues.join(","), worker = %worker_id, "worker pools started");
         Ok(Running {
             stop,
@@ -245,12 +245,17 @@ impl Running {
 }
 
 /// Subscribes to the queues' wake channels and wakes their idle fetchers. Reconnects on
-/// failure; fetchers fall back to polling meanwhile.
-async fn wake_listener(client: redis::Client, wakes: HashMap<String, Arc<Notify>>, mut stop: watch::Receiver<bool>) {
+/// failure (to the next node in Cluster mode, the new master in Sentinel mode); fetchers
+/// fall back to polling meanwhile.
+async fn wake_listener(
+    source: crate::store::PubSubSource,
+    wakes: HashMap<String, Arc<Notify>>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {
-            let mut pubsub = client.get_async_pubsub().await?;
+            let mut pubsub = source.client().await?.get_async_pubsub().await?;
             for channel in wakes.keys() {
                 pubsub.subscribe(channel).await?;
             }

@@ -328,6 +328,51 @@ fn record_runs(shared: &PoolShared, ledger: &Ledger, batch: &mut [PendingAck]) {
     }
 }
 
+/// Records the attempts whose worker stopped responding (the worker never could).
+fn record_reaped(shared: &PoolShared, ledger: &Ledger, reaped: Vec<crate::store::Reaped>) {
+    let now_us = chrono::Utc::now().timestamp_micros();
+    for r in reaped {
+        let error = format!(
+            "lease expired: the worker running attempt {} stopped responding",
+            r.attempt
+        );
+        let (job, enqueued_at_ms, dead) = match r.envelope {
+            Some(e) => (
+                e.job,
+                Some(e.enqueued_at),
+                r.dead.then_some(DeadInfo {
+                    payload: e.payload,
+                    idempotency_key: e.idempotency_key,
+                }),
+            ),
+            None => ("unknown".to_owned(), None, None),
+        };
+        ledger.record(LedgerRow {
+            run_id: ulid::Ulid::new().to_string(),
+            job_id: r.id,
+            job,
+            queue: shared.queue.to_string(),
+            tier: shared.settings.tier.as_str().to_owned(),
+            attempt: r.attempt,
+            outcome: if r.dead {
+                RunOutcome::Dead
+            } else {
+                RunOutcome::FailedWillRetry
+            },
+            error: Some(error),
+            enqueued_at_ms,
+            started_at_us: None,
+            finished_at_us: now_us,
+            duration_ms: 0.0,
+            next_run_at_ms: None,
+            // The attempt ran elsewhere; this process only noticed it was lost.
+            worker_id: format!("reaper:{}", shared.worker_id),
+            summary: None,
+            dead,
+        });
+    }
+}
+
 /// Extends the leases of running jobs and returns expired leases to the queue.
 pub(super) async fn upkeep_loop(shared: Arc<PoolShared>, mut stop: watch::Receiver<bool>) {
     let w = shared.worker.clone();
@@ -351,10 +396,13 @@ pub(super) async fn upkeep_loop(shared: Arc<PoolShared>, mut stop: watch::Receiv
                 }
             }
             _ = reap.tick() => match shared.store.reap(&shared.queue).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    telemetry::reaped(&shared.queue, n);
-                    tracing::warn!(queue = %shared.queue, "returned {n} jobs whose worker stopped responding");
+                Ok(r) if r.is_empty() => {}
+                Ok(r) => {
+                    telemetry::reaped(&shared.queue, r.len());
+                    tracing::warn!(queue = %shared.queue, "returned {} jobs whose worker stopped responding", r.len());
+                    if let Some(ledger) = &shared.ledger {
+                        record_reaped(&shared, ledger, r);
+                    }
                 }
                 Err(e) => {
                     telemetry::store_error(&shared.queue, "reap");

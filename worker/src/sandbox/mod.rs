@@ -9,7 +9,7 @@ pub mod limits;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Query, State},
+    extract::{DefaultBodyLimit, Query, State},
     http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -50,6 +50,8 @@ pub const DELAY_HEADER: &str = "x-sandbox-delay-ms";
 const MAX_DELAY_MS: u64 = 60_000;
 /// Most requests kept in the log; the oldest are dropped beyond it.
 const LOG_CAPACITY: usize = 200_000;
+/// Largest request body accepted.
+const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// Most idempotent answers remembered for replay.
 const REPLAY_CAPACITY: usize = 100_000;
 
@@ -245,6 +247,8 @@ pub fn router(options: Options) -> Router {
         .route("/_sandbox/requests", get(list_requests).delete(clear_requests))
         .route("/_sandbox/reset", post(reset))
         .fallback(handle)
+        // File uploads (sftp) and bulk payloads (mailer) exceed axum's 2 MB default.
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
 }
 

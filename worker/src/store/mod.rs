@@ -9,10 +9,13 @@
 use crate::config::{Config, QueueSettings, redact_url};
 use culm_core::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer, Registry, Tier, now_ms};
 use futures::future::{BoxFuture, try_join_all};
-use redis::{Script, Value, aio::ConnectionManager};
+use redis::{Script, Value};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::{collections::BTreeMap, sync::Arc, sync::LazyLock, time::Duration};
+
+pub mod conn;
+pub use conn::{PubSubSource, RedisConn};
 
 macro_rules! script {
     ($name:literal) => {
@@ -157,6 +160,19 @@ pub struct Ack {
     pub error: String,
 }
 
+/// A job whose lease expired and which the reaper returned to its queue or dead-lettered.
+#[derive(Debug, Clone)]
+pub struct Reaped {
+    /// Job id.
+    pub id: String,
+    /// The attempt whose worker stopped responding.
+    pub attempt: u32,
+    /// It was the last attempt: the job is now dead.
+    pub dead: bool,
+    /// The stored job.
+    pub envelope: Option<Envelope>,
+}
+
 /// Counts for one queue.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct QueueStats {
@@ -290,8 +306,8 @@ impl Routing {
 }
 
 struct Inner {
-    conn: ConnectionManager,
-    client: redis::Client,
+    conn: RedisConn,
+    pubsub: PubSubSource,
     prefix: String,
     routing: Routing,
     registry: Arc<Registry>,
@@ -338,22 +354,9 @@ impl Store {
             url: redact_url(url),
             cause,
         };
-        let client = redis::Client::open(url.as_str()).map_err(|e| {
-            let _ = e;
-            unreachable("not a valid redis:// or rediss:// URL".to_owned())
-        })?;
-        let timeout = config.redis.connect_timeout;
-        let mgr_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(Duration::from_secs(30)))
-            .set_number_of_retries(2);
-        let mut conn = tokio::time::timeout(
-            timeout * 3,
-            ConnectionManager::new_with_config(client.clone(), mgr_config),
-        )
-        .await
-        .map_err(|_| unreachable(format!("no answer within {}", humantime::format_duration(timeout * 3))))?
-        .map_err(|e| unreachable(e.to_string()))?;
+        let (mut conn, pubsub) = conn::connect(&config.redis)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
@@ -361,7 +364,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 conn,
-                client,
+                pubsub,
                 prefix: config.redis.key_prefix.clone(),
                 routing: Routing::from_config(config),
                 registry,
@@ -371,14 +374,26 @@ impl Store {
         })
     }
 
-    /// The Redis client (for dedicated connections such as pub/sub).
-    pub fn client(&self) -> &redis::Client {
-        &self.inner.client
+    /// Where to open dedicated pub/sub connections (any node in Cluster mode, the
+    /// current master in Sentinel mode).
+    pub fn pubsub(&self) -> &PubSubSource {
+        &self.inner.pubsub
     }
 
     /// A clone of the multiplexed connection.
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> RedisConn {
         self.inner.conn.clone()
+    }
+
+    /// Handler dependencies with this store's Redis connection in the shape `culm-jobs`
+    /// looks up: the `ConnectionManager` (standalone, sentinel) or the cluster connection.
+    pub fn handler_deps(&self) -> culm_core::Deps {
+        let deps = culm_core::Deps::default();
+        match &self.inner.conn {
+            RedisConn::Standalone(c) => deps.with(c.clone()),
+            RedisConn::Cluster(c) => deps.with(c.clone()),
+            RedisConn::Sentinel(s) => deps.with(s.current()),
+        }
     }
 
     /// Routing and queue settings.
@@ -596,17 +611,26 @@ impl Store {
         Ok(inv.invoke_async(&mut conn).await?)
     }
 
-    /// Returns expired leases of `queue` to ready (or dead on their last attempt).
-    pub async fn reap(&self, queue: &str) -> Result<usize, StoreError> {
+    /// Returns expired leases of `queue` to ready (or dead on their last attempt); says
+    /// which jobs it reaped (the ledger records their lost attempts).
+    pub async fn reap(&self, queue: &str) -> Result<Vec<Reaped>, StoreError> {
         let max = self.settings(queue)?.retry.max_attempts;
         let mut conn = self.inner.conn.clone();
-        Ok(REAP
+        let v: Vec<Value> = REAP
             .key(self.base_key(queue))
             .arg(now_ms())
             .arg(max)
             .arg(REAP_CHUNK)
             .invoke_async(&mut conn)
-            .await?)
+            .await?;
+        Ok(v.chunks_exact(4)
+            .map(|r| Reaped {
+                id: text(&r[0]),
+                attempt: text(&r[1]).parse().unwrap_or(0),
+                dead: text(&r[2]) == "dead",
+                envelope: serde_json::from_str(&text(&r[3])).ok(),
+            })
+            .collect())
     }
 
     /// Hands leased jobs back to the front of the queue, refunding the attempt.

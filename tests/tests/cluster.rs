@@ -1,0 +1,390 @@
+//! culm on a real three-node Redis Cluster: the machine's `redis-server` on free loopback
+//! ports in a temporary directory, torn down when the test ends. Jobs in several queues
+//! whose hash slots live on different nodes all finish exactly once; delayed jobs,
+//! dead letters, stats and the scheduler work; idle workers are woken by pub/sub across
+//! nodes (the polling fallback is set too long to finish the test).
+use culm_core::EnqueueRequest;
+use culm_tests::{TestEnv, eventually, is, next_event, queue};
+use culm_worker::{
+    config::RedisMode,
+    scheduler::{ScheduleEvent, Scheduler, TickOutcome, catalog::Catalog},
+    store::{Routing, Store},
+};
+use redis::Value;
+use serde_json::json;
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+const NODES: usize = 3;
+
+/// A throwaway Redis Cluster of `NODES` masters on loopback.
+struct RedisCluster {
+    children: Vec<Child>,
+    ports: Vec<u16>,
+    dir: PathBuf,
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port that is free now, with its cluster bus port (+10000) free too.
+fn free_port_pair(taken: &[u16]) -> u16 {
+    for _ in 0..200 {
+        let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = l.local_addr() else { continue };
+        let port = addr.port();
+        if port > 55_000 || taken.contains(&port) {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port pair (port, port+10000) for a Redis Cluster node");
+}
+
+async fn ping(port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
+        return false;
+    };
+    match client.get_multiplexed_async_connection().await {
+        Ok(mut c) => redis::cmd("PING").query_async::<String>(&mut c).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+async fn info(port: u16, cmd: &str, sub: &str) -> String {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).expect("url");
+    let mut c = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("node connection");
+    redis::cmd(cmd)
+        .arg(sub)
+        .query_async(&mut c)
+        .await
+        .expect("CLUSTER INFO")
+}
+
+impl RedisCluster {
+    /// Starts the nodes (retrying on fresh ports if one was taken meanwhile) and joins
+    /// them with `redis-cli --cluster create`.
+    async fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("culm-cluster-{}", ulid::Ulid::new().to_string().to_lowercase()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut cluster = RedisCluster {
+            children: Vec::new(),
+            ports: Vec::new(),
+            dir,
+        };
+        while cluster.ports.len() < NODES {
+            let mut started = false;
+            for _ in 0..5 {
+                let port = free_port_pair(&cluster.ports);
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "5000"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .arg("--dir")
+                    .arg(&cluster.dir)
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--logfile")
+                    .arg(cluster.dir.join(format!("{port}.log")))
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server is installed (the machine's Redis runs the tests)");
+                cluster.children.push(child);
+                let up = async {
+                    while !ping(port).await {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                };
+                if tokio::time::timeout(Duration::from_secs(5), up).await.is_ok() {
+                    cluster.ports.push(port);
+                    started = true;
+                    break;
+                }
+                // Lost a race for the port: stop this node, try another port.
+                if let Some(mut c) = cluster.children.pop() {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+            }
+            assert!(
+                started,
+                "could not start a Redis Cluster node; logs in {:?}",
+                cluster.dir
+            );
+        }
+        let addrs: Vec<String> = cluster.ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .await
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for &port in &cluster.ports {
+            eventually(WAIT, "cluster_state:ok on every node", || async move {
+                info(port, "CLUSTER", "INFO")
+                    .await
+                    .contains("cluster_state:ok")
+                    .then_some(())
+            })
+            .await;
+        }
+        cluster
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect()
+    }
+
+    /// Which node (port) serves each slot, from `CLUSTER SLOTS`.
+    async fn slot_owners(&self) -> Vec<(u16, u16, u16)> {
+        let client = redis::Client::open(self.urls()[0].as_str()).expect("url");
+        let mut c = client.get_multiplexed_async_connection().await.expect("node");
+        let v: Value = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut c)
+            .await
+            .expect("SLOTS");
+        let int = |v: &Value| match v {
+            Value::Int(i) => *i,
+            _ => -1,
+        };
+        let Value::Array(ranges) = v else {
+            panic!("CLUSTER SLOTS: {v:?}")
+        };
+        ranges
+            .iter()
+            .map(|r| {
+                let Value::Array(r) = r else { panic!("{r:?}") };
+                let Value::Array(master) = &r[2] else { panic!("{r:?}") };
+                (int(&r[0]) as u16, int(&r[1]) as u16, int(&master[1]) as u16)
+            })
+            .collect()
+    }
+}
+
+/// Redis Cluster's key slot: CRC16 (XMODEM) of the hash tag, mod 16384.
+fn key_slot(key: &str) -> u16 {
+    let b = key.as_bytes();
+    let tagged = b
+        .iter()
+        .position(|&c| c == b'{')
+        .and_then(|s| b[s + 1..].iter().position(|&c| c == b'}').map(|e| &b[s + 1..s + 1 + e]))
+        .filter(|t| !t.is_empty())
+        .unwrap_or(b);
+    let mut crc: u16 = 0;
+    for &byte in tagged {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16_384
+}
+
+#[test]
+fn key_slot_matches_redis() {
+    // Values from `CLUSTER KEYSLOT`.
+    assert_eq!(key_slot("123456789"), 12_739);
+    assert_eq!(key_slot("{user1000}.following"), key_slot("{user1000}.followers"));
+    assert_eq!(key_slot("foo"), 12_182);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_in_several_queues_on_a_three_node_cluster_all_finish() {
+    let cluster = RedisCluster::start().await;
+    let owners = cluster.slot_owners().await;
+    let owner = |slot: u16| {
+        owners
+            .iter()
+            .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
+            .map(|o| o.2)
+            .expect("every slot is served")
+    };
+    let tiers = ["critical", "third_party", "batch", "reporting"];
+    let mut queues: BTreeMap<String, u16> = BTreeMap::new();
+    let urls = cluster.urls();
+    let env = TestEnv::new(|c| {
+        c.redis.mode = RedisMode::Cluster;
+        c.redis.url = urls[0].clone();
+        c.redis.cluster_nodes = urls.clone();
+        // Idle pools must be woken by pub/sub: the polling fallback would miss the deadline.
+        c.worker.idle_poll_interval = Duration::from_secs(120);
+        // Queue names whose slots cover every node, plus one more.
+        let mut nodes_seen = BTreeSet::new();
+        for i in 0..1000 {
+            let name = format!("cq{i}");
+            let node = owner(key_slot(&format!("{{{}:{name}}}", c.redis.key_prefix)));
+            if nodes_seen.insert(node) || (queues.len() == NODES && nodes_seen.len() == NODES) {
+                queues.insert(name, node);
+            }
+            if queues.len() == tiers.len() {
+                break;
+            }
+        }
+        for (q, tier) in queues.keys().zip(tiers) {
+            c.queues.insert(q.clone(), queue(tier, 8, 5_000, 2));
+        }
+    })
+    .await;
+    assert_eq!(
+        queues.values().collect::<BTreeSet<_>>().len(),
+        NODES,
+        "the queues' slots live on every node: {queues:?}"
+    );
+    let names: Vec<String> = queues.keys().cloned().collect();
+    let rt = env.runtime();
+    let mut events = rt.events();
+    // Pools start idle, so every job below reaches them through a wake-up.
+    let running = rt.start(&names).expect("start");
+
+    // The record set shares a slot with its `:runs` hash (the job pipelines both).
+    let seen = format!("{{{}}}:seen", env.prefix);
+    let mut expected = BTreeSet::new();
+    let mut batch = Vec::new();
+    for q in &names {
+        for i in 0..150 {
+            let mut req = EnqueueRequest::raw("platform.record", json!({"set": seen})).queue(q.as_str());
+            if i % 10 == 0 {
+                req = req.delay(Duration::from_millis(300));
+            }
+            batch.push(req);
+        }
+    }
+    for e in env.store.enqueue(batch).await.expect("enqueue") {
+        assert!(e.created);
+        expected.insert(e.id);
+    }
+    let doomed = env
+        .enqueue(EnqueueRequest::raw("platform.fail", json!({"times": 100})).queue(names[1].as_str()))
+        .await;
+    next_event(&mut events, WAIT, |e| e.id == doomed.id && is("dead", e)).await;
+
+    let got: BTreeSet<String> = eventually(WAIT, "every job recorded", || {
+        let env = &env;
+        let (seen, n) = (&seen, expected.len());
+        async move {
+            let m: BTreeSet<String> = env.members(seen).await.into_iter().collect();
+            (m.len() >= n).then_some(m)
+        }
+    })
+    .await;
+    assert_eq!(got, expected, "no job lost, none invented");
+    let mut c = env.store.connection();
+    let runs: HashMap<String, u32> = redis::cmd("HGETALL")
+        .arg(format!("{seen}:runs"))
+        .query_async(&mut c)
+        .await
+        .expect("runs");
+    assert!(runs.values().all(|&r| r == 1), "each job ran once");
+
+    for s in env.store.all_stats().await.expect("stats") {
+        assert_eq!((s.pending, s.scheduled, s.running), (0, 0, 0), "{s:?}");
+        assert_eq!(s.dead, u64::from(s.name == names[1]), "{s:?}");
+    }
+    let dead = env.store.dead_list(&names[1], 10).await.expect("dead list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].id, doomed.id);
+    assert_eq!(
+        env.store
+            .status(&doomed.id)
+            .await
+            .expect("status")
+            .expect("found")
+            .state,
+        "dead"
+    );
+    assert_eq!(
+        env.store
+            .dead_purge(&names[1], std::slice::from_ref(&doomed.id))
+            .await
+            .expect("purge"),
+        1
+    );
+
+    // Pause and resume route to the queue's node; a paused queue keeps its jobs.
+    env.store.pause(&names[2]).await.expect("pause");
+    let held = env
+        .enqueue(EnqueueRequest::raw("platform.noop", json!({})).queue(names[2].as_str()))
+        .await;
+    eventually(WAIT, "the paused queue holds its job", || async {
+        let s = env.store.stats(&names[2]).await.ok()?;
+        (s.paused && s.pending == 1).then_some(())
+    })
+    .await;
+    env.store.resume(&names[2]).await.expect("resume");
+    next_event(&mut events, WAIT, |e| e.id == held.id && is("done", e)).await;
+
+    // The scheduler: its claim runs in the queue's slot, its state in `{prefix}`'s.
+    let catalog = Catalog::from_sources(
+        &[(
+            "schedules/cluster.toml".into(),
+            format!(
+                "[[schedule]]\nname = \"c.tick\"\ncron = \"* * * * * *\"\njob = \"platform.noop\"\nqueue = \"{}\"\noverlap = \"allow\"\ndescription = \"cluster tick\"\n",
+                names[3]
+            ),
+        )],
+        env.store.registry(),
+        &Routing::from_config(&env.config),
+    )
+    .expect("catalog");
+    let store = Store::connect(&env.config, env.store.registry().clone())
+        .await
+        .expect("second connection");
+    let scheduler = Scheduler::new(store, catalog, &env.config);
+    let mut ticks = scheduler.events();
+    let firing = scheduler.start();
+    let fired = tokio::time::timeout(WAIT, async {
+        loop {
+            match ticks.recv().await {
+                Ok(ScheduleEvent {
+                    outcome: TickOutcome::Fired { job_id },
+                    ..
+                }) => return job_id,
+                Ok(_) => {}
+                Err(e) => panic!("schedule events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("a tick fired");
+    next_event(&mut events, WAIT, |e| e.id == fired && is("done", e)).await;
+    let status = scheduler.get("c.tick").await.expect("schedule status");
+    assert!(status.last_fire.is_some(), "{status:?}");
+    scheduler.pause("c.tick").await.expect("pause schedule");
+    assert_eq!(scheduler.get("c.tick").await.expect("status").paused, Some(true));
+    firing.shutdown().await;
+
+    let report = running.shutdown().await;
+    assert_eq!(report.handed_back, 0);
+    drop(cluster);
+}
