@@ -14,12 +14,12 @@
 //! spill both fail and `buffer_size` rows are already held); every drop is logged and
 //! counted in `culm_ledger_rows_dropped_total`.
 use super::Db;
+use crate::store::RedisConn;
 use crate::{
     config::{LedgerConfig, SpillPolicy},
     telemetry,
 };
 use chrono::{DateTime, Utc};
-use crate::store::RedisConn;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::{
