@@ -799,3 +799,25 @@ async fn with_spill_memory_rows_wait_in_memory_and_every_row_that_does_not_fit_i
     direct.pool().close().await;
     tdb.drop_db().await;
 }
+
+#[test]
+fn database_config_errors_name_the_key() {
+    let load = |vars: &[(&str, &str)]| {
+        culm_worker::config::Loader::new(None, None).load_from(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    };
+    let e = load(&[("CULM_DATABASE_URL", "mysql://x/y")]).expect_err("not postgres");
+    assert!(
+        e.to_string().contains("database.url") && e.to_string().contains("CULM_DATABASE_URL"),
+        "{e}"
+    );
+    let e = load(&[("CULM__DATABASE__POOL_SIZE", "1")]).expect_err("pool too small");
+    assert!(e.to_string().contains("database.pool_size"), "{e}");
+    let e = load(&[("CULM__DATABASE__LEDGER__SPILL", "disk")]).expect_err("unknown policy");
+    assert!(e.to_string().contains("database.ledger.spill"), "{e}");
+    let c = load(&[("CULM_DATABASE_URL", "postgres://u:secret@db/culm")]).expect("valid");
+    assert!(c.database.enabled() && c.database.ledger.enabled && c.database.outbox.enabled);
+    assert!(
+        !format!("{:?}", c.database).contains("secret"),
+        "the password is never printed"
+    );
+}
