@@ -388,3 +388,42 @@ async fn jobs_in_several_queues_on_a_three_node_cluster_all_finish() {
     assert_eq!(report.handed_back, 0);
     drop(cluster);
 }
+
+#[test]
+fn redis_mode_is_configured_from_the_environment_and_checked() {
+    let load = |vars: &[(&str, &str)]| {
+        culm_worker::config::Loader::new(Some(culm_tests::workspace_root().join("config")), None)
+            .load_from(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    };
+    let c = load(&[
+        ("CULM__REDIS__MODE", "cluster"),
+        (
+            "CULM__REDIS__CLUSTER_NODES",
+            r#"["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]"#,
+        ),
+    ])
+    .expect("cluster config");
+    assert_eq!(c.redis.mode, RedisMode::Cluster);
+    assert_eq!(c.redis.cluster_nodes.len(), 2);
+    assert_eq!(load(&[]).expect("defaults").redis.mode, RedisMode::Standalone);
+
+    let err = load(&[("CULM__REDIS__MODE", "sentinel")])
+        .expect_err("sentinel needs a master name")
+        .to_string();
+    assert!(err.contains("redis.sentinel_master"), "{err}");
+    let err = load(&[("CULM__REDIS__MODE", "replicated")])
+        .expect_err("unknown mode")
+        .to_string();
+    assert!(err.contains("redis.mode") && err.contains("CULM__REDIS__MODE"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bad_cluster_node_url_is_named() {
+    let mut config = culm_worker::config::Config::defaults().expect("defaults");
+    config.redis.mode = RedisMode::Cluster;
+    config.redis.cluster_nodes = vec!["http://not-redis".into()];
+    let err = Store::connect(&config, std::sync::Arc::new(culm_jobs::registry().expect("registry")))
+        .await
+        .expect_err("not a redis URL");
+    assert!(err.to_string().contains("redis.cluster_nodes"), "{err}");
+}
