@@ -186,6 +186,10 @@ fn deployments_run_real_culm_commands_with_probes_grace_and_secret_refs() {
                     "{name}: workers leave the scheduler to culm-scheduler"
                 );
                 assert!(tiers_run.insert(tier.clone()), "two Deployments run tier {tier}");
+                assert!(
+                    !args.contains(&"--no-admin".to_owned()),
+                    "{name}: workers serve /metrics and probes on the admin listener"
+                );
                 assert_eq!(
                     s(v, "/spec/template/metadata/labels/culm.dev~1tier"),
                     tier.replace('_', "-")
