@@ -266,6 +266,29 @@ async fn jobs_in_several_queues_on_a_three_node_cluster_all_finish() {
     let mut events = rt.events();
     // Pools start idle, so every job below reaches them through a wake-up.
     let running = rt.start(&names).expect("start");
+    // The listener subscribes on one node (the first seed); most queues live elsewhere,
+    // so their wake-ups only arrive because PUBLISH is forwarded across the cluster bus.
+    let channels: Vec<String> = names.iter().map(|q| env.store.wake_channel(q)).collect();
+    let subscribed_on = cluster.ports[0];
+    eventually(WAIT, "the wake listener to subscribe", || {
+        let channels = channels.clone();
+        async move {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{subscribed_on}")).ok()?;
+            let mut c = client.get_multiplexed_async_connection().await.ok()?;
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channels)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            counts.iter().all(|(_, n)| *n >= 1).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        queues.values().filter(|&&node| node != subscribed_on).count() >= 2,
+        "most queues publish on another node than the subscriber's: {queues:?}"
+    );
 
     // The record set shares a slot with its `:runs` hash (the job pipelines both).
     let seen = format!("{{{}}}:seen", env.prefix);
