@@ -333,6 +333,19 @@ fn pdbs_services_and_scaled_objects_select_real_workloads() {
                 assert!(min >= 1 && min <= max, "{}: replicas {min}..{max}", name_of(v));
                 for t in v.pointer("/spec/triggers").and_then(Value::as_array).expect("triggers") {
                     let threshold = s(t, "/metadata/threshold");
+                    // metricType is a field of the trigger, not of its metadata.
+                    assert!(
+                        t.pointer("/metadata/metricType").is_none(),
+                        "{}: metricType in metadata",
+                        name_of(v)
+                    );
+                    if let Some(m) = t.get("metricType") {
+                        assert!(
+                            ["Value", "AverageValue", "Utilization"].contains(&m.as_str().unwrap_or("")),
+                            "{}: metricType {m}",
+                            name_of(v)
+                        );
+                    }
                     match s(t, "/type") {
                         "prometheus" => {
                             assert!(
