@@ -450,3 +450,21 @@ async fn a_bad_cluster_node_url_is_named() {
         .expect_err("not a redis URL");
     assert!(err.to_string().contains("redis.cluster_nodes"), "{err}");
 }
+
+#[tokio::test]
+async fn an_unreachable_cluster_names_its_seed_nodes() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port(); // closed again when the listener drops
+    let mut config = culm_worker::config::Config::defaults().expect("defaults");
+    config.redis.mode = RedisMode::Cluster;
+    config.redis.cluster_nodes = vec![format!("redis://:hunter2@127.0.0.1:{port}")];
+    config.redis.connect_timeout = Duration::from_millis(200);
+    let err = Store::connect(&config, std::sync::Arc::new(culm_jobs::registry().expect("registry")))
+        .await
+        .expect_err("nothing listens there")
+        .to_string();
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("hunter2"), "passwords are redacted: {err}");
+}
