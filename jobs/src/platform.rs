@@ -144,6 +144,10 @@ pub struct Record {
     /// A caller-chosen tag recorded instead of the job id, when given.
     #[serde(default)]
     pub tag: Option<String>,
+    /// A Redis set the member is added to when the handler starts, before the sleep, so
+    /// a caller can wait until the job is really running (not merely leased).
+    #[serde(default)]
+    pub started: Option<String>,
 }
 
 async fn record(ctx: &JobContext, set: &str, member: &str) -> Result<(), JobError> {
@@ -168,10 +172,13 @@ impl Job for Record {
     const TIERS: &'static [Tier] = &Tier::ALL;
     const DESCRIPTION: &'static str = "Adds its id to a Redis set; for loss and duplicate checks.";
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        let member = self.tag.clone().unwrap_or_else(|| ctx.id.clone());
+        if let Some(started) = &self.started {
+            record(&ctx, started, &member).await?;
+        }
         if self.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(self.sleep_ms)).await;
         }
-        let member = self.tag.clone().unwrap_or_else(|| ctx.id.clone());
         record(&ctx, &self.set, &member).await?;
         Ok(Outcome::done())
     }

@@ -266,6 +266,29 @@ async fn jobs_in_several_queues_on_a_three_node_cluster_all_finish() {
     let mut events = rt.events();
     // Pools start idle, so every job below reaches them through a wake-up.
     let running = rt.start(&names).expect("start");
+    // The listener subscribes on one node (the first seed); most queues live elsewhere,
+    // so their wake-ups only arrive because PUBLISH is forwarded across the cluster bus.
+    let channels: Vec<String> = names.iter().map(|q| env.store.wake_channel(q)).collect();
+    let subscribed_on = cluster.ports[0];
+    eventually(WAIT, "the wake listener to subscribe", || {
+        let channels = channels.clone();
+        async move {
+            let client = redis::Client::open(format!("redis://127.0.0.1:{subscribed_on}")).ok()?;
+            let mut c = client.get_multiplexed_async_connection().await.ok()?;
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(&channels)
+                .query_async(&mut c)
+                .await
+                .ok()?;
+            counts.iter().all(|(_, n)| *n >= 1).then_some(())
+        }
+    })
+    .await;
+    assert!(
+        queues.values().filter(|&&node| node != subscribed_on).count() >= 2,
+        "most queues publish on another node than the subscriber's: {queues:?}"
+    );
 
     // The record set shares a slot with its `:runs` hash (the job pipelines both).
     let seen = format!("{{{}}}:seen", env.prefix);
@@ -387,4 +410,61 @@ async fn jobs_in_several_queues_on_a_three_node_cluster_all_finish() {
     let report = running.shutdown().await;
     assert_eq!(report.handed_back, 0);
     drop(cluster);
+}
+
+#[test]
+fn redis_mode_is_configured_from_the_environment_and_checked() {
+    let load = |vars: &[(&str, &str)]| {
+        culm_worker::config::Loader::new(Some(culm_tests::workspace_root().join("config")), None)
+            .load_from(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    };
+    let c = load(&[
+        ("CULM__REDIS__MODE", "cluster"),
+        (
+            "CULM__REDIS__CLUSTER_NODES",
+            r#"["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]"#,
+        ),
+    ])
+    .expect("cluster config");
+    assert_eq!(c.redis.mode, RedisMode::Cluster);
+    assert_eq!(c.redis.cluster_nodes.len(), 2);
+    assert_eq!(load(&[]).expect("defaults").redis.mode, RedisMode::Standalone);
+
+    let err = load(&[("CULM__REDIS__MODE", "sentinel")])
+        .expect_err("sentinel needs a master name")
+        .to_string();
+    assert!(err.contains("redis.sentinel_master"), "{err}");
+    let err = load(&[("CULM__REDIS__MODE", "replicated")])
+        .expect_err("unknown mode")
+        .to_string();
+    assert!(err.contains("redis.mode") && err.contains("CULM__REDIS__MODE"), "{err}");
+}
+
+#[tokio::test]
+async fn a_bad_cluster_node_url_is_named() {
+    let mut config = culm_worker::config::Config::defaults().expect("defaults");
+    config.redis.mode = RedisMode::Cluster;
+    config.redis.cluster_nodes = vec!["http://not-redis".into()];
+    let err = Store::connect(&config, std::sync::Arc::new(culm_jobs::registry().expect("registry")))
+        .await
+        .expect_err("not a redis URL");
+    assert!(err.to_string().contains("redis.cluster_nodes"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_cluster_names_its_seed_nodes() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port(); // closed again when the listener drops
+    let mut config = culm_worker::config::Config::defaults().expect("defaults");
+    config.redis.mode = RedisMode::Cluster;
+    config.redis.cluster_nodes = vec![format!("redis://:hunter2@127.0.0.1:{port}")];
+    config.redis.connect_timeout = Duration::from_millis(200);
+    let err = Store::connect(&config, std::sync::Arc::new(culm_jobs::registry().expect("registry")))
+        .await
+        .expect_err("nothing listens there")
+        .to_string();
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(!err.contains("hunter2"), "passwords are redacted: {err}");
 }

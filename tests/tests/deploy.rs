@@ -186,6 +186,10 @@ fn deployments_run_real_culm_commands_with_probes_grace_and_secret_refs() {
                     "{name}: workers leave the scheduler to culm-scheduler"
                 );
                 assert!(tiers_run.insert(tier.clone()), "two Deployments run tier {tier}");
+                assert!(
+                    !args.contains(&"--no-admin".to_owned()),
+                    "{name}: workers serve /metrics and probes on the admin listener"
+                );
                 assert_eq!(
                     s(v, "/spec/template/metadata/labels/culm.dev~1tier"),
                     tier.replace('_', "-")
@@ -329,6 +333,19 @@ fn pdbs_services_and_scaled_objects_select_real_workloads() {
                 assert!(min >= 1 && min <= max, "{}: replicas {min}..{max}", name_of(v));
                 for t in v.pointer("/spec/triggers").and_then(Value::as_array).expect("triggers") {
                     let threshold = s(t, "/metadata/threshold");
+                    // metricType is a field of the trigger, not of its metadata.
+                    assert!(
+                        t.pointer("/metadata/metricType").is_none(),
+                        "{}: metricType in metadata",
+                        name_of(v)
+                    );
+                    if let Some(m) = t.get("metricType") {
+                        assert!(
+                            ["Value", "AverageValue", "Utilization"].contains(&m.as_str().unwrap_or("")),
+                            "{}: metricType {m}",
+                            name_of(v)
+                        );
+                    }
                     match s(t, "/type") {
                         "prometheus" => {
                             assert!(
@@ -468,6 +485,71 @@ fn promtool_accepts_the_alert_rules() {
     assert!(
         out.status.success(),
         "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every PromQL query of the dashboard (Grafana variables substituted) and of the KEDA
+/// triggers, as recording rules, so `promtool check rules` parses them.
+#[test]
+fn promtool_parses_every_dashboard_and_keda_query() {
+    let Some(promtool) = promtool() else { return };
+    let dash: Value =
+        serde_json::from_str(&std::fs::read_to_string(deploy_dir().join("grafana/culm.json")).expect("dashboard"))
+            .expect("JSON");
+    let mut queries = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    match (k.as_str(), v.as_str()) {
+                        ("expr", Some(e)) => out.push(e.to_owned()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    walk(&dash, &mut queries);
+    for (_, v) in kubernetes() {
+        for t in v
+            .pointer("/spec/triggers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(q) = t.pointer("/metadata/query").and_then(Value::as_str) {
+                queries.push(q.to_owned());
+            }
+        }
+    }
+    let rules: Vec<Value> = queries
+        .iter()
+        .enumerate()
+        .map(|(i, q)| {
+            let q = q
+                .replace("$__rate_interval", "5m")
+                .replace("$queue", ".*")
+                .replace("$tier", ".*");
+            json!({"record": format!("culm:deploy_check:{i}"), "expr": q})
+        })
+        .collect();
+    let file = std::env::temp_dir().join(format!("culm-queries-{}.yml", ulid::Ulid::new()));
+    let doc = json!({"groups": [{"name": "dashboard_and_keda", "rules": rules}]});
+    std::fs::write(&file, serde_norway::to_string(&doc).expect("yaml")).expect("write rules");
+    let out = Command::new(promtool)
+        .arg("check")
+        .arg("rules")
+        .arg(&file)
+        .output()
+        .expect("promtool runs");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "a dashboard or KEDA query does not parse:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );

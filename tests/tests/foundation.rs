@@ -293,12 +293,16 @@ async fn shutdown_drains_in_flight_jobs_then_hands_back_the_rest() {
     let set = env.key("drained");
     let rt = env.runtime();
     let running = rt.start(&["t_drain".into()]).expect("start");
+    let started = env.key("started");
     for _ in 0..2 {
-        env.enqueue(EnqueueRequest::raw("platform.record", json!({"set": set, "sleep_ms": 700})).queue("t_drain"))
+        let payload = json!({"set": set, "sleep_ms": 700, "started": started});
+        env.enqueue(EnqueueRequest::raw("platform.record", payload).queue("t_drain"))
             .await;
     }
+    // Wait for the handlers themselves, not just the leases: a job leased but not yet
+    // started when shutdown begins is handed back, which is the second half of this test.
     eventually(WAIT, "both jobs running", || async {
-        (env.store.stats("t_drain").await.ok()?.running == 2).then_some(())
+        (env.members(&started).await.len() == 2).then_some(())
     })
     .await;
     let report = running.shutdown().await;

@@ -738,3 +738,86 @@ async fn rows_spilled_by_a_process_that_stopped_during_the_outage_are_replayed_b
     db.pool().close().await;
     tdb.drop_db().await;
 }
+
+#[tokio::test]
+async fn with_spill_memory_rows_wait_in_memory_and_every_row_that_does_not_fit_is_counted() {
+    let tdb = TestDb::new();
+    {
+        let env = env(&tdb.url).await;
+        let (db, _l, w) = ledger_for(&env).await;
+        w.shutdown(Duration::from_secs(5)).await;
+        db.pool().close().await;
+    }
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let mut env = env(&tdb.via(&proxy)).await;
+    env.config.database.ledger.spill = culm_worker::config::SpillPolicy::Memory;
+    env.config.database.ledger.buffer_size = 100;
+    env.config.database.ledger.flush_batch = 100;
+    let (_, ledger, writer) = ledger_for(&env).await;
+    let direct = Db::connect(&{
+        let mut d = env.config.database.clone();
+        d.url = tdb.url.clone();
+        d
+    })
+    .await
+    .expect("direct connection");
+    let counters = ledger.counters().clone();
+    let rt = env.runtime().with_ledger(ledger);
+    let events = rt.events();
+    let running = rt.start(&["t_q".to_owned()]).expect("start");
+    proxy.cut();
+    let done = wait_done(&events, 300);
+    env.store
+        .enqueue(
+            (0..300)
+                .map(|_| EnqueueRequest::raw("platform.noop", json!({})).queue("t_q"))
+                .collect(),
+        )
+        .await
+        .expect("enqueue");
+    done.await;
+    proxy.restore();
+    running.shutdown().await;
+    writer.shutdown(Duration::from_secs(10)).await;
+    let written = count(&direct, "SELECT count(*) FROM culm_job_runs").await;
+    let dropped = counters.dropped.load(Ordering::Relaxed);
+    assert_eq!(
+        counters.spilled.load(Ordering::Relaxed),
+        0,
+        "memory policy never spills"
+    );
+    assert!(
+        dropped > 0,
+        "300 rows cannot fit in a 100-row buffer and a 100-row channel"
+    );
+    assert_eq!(
+        written as u64 + dropped,
+        300,
+        "every row is either written or counted as dropped"
+    );
+    env.cleanup().await;
+    direct.pool().close().await;
+    tdb.drop_db().await;
+}
+
+#[test]
+fn database_config_errors_name_the_key() {
+    let load = |vars: &[(&str, &str)]| {
+        culm_worker::config::Loader::new(None, None).load_from(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    };
+    let e = load(&[("CULM_DATABASE_URL", "mysql://x/y")]).expect_err("not postgres");
+    assert!(
+        e.to_string().contains("database.url") && e.to_string().contains("CULM_DATABASE_URL"),
+        "{e}"
+    );
+    let e = load(&[("CULM__DATABASE__POOL_SIZE", "1")]).expect_err("pool too small");
+    assert!(e.to_string().contains("database.pool_size"), "{e}");
+    let e = load(&[("CULM__DATABASE__LEDGER__SPILL", "disk")]).expect_err("unknown policy");
+    assert!(e.to_string().contains("database.ledger.spill"), "{e}");
+    let c = load(&[("CULM_DATABASE_URL", "postgres://u:secret@db/culm")]).expect("valid");
+    assert!(c.database.enabled() && c.database.ledger.enabled && c.database.outbox.enabled);
+    assert!(
+        !format!("{:?}", c.database).contains("secret"),
+        "the password is never printed"
+    );
+}

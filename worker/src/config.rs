@@ -834,8 +834,9 @@ fn validate_database(d: &DatabaseConfig) -> Result<(), (String, String)> {
     if d.enabled() && !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
         return Err(("database.url".into(), "must be a postgres:// URL or empty".into()));
     }
-    if d.pool_size == 0 {
-        return Err(("database.pool_size".into(), "must be at least 1".into()));
+    // Retention holds one connection for its advisory lock while deleting on another.
+    if d.pool_size < 2 {
+        return Err(("database.pool_size".into(), "must be at least 2".into()));
     }
     for (key, v) in [
         ("database.statement_timeout", d.statement_timeout),

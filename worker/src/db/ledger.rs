@@ -235,9 +235,13 @@ impl Writer {
         let mut buf: Vec<LedgerRow> = Vec::with_capacity(batch);
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Set when the last flush could neither write nor spill: wait for the next tick
+        // instead of retrying at once, and keep taking rows up to `buffer_size`.
+        let mut stalled = false;
         loop {
-            if buf.len() < batch {
-                let room = batch - buf.len();
+            let limit = if stalled { self.config.buffer_size } else { batch };
+            let room = limit.saturating_sub(buf.len());
+            if room > 0 || stalled {
                 tokio::select! {
                     biased;
                     _ = stop.changed() => {
@@ -249,19 +253,21 @@ impl Writer {
                         self.flush_all(&mut buf).await;
                         return;
                     }
-                    n = rx.recv_many(&mut buf, room) => {
+                    n = rx.recv_many(&mut buf, room.max(1)), if room > 0 => {
                         if n == 0 {
                             self.flush_all(&mut buf).await;
                             return;
                         }
-                        if buf.len() < batch {
+                        if stalled || buf.len() < batch {
                             continue;
                         }
                     }
                     _ = tick.tick() => {}
                 }
             }
+            let before = buf.len();
             self.flush(&mut buf).await;
+            stalled = !buf.is_empty() && buf.len() >= before;
         }
     }
 

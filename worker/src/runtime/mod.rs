@@ -219,8 +219,21 @@ impl Running {
                 p.worker.abort();
                 let _ = (&mut p.worker).await;
             }
-            p.fetcher.abort();
             p.upkeep.abort();
+        }
+        // Let a fetch that is already in Redis finish and record what it leased, so those
+        // jobs are handed back below instead of waiting for their leases to expire. The
+        // fetchers saw `stop` and end after that call; a hung one is cut off.
+        let fetched = futures::future::join_all(
+            pools
+                .iter_mut()
+                .map(|p| tokio::time::timeout(Duration::from_secs(5), &mut p.fetcher)),
+        )
+        .await;
+        for (p, done) in pools.iter().zip(fetched) {
+            if done.is_err() {
+                p.fetcher.abort();
+            }
         }
         // Workers are gone: ackers write what is left, then end.
         let _ = self.finish.send(true);

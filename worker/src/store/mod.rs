@@ -6,7 +6,7 @@
 //! O(batch), never O(queue length). apalis-redis is not used: its fetch overflows Lua's
 //! `unpack` past ~8,000 due jobs, its idle workers wait for a 30 s heartbeat, and it
 //! acknowledges one task per round trip (ARCHITECTURE.md has the details).
-use crate::config::{Config, QueueSettings, redact_url};
+use crate::config::{Config, QueueSettings, RedisMode, redact_url};
 use culm_core::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer, Registry, Tier, now_ms};
 use futures::future::{BoxFuture, try_join_all};
 use redis::{Script, Value};
@@ -349,9 +349,28 @@ fn parse_errors(raw: &str) -> Vec<ErrorRecord> {
 impl Store {
     /// Connects and checks Redis answers, failing with a one-line message naming the URL.
     pub async fn connect(config: &Config, registry: Arc<Registry>) -> Result<Store, StoreError> {
-        let url = &config.redis.url;
+        let r = &config.redis;
+        // Name what culm actually dialled: the seeds or the sentinels outside standalone.
+        let url = match r.mode {
+            RedisMode::Cluster if !r.cluster_nodes.is_empty() => r
+                .cluster_nodes
+                .iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(", "),
+            RedisMode::Sentinel => format!(
+                "master `{}` via sentinels {}",
+                r.sentinel_master,
+                r.sentinel_nodes
+                    .iter()
+                    .map(|u| redact_url(u))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => redact_url(&r.url),
+        };
         let unreachable = |cause: String| StoreError::Unreachable {
-            url: redact_url(url),
+            url: url.clone(),
             cause,
         };
         let (mut conn, pubsub) = conn::connect(&config.redis)
