@@ -29,9 +29,9 @@ if command -v kubectl >/dev/null 2>&1; then
   done
 fi
 
-# Every culm_* metric the dashboard, alerts and KEDA use is defined in telemetry.rs or
-# listed in deploy/expected-metrics.txt.
-known=$( { grep -o '"culm_[a-z0-9_]*"' worker/src/telemetry.rs | tr -d '"'; grep -v '^#' deploy/expected-metrics.txt | awk 'NF {print $1}'; } | sort -u)
+# Every culm_* metric the dashboard, alerts and KEDA use is defined in telemetry.rs or,
+# for the integration metrics, in jobs/src/http/metrics.rs.
+known=$(grep -ho '"culm_[a-z0-9_]*"' worker/src/telemetry.rs jobs/src/http/metrics.rs | tr -d '"' | sort -u)
 used=$(grep -rhoE 'culm_[a-z0-9_]+' deploy/grafana deploy/prometheus deploy/kubernetes/keda \
   | grep -v '_$' | sed -E 's/_(bucket|count|sum)$//' | sort -u)
 missing=$(comm -13 <(echo "$known") <(echo "$used") || true)
