@@ -239,3 +239,15 @@ impl TcpProxy {
         let _ = self.cut.send(false);
     }
 }
+
+/// Kills the child process if the test fails before stopping it.
+pub struct KillOnDrop(pub Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -3,7 +3,7 @@
 //! two relays, and the ledger fallback of job status. Each test creates its own database
 //! (`culm_test_<ulid>`) and drops it at the end.
 use culm_core::EnqueueRequest;
-use culm_tests::{TcpProxy, TestEnv, eventually, is, next_event, queue};
+use culm_tests::{KillOnDrop, TcpProxy, TestEnv, eventually, is, next_event, queue};
 use culm_worker::runtime::JobEvent;
 use culm_worker::{
     admin::{self, AdminState, Token},
@@ -89,6 +89,21 @@ async fn env(url: &str) -> TestEnv {
         c.queues.insert("t_one".into(), queue("batch", 2, 5_000, 1));
     })
     .await
+}
+
+/// Creates and migrates the database directly, then connects a ledger through a proxy
+/// the test can cut.
+async fn ledger_behind_proxy(tdb: &TestDb) -> (TcpProxy, TestEnv, Db, Ledger, LedgerWriter) {
+    {
+        let env = env(&tdb.url).await;
+        let (db, _l, w) = ledger_for(&env).await;
+        w.shutdown(Duration::from_secs(5)).await;
+        db.pool().close().await;
+    }
+    let proxy = TcpProxy::start("127.0.0.1:5432").await;
+    let env = env(&tdb.via(&proxy)).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    (proxy, env, db, ledger, writer)
 }
 
 /// Creates and migrates the env's database; starts a ledger writer.
@@ -345,16 +360,7 @@ async fn dead_jobs_are_archived_with_payload_and_errors_and_can_be_redriven_from
 #[tokio::test]
 async fn the_ledger_survives_postgres_being_unavailable_and_catches_up_without_losing_a_row() {
     let tdb = TestDb::new();
-    // Create and migrate directly, then run the ledger through a proxy we can cut.
-    {
-        let env = env(&tdb.url).await;
-        let (db, _l, w) = ledger_for(&env).await;
-        w.shutdown(Duration::from_secs(5)).await;
-        db.pool().close().await;
-    }
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
-    let env = env(&tdb.via(&proxy)).await;
-    let (db, ledger, writer) = ledger_for(&env).await;
+    let (proxy, env, db, ledger, writer) = ledger_behind_proxy(&tdb).await;
     let counters = ledger.counters().clone();
     let rt = env.runtime().with_ledger(ledger);
     let events = rt.events();
@@ -612,18 +618,6 @@ async fn an_attempt_whose_worker_vanished_is_recorded_by_the_reaper_and_archived
     tdb.drop_db().await;
 }
 
-/// Kills the child process if the test fails before stopping it.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn culm_run_migrates_at_start_relays_the_outbox_records_the_ledger_and_refuses_a_newer_schema() {
     let tdb = TestDb::new();
@@ -696,15 +690,7 @@ async fn culm_run_migrates_at_start_relays_the_outbox_records_the_ledger_and_ref
 #[tokio::test]
 async fn rows_spilled_by_a_process_that_stopped_during_the_outage_are_replayed_by_the_next_writer() {
     let tdb = TestDb::new();
-    {
-        let env = env(&tdb.url).await;
-        let (db, _l, w) = ledger_for(&env).await;
-        w.shutdown(Duration::from_secs(5)).await;
-        db.pool().close().await;
-    }
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
-    let env = env(&tdb.via(&proxy)).await;
-    let (db, ledger, writer) = ledger_for(&env).await;
+    let (proxy, env, db, ledger, writer) = ledger_behind_proxy(&tdb).await;
     let counters = ledger.counters().clone();
     let rt = env.runtime().with_ledger(ledger);
     let events = rt.events();

@@ -1,7 +1,7 @@
 //! The scheduler against the real Redis: the shipped catalog validates, several replicas
 //! fire each tick exactly once, overlap and missed-tick policies, pause/resume/trigger,
 //! and the `culm schedules` / `culm check` commands.
-use culm_tests::{TestEnv, culm_bin, eventually, queue};
+use culm_tests::{KillOnDrop, TestEnv, culm_bin, eventually, queue};
 use culm_worker::{
     config::Config,
     scheduler::{
@@ -437,18 +437,6 @@ async fn culm_schedules_lists_the_catalog_and_check_names_bad_schedules() {
     );
     std::fs::remove_dir_all(dir).ok();
     env.cleanup().await;
-}
-
-/// Kills the child process if the test fails before stopping it.
-struct KillOnDrop(Option<std::process::Child>);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

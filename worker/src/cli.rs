@@ -642,6 +642,30 @@ async fn shutdown_signal() {
     }
 }
 
+/// Prints `culm dead list` output: JSON, or one line per job and a count on stderr.
+pub(crate) fn print_dead(all: &[crate::store::DeadJob], json: bool, what: &str) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(all)?);
+        return Ok(());
+    }
+    for d in all {
+        let when = chrono::DateTime::from_timestamp_millis(d.died_at)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        println!(
+            "{}  {:<14} {:<28} attempts={} died={}  {}",
+            d.id,
+            d.queue,
+            d.job,
+            d.attempts,
+            when,
+            d.last_error.as_deref().unwrap_or("")
+        );
+    }
+    eprintln!("{} {what}", all.len());
+    Ok(())
+}
+
 async fn dead(store: Store, command: DeadCommand) -> Result<ExitCode> {
     match command {
         DeadCommand::List { queue, limit, json } => {
@@ -653,25 +677,7 @@ async fn dead(store: Store, command: DeadCommand) -> Result<ExitCode> {
             for q in queues {
                 all.extend(store.dead_list(&q, limit).await?);
             }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
-            } else {
-                for d in &all {
-                    let when = chrono::DateTime::from_timestamp_millis(d.died_at)
-                        .map(|t| t.to_rfc3339())
-                        .unwrap_or_default();
-                    println!(
-                        "{}  {:<14} {:<28} attempts={} died={}  {}",
-                        d.id,
-                        d.queue,
-                        d.job,
-                        d.attempts,
-                        when,
-                        d.last_error.as_deref().unwrap_or("")
-                    );
-                }
-                eprintln!("{} dead job(s)", all.len());
-            }
+            print_dead(&all, json, "dead job(s)")?;
         }
         DeadCommand::Retry { ids } => {
             for id in ids {

@@ -116,25 +116,7 @@ pub async fn dead(store: Store, db: Db, command: DeadCommand) -> Result<ExitCode
     match command {
         DeadCommand::List { queue, limit, json } => {
             let all = db.dead_list_merged(&store, queue.as_deref(), limit).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
-            } else {
-                for d in &all {
-                    let when = chrono::DateTime::from_timestamp_millis(d.died_at)
-                        .map(|t| t.to_rfc3339())
-                        .unwrap_or_default();
-                    println!(
-                        "{}  {:<14} {:<28} attempts={} died={}  {}",
-                        d.id,
-                        d.queue,
-                        d.job,
-                        d.attempts,
-                        when,
-                        d.last_error.as_deref().unwrap_or("")
-                    );
-                }
-                eprintln!("{} dead job(s) in the archive", all.len());
-            }
+            crate::cli::print_dead(&all, json, "dead job(s) in the archive")?;
         }
         DeadCommand::Retry { ids } => {
             for id in ids {

@@ -25,22 +25,8 @@ use std::{
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-/// The integrations the sandbox serves, each under `/<name>/`.
-pub const INTEGRATIONS: [&str; 13] = [
-    "galileo",
-    "crossborder",
-    "ding",
-    "bamboo",
-    "salesforce",
-    "appsflyer",
-    "unit21",
-    "veriff",
-    "persona",
-    "kard",
-    "avalara",
-    "mailer",
-    "sftp",
-];
+/// The integrations the sandbox serves, each under `/<name>/`: the ones culm has clients for.
+pub use culm_jobs::http::config::INTEGRATIONS;
 
 /// Header that makes the sandbox answer with the given status.
 pub const FAIL_HEADER: &str = "x-sandbox-fail";
