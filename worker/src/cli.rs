@@ -227,8 +227,14 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => crate::bench::run(config, registry, args)
             .await
             .map(|_| ExitCode::SUCCESS),
-        Command::Run(args) => run(config, registry, args).await,
-        Command::Serve => serve(config, registry).await,
+        Command::Run(args) => {
+            listen_for_shutdown();
+            run(config, registry, args).await
+        }
+        Command::Serve => {
+            listen_for_shutdown();
+            serve(config, registry).await
+        }
         Command::Enqueue(args) => {
             let store = Store::connect(&config, registry).await?;
             let payload: serde_json::Value =
@@ -292,7 +298,10 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::Schedules { json } => schedules(config, registry, json).await,
-        Command::Scheduler => scheduler_only(config, registry).await,
+        Command::Scheduler => {
+            listen_for_shutdown();
+            scheduler_only(config, registry).await
+        }
         Command::Examples(args) => crate::examples::run(config, registry, args).await,
         Command::Migrate => crate::db::cmd::migrate(&config).await,
         Command::Sandbox(args) => sandbox(&config, args).await,
@@ -620,7 +629,31 @@ async fn schedules(config: Config, registry: Arc<Registry>, json: bool) -> Resul
     Ok(ExitCode::SUCCESS)
 }
 
+/// The shutdown request of a long-running command, set once SIGTERM or SIGINT arrives.
+static SHUTDOWN: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> = std::sync::OnceLock::new();
+
+/// Starts listening for SIGTERM/SIGINT now. Called first by long-running commands, so a
+/// signal that arrives during start-up (connecting, migrating) is held and answered with
+/// a clean drain once the command is up, instead of the default action killing it.
+fn listen_for_shutdown() {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    if SHUTDOWN.set(rx).is_ok() {
+        tokio::spawn(async move {
+            os_signal().await;
+            let _ = tx.send(true);
+        });
+    }
+}
+
+/// Waits for SIGTERM/SIGINT (received at any time since [`listen_for_shutdown`]).
 async fn shutdown_signal() {
+    listen_for_shutdown();
+    if let Some(rx) = SHUTDOWN.get() {
+        let _ = rx.clone().wait_for(|stop| *stop).await;
+    }
+}
+
+async fn os_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -735,20 +768,12 @@ async fn sandbox(config: &Config, args: SandboxArgs) -> Result<ExitCode> {
     c.fail_rate = args.fail_rate.unwrap_or(c.fail_rate);
     c.latency_ms = args.latency_ms.unwrap_or(c.latency_ms);
     // Listen for SIGTERM before serving, so a client that saw an answer can stop us cleanly.
-    #[cfg(unix)]
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
+    listen_for_shutdown();
     let sandbox = crate::sandbox::Sandbox::bind(&c.listen, sandbox_options(&c)).await?;
     eprintln!(
         "sandbox listening on http://{0}: integrations at http://{0}/<name>, request log at http://{0}/_sandbox/requests",
         sandbox.addr()
     );
-    #[cfg(unix)]
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    #[cfg(not(unix))]
     shutdown_signal().await;
     sandbox.shutdown().await;
     Ok(ExitCode::SUCCESS)
