@@ -129,12 +129,8 @@ where
     }
 }
 
-/// Waits for the first event matching `pred`.
-pub async fn next_event(
-    rx: &mut broadcast::Receiver<JobEvent>,
-    timeout: Duration,
-    pred: impl Fn(&JobEvent) -> bool,
-) -> JobEvent {
+/// Waits for the first event matching `pred` (job events, schedule events, ...).
+pub async fn next_event<E: Clone>(rx: &mut broadcast::Receiver<E>, timeout: Duration, pred: impl Fn(&E) -> bool) -> E {
     tokio::time::timeout(timeout, async {
         loop {
             match rx.recv().await {
@@ -145,7 +141,7 @@ pub async fn next_event(
         }
     })
     .await
-    .expect("expected job event did not arrive in time")
+    .expect("expected event did not arrive in time")
 }
 
 /// Whether an event is the final outcome of a run.
@@ -250,4 +246,23 @@ impl Drop for KillOnDrop {
             let _ = c.wait();
         }
     }
+}
+
+impl KillOnDrop {
+    /// Sends SIGTERM and waits for the child to exit.
+    pub fn sigterm(mut self) -> std::process::ExitStatus {
+        let mut child = self.0.take().expect("child still running");
+        sigterm_and_wait(&mut child)
+    }
+}
+
+/// Sends SIGTERM to a child process and waits for it to exit.
+pub fn sigterm_and_wait(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let status = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM {} failed", child.id());
+    child.wait().expect("wait")
 }

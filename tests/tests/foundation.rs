@@ -1,7 +1,7 @@
 //! The foundation's behaviour against the real Redis: tier isolation, retries and dead
 //! letters, bad payloads, timeouts, idempotency, delays, drain and SIGKILL recovery.
 use culm_core::{EnqueueRequest, now_ms};
-use culm_tests::{TestEnv, culm_bin, eventually, is, next_event, queue, workspace_root};
+use culm_tests::{TestEnv, culm_bin, eventually, is, next_event, queue, sigterm_and_wait, workspace_root};
 use culm_worker::store::AckKind;
 use serde_json::json;
 use std::{process::Stdio, time::Duration};
@@ -389,13 +389,7 @@ async fn sigkill_mid_job_redelivers_to_another_process_and_loses_nothing() {
         assert!(recorded.contains(id), "job {id} was lost");
     }
     // Graceful exit on SIGTERM.
-    let status = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(second.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = second.wait().expect("wait");
+    let exit = sigterm_and_wait(&mut second);
     assert!(exit.success(), "culm exits 0 after SIGTERM: {exit:?}");
     env.cleanup().await;
 }

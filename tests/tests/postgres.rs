@@ -91,6 +91,14 @@ async fn env(url: &str) -> TestEnv {
     .await
 }
 
+/// Enqueues `n` no-op jobs on `t_q` in one call; returns how many were enqueued.
+async fn enqueue_noops(env: &TestEnv, n: usize) -> usize {
+    let reqs = (0..n)
+        .map(|_| EnqueueRequest::raw("platform.noop", json!({})).queue("t_q"))
+        .collect();
+    env.store.enqueue(reqs).await.expect("enqueue").len()
+}
+
 /// Creates and migrates the database directly, then connects a ledger through a proxy
 /// the test can cut.
 async fn ledger_behind_proxy(tdb: &TestDb) -> (TcpProxy, TestEnv, Db, Ledger, LedgerWriter) {
@@ -365,13 +373,7 @@ async fn the_ledger_survives_postgres_being_unavailable_and_catches_up_without_l
     let rt = env.runtime().with_ledger(ledger);
     let events = rt.events();
     let running = rt.start(&["t_q".to_owned()]).expect("start");
-    let noop = || EnqueueRequest::raw("platform.noop", json!({})).queue("t_q");
-
-    let run = |n: usize| {
-        let reqs: Vec<_> = (0..n).map(|_| noop()).collect();
-        let store = env.store.clone();
-        async move { store.enqueue(reqs).await.expect("enqueue").len() }
-    };
+    let run = |n: usize| enqueue_noops(&env, n);
     // Before the outage.
     let done = wait_done(&events, 50);
     run(50).await;
@@ -633,7 +635,7 @@ async fn culm_run_migrates_at_start_relays_the_outbox_records_the_ledger_and_ref
         c
     };
     let args = ["run", "--queues", "platform", "--no-admin", "--no-scheduler"];
-    let mut guard = KillOnDrop(Some(
+    let guard = KillOnDrop(Some(
         command(&args)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -656,15 +658,7 @@ async fn culm_run_migrates_at_start_relays_the_outbox_records_the_ledger_and_ref
         (count(&db, "SELECT count(*) FROM culm_job_runs WHERE job = 'platform.fail'").await == 2).then_some(())
     })
     .await;
-    let child = guard.0.as_mut().expect("child");
-    let status = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let exit = child.wait().expect("wait");
-    guard.0 = None;
+    let exit = guard.sigterm();
     assert!(exit.success(), "culm exits 0 after SIGTERM: {exit:?}");
 
     // A newer culm migrated the database since: this binary refuses to start.
@@ -697,14 +691,7 @@ async fn rows_spilled_by_a_process_that_stopped_during_the_outage_are_replayed_b
     let running = rt.start(&["t_q".to_owned()]).expect("start");
     proxy.cut();
     let done = wait_done(&events, 30);
-    env.store
-        .enqueue(
-            (0..30)
-                .map(|_| EnqueueRequest::raw("platform.noop", json!({})).queue("t_q"))
-                .collect(),
-        )
-        .await
-        .expect("enqueue");
+    enqueue_noops(&env, 30).await;
     done.await;
     // The process stops while PostgreSQL is still down: its buffer goes to the spill.
     running.shutdown().await;
@@ -753,14 +740,7 @@ async fn with_spill_memory_rows_wait_in_memory_and_every_row_that_does_not_fit_i
     let running = rt.start(&["t_q".to_owned()]).expect("start");
     proxy.cut();
     let done = wait_done(&events, 300);
-    env.store
-        .enqueue(
-            (0..300)
-                .map(|_| EnqueueRequest::raw("platform.noop", json!({})).queue("t_q"))
-                .collect(),
-        )
-        .await
-        .expect("enqueue");
+    enqueue_noops(&env, 300).await;
     done.await;
     proxy.restore();
     running.shutdown().await;

@@ -389,9 +389,7 @@ async fn exercise_child(mut child: Child, base: &str) {
         .expect("answered");
     assert_eq!(placed.status(), StatusCode::ACCEPTED);
     assert_eq!(log(&client, base).await.len(), 1);
-    let term = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
-    assert!(term.expect("kill runs").success());
-    let exit = child.wait().expect("wait");
+    let exit = culm_tests::sigterm_and_wait(&mut child);
     assert!(exit.success(), "exits 0 after SIGTERM: {exit:?}");
 }
 

@@ -1,11 +1,11 @@
 //! The scheduler against the real Redis: the shipped catalog validates, several replicas
 //! fire each tick exactly once, overlap and missed-tick policies, pause/resume/trigger,
 //! and the `culm schedules` / `culm check` commands.
-use culm_tests::{KillOnDrop, TestEnv, culm_bin, eventually, queue};
+use culm_tests::{KillOnDrop, TestEnv, culm_bin, eventually, next_event, queue};
 use culm_worker::{
     config::Config,
     scheduler::{
-        ScheduleEvent, Scheduler, SchedulerError, TickOutcome,
+        Scheduler, SchedulerError, TickOutcome,
         catalog::{self, Catalog, CatalogError},
     },
     store::{Envelope, Routing, Store},
@@ -15,7 +15,6 @@ use std::{
     sync::Arc,
     time::Duration,
 };
-use tokio::sync::broadcast;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -54,24 +53,6 @@ async fn fired_ticks(env: &TestEnv, queue: &str, name: &str) -> Vec<i64> {
         .collect();
     ticks.sort();
     ticks
-}
-
-/// Waits for the first event matching `pred`.
-async fn next_schedule_event(
-    rx: &mut broadcast::Receiver<ScheduleEvent>,
-    pred: impl Fn(&ScheduleEvent) -> bool,
-) -> ScheduleEvent {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match rx.recv().await {
-                Ok(e) if pred(&e) => return e,
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => panic!("event channel closed"),
-            }
-        }
-    })
-    .await
-    .expect("expected schedule event did not arrive in time")
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -239,10 +220,10 @@ description = "ticks every second; its job waits because no pool runs yet"
     .await;
     let mut events = s.events();
     let running = s.start();
-    let first = next_schedule_event(&mut events, |e| matches!(e.outcome, TickOutcome::Fired { .. })).await;
+    let first = next_event(&mut events, WAIT, |e| matches!(e.outcome, TickOutcome::Fired { .. })).await;
     let job = first.outcome.job_id().expect("job id").to_owned();
     // No pool runs the queue: the job stays pending, so the next ticks are skipped.
-    let skipped = next_schedule_event(&mut events, |e| e.outcome != TickOutcome::Stale).await;
+    let skipped = next_event(&mut events, WAIT, |e| e.outcome != TickOutcome::Stale).await;
     assert_eq!(
         skipped.outcome,
         TickOutcome::SkippedOverlap {
@@ -256,7 +237,7 @@ description = "ticks every second; its job waits because no pool runs yet"
     // Once the run finishes, the schedule fires again.
     let rt = env.runtime();
     let pools = rt.start(&["t_overlap".into()]).expect("pool");
-    let next = next_schedule_event(&mut events, |e| matches!(e.outcome, TickOutcome::Fired { .. })).await;
+    let next = next_event(&mut events, WAIT, |e| matches!(e.outcome, TickOutcome::Fired { .. })).await;
     assert_ne!(next.outcome.job_id(), Some(job.as_str()));
     running.shutdown().await;
     pools.shutdown().await;
@@ -292,7 +273,10 @@ description = "forgets ticks missed during downtime"
     let mut events = a.events();
     let running = a.start();
     for name in ["t.catch_up", "t.forget"] {
-        next_schedule_event(&mut events, |e| e.schedule == name && e.outcome.job_id().is_some()).await;
+        next_event(&mut events, WAIT, |e| {
+            e.schedule == name && e.outcome.job_id().is_some()
+        })
+        .await;
     }
     running.shutdown().await;
     let before_catch_up = fired_ticks(&env, "t_missed", "t.catch_up").await;
@@ -367,7 +351,7 @@ description = "paused, triggered, resumed"
     admin.pause("t.pausable").await.expect("pause");
     let mut events = s.events();
     let running = s.start();
-    next_schedule_event(&mut events, |e| e.outcome == TickOutcome::Paused).await;
+    next_event(&mut events, WAIT, |e| e.outcome == TickOutcome::Paused).await;
     assert!(fired_ticks(&env, "t_pause", "t.pausable").await.is_empty());
     assert_eq!(admin.get("t.pausable").await.expect("status").paused, Some(true));
 
@@ -384,7 +368,7 @@ description = "paused, triggered, resumed"
     assert_eq!(status.last_fire.expect("last fire").job_id, job_id);
 
     admin.resume("t.pausable").await.expect("resume");
-    next_schedule_event(&mut events, |e| matches!(e.outcome, TickOutcome::Fired { .. })).await;
+    next_event(&mut events, WAIT, |e| matches!(e.outcome, TickOutcome::Fired { .. })).await;
     assert_eq!(admin.get("t.pausable").await.expect("status").paused, Some(false));
     assert!(matches!(
         admin.trigger("t.nope").await,
@@ -462,16 +446,8 @@ async fn culm_scheduler_and_culm_run_fire_schedules_and_stop_on_sigterm() {
             .spawn()
             .expect("culm starts")
     };
-    let sigterm = |mut guard: KillOnDrop| {
-        let child = guard.0.as_mut().expect("child");
-        let status = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-        let exit = child.wait().expect("wait");
-        guard.0 = None;
+    let sigterm = |guard: KillOnDrop| {
+        let exit = guard.sigterm();
         assert!(exit.success(), "culm exits 0 after SIGTERM: {exit:?}");
     };
 

@@ -517,45 +517,45 @@ async fn insert_rows(db: &Db, rows: &[LedgerRow]) -> Result<(), sqlx::Error> {
 /// Deletes ledger rows (and archived dead jobs) past their retention, in batches of
 /// `batch`, so no statement holds locks for long. Returns (runs, dead jobs) deleted.
 pub async fn housekeeping(db: &Db, config: &LedgerConfig, batch: i64) -> Result<(u64, u64), sqlx::Error> {
-    let mut runs = 0;
-    let mut dead = 0;
-    if !config.retention.is_zero() {
-        let cutoff = Utc::now() - chrono::Duration::from_std(config.retention).unwrap_or(chrono::Duration::MAX);
-        loop {
-            let n = sqlx::query(
-                "DELETE FROM culm_job_runs WHERE run_id IN \
-                 (SELECT run_id FROM culm_job_runs WHERE finished_at < $1 LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(batch)
-            .execute(db.pool())
-            .await?
-            .rows_affected();
-            runs += n;
-            if n < batch as u64 {
-                break;
-            }
-        }
-    }
-    if !config.dead_retention.is_zero() {
-        let cutoff = Utc::now() - chrono::Duration::from_std(config.dead_retention).unwrap_or(chrono::Duration::MAX);
-        loop {
-            let n = sqlx::query(
-                "DELETE FROM culm_dead_jobs WHERE job_id IN \
-                 (SELECT job_id FROM culm_dead_jobs WHERE died_at < $1 LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(batch)
-            .execute(db.pool())
-            .await?
-            .rows_affected();
-            dead += n;
-            if n < batch as u64 {
-                break;
-            }
-        }
-    }
+    let runs = delete_older_than(
+        db,
+        config.retention,
+        batch,
+        "DELETE FROM culm_job_runs WHERE run_id IN \
+         (SELECT run_id FROM culm_job_runs WHERE finished_at < $1 LIMIT $2)",
+    )
+    .await?;
+    let dead = delete_older_than(
+        db,
+        config.dead_retention,
+        batch,
+        "DELETE FROM culm_dead_jobs WHERE job_id IN \
+         (SELECT job_id FROM culm_dead_jobs WHERE died_at < $1 LIMIT $2)",
+    )
+    .await?;
     Ok((runs, dead))
+}
+
+/// Runs `sql` (binding the cutoff `now - retention` and `batch`) until a batch deletes
+/// fewer than `batch` rows. A zero retention keeps everything.
+async fn delete_older_than(db: &Db, retention: Duration, batch: i64, sql: &str) -> Result<u64, sqlx::Error> {
+    if retention.is_zero() {
+        return Ok(0);
+    }
+    let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(sql)
+            .bind(cutoff)
+            .bind(batch)
+            .execute(db.pool())
+            .await?
+            .rows_affected();
+        deleted += n;
+        if n < batch as u64 {
+            return Ok(deleted);
+        }
+    }
 }
 
 /// Runs [`housekeeping`] every `housekeeping_interval` until `stop`. Replicas take a
