@@ -430,7 +430,7 @@ async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<E
             .await?,
         )
     } else {
-        tokio::spawn(crate::telemetry::queue_gauges(
+        tokio::spawn(crate::store::queue_gauges(
             store.clone(),
             config.admin.gauge_interval,
             stop_http_rx,
@@ -491,7 +491,7 @@ async fn start_http(
     } else {
         Some(admin::bind(&config.admin.metrics_listen, "admin.metrics_listen").await?)
     };
-    let gauges = tokio::spawn(crate::telemetry::queue_gauges(
+    let gauges = tokio::spawn(crate::store::queue_gauges(
         store.clone(),
         config.admin.gauge_interval,
         stop.clone(),

@@ -75,45 +75,6 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
         .clone()
 }
 
-/// Keeps queue gauges fresh: every `interval`, reads each queue's counts from Redis and
-/// sets the gauges, so a scrape never waits on Redis. Runs until `stop` fires.
-pub async fn queue_gauges(
-    store: crate::store::Store,
-    interval: std::time::Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
-    let handle = install();
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        // Histograms are summarised lazily; upkeep bounds their memory.
-        handle.run_upkeep();
-        match store.all_stats().await {
-            Ok(all) => {
-                for q in all {
-                    let tier = q.tier.as_str();
-                    for (state, n) in [
-                        ("pending", q.pending),
-                        ("scheduled", q.scheduled),
-                        ("running", q.running),
-                        ("dead", q.dead),
-                    ] {
-                        gauge!(QUEUE_JOBS, "queue" => q.name.clone(), "tier" => tier, "state" => state).set(n as f64);
-                    }
-                    let age = q.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0;
-                    gauge!(QUEUE_OLDEST_AGE, "queue" => q.name.clone(), "tier" => tier).set(age);
-                    gauge!(QUEUE_PAUSED, "queue" => q.name.clone()).set(if q.paused { 1.0 } else { 0.0 });
-                }
-            }
-            Err(e) => tracing::warn!("refreshing queue gauges failed: {e}"),
-        }
-    }
-}
-
 /// The pool of `queue` runs `n` workers in this process.
 pub fn capacity(queue: &str, tier: &'static str, n: u32) {
     gauge!(WORKERS_CAPACITY, "queue" => queue.to_owned(), "tier" => tier).set(f64::from(n));
@@ -149,7 +110,10 @@ pub fn describe() {
     describe_histogram!(JOB_DURATION, metrics::Unit::Seconds, "Job run time.");
     describe_histogram!(JOB_WAIT, metrics::Unit::Seconds, "Time from due to start.");
     describe_gauge!(WORKERS_BUSY, "Jobs running in this process.");
-    describe_counter!(LEASES_REAPED, "Expired leases returned to their queue.");
+    describe_counter!(
+        LEASES_REAPED,
+        "Expired leases settled by the reaper (returned to their queue or dead-lettered)."
+    );
     describe_counter!(STORE_ERRORS, "Redis errors on the hot path.");
 }
 
@@ -208,9 +172,12 @@ pub fn store_error(queue: &str, op: &'static str) {
     counter!(STORE_ERRORS, "queue" => queue.to_owned(), "op" => op).increment(1);
 }
 
-/// The reaper returned `n` expired leases.
-pub fn reaped(queue: &str, n: usize) {
-    counter!(LEASES_REAPED, "queue" => queue.to_owned()).increment(n as u64);
+/// The reaper settled an expired lease; `dead` when that was the job's last attempt.
+pub fn reaped(queue: &str, job: &str, dead: bool) {
+    counter!(LEASES_REAPED, "queue" => queue.to_owned()).increment(1);
+    if dead {
+        counter!(JOBS_DEAD, "queue" => queue.to_owned(), "job" => job.to_owned()).increment(1);
+    }
 }
 
 // --- Scheduler (issue 4) ---------------------------------------------------------------

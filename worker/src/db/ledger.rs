@@ -46,6 +46,9 @@ pub enum RunOutcome {
     Dead,
     /// It asked to run later without spending an attempt.
     Deferred,
+    /// It finished, but its lease had expired and been taken over (the job was delivered
+    /// again), so its outcome was not applied.
+    Superseded,
 }
 
 impl RunOutcome {
@@ -56,6 +59,7 @@ impl RunOutcome {
             RunOutcome::FailedWillRetry => "failed_will_retry",
             RunOutcome::Dead => "dead",
             RunOutcome::Deferred => "deferred",
+            RunOutcome::Superseded => "superseded",
         }
     }
 }

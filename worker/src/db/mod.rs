@@ -20,11 +20,18 @@ use std::{borrow::Cow, str::FromStr, time::Duration};
 
 /// The migrations in `migrations/`, embedded in the binary (version, description, SQL).
 /// A unit test checks this list against the directory.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "ledger dead outbox",
-    include_str!("../../../migrations/0001_ledger_dead_outbox.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "ledger dead outbox",
+        include_str!("../../../migrations/0001_ledger_dead_outbox.sql"),
+    ),
+    (
+        2,
+        "superseded runs",
+        include_str!("../../../migrations/0002_superseded_runs.sql"),
+    ),
+];
 
 /// The embedded migrations as an sqlx migrator.
 pub fn migrator() -> Migrator {

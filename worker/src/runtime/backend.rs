@@ -3,7 +3,8 @@
 //! [`Completion`] into an acknowledgement for the pool's batching acker.
 use super::{
     dispatch::Completion,
-    pool::{PendingAck, PoolShared},
+    pool::PoolShared,
+    settle::{self, RunEnd, Settlement},
 };
 use crate::store::{AckKind, Delivery, StoreError};
 use apalis_core::{
@@ -12,7 +13,7 @@ use apalis_core::{
     task::{Task, task_id::RandomId},
     worker::context::WorkerContext,
 };
-use culm_core::{EnqueueError, now_ms};
+use culm_core::EnqueueError;
 use futures::{FutureExt, future::BoxFuture};
 use std::{
     sync::Arc,
@@ -111,10 +112,10 @@ where
         let fut = self.inner.call(task);
         async move {
             let mut c = fut.await.map_err(Into::into)?;
-            if c.kind == AckKind::Done && !c.follow_ups.is_empty() {
+            if c.verdict.kind == AckKind::Done && !c.follow_ups.is_empty() {
                 enqueue_follow_ups(&shared, &mut c).await;
             }
-            shared.complete(PendingAck::from(c));
+            shared.complete(Settlement::from_run(c));
             Ok(())
         }
         .boxed()
@@ -130,12 +131,14 @@ async fn enqueue_follow_ups(shared: &PoolShared, c: &mut Completion) {
             j.idempotency_key = Some(format!("{}:then:{i}", c.id));
         }
     }
-    match shared.store.enqueue(jobs).await {
-        Ok(_) => {}
-        Err(EnqueueError::Storage(e)) => {
-            let at = now_ms() + i64::try_from(shared.settings.retry.backoff(c.attempt).as_millis()).unwrap_or(1000);
-            c.fail(AckKind::Retry { at }, format!("enqueueing follow-up jobs failed: {e}"));
-        }
-        Err(e) => c.fail(AckKind::Dead, format!("a follow-up job was rejected: {e}")),
-    }
+    let failed = match shared.store.enqueue(jobs).await {
+        Ok(_) => return,
+        Err(EnqueueError::Storage(error)) => RunEnd::FollowUpsFailed { storage: true, error },
+        Err(e) => RunEnd::FollowUpsFailed {
+            storage: false,
+            error: e.to_string(),
+        },
+    };
+    c.verdict = settle::decide(&shared.settings, c.attempt, failed);
+    tracing::warn!(job_id = %c.id, job = %c.job, "{}", c.verdict.error);
 }

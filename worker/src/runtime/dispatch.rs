@@ -1,13 +1,10 @@
 //! The handler service: runs one delivery through its registered handler with the queue's
-//! timeout, turns panics into failures, and decides what happens next (done, retry with
-//! backoff, defer, dead) as a [`Completion`].
-use crate::{
-    config::QueueSettings,
-    store::{AckKind, Delivery},
-    telemetry,
-};
+//! timeout, turns panics into failures, and hands how the run ended to
+//! [`settle`](super::settle), which decides what happens next, as a [`Completion`].
+use super::settle::{self, RunEnd, Verdict};
+use crate::{config::QueueSettings, store::Delivery, telemetry};
 use apalis_core::task::Task;
-use culm_core::{Deps, EnqueueRequest, Enqueuer, JobContext, JobError, Registry, RunResult, now_ms};
+use culm_core::{Deps, EnqueueRequest, Enqueuer, JobContext, Registry, RunResult, now_ms};
 use futures::{FutureExt, future::BoxFuture};
 use std::{
     convert::Infallible,
@@ -22,39 +19,27 @@ use tracing::Instrument;
 /// What a run produced, before it is acknowledged.
 #[derive(Debug)]
 pub struct Completion {
-    /// Job id.
     pub id: String,
-    /// Attempt (fencing token).
     pub attempt: u32,
-    /// Job type.
+    /// The lease's fencing token.
+    pub token: u64,
     pub job: String,
-    /// What happens next.
-    pub kind: AckKind,
-    /// Error text for retries and dead letters.
-    pub error: String,
-    /// Follow-up jobs (only for successes).
+    /// What happens next, as the settle rules decided.
+    pub(super) verdict: Verdict,
+    /// The handler ran (false for unknown job types).
+    pub ran: bool,
+    /// Jobs to enqueue before the success is acknowledged.
     pub follow_ups: Vec<EnqueueRequest>,
-    /// Ledger summary.
+    /// The handler's summary for the ledger, at most 512 bytes.
     pub summary: Option<String>,
-    /// Run time.
     pub duration: Duration,
     /// When the handler started, µs since the epoch (0 if it never started).
     pub started_at_us: i64,
-    /// Enqueue time, ms (for the ledger).
     pub enqueued_at_ms: i64,
-    /// The job's idempotency key (for the dead-letter archive).
+    /// Kept for the dead-letter archive.
     pub idempotency_key: Option<String>,
-    /// The payload, moved out of the delivery after the run (for the dead-letter archive).
+    /// Moved out of the delivery after the run, for the dead-letter archive.
     pub payload: Option<Box<serde_json::value::RawValue>>,
-}
-
-impl Completion {
-    /// Turns this completion into a failure of `kind`.
-    pub fn fail(&mut self, kind: AckKind, error: String) {
-        tracing::warn!(job_id = %self.id, job = %self.job, "{error}");
-        self.kind = kind;
-        self.error = error;
-    }
 }
 
 /// Runs deliveries of one queue.
@@ -64,10 +49,6 @@ pub struct Dispatcher {
     pub(super) settings: Arc<QueueSettings>,
     pub(super) enqueuer: Arc<dyn Enqueuer>,
     pub(super) deps: Deps,
-}
-
-fn ms_after(d: Duration) -> i64 {
-    now_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -89,8 +70,7 @@ impl Service<Task<Delivery>> for Dispatcher {
     fn call(&mut self, task: Task<Delivery>) -> Self::Future {
         let d = task.args;
         let this = self.clone();
-        let span =
-            tracing::info_span!("job", job_id = %d.id, job = %d.envelope.job, queue = %d.queue, attempt = d.attempt);
+        let span = tracing::info_span!("job", job_id = %d.id, job = %d.envelope.job, queue = %d.queue, attempt = d.attempt, token = d.token);
         async move { Ok(this.run(d).await) }.instrument(span).boxed()
     }
 }
@@ -101,9 +81,10 @@ impl Dispatcher {
         let mut c = Completion {
             id: d.id.clone(),
             attempt: d.attempt,
+            token: d.token,
             job: d.envelope.job.clone(),
-            kind: AckKind::Done,
-            error: String::new(),
+            verdict: settle::decide(s, d.attempt, RunEnd::Succeeded),
+            ran: false,
             follow_ups: Vec::new(),
             summary: None,
             duration: Duration::ZERO,
@@ -114,14 +95,11 @@ impl Dispatcher {
         };
         let Some(spec) = self.registry.get(&d.envelope.job) else {
             c.job = "unknown".into();
-            c.fail(
-                AckKind::Dead,
-                format!(
-                    "unknown job type `{}`: this binary has no handler for it",
-                    d.envelope.job
-                ),
+            c.verdict = settle::decide(s, d.attempt, RunEnd::UnknownJob);
+            c.verdict.error = format!(
+                "unknown job type `{}`: this binary has no handler for it",
+                d.envelope.job
             );
-            telemetry::dead_without_run(&s.name, "unknown");
             c.payload = Some(d.envelope.payload);
             return c;
         };
@@ -138,75 +116,34 @@ impl Dispatcher {
             self.enqueuer.clone(),
             self.deps.clone(),
         );
+        c.ran = true;
         c.started_at_us = chrono::Utc::now().timestamp_micros();
         let start = Instant::now();
         let run = AssertUnwindSafe(spec.run(d.envelope.payload.get(), ctx)).catch_unwind();
         let result = tokio::time::timeout(s.timeout, run).await;
         c.duration = start.elapsed();
-        let retry_or_dead = |c: &mut Completion, error: String, at_least: Option<Duration>| {
-            if s.retry.allows_retry_after(d.attempt) {
-                let backoff = s.retry.backoff(d.attempt).max(at_least.unwrap_or_default());
-                c.fail(AckKind::Retry { at: ms_after(backoff) }, error);
-            } else {
-                c.fail(
-                    AckKind::Dead,
-                    format!("{error} (attempt {} of {}, giving up)", d.attempt, s.retry.max_attempts),
-                );
-            }
-        };
-        let ended = match result {
-            Err(_) => {
-                retry_or_dead(
-                    &mut c,
-                    format!("timed out after {}", humantime::format_duration(s.timeout)),
-                    None,
-                );
-                telemetry::Ended::Retried
-            }
-            Ok(Err(panic)) => {
-                retry_or_dead(
-                    &mut c,
-                    format!("handler panicked: {}", panic_message(panic.as_ref())),
-                    None,
-                );
-                telemetry::Ended::Retried
-            }
-            Ok(Ok(RunResult::BadPayload(reason))) => {
-                c.fail(AckKind::Dead, reason);
-                telemetry::Ended::Dead
-            }
+        let end = match result {
+            Err(_) => RunEnd::TimedOut(s.timeout),
+            Ok(Err(panic)) => RunEnd::Panicked(panic_message(panic.as_ref())),
+            Ok(Ok(RunResult::BadPayload(reason))) => RunEnd::BadPayload(reason),
             Ok(Ok(RunResult::Finished(Ok(outcome)))) => {
-                tracing::debug!("done");
                 c.summary = outcome.summary.map(|mut s| {
                     s.truncate(s.floor_char_boundary(512));
                     s
                 });
                 c.follow_ups = outcome.follow_ups;
-                telemetry::Ended::Succeeded
+                RunEnd::Succeeded
             }
-            Ok(Ok(RunResult::Finished(Err(JobError::Retryable { message, after })))) => {
-                retry_or_dead(&mut c, message, after);
-                telemetry::Ended::Retried
-            }
-            Ok(Ok(RunResult::Finished(Err(JobError::Permanent(message))))) => {
-                c.fail(AckKind::Dead, message);
-                telemetry::Ended::Dead
-            }
-            Ok(Ok(RunResult::Finished(Err(JobError::Defer { after, reason })))) => {
-                tracing::info!("deferred for {}: {reason}", humantime::format_duration(after));
-                c.kind = AckKind::Defer { at: ms_after(after) };
-                c.error = reason;
-                telemetry::Ended::Deferred
-            }
+            Ok(Ok(RunResult::Finished(Err(e)))) => RunEnd::Failed(e),
         };
-        let ended = match (&c.kind, ended) {
-            (AckKind::Dead, telemetry::Ended::Retried) => telemetry::Ended::Dead,
-            (_, e) => e,
-        };
-        if matches!(c.kind, AckKind::Dead) {
-            tracing::error!(error = %c.error, "dead-lettered");
+        c.verdict = settle::decide(s, d.attempt, end);
+        match &c.verdict.kind {
+            crate::store::AckKind::Done => tracing::debug!("done"),
+            crate::store::AckKind::Defer { at } => {
+                tracing::info!("deferred until {at}: {}", c.verdict.error)
+            }
+            _ => tracing::warn!("{}", c.verdict.error),
         }
-        telemetry::finished(&s.name, spec.name, ended, c.duration.as_secs_f64());
         c.payload = Some(d.envelope.payload);
         c
     }

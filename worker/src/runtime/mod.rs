@@ -2,7 +2,9 @@
 //! plus the process-wide wake-up listener. Owns start-up of pools and graceful drain.
 mod backend;
 mod dispatch;
+mod inflight;
 mod pool;
+mod settle;
 
 use crate::{
     config::Config,
@@ -20,7 +22,8 @@ use tokio::{
 
 pub use dispatch::Completion;
 
-/// A job's run was acknowledged (emitted after the acknowledgement is stored).
+/// A lease was settled: emitted after the settlement is stored, and only if it applied
+/// (a run whose lease had been taken over emits nothing).
 #[derive(Debug, Clone)]
 pub struct JobEvent {
     /// Job id.
@@ -31,6 +34,8 @@ pub struct JobEvent {
     pub job: String,
     /// Attempt.
     pub attempt: u32,
+    /// The lease's fencing token.
+    pub token: u64,
     /// What happened.
     pub kind: AckKind,
     /// Error, for failures.

@@ -1,66 +1,21 @@
 //! One queue's pool in this process: the fetcher (leases as many jobs as there are free
-//! slots, sleeps until a push wakes it), the acker (writes acknowledgements in batches),
-//! and lease upkeep (extends running jobs' leases, reaps expired ones).
-use super::{JobEvent, dispatch::Completion};
+//! slots, sleeps until a push wakes it), the acker (writes settlements in batches), and
+//! lease upkeep (extends running jobs' leases, finds expired ones for the settle step).
+use super::{
+    JobEvent,
+    inflight::Inflight,
+    settle::{self, Settlement, Source},
+};
 use crate::{
     config::{QueueSettings, WorkerConfig},
-    db::ledger::{DeadInfo, Ledger, LedgerRow, RunOutcome},
-    store::{Ack, AckKind, Delivery, Store},
+    db::ledger::Ledger,
+    store::{Ack, AckBatch, Delivery, Store},
     telemetry,
 };
 use apalis_core::task::Task;
 use culm_core::now_ms;
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 use tokio::sync::{Notify, broadcast, mpsc, watch};
-
-/// A finished run waiting to be acknowledged.
-#[derive(Debug)]
-pub struct PendingAck {
-    ack: Ack,
-    job: String,
-    started_at_us: i64,
-    /// What the ledger records besides the ack (issue 6).
-    ledger: LedgerExtra,
-}
-
-/// A run's details that only the ledger and the dead-letter archive need.
-#[derive(Debug)]
-struct LedgerExtra {
-    enqueued_at_ms: i64,
-    duration: Duration,
-    summary: Option<String>,
-    idempotency_key: Option<String>,
-    payload: Option<Box<serde_json::value::RawValue>>,
-}
-
-impl From<Completion> for PendingAck {
-    fn from(c: Completion) -> Self {
-        PendingAck {
-            ack: Ack {
-                id: c.id,
-                attempt: c.attempt,
-                kind: c.kind,
-                error: c.error,
-            },
-            job: c.job,
-            started_at_us: c.started_at_us,
-            ledger: LedgerExtra {
-                enqueued_at_ms: c.enqueued_at_ms,
-                duration: c.duration,
-                summary: c.summary,
-                idempotency_key: c.idempotency_key,
-                payload: c.payload,
-            },
-        }
-    }
-}
 
 /// State shared by a pool's tasks.
 pub struct PoolShared {
@@ -68,19 +23,15 @@ pub struct PoolShared {
     pub(super) settings: Arc<QueueSettings>,
     pub(super) store: Store,
     pub(super) worker: WorkerConfig,
-    /// Jobs leased by this process and not yet acknowledged: id → (attempt, finished).
-    /// A finished job's lease is still extended until its acknowledgement lands, but its
-    /// lease disappearing is expected (the ack may land first) and not worth a warning.
-    inflight: Mutex<HashMap<String, (u32, bool)>>,
-    /// Pool slots not holding a leased job.
-    free: AtomicUsize,
+    /// Leases this process holds, and so the pool's free slots. A lease stays held (and
+    /// extended) until its settlement is written, so a busy replica never over-leases.
+    inflight: Inflight,
     slot_freed: Notify,
     pub(super) wake: Arc<Notify>,
-    ack_tx: mpsc::UnboundedSender<PendingAck>,
-    events: broadcast::Sender<JobEvent>,
-    /// The job ledger (issue 6), when PostgreSQL is configured.
-    ledger: Option<Ledger>,
-    worker_id: Arc<str>,
+    ack_tx: mpsc::UnboundedSender<Settlement>,
+    pub(super) events: broadcast::Sender<JobEvent>,
+    pub(super) ledger: Option<Ledger>,
+    pub(super) worker_id: Arc<str>,
 }
 
 impl PoolShared {
@@ -92,15 +43,14 @@ impl PoolShared {
         events: broadcast::Sender<JobEvent>,
         ledger: Option<Ledger>,
         worker_id: Arc<str>,
-    ) -> (Arc<Self>, mpsc::UnboundedReceiver<PendingAck>) {
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Settlement>) {
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(PoolShared {
             queue: Arc::from(settings.name.as_str()),
-            free: AtomicUsize::new(settings.concurrency as usize),
+            inflight: Inflight::new(settings.concurrency as usize),
             settings,
             store,
             worker,
-            inflight: Mutex::new(HashMap::new()),
             slot_freed: Notify::new(),
             wake,
             ack_tx,
@@ -111,38 +61,15 @@ impl PoolShared {
         (shared, ack_rx)
     }
 
-    /// Queues a finished run for acknowledgement.
-    pub(super) fn complete(&self, p: PendingAck) {
-        if let Ok(mut m) = self.inflight.lock()
-            && let Some(e) = m.get_mut(&p.ack.id)
-        {
-            e.1 = true;
+    /// Queues a settlement for the acker.
+    pub(super) fn complete(&self, p: Settlement) {
+        if p.source == Source::Run {
+            self.inflight.finished(p.ack.token);
         }
         if let Err(mpsc::error::SendError(p)) = self.ack_tx.send(p) {
             // The acker is gone (hard shutdown): the lease will expire and the job rerun.
             tracing::warn!(job_id = %p.ack.id, "acknowledgement dropped at shutdown; the job will be delivered again");
         }
-    }
-
-    /// Ids and attempts of every job this process holds.
-    pub(super) fn held(&self) -> Vec<(String, u32)> {
-        self.inflight
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.0)).collect())
-            .unwrap_or_default()
-    }
-
-    /// Whether `id` is held and its handler is still running.
-    fn running(&self, id: &str) -> bool {
-        self.inflight
-            .lock()
-            .map(|m| m.get(id).is_some_and(|e| !e.1))
-            .unwrap_or(false)
-    }
-
-    fn forget(&self, ids: impl Iterator<Item = String>) -> usize {
-        let Ok(mut m) = self.inflight.lock() else { return 0 };
-        ids.filter(|id| m.remove(id).is_some()).count()
     }
 }
 
@@ -169,9 +96,14 @@ pub(super) async fn fetch_loop(
         if *stop.borrow() {
             return;
         }
-        if shared.free.load(Ordering::Acquire) == 0 {
+        // Register for a freed slot before looking, so one freed in between is not missed.
+        let slot = shared.slot_freed.notified();
+        tokio::pin!(slot);
+        slot.as_mut().enable();
+        let want = shared.inflight.free();
+        if want == 0 {
             tokio::select! {
-                _ = shared.slot_freed.notified() => continue,
+                _ = slot => continue,
                 _ = stop.changed() => return,
             }
         }
@@ -181,13 +113,18 @@ pub(super) async fn fetch_loop(
         let notified = wake.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let want = shared.free.load(Ordering::Acquire);
         match shared.store.fetch(&shared.queue, want, lease_ttl).await {
-            Ok(f) if !f.jobs.is_empty() => {
+            Ok(f) if !f.jobs.is_empty() || !f.corrupt.is_empty() => {
                 error_backoff = Duration::from_millis(50);
-                shared.free.fetch_sub(f.jobs.len(), Ordering::AcqRel);
-                if let Ok(mut m) = shared.inflight.lock() {
-                    m.extend(f.jobs.iter().map(|d| (d.id.clone(), (d.attempt, false))));
+                shared.inflight.hold(
+                    f.jobs
+                        .iter()
+                        .map(|d| (d.id.clone(), d.token))
+                        .chain(f.corrupt.iter().map(|c| (c.id.clone(), c.token))),
+                );
+                for c in f.corrupt {
+                    tracing::error!(queue = %shared.queue, job_id = %c.id, "{}", c.error);
+                    shared.complete(Settlement::corrupt(c));
                 }
                 for d in f.jobs {
                     if tx.send(Task::new(d)).await.is_err() {
@@ -209,6 +146,9 @@ pub(super) async fn fetch_loop(
                 }
             }
             Err(e) => {
+                // The reply may have been lost after Redis leased jobs: those leases are
+                // never confirmed by an extend, so when they expire the settle step
+                // hands them back without spending an attempt.
                 telemetry::store_error(&shared.queue, "fetch");
                 tracing::warn!(queue = %shared.queue, "fetch failed, retrying in {}: {e}", humantime::format_duration(error_backoff));
                 if !pause(error_backoff, &mut stop).await {
@@ -220,18 +160,19 @@ pub(super) async fn fetch_loop(
     }
 }
 
-/// Writes acknowledgements in batches: whatever accumulated while the previous batch was
-/// in flight goes in the next round trip. Once `finish` is set (the worker has stopped),
-/// it writes what is left and ends; `abort` makes it give up retrying a failed write.
+/// Writes settlements in batches: whatever accumulated while the previous batch was in
+/// flight goes in the next round trip. Once `finish` is set (the worker has stopped), it
+/// writes what is left and ends; `abort` makes it give up retrying a failed write.
 pub(super) async fn ack_loop(
     shared: Arc<PoolShared>,
-    mut rx: mpsc::UnboundedReceiver<PendingAck>,
+    mut rx: mpsc::UnboundedReceiver<Settlement>,
     mut finish: watch::Receiver<bool>,
     mut abort: watch::Receiver<bool>,
 ) {
     let max = shared.worker.ack_batch_max;
-    let mut batch: Vec<PendingAck> = Vec::with_capacity(max);
+    let mut batch: Vec<Settlement> = Vec::with_capacity(max);
     let mut acks: Vec<Ack> = Vec::with_capacity(max);
+    let mut name = AckBatch::first();
     loop {
         let first = tokio::select! {
             biased;
@@ -253,10 +194,13 @@ pub(super) async fn ack_loop(
         }
         acks.clear();
         acks.extend(batch.iter().map(|p| p.ack.clone()));
+        // A resend after a lost reply carries the same name, so it answers with the first
+        // write's result instead of finding every run fenced off by that write.
+        name = name.next();
         let mut backoff = Duration::from_millis(50);
-        loop {
-            match shared.store.ack(&shared.queue, &acks).await {
-                Ok(_) => break,
+        let applied = loop {
+            match shared.store.ack(&shared.queue, &name, &acks).await {
+                Ok(applied) => break applied,
                 Err(e) => {
                     telemetry::store_error(&shared.queue, "ack");
                     tracing::warn!(queue = %shared.queue, "acknowledging {} jobs failed, retrying: {e}", acks.len());
@@ -267,148 +211,85 @@ pub(super) async fn ack_loop(
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
-        }
-        if let Some(ledger) = &shared.ledger {
-            record_runs(&shared, ledger, &mut batch);
-        }
-        let n = shared.forget(batch.iter().map(|p| p.ack.id.clone()));
-        shared.free.fetch_add(n, Ordering::AcqRel);
-        shared.slot_freed.notify_one();
-        if shared.events.receiver_count() > 0 {
-            for p in batch.drain(..) {
-                let _ = shared.events.send(JobEvent {
-                    id: p.ack.id,
-                    queue: shared.queue.to_string(),
-                    job: p.job,
-                    attempt: p.ack.attempt,
-                    kind: p.ack.kind,
-                    error: p.ack.error,
-                    started_at_us: p.started_at_us,
-                });
-            }
+        };
+        settle::record(&shared, &mut batch, &applied);
+        let freed = shared
+            .inflight
+            .forget(batch.iter().filter(|p| p.source == Source::Run).map(|p| p.ack.token));
+        if freed > 0 {
+            shared.slot_freed.notify_one();
         }
         batch.clear();
     }
 }
 
-/// Hands the batch's runs to the ledger (never waits; see `db::ledger`).
-fn record_runs(shared: &PoolShared, ledger: &Ledger, batch: &mut [PendingAck]) {
-    let finished_at_us = chrono::Utc::now().timestamp_micros();
-    let tier = shared.settings.tier.as_str();
-    for p in batch {
-        let (outcome, next_run_at_ms) = match p.ack.kind {
-            AckKind::Done => (RunOutcome::Succeeded, None),
-            AckKind::Retry { at } => (RunOutcome::FailedWillRetry, Some(at)),
-            AckKind::Defer { at } => (RunOutcome::Deferred, Some(at)),
-            AckKind::Dead => (RunOutcome::Dead, None),
-        };
-        let x = &mut p.ledger;
-        let dead = (outcome == RunOutcome::Dead).then(|| DeadInfo {
-            payload: x.payload.take().unwrap_or_default(),
-            idempotency_key: x.idempotency_key.take(),
-        });
-        ledger.record(LedgerRow {
-            run_id: ulid::Ulid::new().to_string(),
-            job_id: p.ack.id.clone(),
-            job: p.job.clone(),
-            queue: shared.queue.to_string(),
-            tier: tier.to_owned(),
-            attempt: p.ack.attempt,
-            outcome,
-            error: (!p.ack.error.is_empty()).then(|| p.ack.error.clone()),
-            enqueued_at_ms: Some(x.enqueued_at_ms),
-            started_at_us: (p.started_at_us > 0).then_some(p.started_at_us),
-            finished_at_us,
-            duration_ms: x.duration.as_secs_f64() * 1000.0,
-            next_run_at_ms,
-            worker_id: shared.worker_id.to_string(),
-            summary: x.summary.take(),
-            dead,
-        });
-    }
-}
-
-/// Records the attempts whose worker stopped responding (the worker never could).
-fn record_reaped(shared: &PoolShared, ledger: &Ledger, reaped: Vec<crate::store::Reaped>) {
-    let now_us = chrono::Utc::now().timestamp_micros();
-    for r in reaped {
-        let error = format!(
-            "lease expired: the worker running attempt {} stopped responding",
-            r.attempt
-        );
-        let (job, enqueued_at_ms, dead) = match r.envelope {
-            Some(e) => (
-                e.job,
-                Some(e.enqueued_at),
-                r.dead.then_some(DeadInfo {
-                    payload: e.payload,
-                    idempotency_key: e.idempotency_key,
-                }),
-            ),
-            None => ("unknown".to_owned(), None, None),
-        };
-        ledger.record(LedgerRow {
-            run_id: ulid::Ulid::new().to_string(),
-            job_id: r.id,
-            job,
-            queue: shared.queue.to_string(),
-            tier: shared.settings.tier.as_str().to_owned(),
-            attempt: r.attempt,
-            outcome: if r.dead {
-                RunOutcome::Dead
-            } else {
-                RunOutcome::FailedWillRetry
-            },
-            error: Some(error),
-            enqueued_at_ms,
-            started_at_us: None,
-            finished_at_us: now_us,
-            duration_ms: 0.0,
-            next_run_at_ms: None,
-            // The attempt ran elsewhere; this process only noticed it was lost.
-            worker_id: format!("reaper:{}", shared.worker_id),
-            summary: None,
-            dead,
-        });
-    }
-}
-
-/// Extends the leases of running jobs and returns expired leases to the queue.
+/// Extends the leases of running jobs and hands expired leases to the settle step.
 pub(super) async fn upkeep_loop(shared: Arc<PoolShared>, mut stop: watch::Receiver<bool>) {
     let w = shared.worker.clone();
     let mut extend = tokio::time::interval(w.lease_extend_interval);
     let mut reap = tokio::time::interval(w.reap_interval);
     extend.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     reap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Once an extend fails (Redis unreachable), this process extends what it holds before
+    // its own reaper looks again, so it never takes back its own live jobs.
+    let mut extended = true;
     loop {
         tokio::select! {
             _ = stop.changed() => return,
-            _ = extend.tick() => {
-                let held = shared.held();
-                match shared.store.extend(&shared.queue, &held, w.lease_ttl).await {
-                    Ok(lost) => for id in lost.into_iter().filter(|id| shared.running(id)) {
-                        tracing::warn!(queue = %shared.queue, job_id = %id, "lease lost: the job may be running elsewhere; this run's result will be ignored");
-                    },
-                    Err(e) => {
-                        telemetry::store_error(&shared.queue, "extend");
-                        tracing::warn!(queue = %shared.queue, "extending leases failed: {e}");
+            _ = extend.tick() => extended = extend_held(&shared).await,
+            _ = reap.tick() => {
+                if !extended {
+                    extended = extend_held(&shared).await;
+                    if !extended {
+                        continue;
                     }
                 }
+                reap_expired(&shared).await;
             }
-            _ = reap.tick() => match shared.store.reap(&shared.queue).await {
-                Ok(r) if r.is_empty() => {}
-                Ok(r) => {
-                    telemetry::reaped(&shared.queue, r.len());
-                    tracing::warn!(queue = %shared.queue, "returned {} jobs whose worker stopped responding", r.len());
-                    if let Some(ledger) = &shared.ledger {
-                        record_reaped(&shared, ledger, r);
-                    }
-                }
-                Err(e) => {
-                    telemetry::store_error(&shared.queue, "reap");
-                    tracing::warn!(queue = %shared.queue, "reaping expired leases failed: {e}");
+        }
+    }
+}
+
+/// Extends every lease this process holds; false if Redis could not be reached.
+async fn extend_held(shared: &PoolShared) -> bool {
+    let held = shared.inflight.held();
+    match shared.store.extend(&shared.queue, &held, shared.worker.lease_ttl).await {
+        Ok(lost) => {
+            for (id, token) in held.iter().filter(|(id, _)| lost.contains(id)) {
+                if shared.inflight.running(*token) {
+                    tracing::warn!(queue = %shared.queue, job_id = %id, token, "lease lost: the job may be running elsewhere; this run's result will be ignored");
                 }
             }
+            true
+        }
+        Err(e) => {
+            telemetry::store_error(&shared.queue, "extend");
+            tracing::warn!(queue = %shared.queue, "extending leases failed: {e}");
+            false
+        }
+    }
+}
+
+/// Finds expired leases and queues their settlements.
+async fn reap_expired(shared: &PoolShared) {
+    let w = &shared.worker;
+    // An outage this long could have let a lease that was extended on time expire.
+    let outage = w.lease_ttl.saturating_sub(w.lease_extend_interval);
+    match shared.store.reap(&shared.queue, outage, w.lease_ttl).await {
+        Ok(r) if r.held => {
+            tracing::info!(queue = %shared.queue, "Redis was unreachable for longer than a lease: reaping waits one lease so live workers extend first");
+        }
+        Ok(r) => {
+            if !r.expired.is_empty() {
+                tracing::warn!(queue = %shared.queue, "found {} leases whose worker stopped responding", r.expired.len());
+            }
+            for e in r.expired {
+                shared.complete(settle::expired(&shared.settings, e));
+            }
+        }
+        Err(e) => {
+            telemetry::store_error(&shared.queue, "reap");
+            tracing::warn!(queue = %shared.queue, "looking for expired leases failed: {e}");
         }
     }
 }
@@ -416,13 +297,13 @@ pub(super) async fn upkeep_loop(shared: Arc<PoolShared>, mut stop: watch::Receiv
 /// Hands back every job this process still holds (after the drain timeout, or jobs
 /// fetched but never started). Returns how many went back.
 pub(super) async fn release_held(shared: &PoolShared) -> usize {
-    let held = shared.held();
+    let held = shared.inflight.held();
     if held.is_empty() {
         return 0;
     }
     match shared.store.release(&shared.queue, &held).await {
         Ok(n) => {
-            shared.forget(held.into_iter().map(|(id, _)| id));
+            shared.inflight.forget(held.into_iter().map(|(_, token)| token));
             n
         }
         Err(e) => {

@@ -1,11 +1,14 @@
--- Extend the leases of running jobs. ARGV: deadline_ms, then id, attempt pairs.
--- Returns the ids whose lease was lost (expired and taken over, or purged).
-local deadline = ARGV[1]
+-- Extend the leases of running jobs. ARGV: lease_ttl_ms, then id, token pairs.
+-- Extending also confirms the lease: its holder has it, so if it ever expires the
+-- attempt counts. Returns the ids whose lease was lost (taken over, settled or purged).
+local deadline = redis_now() + tonumber(ARGV[1])
 local lost = {}
 for i = 2, #ARGV, 2 do
-  local id, attempt = ARGV[i], ARGV[i + 1]
-  if redis.call('ZSCORE', K_LEASES, id) and redis.call('HGET', K_ATTEMPTS, id) == attempt then
+  local id, token = ARGV[i], ARGV[i + 1]
+  local cur = holds(id, token)
+  if cur then
     redis.call('ZADD', K_LEASES, 'XX', deadline, id)
+    if cur == token then redis.call('HSET', K_ATTEMPTS, id .. ':t', token .. 's') end
   else
     lost[#lost + 1] = id
   end

@@ -1,10 +1,13 @@
--- Fetch up to `count` jobs and lease them. ARGV: now_ms, count, lease_deadline_ms, promote_chunk.
+-- Fetch up to `count` jobs and lease them. ARGV: count, lease_ttl_ms, promote_chunk.
 -- First promotes due scheduled jobs in one bounded chunk (never an unbounded unpack).
--- Returns: status ('ok'|'paused'), next scheduled run_at ('' if none), then id, attempt, envelope per job.
-local now = tonumber(ARGV[1])
-local count = tonumber(ARGV[2])
-local deadline = ARGV[3]
-local chunk = tonumber(ARGV[4])
+-- Each lease gets a token from the queue's counter, so no two leases of a queue ever
+-- share one, whatever happens to the attempt budget.
+-- Returns: status ('ok'|'paused'), next scheduled run_at ('' if none), then
+-- id, attempt, token, envelope per job.
+local count = tonumber(ARGV[1])
+local now = redis_now()
+local deadline = now + tonumber(ARGV[2])
+local chunk = tonumber(ARGV[3])
 local due = redis.call('ZRANGEBYSCORE', K_SCHED, '-inf', now, 'LIMIT', 0, chunk)
 if #due > 0 then
   redis.call('RPUSH', K_READY, unpack(due))
@@ -18,13 +21,17 @@ local out = { 'ok', next_due }
 if count <= 0 then return out end
 local ids = redis.call('LPOP', K_READY, count)
 if not ids then return out end
+local token = redis.call('INCRBY', K_SEQ, #ids) - #ids
 for _, id in ipairs(ids) do
   local env = redis.call('HGET', K_JOBS, id)
   if env then
+    token = token + 1
     local attempt = redis.call('HINCRBY', K_ATTEMPTS, id, 1)
+    redis.call('HSET', K_ATTEMPTS, id .. ':t', token)
     redis.call('ZADD', K_LEASES, deadline, id)
     out[#out + 1] = id
     out[#out + 1] = attempt
+    out[#out + 1] = token
     out[#out + 1] = env
   end
 end

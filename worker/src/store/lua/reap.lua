@@ -1,31 +1,42 @@
--- Return jobs whose lease expired (their worker died) to the front of the ready list,
--- or dead-letter them when that was their last attempt (a job that kills its worker
--- every time must not crash-loop). ARGV: now_ms, max_attempts, limit.
--- Returns, per reaped job: id, attempt, 'retry' or 'dead', and its envelope (for the ledger).
-local now = tonumber(ARGV[1])
-local max = tonumber(ARGV[2])
-local expired = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
-local wake = false
-local out = {}
+-- Find leases that expired (their holder died, lost the fetch reply, or is cut off from
+-- Redis). Changes no job: the worker's settle step decides each one's fate and writes it
+-- through ack.lua's expired-only kinds, so the rules live in one place.
+-- ARGV: limit, outage_ms, hold_ms.
+-- Redis itself may have been unreachable (frozen, restarting, a network partition): then
+-- no holder could extend its leases either. When no reaper of this queue has run for
+-- longer than outage_ms, reaping waits hold_ms (one lease) so that live holders extend
+-- first; only leases still expired after that are taken.
+-- Returns 'held', or 'ok' followed by id, token, attempt, confirmed (1/0), orphaned
+-- count and envelope per expired lease.
+local limit = tonumber(ARGV[1])
+local now = redis_now()
+local last = tonumber(redis.call('HGET', K_REAPER, 'at'))
+redis.call('HSET', K_REAPER, 'at', now)
+if last and now - last > tonumber(ARGV[2]) then
+  redis.call('HSET', K_REAPER, 'hold', now + tonumber(ARGV[3]))
+end
+local hold = tonumber(redis.call('HGET', K_REAPER, 'hold'))
+if hold and now < hold then return { 'held' } end
+local expired = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', now, 'LIMIT', 0, limit)
+local out = { 'ok' }
 for _, id in ipairs(expired) do
-  redis.call('ZREM', K_LEASES, id)
+  local f = redis.call('HMGET', K_ATTEMPTS, id, id .. ':t', id .. ':o')
   local body = redis.call('HGET', K_JOBS, id)
-  if body then
-    local attempt = tonumber(redis.call('HGET', K_ATTEMPTS, id) or '0')
-    push_error(id, attempt, now, 'lease expired: the worker running attempt ' .. attempt .. ' stopped responding')
-    local outcome = 'retry'
-    if attempt >= max then
-      redis.call('ZADD', K_DEAD, now, id)
-      outcome = 'dead'
-    else
-      redis.call('LPUSH', K_READY, id)
-      wake = true
+  if body and f[2] then
+    local token, confirmed = f[2], '0'
+    if string.sub(token, -1) == 's' then
+      token = string.sub(token, 1, -2)
+      confirmed = '1'
     end
     out[#out + 1] = id
-    out[#out + 1] = tostring(attempt)
-    out[#out + 1] = outcome
+    out[#out + 1] = f[1] or '0'
+    out[#out + 1] = token
+    out[#out + 1] = confirmed
+    out[#out + 1] = f[3] or '0'
     out[#out + 1] = body
+  else
+    -- A lease without a body or token (purged meanwhile) holds nothing.
+    end_lease(id)
   end
 end
-if wake then redis.call('PUBLISH', K_WAKE, '1') end
 return out

@@ -1,10 +1,10 @@
 -- Hand back leased jobs that will not run here (shutdown after the drain timeout, or
--- fetched but never started). ARGV: id, attempt pairs. The attempt is refunded.
+-- fetched but never started). ARGV: id, token pairs. The attempt is refunded.
 local n = 0
 for i = 1, #ARGV, 2 do
-  local id, attempt = ARGV[i], ARGV[i + 1]
-  if redis.call('ZSCORE', K_LEASES, id) and redis.call('HGET', K_ATTEMPTS, id) == attempt then
-    redis.call('ZREM', K_LEASES, id)
+  local id, token = ARGV[i], ARGV[i + 1]
+  if holds(id, token) then
+    end_lease(id)
     redis.call('HINCRBY', K_ATTEMPTS, id, -1)
     redis.call('LPUSH', K_READY, id)
     n = n + 1

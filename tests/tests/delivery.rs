@@ -1,0 +1,247 @@
+//! The delivery contract against the real Redis: lease tokens never repeat, so a stale
+//! or replayed acknowledgement can never settle a newer run; a lease whose holder never
+//! received it does not spend an attempt; a Redis outage longer than a lease does not
+//! make reapers take jobs from live workers.
+use culm_core::{EnqueueRequest, now_ms};
+use culm_tests::{TcpProxy, TestEnv, eventually, is, next_event, queue, redis_url};
+use culm_worker::store::{Ack, AckBatch, AckKind, Delivery};
+use serde_json::json;
+use std::{sync::Arc, time::Duration};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Leases one job of `queue` with a lease of `ttl`, as a worker would.
+async fn lease_one(env: &TestEnv, queue: &str, ttl: Duration) -> Delivery {
+    let q: Arc<str> = Arc::from(queue);
+    let f = env.store.fetch(&q, 1, ttl).await.expect("fetch");
+    assert_eq!(f.jobs.len(), 1, "one job leased from {queue}");
+    f.jobs.into_iter().next().expect("one job")
+}
+
+fn ack(d: &Delivery, kind: AckKind, error: &str) -> Ack {
+    Ack {
+        id: d.id.clone(),
+        token: d.token,
+        kind,
+        error: error.to_owned(),
+        expired_only: false,
+    }
+}
+
+/// Waits until the job is in `state` (as `culm jobs get` reports it).
+async fn wait_state(env: &TestEnv, id: &str, state: &str) {
+    eventually(WAIT, &format!("job {id} to be {state}"), || async {
+        let s = env.store.status(id).await.expect("status")?;
+        let now = s.state.to_string();
+        (now == state).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_ack_from_before_a_redrive_cannot_settle_the_new_run() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_fence".into(), queue("critical", 1, 5_000, 1));
+    })
+    .await;
+    let job = env
+        .enqueue(EnqueueRequest::raw("platform.noop", json!({})).queue("t_fence"))
+        .await;
+    // A worker leases the job on its only attempt, extends the lease once (it has the
+    // job and is running it), then stalls past its lease.
+    let stale = lease_one(&env, "t_fence", Duration::from_secs(30)).await;
+    let lost = env
+        .store
+        .extend("t_fence", &[(stale.id.clone(), stale.token)], Duration::from_millis(1))
+        .await
+        .expect("extend");
+    assert!(lost.is_empty(), "the worker still held its lease: {lost:?}");
+    // A reaper (a running pool of this queue) dead-letters it: that was the last attempt.
+    let rt = env.runtime();
+    let running = rt.start(&["t_fence".into()]).expect("start");
+    wait_state(&env, &job.id, "dead").await;
+    running.shutdown().await;
+
+    // An operator re-drives it and another worker leases it again, on attempt 1 again.
+    assert_eq!(
+        env.store
+            .dead_retry("t_fence", std::slice::from_ref(&job.id))
+            .await
+            .expect("retry"),
+        1
+    );
+    let fresh = lease_one(&env, "t_fence", Duration::from_secs(30)).await;
+    assert_eq!(fresh.id, job.id);
+    assert_eq!(fresh.attempt, 1, "a re-driven job starts its attempts again");
+    assert_ne!(
+        fresh.token, stale.token,
+        "a new lease never carries an earlier lease's token"
+    );
+
+    // The first worker wakes up and reports a failure: it must change nothing.
+    let late = ack(&stale, AckKind::Retry { at: now_ms() }, "stale worker woke up");
+    let applied = env
+        .store
+        .ack("t_fence", &AckBatch::first(), &[late])
+        .await
+        .expect("ack");
+    assert_eq!(applied, vec![false], "the stale ack was fenced off");
+    let s = env.store.status(&job.id).await.expect("status").expect("known");
+    assert_eq!(
+        s.state.to_string(),
+        "running",
+        "the new run still holds its lease: {s:?}"
+    );
+
+    // The new run's own ack settles it.
+    let applied = env
+        .store
+        .ack("t_fence", &AckBatch::first(), &[ack(&fresh, AckKind::Done, "")])
+        .await
+        .expect("ack");
+    assert_eq!(applied, vec![true]);
+    wait_state(&env, &job.id, "done").await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_defer_ack_cannot_settle_the_next_run() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_replay".into(), queue("critical", 1, 5_000, 3));
+    })
+    .await;
+    let job = env
+        .enqueue(EnqueueRequest::raw("platform.noop", json!({})).queue("t_replay"))
+        .await;
+    let first = lease_one(&env, "t_replay", Duration::from_secs(30)).await;
+    let defer = ack(&first, AckKind::Defer { at: now_ms() }, "upstream busy");
+    let batch = AckBatch::first();
+    // The deferral is applied, but its reply is lost on the way back.
+    assert_eq!(
+        env.store
+            .ack("t_replay", &batch, std::slice::from_ref(&defer))
+            .await
+            .expect("ack"),
+        vec![true]
+    );
+    // The job is due again at once and is leased by the next run; the deferral refunded
+    // the attempt, so this is attempt 1 again.
+    let second = lease_one(&env, "t_replay", Duration::from_secs(30)).await;
+    assert_eq!((second.id.as_str(), second.attempt), (job.id.as_str(), 1));
+    assert_ne!(second.token, first.token);
+    // The acker resends the batch whose reply it never saw: it learns the first write's
+    // answer, and nothing is written again.
+    assert_eq!(
+        env.store
+            .ack("t_replay", &batch, std::slice::from_ref(&defer))
+            .await
+            .expect("resent ack"),
+        vec![true],
+        "a resent batch answers with its first write's result"
+    );
+    // Replayed any other way (a stale acker, a duplicated command), the ack is fenced by
+    // the token of the lease it was fetched under.
+    assert_eq!(
+        env.store
+            .ack("t_replay", &AckBatch::first(), &[defer])
+            .await
+            .expect("replayed ack"),
+        vec![false],
+    );
+    let s = env.store.status(&job.id).await.expect("status").expect("known");
+    assert_eq!(
+        s.state.to_string(),
+        "running",
+        "the next run still holds its lease: {s:?}"
+    );
+    assert_eq!(
+        env.store
+            .ack("t_replay", &AckBatch::first(), &[ack(&second, AckKind::Done, "")])
+            .await
+            .expect("ack"),
+        vec![true]
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_whose_fetch_reply_was_lost_does_not_spend_an_attempt() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_lost".into(), queue("critical", 1, 5_000, 1));
+    })
+    .await;
+    let job = env
+        .enqueue(EnqueueRequest::raw("platform.noop", json!({})).queue("t_lost"))
+        .await;
+    // The fetch reached Redis and created a lease, but its reply never reached the
+    // worker: nobody holds the job, and its handler never started.
+    let _lost = lease_one(&env, "t_lost", Duration::from_millis(1)).await;
+
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_lost".into()]).expect("start");
+    let e = next_event(&mut events, WAIT, |e| {
+        e.id == job.id && (is("done", e) || is("dead", e))
+    })
+    .await;
+    assert!(
+        is("done", &e),
+        "the job's only attempt was spent on a run that never happened: {e:?}"
+    );
+    assert_eq!(e.attempt, 1, "the orphaned lease did not count as an attempt");
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_longer_than_the_lease_does_not_take_jobs_from_live_workers() {
+    let proxy = TcpProxy::start(redis_url().trim_start_matches("redis://")).await;
+    let env = TestEnv::new(|c| {
+        c.redis.url = format!("redis://{}", proxy.addr);
+        c.worker.lease_ttl = Duration::from_secs(1);
+        c.worker.lease_extend_interval = Duration::from_millis(250);
+        c.worker.reap_interval = Duration::from_millis(100);
+        c.queues.insert("t_outage".into(), queue("critical", 2, 20_000, 1));
+    })
+    .await;
+    let set = env.key("ran");
+    let started = env.key("started");
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_outage".into()]).expect("start");
+    let job = env
+        .enqueue(
+            EnqueueRequest::raw(
+                "platform.record",
+                json!({"set": set, "started": started, "sleep_ms": 4_000}),
+            )
+            .queue("t_outage"),
+        )
+        .await;
+    eventually(WAIT, "the handler to start", || async {
+        env.members(&started).await.contains(&job.id).then_some(())
+    })
+    .await;
+    // Redis is unreachable for twice the lease: nobody can extend, nobody can reap.
+    proxy.cut();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.restore();
+
+    let e = next_event(&mut events, WAIT, |e| e.id == job.id && !is("defer", e)).await;
+    assert!(is("done", &e), "a live worker's job was taken during an outage: {e:?}");
+    let mut c = redis::Client::open(redis_url())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("direct connection");
+    let runs: Option<u32> = redis::cmd("HGET")
+        .arg(format!("{set}:runs"))
+        .arg(&job.id)
+        .query_async(&mut c)
+        .await
+        .expect("runs");
+    assert_eq!(runs, Some(1), "the job ran exactly once");
+    assert!(env.store.dead_list("t_outage", 10).await.expect("dead").is_empty());
+    running.shutdown().await;
+    env.cleanup().await;
+}

@@ -1,0 +1,231 @@
+//! What SREs and support staff ask of a queue and the controls they use: counts, the
+//! dead-letter set (list, re-drive, purge), one job's state, pause and resume, and the
+//! queue-depth gauges refreshed from those counts.
+use super::{
+    DeadJob, Envelope, Fields, JobStatus, QueueStats, Store, StoreError,
+    keys::{DEAD, STATS, STATUS},
+    parse_errors, text,
+};
+use crate::telemetry;
+use culm_core::now_ms;
+use futures::future::try_join_all;
+use metrics::gauge;
+use redis::Value;
+
+impl Store {
+    /// Counts for one queue.
+    pub async fn stats(&self, queue: &str) -> Result<QueueStats, StoreError> {
+        let s = self.settings(queue)?;
+        let mut conn = self.inner.conn.clone();
+        let v: Vec<Value> = STATS.key(self.base_key(queue)).invoke_async(&mut conn).await?;
+        let n = |i: usize| v.get(i).map(text).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        let head = v.get(5).map(text).unwrap_or_default();
+        let oldest = serde_json::from_str::<Envelope>(&head)
+            .ok()
+            .map(|e| (now_ms() - e.run_at.max(e.enqueued_at)).max(0));
+        Ok(QueueStats {
+            name: s.name.clone(),
+            tier: s.tier,
+            concurrency: s.concurrency,
+            pending: n(0),
+            scheduled: n(1),
+            running: n(2),
+            dead: n(3),
+            paused: n(4) == 1,
+            oldest_pending_age_ms: oldest,
+        })
+    }
+
+    /// Stats for every declared queue, in name order.
+    pub async fn all_stats(&self) -> Result<Vec<QueueStats>, StoreError> {
+        try_join_all(self.inner.routing.queues.keys().map(|q| self.stats(q))).await
+    }
+
+    /// Pauses a queue: it keeps accepting jobs, but no worker on any replica fetches.
+    pub async fn pause(&self, queue: &str) -> Result<(), StoreError> {
+        self.settings(queue)?;
+        let mut conn = self.inner.conn.clone();
+        redis::cmd("SET")
+            .arg(format!("{}:paused", self.base_key(queue)))
+            .arg(now_ms())
+            .exec_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Resumes a paused queue and wakes its workers.
+    pub async fn resume(&self, queue: &str) -> Result<(), StoreError> {
+        self.settings(queue)?;
+        let mut conn = self.inner.conn.clone();
+        redis::pipe()
+            .del(format!("{}:paused", self.base_key(queue)))
+            .ignore()
+            .publish(self.wake_channel(queue), "1")
+            .ignore()
+            .exec_async(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Dead-lettered jobs of `queue`, newest first.
+    pub async fn dead_list(&self, queue: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError> {
+        self.settings(queue)?;
+        let base = self.base_key(queue);
+        let mut conn = self.inner.conn.clone();
+        let entries: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
+            .arg(format!("{base}:dead"))
+            .arg(0)
+            .arg(limit.saturating_sub(1))
+            .arg("WITHSCORES")
+            .query_async(&mut conn)
+            .await?;
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
+        let (bodies, errors, attempts): (Fields, Fields, Vec<Option<u32>>) = redis::pipe()
+            .cmd("HMGET")
+            .arg(format!("{base}:jobs"))
+            .arg(&ids)
+            .cmd("HMGET")
+            .arg(format!("{base}:errors"))
+            .arg(&ids)
+            .cmd("HMGET")
+            .arg(format!("{base}:attempts"))
+            .arg(&ids)
+            .query_async(&mut conn)
+            .await?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (i, (id, died)) in entries.iter().enumerate() {
+            let Some(body) = bodies.get(i).cloned().flatten() else {
+                continue;
+            };
+            let env: Envelope = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
+                key: id.clone(),
+                message: e.to_string(),
+            })?;
+            let errs = errors
+                .get(i)
+                .cloned()
+                .flatten()
+                .map(|e| parse_errors(&e))
+                .unwrap_or_default();
+            out.push(DeadJob {
+                id: id.clone(),
+                queue: queue.to_owned(),
+                job: env.job,
+                payload: serde_json::from_str(env.payload.get()).unwrap_or(serde_json::Value::Null),
+                attempts: attempts.get(i).copied().flatten().unwrap_or(0),
+                died_at: *died as i64,
+                enqueued_at: env.enqueued_at,
+                last_error: errs.last().map(|e| e.error.clone()),
+                errors: errs,
+            });
+        }
+        Ok(out)
+    }
+
+    async fn dead_op(&self, op: &str, queue: &str, ids: &[String]) -> Result<usize, StoreError> {
+        self.settings(queue)?;
+        let mut inv = DEAD.prepare_invoke();
+        inv.key(self.base_key(queue)).arg(op);
+        for id in ids {
+            inv.arg(id);
+        }
+        let mut conn = self.inner.conn.clone();
+        Ok(inv.invoke_async(&mut conn).await?)
+    }
+
+    /// Puts dead jobs back on their queue with a fresh attempt budget.
+    pub async fn dead_retry(&self, queue: &str, ids: &[String]) -> Result<usize, StoreError> {
+        self.dead_op("retry", queue, ids).await
+    }
+
+    /// Deletes dead jobs for good.
+    pub async fn dead_purge(&self, queue: &str, ids: &[String]) -> Result<usize, StoreError> {
+        self.dead_op("purge", queue, ids).await
+    }
+
+    /// Finds the queue whose dead-letter set holds `id`.
+    pub async fn dead_queue_of(&self, id: &str) -> Result<Option<String>, StoreError> {
+        for q in self.inner.routing.queues.keys() {
+            let mut conn = self.inner.conn.clone();
+            let score: Option<f64> = redis::cmd("ZSCORE")
+                .arg(format!("{}:dead", self.base_key(q)))
+                .arg(id)
+                .query_async(&mut conn)
+                .await?;
+            if score.is_some() {
+                return Ok(Some(q.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A job's state, searching every declared queue (all lookups pipelined).
+    pub async fn status(&self, id: &str) -> Result<Option<JobStatus>, StoreError> {
+        let lookups = self.inner.routing.queues.keys().map(|q| {
+            let mut conn = self.inner.conn.clone();
+            let key = self.base_key(q);
+            async move {
+                let v: Vec<Value> = STATUS.key(key).arg(id).invoke_async(&mut conn).await?;
+                Ok::<_, StoreError>((q, v))
+            }
+        });
+        for (queue, v) in try_join_all(lookups).await? {
+            if v.is_empty() {
+                continue;
+            }
+            let env = serde_json::from_str::<Envelope>(&text(&v[2])).ok();
+            let errors = parse_errors(&text(&v[3]));
+            return Ok(Some(JobStatus {
+                id: id.to_owned(),
+                queue: queue.clone(),
+                state: text(&v[0]),
+                job: env.as_ref().map(|e| e.job.clone()),
+                attempts: text(&v[1]).parse().unwrap_or(0),
+                enqueued_at: env.as_ref().map(|e| e.enqueued_at),
+                state_since_or_until: text(&v[4]).parse::<f64>().ok().map(|f| f as i64),
+                last_error: errors.last().map(|e| e.error.clone()),
+                errors,
+            }));
+        }
+        Ok(None)
+    }
+}
+
+/// Keeps queue gauges fresh: every `interval`, reads each queue's counts from Redis and
+/// sets the gauges, so a scrape never waits on Redis. Runs until `stop` fires.
+pub async fn queue_gauges(store: Store, interval: std::time::Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let handle = telemetry::install();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tick.tick() => {}
+        }
+        // Histograms are summarised lazily; upkeep bounds their memory.
+        handle.run_upkeep();
+        match store.all_stats().await {
+            Ok(all) => {
+                for q in all {
+                    let tier = q.tier.as_str();
+                    for (state, n) in [
+                        ("pending", q.pending),
+                        ("scheduled", q.scheduled),
+                        ("running", q.running),
+                        ("dead", q.dead),
+                    ] {
+                        gauge!(telemetry::QUEUE_JOBS, "queue" => q.name.clone(), "tier" => tier, "state" => state)
+                            .set(n as f64);
+                    }
+                    let age = q.oldest_pending_age_ms.unwrap_or(0) as f64 / 1000.0;
+                    gauge!(telemetry::QUEUE_OLDEST_AGE, "queue" => q.name.clone(), "tier" => tier).set(age);
+                    gauge!(telemetry::QUEUE_PAUSED, "queue" => q.name.clone()).set(if q.paused { 1.0 } else { 0.0 });
+                }
+            }
+            Err(e) => tracing::warn!("refreshing queue gauges failed: {e}"),
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The hot path of a queue: validate and push jobs, lease them to workers, settle their
+//! runs, extend and hand back leases, and find leases that expired.
+//!
+//! Every lease carries a token from the queue's counter (`…:seq`). The token, not the
+//! attempt number, fences every write that finishes, extends or hands back a run, so a
+//! stale or replayed acknowledgement can never touch a newer run. Lease deadlines are on
+//! Redis's clock (`TIME` inside the scripts), never a worker's.
+use super::{
+    Store, StoreError,
+    keys::{ACK, EXTEND, FETCH, PUSH, REAP, RELEASE},
+    text,
+};
+use crate::{config::QueueSettings, telemetry};
+use culm_core::{EnqueueError, EnqueueRequest, Enqueued, now_ms};
+use futures::future::try_join_all;
+use redis::Value;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+/// Jobs per push script call; keeps a single script's run time short.
+const PUSH_CHUNK: usize = 1000;
+/// Scheduled jobs promoted per fetch.
+const PROMOTE_CHUNK: usize = 1000;
+/// Expired leases returned per reap call.
+const REAP_CHUNK: usize = 1000;
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+/// How a job is stored in the `jobs` hash.
+#[derive(Serialize)]
+struct NewEnvelope<'a> {
+    job: &'a str,
+    payload: &'a serde_json::Value,
+    enqueued_at: i64,
+    run_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<&'a str>,
+}
+
+/// A stored job as read back.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Envelope {
+    /// Job type name.
+    pub job: String,
+    /// Raw JSON payload, deserialized by the handler's registration when it runs.
+    pub payload: Box<RawValue>,
+    /// Enqueue time, ms.
+    pub enqueued_at: i64,
+    /// Earliest run time, ms.
+    pub run_at: i64,
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+}
+
+/// A job handed to a worker under a lease.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub id: String,
+    pub queue: Arc<str>,
+    /// Attempt number from 1: what the retry budget has spent, including this run.
+    pub attempt: u32,
+    /// The lease's fencing token, unique within the queue and never reused.
+    pub token: u64,
+    pub envelope: Envelope,
+    /// When the worker fetched it, ms on this process's clock (for wait-time metrics).
+    pub fetched_at: i64,
+}
+
+/// A leased job whose stored body cannot be read: it can never run, so the worker
+/// settles it as dead like any other run.
+#[derive(Debug, Clone)]
+pub struct Corrupt {
+    pub id: String,
+    pub attempt: u32,
+    pub token: u64,
+    /// Why the body could not be read.
+    pub error: String,
+}
+
+/// The result of one fetch call.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub jobs: Vec<Delivery>,
+    /// Leased jobs whose body is unreadable.
+    pub corrupt: Vec<Corrupt>,
+    /// The queue is paused: nothing was leased.
+    pub paused: bool,
+    /// When the earliest scheduled job falls due, ms.
+    pub next_due: Option<i64>,
+}
+
+/// What happens to a job after a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckKind {
+    Done,
+    /// Failed; run again at `at` (ms), spending an attempt.
+    Retry {
+        at: i64,
+    },
+    /// Not run now; run again at `at` (ms) without spending an attempt.
+    Defer {
+        at: i64,
+    },
+    Dead,
+}
+
+/// One acknowledgement, fenced by the token of the lease it settles.
+#[derive(Debug, Clone)]
+pub struct Ack {
+    pub id: String,
+    pub token: u64,
+    pub kind: AckKind,
+    /// Error text (retry, defer and dead).
+    pub error: String,
+    /// The reaper settles a lease it found expired: apply only if the lease is still
+    /// expired, so a holder that extended it meanwhile keeps its run.
+    pub expired_only: bool,
+}
+
+/// Names one batch of acknowledgements: the pool instance that sends it and a number
+/// that rises with each batch. Resending a batch with the same name (after its reply was
+/// lost) answers with the first write's result and writes nothing.
+#[derive(Debug, Clone)]
+pub struct AckBatch {
+    pub acker: Arc<str>,
+    pub seq: u64,
+}
+
+impl AckBatch {
+    /// The first batch of a new acker.
+    pub fn first() -> Self {
+        AckBatch {
+            acker: Arc::from(ulid::Ulid::new().to_string()),
+            seq: 1,
+        }
+    }
+
+    /// The batch after this one, from the same acker.
+    pub fn next(&self) -> Self {
+        AckBatch {
+            acker: self.acker.clone(),
+            seq: self.seq + 1,
+        }
+    }
+}
+
+/// A lease the reaper found expired; the worker's settle step decides its fate.
+#[derive(Debug, Clone)]
+pub struct Expired {
+    pub id: String,
+    /// Attempts started, including the expired one.
+    pub attempt: u32,
+    pub token: u64,
+    /// Its holder extended it at least once, so it had the job.
+    pub confirmed: bool,
+    /// Earlier leases of this job that expired unconfirmed (and were refunded).
+    pub orphaned: u32,
+    pub envelope: Option<Envelope>,
+}
+
+/// What the reaper found.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    /// Reaping waits: Redis was unreachable for longer than a lease, so live holders get
+    /// one lease to extend before anything is taken from them.
+    pub held: bool,
+    pub expired: Vec<Expired>,
+}
+
+impl Store {
+    /// Validates a request and returns the queue it goes to. Writes nothing.
+    pub fn resolve(&self, req: &EnqueueRequest) -> Result<&QueueSettings, EnqueueError> {
+        let spec = self
+            .inner
+            .registry
+            .get(&req.job)
+            .ok_or_else(|| EnqueueError::UnknownJob { job: req.job.clone() })?;
+        let routing = &self.inner.routing;
+        let queue = req
+            .queue
+            .as_deref()
+            .or_else(|| routing.routes.get(&req.job).map(String::as_str))
+            .unwrap_or(spec.queue);
+        let q = routing.queues.get(queue).ok_or_else(|| EnqueueError::UnknownQueue {
+            queue: queue.to_owned(),
+        })?;
+        if !spec.allows(q.tier) {
+            return Err(EnqueueError::TierNotAllowed {
+                job: req.job.clone(),
+                queue: queue.to_owned(),
+                tier: q.tier,
+                allowed: spec.allowed_tiers(),
+            });
+        }
+        if let Some(k) = &req.idempotency_key
+            && (k.is_empty() || k.len() > 200)
+        {
+            return Err(EnqueueError::InvalidRequest {
+                field: "idempotency_key".into(),
+                message: "must be 1 to 200 bytes".into(),
+            });
+        }
+        spec.validate(&req.payload)?;
+        Ok(q)
+    }
+
+    /// Validates every request, then stores them: one script call per queue (per 1,000
+    /// jobs), all pipelined on one connection. On a validation error nothing is written.
+    pub async fn enqueue(&self, reqs: Vec<EnqueueRequest>) -> Result<Vec<Enqueued>, EnqueueError> {
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, r) in reqs.iter().enumerate() {
+            groups.entry(self.resolve(r)?.name.as_str()).or_default().push(i);
+        }
+        let now = now_ms();
+        let mut calls = Vec::new();
+        for (queue, idx) in &groups {
+            for chunk in idx.chunks(PUSH_CHUNK) {
+                let mut inv = PUSH.prepare_invoke();
+                inv.key(self.base_key(queue)).arg(now).arg(self.inner.idempotency_ttl_s);
+                for &i in chunk {
+                    let r = &reqs[i];
+                    let run_at = r.run_at_ms.unwrap_or(now);
+                    let env = serde_json::to_string(&NewEnvelope {
+                        job: &r.job,
+                        payload: &r.payload,
+                        enqueued_at: now,
+                        run_at: run_at.max(now),
+                        idempotency_key: r.idempotency_key.as_deref(),
+                    })
+                    .map_err(|e| EnqueueError::Storage(e.to_string()))?;
+                    inv.arg(ulid::Ulid::new().to_string())
+                        .arg(run_at)
+                        .arg(env)
+                        .arg(r.idempotency_key.as_deref().unwrap_or(""));
+                }
+                let mut conn = self.inner.conn.clone();
+                calls.push(async move {
+                    let v: Vec<Value> = inv.invoke_async(&mut conn).await?;
+                    Ok::<_, redis::RedisError>((*queue, chunk, v))
+                });
+            }
+        }
+        let results = try_join_all(calls)
+            .await
+            .map_err(|e| EnqueueError::Storage(e.to_string()))?;
+        let mut out: Vec<Option<Enqueued>> = vec![None; reqs.len()];
+        for (queue, chunk, v) in results {
+            for (pos, &i) in chunk.iter().enumerate() {
+                let id = v.get(pos * 2).map(text).unwrap_or_default();
+                let created = v.get(pos * 2 + 1).map(text).as_deref() == Some("1");
+                if created {
+                    telemetry::enqueued(queue, &reqs[i].job);
+                }
+                out[i] = Some(Enqueued {
+                    id,
+                    queue: queue.to_owned(),
+                    created,
+                });
+            }
+        }
+        out.into_iter()
+            .map(|e| e.ok_or_else(|| EnqueueError::Storage("push script returned too few results".into())))
+            .collect()
+    }
+
+    /// Promotes due scheduled jobs and leases up to `count` ready ones for `lease_ttl`.
+    pub async fn fetch(&self, queue: &Arc<str>, count: usize, lease_ttl: Duration) -> Result<Fetched, StoreError> {
+        let now = now_ms();
+        let mut conn = self.inner.conn.clone();
+        let v: Vec<Value> = FETCH
+            .key(self.base_key(queue))
+            .arg(count)
+            .arg(millis(lease_ttl))
+            .arg(PROMOTE_CHUNK)
+            .invoke_async(&mut conn)
+            .await?;
+        let mut out = Fetched {
+            paused: v.first().map(text).as_deref() == Some("paused"),
+            next_due: v.get(1).map(text).and_then(|s| s.parse::<f64>().ok()).map(|f| f as i64),
+            jobs: Vec::with_capacity(v.len().saturating_sub(2) / 4),
+            corrupt: Vec::new(),
+        };
+        for lease in v.get(2..).unwrap_or_default().chunks_exact(4) {
+            let id = text(&lease[0]);
+            let attempt = text(&lease[1]).parse::<u32>().unwrap_or(1);
+            let token = parse_token(&lease[2], &id)?;
+            match serde_json::from_str::<Envelope>(&text(&lease[3])) {
+                Ok(envelope) => out.jobs.push(Delivery {
+                    id,
+                    queue: queue.clone(),
+                    attempt,
+                    token,
+                    envelope,
+                    fetched_at: now,
+                }),
+                Err(e) => out.corrupt.push(Corrupt {
+                    id,
+                    attempt,
+                    token,
+                    error: format!("stored envelope is corrupt: {e}"),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies a batch of acknowledgements in one round trip. Says, per ack, whether it
+    /// applied; one that did not was fenced off (its lease had moved on, or it was a
+    /// replay of an ack already applied).
+    pub async fn ack(&self, queue: &str, batch: &AckBatch, acks: &[Ack]) -> Result<Vec<bool>, StoreError> {
+        if acks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = ACK.prepare_invoke();
+        inv.key(self.base_key(queue))
+            .arg(self.inner.done_retention)
+            .arg(&*batch.acker)
+            .arg(batch.seq);
+        for a in acks {
+            let (kind, at) = match a.kind {
+                AckKind::Done => ("done", 0),
+                AckKind::Retry { at } => ("retry", at),
+                AckKind::Defer { at } => ("defer", at),
+                AckKind::Dead => ("dead", 0),
+            };
+            let kind = if a.expired_only {
+                match kind {
+                    "retry" => "xretry",
+                    "defer" => "xdefer",
+                    "dead" => "xdead",
+                    _ => "xdone",
+                }
+            } else {
+                kind
+            };
+            inv.arg(&a.id).arg(a.token).arg(kind).arg(at).arg(&a.error);
+        }
+        let mut conn = self.inner.conn.clone();
+        let applied: String = inv.invoke_async(&mut conn).await?;
+        if applied.len() != acks.len() {
+            return Err(StoreError::Corrupt {
+                key: format!("{}:ack", self.base_key(queue)),
+                message: format!("ack script answered for {} of {} runs", applied.len(), acks.len()),
+            });
+        }
+        Ok(applied.bytes().map(|b| b == b'1').collect())
+    }
+
+    /// Extends (and so confirms) leases; returns the ids whose lease was lost.
+    pub async fn extend(
+        &self,
+        queue: &str,
+        held: &[(String, u64)],
+        lease_ttl: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut inv = EXTEND.prepare_invoke();
+        inv.key(self.base_key(queue)).arg(millis(lease_ttl));
+        for (id, token) in held {
+            inv.arg(id).arg(*token);
+        }
+        let mut conn = self.inner.conn.clone();
+        Ok(inv.invoke_async(&mut conn).await?)
+    }
+
+    /// Finds up to 1,000 expired leases of `queue` without changing them. Reaping holds
+    /// off for one lease after Redis was unreachable for longer than `outage`.
+    pub async fn reap(&self, queue: &str, outage: Duration, lease_ttl: Duration) -> Result<Reaped, StoreError> {
+        let mut conn = self.inner.conn.clone();
+        let v: Vec<Value> = REAP
+            .key(self.base_key(queue))
+            .arg(REAP_CHUNK)
+            .arg(millis(outage))
+            .arg(millis(lease_ttl))
+            .invoke_async(&mut conn)
+            .await?;
+        if v.first().map(text).as_deref() == Some("held") {
+            return Ok(Reaped {
+                held: true,
+                expired: Vec::new(),
+            });
+        }
+        let mut expired = Vec::new();
+        for r in v.get(1..).unwrap_or_default().chunks_exact(6) {
+            let id = text(&r[0]);
+            expired.push(Expired {
+                attempt: text(&r[1]).parse().unwrap_or(0),
+                token: parse_token(&r[2], &id)?,
+                confirmed: text(&r[3]) == "1",
+                orphaned: text(&r[4]).parse().unwrap_or(0),
+                envelope: serde_json::from_str(&text(&r[5])).ok(),
+                id,
+            });
+        }
+        Ok(Reaped { held: false, expired })
+    }
+
+    /// Hands leased jobs back to the front of the queue, refunding the attempt.
+    pub async fn release(&self, queue: &str, held: &[(String, u64)]) -> Result<usize, StoreError> {
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let mut inv = RELEASE.prepare_invoke();
+        inv.key(self.base_key(queue));
+        for (id, token) in held {
+            inv.arg(id).arg(*token);
+        }
+        let mut conn = self.inner.conn.clone();
+        Ok(inv.invoke_async(&mut conn).await?)
+    }
+}
+
+fn parse_token(v: &Value, id: &str) -> Result<u64, StoreError> {
+    text(v).parse().map_err(|_| StoreError::Corrupt {
+        key: id.to_owned(),
+        message: format!("lease token `{}` is not a number", text(v)),
+    })
+}
