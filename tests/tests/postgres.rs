@@ -156,7 +156,7 @@ async fn migrations_apply_from_zero_are_idempotent_and_refuse_a_newer_schema() {
     // A fresh database with migrate_on_start off: refused, naming the command.
     let e = db.prepare(false).await.expect_err("schema behind");
     assert!(e.to_string().contains("culm migrate"), "{e}");
-    assert_eq!(db.migrate().await.expect("first migrate"), vec![1]);
+    assert_eq!(db.migrate().await.expect("first migrate"), vec![1, 2]);
     assert_eq!(db.migrate().await.expect("second migrate"), Vec::<i64>::new());
     db.prepare(false).await.expect("schema current");
     for table in ["culm_job_runs", "culm_dead_jobs", "culm_outbox"] {
@@ -583,13 +583,21 @@ async fn an_attempt_whose_worker_vanished_is_recorded_by_the_reaper_and_archived
     let job = env
         .enqueue(EnqueueRequest::raw("platform.sleep", json!({ "ms": 1 })).queue("t_one"))
         .await;
-    // A worker leases the job and dies (never acknowledges).
+    // A worker leases the job, extends its lease once (it is running it), and dies
+    // without acknowledging.
     let fetched = env
         .store
-        .fetch(&std::sync::Arc::from("t_one"), 1, Duration::from_millis(300))
+        .fetch(&std::sync::Arc::from("t_one"), 1, Duration::from_secs(30))
         .await
         .expect("fetch");
     assert_eq!(fetched.jobs.len(), 1);
+    let d = &fetched.jobs[0];
+    let lost = env
+        .store
+        .extend("t_one", &[(d.id.clone(), d.token)], Duration::from_millis(300))
+        .await
+        .expect("extend");
+    assert!(lost.is_empty());
     // Another process's reaper notices.
     let running = env
         .runtime()
@@ -647,7 +655,7 @@ async fn culm_run_migrates_at_start_relays_the_outbox_records_the_ledger_and_ref
         let mut config = env.config.database.clone();
         config.url = tdb.url.clone();
         let db = Db::connect(&config).await.ok()?;
-        (db.applied_versions().await.ok()?.last() == Some(&1)).then_some(db)
+        (db.applied_versions().await.ok()?.last() == Some(&culm_worker::db::latest_version())).then_some(db)
     })
     .await;
     sqlx::query("INSERT INTO culm_outbox (job, payload) VALUES ('platform.fail', '{\"times\": 1}')")
