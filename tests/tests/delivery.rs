@@ -9,6 +9,7 @@ use serde_json::json;
 use std::{sync::Arc, time::Duration};
 
 const WAIT: Duration = Duration::from_secs(30);
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1";
 
 /// Leases one job of `queue` with a lease of `ttl`, as a worker would.
 async fn lease_one(env: &TestEnv, queue: &str, ttl: Duration) -> Delivery {
@@ -242,6 +243,86 @@ async fn a_redis_outage_longer_than_the_lease_does_not_take_jobs_from_live_worke
         .expect("runs");
     assert_eq!(runs, Some(1), "the job ran exactly once");
     assert!(env.store.dead_list("t_outage", 10).await.expect("dead").is_empty());
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_clock_runs_ahead_does_not_reap_live_jobs() {
+    let env = TestEnv::new(|c| {
+        c.worker.lease_ttl = Duration::from_secs(1);
+        c.worker.lease_extend_interval = Duration::from_millis(250);
+        c.queues.insert("t_skew".into(), queue("critical", 1, 20_000, 1));
+    })
+    .await;
+    let set = env.key("ran");
+    let started = env.key("started");
+    // This process runs a long job under a 1 s lease, extending it on time.
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_skew".into()]).expect("start");
+    let job = env
+        .enqueue(
+            EnqueueRequest::raw(
+                "platform.record",
+                json!({"set": set, "started": started, "sleep_ms": 4_000}),
+            )
+            .queue("t_skew"),
+        )
+        .await;
+    eventually(WAIT, "the handler to start", || async {
+        env.members(&started).await.contains(&job.id).then_some(())
+    })
+    .await;
+    // A second replica whose clock is a minute ahead joins the queue.
+    assert!(
+        std::path::Path::new(FAKETIME_LIB).exists(),
+        "{FAKETIME_LIB} is missing: install Debian's faketime package (.ci/run does)"
+    );
+    let ahead = culm_tests::KillOnDrop(Some(
+        std::process::Command::new(culm_tests::culm_bin())
+            // libfaketime (Debian's faketime package) shifts this process's clocks.
+            .env("LD_PRELOAD", FAKETIME_LIB)
+            .env("FAKETIME", "+60s")
+            .current_dir(culm_tests::workspace_root())
+            .args(["run", "--queues", "t_skew", "--no-scheduler"])
+            .env("CULM_REDIS_URL", redis_url())
+            .env("CULM__REDIS__KEY_PREFIX", &env.prefix)
+            .env("CULM__QUEUES__T_SKEW__TIER", "critical")
+            .env("CULM__QUEUES__T_SKEW__CONCURRENCY", "1")
+            .env("CULM__WORKER__LEASE_TTL", "1s")
+            .env("CULM__WORKER__LEASE_EXTEND_INTERVAL", "250ms")
+            .env("CULM__WORKER__REAP_INTERVAL", "100ms")
+            .env("CULM__ADMIN__ENABLED", "false")
+            .env("CULM_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("culm starts"),
+    ));
+    // It is running (and reaping) once it has run a job of its own: this process's only
+    // slot is busy.
+    let marker = env
+        .enqueue(EnqueueRequest::raw("platform.record", json!({"set": set})).queue("t_skew"))
+        .await;
+    eventually(WAIT, "the skewed replica to run a job", || async {
+        env.members(&set).await.contains(&marker.id).then_some(())
+    })
+    .await;
+
+    let e = next_event(&mut events, WAIT, |e| e.id == job.id).await;
+    assert!(
+        is("done", &e),
+        "the live job was taken by a replica with a fast clock: {e:?}"
+    );
+    let mut c = env.store.connection();
+    let runs: Option<u32> = redis::cmd("HGET")
+        .arg(format!("{set}:runs"))
+        .arg(&job.id)
+        .query_async(&mut c)
+        .await
+        .expect("runs");
+    assert_eq!(runs, Some(1), "the job ran exactly once");
+    drop(ahead);
     running.shutdown().await;
     env.cleanup().await;
 }

@@ -319,11 +319,14 @@ impl Store {
             .arg(self.inner.done_retention)
             .arg(&*batch.acker)
             .arg(batch.seq);
+        // Retry and defer times go as delays from now, so the script places them on
+        // Redis's clock and a worker's clock skew cannot stretch or shrink a backoff.
+        let now = now_ms();
         for a in acks {
-            let (kind, at) = match a.kind {
+            let (kind, delay) = match a.kind {
                 AckKind::Done => ("done", 0),
-                AckKind::Retry { at } => ("retry", at),
-                AckKind::Defer { at } => ("defer", at),
+                AckKind::Retry { at } => ("retry", (at - now).max(0)),
+                AckKind::Defer { at } => ("defer", (at - now).max(0)),
                 AckKind::Dead => ("dead", 0),
             };
             let kind = if a.expired_only {
@@ -336,7 +339,7 @@ impl Store {
             } else {
                 kind
             };
-            inv.arg(&a.id).arg(a.token).arg(kind).arg(at).arg(&a.error);
+            inv.arg(&a.id).arg(a.token).arg(kind).arg(delay).arg(&a.error);
         }
         let mut conn = self.inner.conn.clone();
         let applied: String = inv.invoke_async(&mut conn).await?;

@@ -1,5 +1,5 @@
 -- Record outcomes of a batch of runs. ARGV: done_retention, acker, batch, then per run:
--- id, token, kind, at_ms (retry/defer time), error.
+-- id, token, kind, delay_ms (retry/defer: how long from now, on Redis's clock), error.
 -- `acker` names the pool instance that sends acks and `batch` this batch: an acker
 -- resends only its latest batch, and only when the reply was lost, so remembering each
 -- acker's last answer lets a resend get the first write's answer instead of finding
@@ -21,7 +21,7 @@ local finished = 0
 local earliest = earliest_scheduled()
 local wake = false
 for i = 4, #ARGV, 5 do
-  local id, token, kind, at, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3]), ARGV[i + 4]
+  local id, token, kind, at, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], now + tonumber(ARGV[i + 3]), ARGV[i + 4]
   local expired_only = string.sub(kind, 1, 1) == 'x'
   if expired_only then kind = string.sub(kind, 2) end
   local ok = holds(id, token) ~= nil
