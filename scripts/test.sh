@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
+bash scripts/test-deps.sh
 cargo build --locked -p culm-worker --bin culm
 exec cargo nextest run --locked --workspace --no-fail-fast "$@"

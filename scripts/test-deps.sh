@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs the system packages the tests need beyond the services, when they are missing:
+# libfaketime (Debian's faketime), which the delivery tests preload into a replica to run
+# it with a clock that is ahead. Safe to run repeatedly; installs only as root with apt.
+set -euo pipefail
+
+missing=()
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1 ] || missing+=(faketime)
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "missing packages: ${missing[*]} (install them with apt-get as root)" >&2
+    exit 1
+  fi
+fi
