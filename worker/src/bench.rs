@@ -213,6 +213,9 @@ impl Bench {
             b?;
         }
         let enqueue_s = start.elapsed().as_secs_f64();
+        let cpu_before = (process_cpu_s(), self.redis_cpu().await?);
+        let mut conn = self.store.connection();
+        redis::cmd("CONFIG").arg("RESETSTAT").exec_async(&mut conn).await?;
         let start = Instant::now();
         let mut rt = self.runtime();
         if let Some(l) = ledger {
@@ -227,12 +230,61 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let drain_s = start.elapsed().as_secs_f64();
+        let per_job_us = |s: f64| (s * 1e6 / jobs as f64 * 100.0).round() / 100.0;
+        let worker_cpu = process_cpu_s() - cpu_before.0;
+        let redis_cpu = self.redis_cpu().await? - cpu_before.1;
+        let scripts = self.script_stats().await?;
         running.shutdown().await;
         Ok(json!({
             "scenario": "throughput", "ledger": with_ledger, "jobs": jobs,
             "enqueue_jobs_per_s": (jobs as f64 / enqueue_s).round(),
             "drain_jobs_per_s": (jobs as f64 / drain_s).round(),
+            "worker_cpu_us_per_job": per_job_us(worker_cpu),
+            "redis_cpu_us_per_job": per_job_us(redis_cpu),
+            "redis_scripts": scripts,
         }))
+    }
+
+    /// Redis's CPU seconds so far (user + system), from `INFO cpu`.
+    async fn redis_cpu(&self) -> Result<f64> {
+        let mut conn = self.store.connection();
+        let info: String = redis::cmd("INFO").arg("cpu").query_async(&mut conn).await?;
+        Ok(info
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("used_cpu_sys:")
+                    .or_else(|| l.strip_prefix("used_cpu_user:"))
+            })
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum())
+    }
+
+    /// Calls and µs per call of each script command since the last `CONFIG RESETSTAT`,
+    /// from `INFO commandstats` (`evalsha` covers every culm script).
+    async fn script_stats(&self) -> Result<Value> {
+        let mut conn = self.store.connection();
+        let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
+        let mut out = serde_json::Map::new();
+        for line in info.lines() {
+            let Some((name, stats)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+                continue;
+            };
+            if !matches!(name, "evalsha" | "eval") {
+                continue;
+            }
+            let field = |k: &str| {
+                stats
+                    .split(',')
+                    .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            out.insert(
+                name.to_owned(),
+                json!({"calls": field("calls"), "usec_per_call": field("usec_per_call")}),
+            );
+        }
+        Ok(Value::Object(out))
     }
 
     async fn latency(&self, rate: u64, seconds: u64) -> Result<Value> {
@@ -617,4 +669,24 @@ pub async fn run(config: Config, registry: Arc<Registry>, args: BenchArgs) -> Re
     .await;
     bench.cleanup().await;
     result
+}
+
+/// This process's CPU seconds so far (user + system), from `/proc/self/stat`; 0 where
+/// that file does not exist.
+fn process_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start after ") ".
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // Linux reports these in USER_HZ, which is 100 on every platform culm runs on.
+    ticks / 100.0
 }
