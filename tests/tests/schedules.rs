@@ -533,7 +533,7 @@ description = "ticks driven by hand"
     // Even once the claim has expired, an older tick is refused: ticks go forward.
     let mut c = env.store.connection();
     let _: i64 = redis::cmd("DEL")
-        .arg(format!("{}:idem:schedule:t.claimed:{t}", env.store.base_key("t_claim")))
+        .arg(format!("{}:tick:t.claimed:{t}", env.store.base_key("t_claim")))
         .query_async(&mut c)
         .await
         .expect("DEL");
@@ -547,5 +547,37 @@ description = "ticks driven by hand"
     assert_eq!(fired_ticks(&env, "t_claim", "t.claimed").await, vec![t, t + 3_600_000]);
     let status = a.get("t.claimed").await.expect("status");
     assert_eq!(status.last_fire.expect("fired").job_id, next.job_id().expect("id"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_idempotency_key_cannot_claim_a_tick() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_squat".into(), queue("batch", 1, 5_000, 1));
+    })
+    .await;
+    let toml = r#"
+[[schedule]]
+name = "t.squatted"
+cron = "0 0 * * * *"
+job = "platform.noop"
+queue = "t_squat"
+overlap = "allow"
+description = "ticks driven by hand"
+"#;
+    let s = replica(&env, toml).await;
+    let t = 1_800_000_000_000;
+    // A caller with the enqueue scope guesses the next tick's claim and takes it first.
+    env.enqueue(
+        culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({}))
+            .queue("t_squat")
+            .idempotency_key(format!("schedule:t.squatted:{t}")),
+    )
+    .await;
+    let fired = s.fire_tick("t.squatted", t).await.expect("fire");
+    assert!(
+        matches!(fired, TickOutcome::Fired { .. }),
+        "a caller's job made the tick look claimed: {fired:?}"
+    );
     env.cleanup().await;
 }

@@ -5,7 +5,7 @@
 //!   (DST-safe) and is the `Schedule` behind apalis-cron's `CronScheduler`, which is the
 //!   tick source: one tick stream per enabled schedule in every scheduler process.
 //! - Every replica handles every tick. `lua/fire.lua` decides it atomically in the target
-//!   queue's hash slot: it claims the idempotency key `schedule:<name>:<tick_ms>` (SET NX
+//!   queue's hash slot: it claims the tick key `…:tick:<name>:<tick_ms>` (SET NX
 //!   semantics inside the script), refuses ticks at or before the last one decided
 //!   there, applies the overlap policy, and pushes the job, all in one call. One replica
 //!   gets `fired`; the others get `claimed_elsewhere` or `stale`.
@@ -429,7 +429,7 @@ impl Scheduler {
     pub async fn trigger(&self, name: &str) -> Result<TickOutcome, SchedulerError> {
         let s = self.schedule(name)?.clone();
         let id = ulid::Ulid::new().to_string();
-        let claim = format!("schedule:{name}:manual:{id}");
+        let claim = format!("{name}:manual:{id}");
         let outcome = match self.fire(&s, None, Overlap::Allow, &id, &claim).await? {
             TickOutcome::Fired { job_id } => TickOutcome::Triggered { job_id },
             other => other,
@@ -453,7 +453,7 @@ impl Scheduler {
                 return Ok(TickOutcome::Paused);
             }
             let id = ulid::Ulid::new().to_string();
-            let claim = format!("schedule:{}:{tick_ms}", s.name);
+            let claim = format!("{}:{tick_ms}", s.name);
             let outcome = self.fire(s, Some(tick_ms), s.overlap, &id, &claim).await?;
             Ok::<_, SchedulerError>(match outcome {
                 TickOutcome::Fired { job_id } if catch_up => TickOutcome::CaughtUp { job_id },
@@ -489,12 +489,14 @@ impl Scheduler {
         claim: &str,
     ) -> Result<TickOutcome, SchedulerError> {
         let now = now_ms();
+        // The job shows where it came from; the claim itself is in the tick namespace.
+        let origin = format!("schedule:{claim}");
         let env = serde_json::to_string(&NewEnvelope {
             job: &s.job,
             payload: &s.payload,
             enqueued_at: now,
             run_at: now,
-            idempotency_key: claim,
+            idempotency_key: &origin,
         })
         .map_err(|e| SchedulerError::Encode {
             schedule: s.name.clone(),
