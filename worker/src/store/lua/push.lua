@@ -1,6 +1,7 @@
 -- Enqueue a batch. ARGV: now_ms, idempotency_ttl_s, then per job: id, run_at_ms, envelope, idem_key ('' = none).
 -- Due jobs go straight to the ready list; only future ones enter the scheduled set.
 -- Returns per job: id (the earlier one on an idempotency hit), created (1/0).
+-- A replayed push finds its ids already written and answers created = 0 for them.
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local was_empty = redis.call('LLEN', K_READY) == 0
@@ -15,11 +16,16 @@ for i = 3, #ARGV, 4 do
     existing = redis.call('GET', k)
     if not existing then redis.call('SET', k, id, 'EX', ttl) end
   end
+  -- Safe to run twice with the same arguments (a client resends a command whose reply
+  -- it lost): an id is written at most once. A body that exists, or an id recently done,
+  -- means this push already happened.
+  if not existing and (redis.call('ZSCORE', K_DONE, id) or redis.call('HSETNX', K_JOBS, id, env) == 0) then
+    existing = id
+  end
   if existing then
     out[#out + 1] = existing
     out[#out + 1] = 0
   else
-    redis.call('HSET', K_JOBS, id, env)
     if run_at <= now then
       redis.call('RPUSH', K_READY, id)
       if was_empty then wake = true end

@@ -1,0 +1,74 @@
+//! The Redis layer when commands repeat: every script is safe to run twice with the
+//! same arguments, as happens when a client resends a command after a connection error.
+use culm_core::now_ms;
+use culm_tests::{TestEnv, queue};
+use redis::Script;
+
+/// The push script exactly as culm sends it (the shared header, then the operation).
+fn push_script() -> Script {
+    Script::new(concat!(
+        include_str!("../../worker/src/store/lua/common.lua"),
+        "\n",
+        include_str!("../../worker/src/store/lua/push.lua")
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_push_stores_the_job_once() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_push".into(), queue("critical", 1, 5_000, 1));
+    })
+    .await;
+    let now = now_ms();
+    let id = ulid::Ulid::new().to_string();
+    let envelope = serde_json::json!({"job": "platform.noop", "payload": {}, "enqueued_at": now, "run_at": now});
+    let script = push_script();
+    let mut invoke = script.prepare_invoke();
+    invoke
+        .key(env.store.base_key("t_push"))
+        .arg(now)
+        .arg(3600)
+        .arg(&id)
+        .arg(now)
+        .arg(envelope.to_string())
+        .arg("");
+    let mut c = env.store.connection();
+    let first: Vec<redis::Value> = invoke.invoke_async(&mut c).await.expect("push");
+    assert_eq!(first.len(), 2);
+    // The reply was lost; the client sends the same command again.
+    let _: Vec<redis::Value> = invoke.invoke_async(&mut c).await.expect("replayed push");
+    let stats = env.store.stats("t_push").await.expect("stats");
+    assert_eq!(
+        stats.pending, 1,
+        "the replayed push queued the job a second time: {stats:?}"
+    );
+
+    // A replay that arrives after the job already ran must not bring it back either.
+    let f = env
+        .store
+        .fetch(&std::sync::Arc::from("t_push"), 10, std::time::Duration::from_secs(30))
+        .await
+        .expect("fetch");
+    assert_eq!(f.jobs.len(), 1);
+    let d = &f.jobs[0];
+    let applied = env
+        .store
+        .ack(
+            "t_push",
+            &culm_worker::store::AckBatch::first(),
+            &[culm_worker::store::Ack {
+                id: d.id.clone(),
+                token: d.token,
+                kind: culm_worker::store::AckKind::Done,
+                error: String::new(),
+                expired_only: false,
+            }],
+        )
+        .await
+        .expect("ack");
+    assert_eq!(applied, vec![true]);
+    let _: Vec<redis::Value> = invoke.invoke_async(&mut c).await.expect("late replay");
+    let stats = env.store.stats("t_push").await.expect("stats");
+    assert_eq!(stats.pending, 0, "a late replay re-created a finished job: {stats:?}");
+    env.cleanup().await;
+}
