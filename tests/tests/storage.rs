@@ -72,3 +72,40 @@ async fn a_replayed_push_stores_the_job_once() {
     assert_eq!(stats.pending, 0, "a late replay re-created a finished job: {stats:?}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_are_limited_to_printable_characters_outside_hash_tags() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_keys".into(), queue("critical", 1, 5_000, 1));
+    })
+    .await;
+    let req = |key: &str| {
+        culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({}))
+            .queue("t_keys")
+            .idempotency_key(key)
+    };
+    for bad in [
+        "",
+        "has space",
+        "new\nline",
+        "{culm:other}:ready",
+        "tab\t",
+        "ключ",
+        &"k".repeat(201),
+    ] {
+        let e = env.store.enqueue(vec![req(bad)]).await.expect_err("rejected");
+        assert!(
+            matches!(&e, culm_core::EnqueueError::InvalidRequest { field, .. } if field == "idempotency_key"),
+            "{bad:?}: {e}"
+        );
+    }
+    for good in ["order-42", "payout:2026-11-26:acct_9/1", "a.b_c=d@e"] {
+        env.store.enqueue(vec![req(good)]).await.expect("accepted");
+    }
+    assert_eq!(
+        env.store.stats("t_keys").await.expect("stats").pending,
+        3,
+        "nothing rejected was written"
+    );
+    env.cleanup().await;
+}
