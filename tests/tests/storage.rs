@@ -28,6 +28,7 @@ async fn a_replayed_push_stores_the_job_once() {
         .key(env.store.base_key("t_push"))
         .arg(now)
         .arg(3600)
+        .arg(1)
         .arg(&id)
         .arg(now)
         .arg(envelope.to_string())
@@ -107,5 +108,42 @@ async fn idempotency_keys_are_limited_to_printable_characters_outside_hash_tags(
         3,
         "nothing rejected was written"
     );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_across_queues_is_stored_whole_or_not_at_all() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_all".into(), queue("critical", 1, 5_000, 1));
+        c.queues.insert("t_none".into(), queue("batch", 1, 5_000, 1));
+    })
+    .await;
+    // One queue's write fails (here: its ready list is not a list).
+    let mut c = env.store.connection();
+    redis::cmd("SET")
+        .arg(format!("{}:ready", env.store.base_key("t_none")))
+        .arg("not a list")
+        .exec_async(&mut c)
+        .await
+        .expect("SET");
+    let batch = vec![
+        culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({})).queue("t_all"),
+        culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({})).queue("t_none"),
+        culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({})).queue("t_all"),
+    ];
+    let e = env.store.enqueue(batch).await.expect_err("the batch fails");
+    assert!(matches!(e, culm_core::EnqueueError::Storage(_)), "{e}");
+    let stats = env.store.stats("t_all").await.expect("stats");
+    assert_eq!(
+        (stats.pending, stats.scheduled),
+        (0, 0),
+        "the caller was told nothing was stored, yet part of the batch was"
+    );
+    let bodies: u64 = redis::cmd("HLEN")
+        .arg(format!("{}:jobs", env.store.base_key("t_all")))
+        .query_async(&mut c)
+        .await
+        .expect("HLEN");
+    assert_eq!(bodies, 0);
     env.cleanup().await;
 }

@@ -207,20 +207,34 @@ impl Store {
         Ok(q)
     }
 
-    /// Validates every request, then stores them: one script call per queue (per 1,000
-    /// jobs), all pipelined on one connection. On a validation error nothing is written.
+    /// Validates every request, then stores them. On a validation error nothing is
+    /// written. On standalone and Sentinel, a batch of up to 1,000 jobs is one script
+    /// call: stored whole or not at all. In Cluster mode, where queues live in different
+    /// slots, it is one call per queue (per 1,000 jobs), all pipelined: each queue's part
+    /// is whole, but one part can fail while another is stored.
     pub async fn enqueue(&self, reqs: Vec<EnqueueRequest>) -> Result<Vec<Enqueued>, EnqueueError> {
         let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, r) in reqs.iter().enumerate() {
             groups.entry(self.resolve(r)?.name.as_str()).or_default().push(i);
         }
         let now = now_ms();
-        let mut calls = Vec::new();
-        for (queue, idx) in &groups {
-            for chunk in idx.chunks(PUSH_CHUNK) {
-                let mut inv = PUSH.prepare_invoke();
-                inv.key(self.base_key(queue)).arg(now).arg(self.inner.idempotency_ttl_s);
-                for &i in chunk {
+        // Each call: the (queue, jobs) groups it stores.
+        let one_slot_per_call = matches!(self.inner.conn, super::RedisConn::Cluster(_));
+        let calls: Vec<Vec<(&str, &[usize])>> = if !one_slot_per_call && reqs.len() <= PUSH_CHUNK {
+            vec![groups.iter().map(|(q, idx)| (*q, idx.as_slice())).collect()]
+        } else {
+            groups
+                .iter()
+                .flat_map(|(q, idx)| idx.chunks(PUSH_CHUNK).map(move |c| vec![(*q, c)]))
+                .collect()
+        };
+        let mut pending = Vec::with_capacity(calls.len());
+        for call in calls {
+            let mut inv = PUSH.prepare_invoke();
+            inv.arg(now).arg(self.inner.idempotency_ttl_s);
+            for (queue, idx) in &call {
+                inv.key(self.base_key(queue)).arg(idx.len());
+                for &i in *idx {
                     let r = &reqs[i];
                     let run_at = r.run_at_ms.unwrap_or(now);
                     let env = serde_json::to_string(&NewEnvelope {
@@ -236,29 +250,32 @@ impl Store {
                         .arg(env)
                         .arg(r.idempotency_key.as_deref().unwrap_or(""));
                 }
-                let mut conn = self.inner.conn.clone();
-                calls.push(async move {
-                    let v: Vec<Value> = inv.invoke_async(&mut conn).await?;
-                    Ok::<_, redis::RedisError>((*queue, chunk, v))
-                });
             }
+            let mut conn = self.inner.conn.clone();
+            pending.push(async move {
+                let v: Vec<Value> = inv.invoke_async(&mut conn).await?;
+                Ok::<_, redis::RedisError>((call, v))
+            });
         }
-        let results = try_join_all(calls)
+        let results = try_join_all(pending)
             .await
             .map_err(|e| EnqueueError::Storage(e.to_string()))?;
         let mut out: Vec<Option<Enqueued>> = vec![None; reqs.len()];
-        for (queue, chunk, v) in results {
-            for (pos, &i) in chunk.iter().enumerate() {
-                let id = v.get(pos * 2).map(text).unwrap_or_default();
-                let created = v.get(pos * 2 + 1).map(text).as_deref() == Some("1");
-                if created {
-                    telemetry::enqueued(queue, &reqs[i].job);
+        for (call, v) in results {
+            let mut replies = v.chunks_exact(2);
+            for (queue, idx) in call {
+                for &i in idx {
+                    let Some([id, created]) = replies.next() else { break };
+                    let created = text(created) == "1";
+                    if created {
+                        telemetry::enqueued(queue, &reqs[i].job);
+                    }
+                    out[i] = Some(Enqueued {
+                        id: text(id),
+                        queue: queue.to_owned(),
+                        created,
+                    });
                 }
-                out[i] = Some(Enqueued {
-                    id,
-                    queue: queue.to_owned(),
-                    created,
-                });
             }
         }
         out.into_iter()
