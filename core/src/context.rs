@@ -54,7 +54,7 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    /// Builds a context; the worker does this for every run, tests through `culm-jobs`' test kit.
+    /// Builds a context; the worker does this for every run, tests through `culm_core::testing` (feature `testing`).
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         id: String,

@@ -12,12 +12,14 @@ mod job;
 mod outcome;
 mod registry;
 mod retry;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tier;
 
 pub use context::{Deps, JobContext};
 pub use enqueue::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer};
 pub use job::Job;
-pub use outcome::{JobError, Outcome};
+pub use outcome::{JobError, Outcome, follow_up_key};
 pub use registry::{JobSpec, Registry, RegistryError, RunResult};
 pub use retry::RetryPolicy;
 pub use tier::{Tier, UnknownTier};

@@ -41,6 +41,12 @@ impl Outcome {
     }
 }
 
+/// The idempotency key the worker gives follow-up `index` of job `parent_id` when the
+/// handler set none, so that a redelivered parent enqueues its follow-ups only once.
+pub fn follow_up_key(parent_id: &str, index: usize) -> String {
+    format!("{parent_id}:then:{index}")
+}
+
 /// Why a run did not succeed, and therefore what happens next.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
