@@ -473,7 +473,11 @@ impl Performed {
         self.all_enqueued()
             .find(|r| r.job == job && contains(&r.payload, &payload))
             .unwrap_or_else(|| {
-                let seen: Vec<_> = self.all_enqueued().filter(|r| r.job == job).map(|r| &r.payload).collect();
+                let seen: Vec<_> = self
+                    .all_enqueued()
+                    .filter(|r| r.job == job)
+                    .map(|r| &r.payload)
+                    .collect();
                 panic!(
                     "`{}` enqueued no `{job}` with {payload}; `{job}` payloads: {seen:?}",
                     self.job

@@ -96,7 +96,11 @@ impl TestIntegrations {
 
     /// The clients, as the worker builds them (API keys read from `api_key_env`).
     pub fn integrations(&self) -> Result<Integrations, BuildError> {
-        Integrations::new(self.settings.values().cloned().collect(), self.redis.clone(), &self.prefix)
+        Integrations::new(
+            self.settings.values().cloned().collect(),
+            self.redis.clone(),
+            &self.prefix,
+        )
     }
 
     /// What the worker puts in `Deps`: the Redis connection and the clients.
