@@ -18,6 +18,13 @@ use tokio::sync::broadcast;
 mod postgres;
 pub use postgres::{TestDb, database_server_url};
 
+/// The README's Rust examples, compiled (and run, where they have a body to run) by
+/// `cargo test --doc`, which `scripts/test.sh` runs after nextest (nextest skips
+/// doctests). This crate sees every culm crate and the test kits, as the examples need.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 /// A test's isolated world: a unique key prefix on the real Redis.
 pub struct TestEnv {
     /// The test's configuration.
