@@ -6,6 +6,10 @@
 //! [`Registry`] that maps job type names to handlers. It knows nothing about Redis,
 //! PostgreSQL or HTTP: storage lives in `culm-worker`, integrations in `culm-jobs`.
 
+// A library every job author reads: public items are documented, and it never prints
+// (handlers and the worker log through `tracing`).
+#![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
+
 mod context;
 mod enqueue;
 mod job;

@@ -6,6 +6,10 @@
 //! start. Every third-party call goes through the client stack in [`http`]. With the
 //! `testing` feature, `testing` holds the test kit for job types.
 
+// A library every job author reads: public items are documented, and it never prints
+// (handlers log through `tracing`).
+#![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
+
 pub mod bamboo;
 pub mod crm;
 pub mod crossborder;

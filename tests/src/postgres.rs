@@ -20,7 +20,7 @@ pub struct TestDb {
 
 impl TestDb {
     /// A fresh name and its URL.
-    #[allow(clippy::new_without_default)]
+    #[allow(clippy::new_without_default, reason = "each call makes a new database name")]
     pub fn new() -> TestDb {
         let name = format!("culm_test_{}", ulid::Ulid::new().to_string().to_lowercase());
         let url = format!("{}/{name}", database_server_url());
