@@ -23,7 +23,7 @@ mod tier;
 pub use context::{Deps, JobContext};
 pub use enqueue::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer};
 pub use job::Job;
-pub use outcome::{JobError, Outcome, follow_up_key};
+pub use outcome::{JobError, Outcome, key_follow_ups};
 pub use registry::{JobSpec, Registry, RegistryError, RunResult};
 pub use retry::RetryPolicy;
 pub use tier::{Tier, UnknownTier};

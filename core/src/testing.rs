@@ -70,7 +70,7 @@
 //! ```
 use crate::{
     Deps, EnqueueError, EnqueueRequest, Enqueued, Enqueuer, Job, JobContext, JobError, Outcome, Registry, RunResult,
-    follow_up_key, now_ms,
+    key_follow_ups, now_ms,
 };
 use futures::{FutureExt, future::BoxFuture};
 use std::{
@@ -246,11 +246,7 @@ impl Perform {
             RunResult::BadPayload(reason) => Err(JobError::Permanent(reason)),
         };
         let result = result.map(|mut outcome| {
-            for (i, f) in outcome.follow_ups.iter_mut().enumerate() {
-                if f.idempotency_key.is_none() {
-                    f.idempotency_key = Some(follow_up_key(&id, i));
-                }
-            }
+            key_follow_ups(&id, &mut outcome.follow_ups);
             outcome
         });
         let rejected_follow_up = match (&result, &kit.registry) {
