@@ -136,10 +136,17 @@ impl TestKit {
     }
 
     /// Runs `job` as attempt 1 of a fresh id in its default queue; `.attempt(n)`,
-    /// `.id(..)` and `.queue(..)` change that before `.await`.
+    /// `.id(..)` and `.queue(..)` change that before `.await`. The handler gets `job` as
+    /// the worker would: serialized to JSON and read back, so a payload that does not
+    /// survive storage fails permanently here too.
     pub fn perform<J: Job>(&self, job: J) -> Perform {
-        self.prepare(J::NAME.to_owned(), J::QUEUE.to_owned(), move |ctx| {
-            job.run(ctx).map(RunResult::Finished).boxed()
+        let stored = serde_json::to_string(&job).and_then(|s| serde_json::from_str::<J>(&s));
+        self.prepare(J::NAME.to_owned(), J::QUEUE.to_owned(), move |ctx| match stored {
+            Ok(job) => job.run(ctx).map(RunResult::Finished).boxed(),
+            Err(e) => {
+                let reason = format!("`{}` does not survive storage as JSON: {e}", J::NAME);
+                futures::future::ready(RunResult::BadPayload(reason)).boxed()
+            }
         })
     }
 
