@@ -71,7 +71,7 @@ impl std::fmt::Debug for TestIntegrations {
 }
 
 impl TestIntegrations {
-    /// Connects to [`redis_url`] with the key prefix `culmtest-<random>`; no integration
+    /// Connects to [`redis_url`] with the key prefix `culmtest-kit-<random>`; no integration
     /// is configured yet.
     pub async fn connect() -> Result<Self, redis::RedisError> {
         let redis = redis::Client::open(redis_url())?.get_connection_manager().await?;
