@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
 # The test command (README and CI run exactly this): starts local services if needed,
-# then runs the whole workspace's tests against the real Redis.
+# runs the whole workspace's tests against the real Redis with nextest, then the
+# doctests, which nextest skips (they include the README's Rust examples, through
+# tests/src/lib.rs). The doctests run even when nextest failed; the exit status is
+# nextest's failure if it failed, else the doctests'. The last line sums the doctests
+# of every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
 bash scripts/test-deps.sh
 cargo build --locked -p culm-worker --bin culm
-exec cargo nextest run --locked --workspace --no-fail-fast "$@"
+status=0
+cargo nextest run --locked --workspace --no-fail-fast "$@" || status=$?
+doc_log=$(mktemp)
+trap 'rm -f "$doc_log"' EXIT
+cargo test --locked --doc --workspace 2>&1 | tee "$doc_log" || status=$((status == 0 ? $? : status))
+# One closing line for every crate's doctests (the last crate alone may have none).
+{ grep -oE '[0-9]+ passed; [0-9]+ failed' "$doc_log" || true; } |
+  awk '{p += $1; f += $3} END {printf "doctests: %d passed, %d failed\n", p, f}'
+exit "$status"

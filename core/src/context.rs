@@ -54,8 +54,8 @@ pub struct JobContext {
 }
 
 impl JobContext {
-    /// Builds a context; the worker does this for every run, tests through `culm-jobs`' test kit.
-    #[allow(clippy::too_many_arguments)]
+    /// Builds a context; the worker does this for every run, tests through `culm_core::testing` (feature `testing`).
+    #[allow(clippy::too_many_arguments, reason = "one argument per field of the context")]
     pub fn new(
         id: String,
         job: String,

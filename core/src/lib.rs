@@ -6,18 +6,24 @@
 //! [`Registry`] that maps job type names to handlers. It knows nothing about Redis,
 //! PostgreSQL or HTTP: storage lives in `culm-worker`, integrations in `culm-jobs`.
 
+// A library every job author reads: public items are documented, and it never prints
+// (handlers and the worker log through `tracing`).
+#![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
+
 mod context;
 mod enqueue;
 mod job;
 mod outcome;
 mod registry;
 mod retry;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod tier;
 
 pub use context::{Deps, JobContext};
 pub use enqueue::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer};
 pub use job::Job;
-pub use outcome::{JobError, Outcome};
+pub use outcome::{JobError, Outcome, key_follow_ups};
 pub use registry::{JobSpec, Registry, RegistryError, RunResult};
 pub use retry::RetryPolicy;
 pub use tier::{Tier, UnknownTier};

@@ -41,6 +41,17 @@ impl Outcome {
     }
 }
 
+/// Gives every follow-up of job `parent_id` that has no idempotency key the key
+/// `<parent_id>:then:<index>`, so that a redelivered parent enqueues them only once. The
+/// worker does this before enqueueing a successful run's follow-ups.
+pub fn key_follow_ups(parent_id: &str, follow_ups: &mut [EnqueueRequest]) {
+    for (i, f) in follow_ups.iter_mut().enumerate() {
+        if f.idempotency_key.is_none() {
+            f.idempotency_key = Some(format!("{parent_id}:then:{i}"));
+        }
+    }
+}
+
 /// Why a run did not succeed, and therefore what happens next.
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {

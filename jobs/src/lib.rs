@@ -3,7 +3,12 @@
 //! One module per integration family; each job type is a payload struct implementing
 //! [`culm_core::Job`] with its routing next to it. [`registry`] registers every job type
 //! this binary runs; the worker validates the routing against the configured queues at
-//! start. Every third-party call goes through the client stack in [`http`].
+//! start. Every third-party call goes through the client stack in [`http`]. With the
+//! `testing` feature, `testing` holds the test kit for job types.
+
+// A library every job author reads: public items are documented, and it never prints
+// (handlers log through `tracing`).
+#![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
 pub mod bamboo;
 pub mod crm;
@@ -16,6 +21,8 @@ pub mod http;
 pub mod mail;
 pub mod platform;
 pub mod support;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod unit21;
 
 use culm_core::{Registry, RegistryError};

@@ -101,7 +101,7 @@ macro_rules! job {
             const QUEUE: &'static str = $queue;
             const TIERS: &'static [culm_core::Tier] = $tiers;
             const DESCRIPTION: &'static str = $desc;
-            #[allow(unused_variables)]
+            #[allow(unused_variables, reason = "handler bodies that ignore the payload or the context")]
             async fn run(self, $ctx: culm_core::JobContext) -> Result<culm_core::Outcome, culm_core::JobError> {
                 let $this = self;
                 $body

@@ -1,6 +1,6 @@
-//! Test support: each test gets its own Redis key prefix and its own config, starts
-//! culm in-process or as a child `culm` binary, and waits on conditions or job events
-//! instead of sleeping.
+//! Test support: each test gets its own Redis key prefix, its own config and, when it
+//! needs PostgreSQL, its own database ([`TestDb`]); it starts culm in-process or as a
+//! child `culm` binary, and waits on conditions or job events instead of sleeping.
 use culm_core::{EnqueueRequest, Enqueued};
 use culm_worker::{
     config::{Config, QueueConfig, RetryConfig},
@@ -14,6 +14,16 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::sync::broadcast;
+
+mod postgres;
+pub use postgres::{TestDb, database_server_url};
+
+/// The README's Rust examples, compiled (and run, where they have a body to run) by
+/// `cargo test --doc`, which `scripts/test.sh` runs after nextest (nextest skips
+/// doctests). This crate sees every culm crate and the test kits, as the examples need.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
 
 /// A test's isolated world: a unique key prefix on the real Redis.
 pub struct TestEnv {

@@ -286,13 +286,10 @@ async fn limiter_spaces_calls_and_defers_beyond_max_wait() {
 
 // --- Job catalog through the worker runtime ---------------------------------------------
 
-use culm_core::{EnqueueRequest, Enqueued, Enqueuer, Job, JobContext, Tier};
+use culm_core::{EnqueueRequest, Job, Tier};
 use culm_worker::{config::Config, runtime::Runtime, scheduler::catalog::Catalog, store::Routing, store::Store};
 use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, Mutex},
     time::Instant,
 };
 use wiremock::matchers::any;
@@ -328,144 +325,6 @@ impl wiremock::Respond for Arrivals {
         self.0.lock().expect("arrivals lock").push(Instant::now());
         ResponseTemplate::new(202).set_body_json(serde_json::json!({"status": "pending"}))
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn money_moving_jobs_send_their_job_id_as_idempotency_key() {
-    let server = MockServer::start().await;
-    catch_all(&server).await;
-    // The first transfer attempt fails: the retry must carry the same key.
-    Mock::given(method("POST"))
-        .and(path("/galileo/transfers"))
-        .respond_with(ResponseTemplate::new(500))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    let env = TestEnv::new(|c| point_at(c, &server.uri())).await;
-    let rt = env.runtime();
-    let mut events = rt.events();
-    let running = rt
-        .start(&[
-            "galileo".into(),
-            "crossborder".into(),
-            "ding".into(),
-            "bamboo_orders".into(),
-        ])
-        .expect("start");
-    let registry = culm_jobs::registry().expect("registry");
-    let money = [
-        ("galileo.load_card", "/galileo/cards/card_2001/loads"),
-        ("galileo.transfer", "/galileo/transfers"),
-        ("crossborder.send_transfer", "/crossborder/transfers"),
-        ("ding.top_up", "/ding/topups"),
-        ("bamboo.place_order", "/bamboo/orders"),
-    ];
-    let mut ids = Vec::new();
-    for (job, p) in money {
-        let example = registry.get(job).and_then(|s| s.example.clone()).expect("example");
-        let e = env.enqueue(EnqueueRequest::raw(job, example)).await;
-        ids.push((e.id, p));
-    }
-    let mut waiting: std::collections::BTreeSet<String> = ids.iter().map(|(id, _)| id.clone()).collect();
-    while !waiting.is_empty() {
-        let e = culm_tests::next_event(&mut events, Duration::from_secs(20), |e| {
-            waiting.contains(&e.id) && culm_tests::is("done", e)
-        })
-        .await;
-        waiting.remove(&e.id);
-    }
-    let received = server.received_requests().await.expect("recording on");
-    for (id, p) in &ids {
-        let keys: Vec<String> = received
-            .iter()
-            .filter(|r| r.method.as_str() == "POST" && r.url.path() == *p)
-            .map(|r| {
-                r.headers
-                    .get("idempotency-key")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("(none)")
-                    .to_owned()
-            })
-            .collect();
-        assert!(!keys.is_empty(), "{p} was called");
-        assert!(
-            keys.iter().all(|k| k == id),
-            "{p}: every attempt carries the job's key: {keys:?}"
-        );
-    }
-    let transfer_calls = received.iter().filter(|r| r.url.path() == "/galileo/transfers").count();
-    assert_eq!(transfer_calls, 2, "failed once, retried once with the same key");
-    running.shutdown().await;
-    env.cleanup().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bamboo_pipeline_runs_through_continuations() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/bamboo/orders"))
-        .respond_with(
-            ResponseTemplate::new(202).set_body_json(serde_json::json!({"order_id": "ord-p1", "status": "pending"})),
-        )
-        .expect(1)
-        .mount(&server)
-        .await;
-    // Not visible yet, then pending, then fulfilled.
-    Mock::given(method("GET"))
-        .and(path("/bamboo/orders/ord-p1"))
-        .respond_with(ResponseTemplate::new(404).set_body_string("order not found"))
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/bamboo/orders/ord-p1"))
-        .respond_with(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({"order_id": "ord-p1", "status": "pending"})),
-        )
-        .up_to_n_times(1)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/bamboo/orders/ord-p1"))
-        .respond_with(ResponseTemplate::new(200).set_body_json(
-            serde_json::json!({"order_id": "ord-p1", "status": "fulfilled", "cards": [{"code": "XXXX"}]}),
-        ))
-        .mount(&server)
-        .await;
-    let env = TestEnv::new(|c| point_at(c, &server.uri())).await;
-    let running = env.runtime().start(&["bamboo_orders".into()]).expect("start");
-    env.enqueue(EnqueueRequest::raw(
-        "bamboo.accept_order",
-        serde_json::json!({"order_id": "ord-p1", "sku": "AMAZON_US_25", "quantity": 1}),
-    ))
-    .await;
-    let key = format!("{}:bamboo:order:ord-p1", env.prefix);
-    let recorded: String = culm_tests::eventually(Duration::from_secs(20), "the recorded order", || {
-        let mut c = env.store.connection();
-        let key = key.clone();
-        async move {
-            redis::cmd("GET")
-                .arg(&key)
-                .query_async::<Option<String>>(&mut c)
-                .await
-                .ok()
-                .flatten()
-        }
-    })
-    .await;
-    let v: serde_json::Value = serde_json::from_str(&recorded).expect("JSON");
-    assert_eq!(v["status"], "fulfilled");
-    assert_eq!(v["cards"][0]["code"], "XXXX");
-    let polls = server
-        .received_requests()
-        .await
-        .expect("recording on")
-        .iter()
-        .filter(|r| r.method.as_str() == "GET")
-        .count();
-    assert_eq!(polls, 3, "polled until fulfilled: not found, pending, fulfilled");
-    running.shutdown().await;
-    env.cleanup().await;
 }
 
 /// The acceptance test of the shared limiter: three independent worker pools, each with
@@ -601,56 +460,6 @@ async fn an_open_breaker_defers_its_jobs_and_leaves_other_integrations_alone() {
 
 fn path_regex_salesforce() -> wiremock::matchers::PathRegexMatcher {
     wiremock::matchers::path_regex("^/salesforce/")
-}
-
-/// Forwards to the store and counts enqueue calls.
-struct Counting {
-    store: Store,
-    calls: AtomicUsize,
-}
-
-impl Enqueuer for Counting {
-    fn enqueue_batch(
-        &self,
-        jobs: Vec<EnqueueRequest>,
-    ) -> futures::future::BoxFuture<'_, Result<Vec<Enqueued>, culm_core::EnqueueError>> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        self.store.enqueue_batch(jobs)
-    }
-}
-
-#[tokio::test]
-async fn a_statement_run_fans_out_in_batches() {
-    let env = TestEnv::new(|_| {}).await;
-    let counting = Arc::new(Counting {
-        store: env.store.clone(),
-        calls: AtomicUsize::new(0),
-    });
-    let deps = culm_worker::integrations::deps(&env.config, &env.store).expect("deps");
-    let ctx = |id: &str| {
-        JobContext::new(
-            id.into(),
-            "statements.run".into(),
-            "statements".into(),
-            1,
-            5,
-            0,
-            counting.clone(),
-            deps.clone(),
-        )
-    };
-    let run = culm_jobs::files::StatementRun {
-        period: "2026-10".into(),
-        account_ids: (0..1200).map(|i| format!("acc_{i}")).collect(),
-    };
-    run.clone().run(ctx("01RUN")).await.expect("fan-out");
-    assert_eq!(counting.calls.load(Ordering::SeqCst), 3, "1200 jobs in 3 enqueue calls");
-    // A redelivered run enqueues nothing new.
-    run.run(ctx("01RUN")).await.expect("again");
-    let stats = env.store.all_stats().await.expect("stats");
-    let q = stats.iter().find(|q| q.name == "statements").expect("statements");
-    assert_eq!(q.pending, 1200);
-    env.cleanup().await;
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! Issue 6 against the real PostgreSQL: migrations, the job ledger (including an outage
 //! in the middle of processing), the dead-letter archive, the transactional outbox with
-//! two relays, and the ledger fallback of job status. Each test creates its own database
-//! (`culm_test_<ulid>`) and drops it at the end.
+//! two relays, and the ledger fallback of job status. Each test has its own database
+//! (`culm_tests::TestDb`), dropped when the test ends.
 use culm_core::EnqueueRequest;
-use culm_tests::{KillOnDrop, TcpProxy, TestEnv, eventually, is, next_event, queue};
+use culm_tests::{KillOnDrop, TcpProxy, TestDb, TestEnv, eventually, is, next_event, queue};
 use culm_worker::runtime::JobEvent;
 use culm_worker::{
     admin::{self, AdminState, Token},
@@ -20,62 +20,6 @@ use std::{sync::atomic::Ordering, time::Duration};
 use tokio::sync::{broadcast, watch};
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Server URL without a database (`CULM_TEST_DATABASE_URL`, default the local trust login).
-fn server_url() -> String {
-    std::env::var("CULM_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
-}
-
-/// A database of this test's own.
-struct TestDb {
-    name: String,
-    url: String,
-}
-
-impl TestDb {
-    fn new() -> TestDb {
-        let name = format!("culm_test_{}", ulid::Ulid::new().to_string().to_lowercase());
-        let url = format!("{}/{name}", server_url());
-        TestDb { name, url }
-    }
-
-    /// The same database reached through `proxy`.
-    fn via(&self, proxy: &TcpProxy) -> String {
-        let base = server_url();
-        let host = base.rsplit('@').next().unwrap_or("127.0.0.1:5432").to_owned();
-        format!("{}/{}", base.replace(&host, &proxy.addr.to_string()), self.name)
-    }
-
-    async fn drop_db(mut self) {
-        drop_database(&std::mem::take(&mut self.name)).await;
-    }
-}
-
-async fn drop_database(name: &str) {
-    let mut c = PgConnection::connect(&format!("{}/postgres", server_url()))
-        .await
-        .expect("connect to drop the test database");
-    sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-        .execute(&mut c)
-        .await
-        .expect("drop test database");
-}
-
-/// A test that fails before `drop_db` still removes its database.
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if self.name.is_empty() {
-            return;
-        }
-        let name = std::mem::take(&mut self.name);
-        let _ = std::thread::spawn(move || {
-            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                rt.block_on(drop_database(&name));
-            }
-        })
-        .join();
-    }
-}
 
 /// A test env whose `[database]` points at `url`, with a fast ledger.
 async fn env(url: &str) -> TestEnv {
@@ -179,7 +123,6 @@ async fn migrations_apply_from_zero_are_idempotent_and_refuse_a_newer_schema() {
     assert!(matches!(e, DbError::SchemaTooNew { found: 9999, .. }), "{e}");
     assert!(e.to_string().contains("refusing to start"), "{e}");
     db.pool().close().await;
-    tdb.drop_db().await;
 }
 
 #[tokio::test]
@@ -207,7 +150,6 @@ async fn culm_migrate_creates_the_database_and_is_idempotent() {
     let second = run();
     let out = String::from_utf8_lossy(&second.stdout);
     assert!(second.status.success() && out.contains("up to date"), "{out}");
-    tdb.drop_db().await;
 }
 
 #[tokio::test]
@@ -293,7 +235,6 @@ async fn a_job_failing_twice_then_succeeding_has_three_ledger_rows_and_status_fa
     assert_eq!(ready.status(), reqwest::StatusCode::OK);
 
     db.pool().close().await;
-    tdb.drop_db().await;
 }
 
 #[tokio::test]
@@ -362,7 +303,6 @@ async fn dead_jobs_are_archived_with_payload_and_errors_and_can_be_redriven_from
     writer.shutdown(Duration::from_secs(10)).await;
     env.cleanup().await;
     db.pool().close().await;
-    tdb.drop_db().await;
 }
 
 #[tokio::test]
@@ -415,7 +355,6 @@ async fn the_ledger_survives_postgres_being_unavailable_and_catches_up_without_l
     assert_eq!(left, 0, "the spill stream is drained");
     env.cleanup().await;
     db.pool().close().await;
-    tdb.drop_db().await;
 }
 
 #[tokio::test]
@@ -507,7 +446,6 @@ async fn outbox_rows_are_enqueued_only_when_committed_and_exactly_once_with_two_
     drop(service);
     env.cleanup().await;
     db.pool().close().await;
-    tdb.drop_db().await;
 }
 
 #[tokio::test]
@@ -534,7 +472,6 @@ async fn readyz_names_postgres_when_it_is_down() {
     assert_eq!(body["error"]["field"], "postgres", "{body}");
     proxy.restore();
     db.pool().close().await;
-    tdb.drop_db().await;
 }
 
 #[tokio::test]
@@ -572,7 +509,6 @@ async fn retention_deletes_old_ledger_rows_and_archived_jobs_in_batches() {
         .expect("dead left");
     assert_eq!(left, vec!["new".to_owned()]);
     db.pool().close().await;
-    tdb.drop_db().await;
 }
 
 #[tokio::test]
@@ -625,7 +561,6 @@ async fn an_attempt_whose_worker_vanished_is_recorded_by_the_reaper_and_archived
     writer.shutdown(Duration::from_secs(10)).await;
     env.cleanup().await;
     db.pool().close().await;
-    tdb.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,7 +621,6 @@ async fn culm_run_migrates_at_start_relays_the_outbox_records_the_ledger_and_ref
     );
     env.cleanup().await;
     db.pool().close().await;
-    tdb.drop_db().await;
 }
 
 #[tokio::test]
@@ -717,7 +651,6 @@ async fn rows_spilled_by_a_process_that_stopped_during_the_outage_are_replayed_b
     w2.shutdown(Duration::from_secs(5)).await;
     env.cleanup().await;
     db.pool().close().await;
-    tdb.drop_db().await;
 }
 
 #[tokio::test]
@@ -771,7 +704,6 @@ async fn with_spill_memory_rows_wait_in_memory_and_every_row_that_does_not_fit_i
     );
     env.cleanup().await;
     direct.pool().close().await;
-    tdb.drop_db().await;
 }
 
 #[test]

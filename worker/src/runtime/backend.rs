@@ -126,11 +126,7 @@ where
 /// parent id make a redelivered parent's second enqueue a no-op.
 async fn enqueue_follow_ups(shared: &PoolShared, c: &mut Completion) {
     let mut jobs = std::mem::take(&mut c.follow_ups);
-    for (i, j) in jobs.iter_mut().enumerate() {
-        if j.idempotency_key.is_none() {
-            j.idempotency_key = Some(format!("{}:then:{i}", c.id));
-        }
-    }
+    culm_core::key_follow_ups(&c.id, &mut jobs);
     let failed = match shared.store.enqueue(jobs).await {
         Ok(_) => return,
         Err(EnqueueError::Storage(error)) => RunEnd::FollowUpsFailed { storage: true, error },
