@@ -8,6 +8,7 @@
 
 mod context;
 mod enqueue;
+mod error_path;
 mod job;
 mod outcome;
 mod registry;
@@ -16,6 +17,7 @@ mod tier;
 
 pub use context::{Deps, JobContext};
 pub use enqueue::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer};
+pub use error_path::field_path;
 pub use job::Job;
 pub use outcome::{JobError, Outcome};
 pub use registry::{JobSpec, Registry, RegistryError, RunResult};
