@@ -13,7 +13,10 @@
 //! A row is dropped only when it fits nowhere (the channel is full, or PostgreSQL and the
 //! spill both fail and `buffer_size` rows are already held); every drop is logged and
 //! counted in `culm_ledger_rows_dropped_total`.
-use super::Db;
+use super::{
+    Db,
+    dead::{DeadRun, archive},
+};
 use crate::store::RedisConn;
 use crate::{
     config::{LedgerConfig, SpillPolicy},
@@ -503,13 +506,24 @@ async fn insert_rows(db: &Db, rows: &[LedgerRow]) -> Result<(), sqlx::Error> {
     .execute(&mut *tx)
     .await?;
     // The last death of each job in this batch (ON CONFLICT DO UPDATE may touch a row once).
-    let mut dead: Vec<&LedgerRow> = Vec::new();
-    for r in rows.iter().filter(|r| r.dead.is_some()) {
+    let mut dead: Vec<DeadRun<'_>> = Vec::new();
+    for (r, info) in rows.iter().filter_map(|r| Some((r, r.dead.as_ref()?))) {
         dead.retain(|d| d.job_id != r.job_id);
-        dead.push(r);
+        dead.push(DeadRun {
+            job_id: &r.job_id,
+            job: &r.job,
+            queue: &r.queue,
+            tier: &r.tier,
+            payload: &info.payload,
+            idempotency_key: info.idempotency_key.as_deref(),
+            attempts: r.attempt,
+            last_error: r.error.as_deref(),
+            enqueued_at_ms: r.enqueued_at_ms,
+            died_at_us: r.finished_at_us,
+        });
     }
     if !dead.is_empty() {
-        super::dead::archive(&mut tx, &dead).await?;
+        archive(&mut tx, &dead).await?;
     }
     tx.commit().await
 }
