@@ -2,10 +2,10 @@
 //! schema-version guard, plus the read paths over the ledger (`culm_job_runs`) and the
 //! dead-letter archive (`culm_dead_jobs`). The ledger writer lives in `ledger`, the
 //! outbox relay in `outbox`. Redis stays the hot path; nothing here runs per job.
-pub mod cmd;
 pub mod dead;
 pub mod ledger;
 pub mod outbox;
+pub mod services;
 
 use crate::{
     config::{DatabaseConfig, redact_url},
