@@ -14,6 +14,7 @@ mod outcome;
 mod registry;
 mod retry;
 mod tier;
+pub mod time;
 
 pub use context::{Deps, JobContext};
 pub use enqueue::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer};

@@ -337,7 +337,7 @@ async fn dead_jobs_are_archived_with_payload_and_errors_and_can_be_redriven_from
         .await
         .expect("status")
         .expect("re-driven job exists");
-    assert_eq!(st.state, "pending");
+    assert_eq!(st.state, culm_worker::store::JobState::Pending);
     assert!(
         db.dead_list(Some("t_q"), 10).await.expect("list").is_empty(),
         "re-driven jobs leave the list"

@@ -1,4 +1,5 @@
 //! The one error shape of the admin API: `{"error": {"code", "message", "field"?}}`.
+use crate::store::StoreError;
 use axum::{
     Json,
     http::StatusCode,
@@ -113,4 +114,15 @@ impl IntoResponse for ApiError {
         };
         (self.status, Json(body)).into_response()
     }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+/// Redis errors can echo the URL; keep only the kind and detail.
+pub(super) fn redact(e: &redis::RedisError) -> String {
+    format!("{:?}: {}", e.kind(), e.detail().unwrap_or("connection failed"))
 }

@@ -64,8 +64,9 @@ pub(super) async fn list(config: Config, registry: Arc<Registry>, json: bool) ->
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    for s in &list {
-        let state = match (s.enabled, s.paused) {
+    for status in &list {
+        let s = &status.schedule;
+        let state = match (s.enabled, status.paused) {
             (false, _) => "disabled",
             (true, Some(true)) => "PAUSED",
             _ => "enabled",
@@ -73,13 +74,16 @@ pub(super) async fn list(config: Config, registry: Arc<Registry>, json: bool) ->
         println!("{}  [{state}]  {} ({})", s.name, s.cron, s.timezone);
         println!(
             "    {} -> queue {}   overlap={} missed={}",
-            s.job, s.queue, s.overlap, s.missed
+            s.job,
+            s.queue,
+            s.overlap.as_str(),
+            s.missed.as_str()
         );
         println!("    {}", s.description);
-        for t in &s.next_fire_times {
+        for t in &status.next_fire_times {
             println!("    next  {}   {}", t.local, t.utc);
         }
-        match (&s.last_fire, &s.last_outcome) {
+        match (&status.last_fire, &status.last_outcome) {
             (None, None) => println!("    last  never fired"),
             (fire, outcome) => {
                 if let Some(f) = fire {
@@ -92,7 +96,7 @@ pub(super) async fn list(config: Config, registry: Arc<Registry>, json: bool) ->
             }
         }
     }
-    let enabled = list.iter().filter(|s| s.enabled).count();
+    let enabled = list.iter().filter(|s| s.schedule.enabled).count();
     eprintln!("{} schedule(s), {enabled} enabled", list.len());
     Ok(ExitCode::SUCCESS)
 }

@@ -9,8 +9,9 @@ pub mod services;
 
 use crate::{
     config::{DatabaseConfig, redact_url},
-    store::{ErrorRecord, JobStatus},
+    store::{ErrorRecord, JobState, JobStatus},
 };
+use chrono::{DateTime, Utc};
 use sqlx::{
     Connection, PgConnection, PgPool, Row,
     migrate::{Migration, MigrationType, Migrator},
@@ -267,10 +268,11 @@ impl Db {
         Ok(())
     }
 
-    /// A job's history from the ledger, for jobs Redis no longer holds.
+    /// A job's history from the ledger, for jobs Redis no longer holds. The state is the
+    /// one the last recorded attempt left the job in.
     pub async fn job_status(&self, id: &str) -> Result<Option<JobStatus>, DbError> {
         let rows = sqlx::query(
-            "SELECT job, queue, attempt, outcome, error, enqueued_at, finished_at \
+            "SELECT job, queue, attempt, outcome, error, enqueued_at, finished_at, next_run_at \
              FROM culm_job_runs WHERE job_id = $1 ORDER BY finished_at, attempt",
         )
         .bind(id)
@@ -280,18 +282,18 @@ impl Db {
             return Ok(None);
         };
         let outcome: String = last.try_get("outcome")?;
+        // A retry or a deferral leaves the job scheduled for its next attempt.
         let state = match outcome.as_str() {
-            "succeeded" => "done",
-            "dead" => "dead",
-            "failed_will_retry" => "failed",
-            _ => "scheduled",
+            "succeeded" => JobState::Done,
+            "dead" => JobState::Dead,
+            _ => JobState::Scheduled,
         };
         let mut errors = Vec::new();
         for r in &rows {
             let error: Option<String> = r.try_get("error")?;
             let o: String = r.try_get("outcome")?;
             if let Some(error) = error.filter(|_| o == "failed_will_retry" || o == "dead") {
-                let at: chrono::DateTime<chrono::Utc> = r.try_get("finished_at")?;
+                let at: DateTime<Utc> = r.try_get("finished_at")?;
                 errors.push(ErrorRecord {
                     attempt: u32::try_from(r.try_get::<i32, _>("attempt")?).unwrap_or(0),
                     at: at.timestamp_millis(),
@@ -299,16 +301,20 @@ impl Db {
                 });
             }
         }
-        let enqueued: Option<chrono::DateTime<chrono::Utc>> = last.try_get("enqueued_at")?;
-        let finished: chrono::DateTime<chrono::Utc> = last.try_get("finished_at")?;
+        let ms = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis());
+        let enqueued: Option<DateTime<Utc>> = last.try_get("enqueued_at")?;
+        let finished: DateTime<Utc> = last.try_get("finished_at")?;
+        let next_run: Option<DateTime<Utc>> = last.try_get("next_run_at")?;
         Ok(Some(JobStatus {
             id: id.to_owned(),
             queue: last.try_get("queue")?,
-            state: state.to_owned(),
+            state,
             job: Some(last.try_get("job")?),
             attempts: u32::try_from(last.try_get::<i32, _>("attempt")?).unwrap_or(0),
-            enqueued_at: enqueued.map(|t| t.timestamp_millis()),
-            state_since_or_until: Some(finished.timestamp_millis()),
+            enqueued_at: ms(enqueued),
+            run_at: ms(next_run).filter(|_| state == JobState::Scheduled),
+            lease_expires_at: None,
+            finished_at: Some(finished.timestamp_millis()).filter(|_| state != JobState::Scheduled),
             last_error: errors.last().map(|e| e.error.clone()),
             errors,
         }))

@@ -10,7 +10,7 @@ use std::{collections::BTreeMap, fmt, path::Path};
 include!(concat!(env!("OUT_DIR"), "/embedded_schedules.rs"));
 
 /// What to do with a tick while the previous run of the same schedule is unfinished.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     /// Skip the tick while the previous run is pending, scheduled (retrying) or running.
@@ -21,7 +21,7 @@ pub enum Overlap {
 }
 
 /// What to do at start-up about ticks that passed while no scheduler was running.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Missed {
     /// Forget them.
@@ -83,32 +83,32 @@ fn yes() -> bool {
     true
 }
 
-/// A validated schedule.
-#[derive(Debug, Clone)]
+/// A validated schedule from `schedules/*.toml`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Schedule {
     /// Unique name, e.g. `bamboo.catalog_sync`.
     pub name: String,
     /// The cron expression as written (6 fields).
     pub cron: String,
-    /// IANA timezone name.
+    /// IANA timezone name, e.g. `America/New_York`.
     pub timezone: String,
     /// Job type.
     pub job: String,
     /// Payload (validated against the job type).
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
     /// The queue jobs go to: `queue` if given, else the job type's routed queue.
     pub queue: String,
-    /// Whether it fires.
+    /// A disabled schedule stays in the catalog (and `culm schedules`) but never fires.
     pub enabled: bool,
     /// What it does.
     pub description: String,
-    /// Overlap policy.
     pub overlap: Overlap,
-    /// Missed-tick policy.
     pub missed: Missed,
-    /// The file it came from.
+    /// The file it came from, for error messages and `culm schedules`.
     pub source: String,
     /// Fire-time computation.
+    #[serde(skip)]
     pub cadence: Cadence,
 }
 

@@ -65,7 +65,7 @@ pub enum SchedulerError {
 }
 
 /// What happened to one tick (or trigger) on this replica.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum TickOutcome {
     /// This replica enqueued the tick's job.
@@ -142,41 +142,21 @@ pub struct ScheduleEvent {
 }
 
 /// One fire time, in the schedule's timezone and in UTC (RFC 3339).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct FireTime {
     /// In the schedule's timezone, with its offset.
     pub local: String,
-    /// In UTC.
     pub utc: String,
 }
 
-/// A schedule as the CLI and admin API show it.
-#[derive(Debug, Clone, Serialize)]
+/// A schedule as the CLI and admin API show it: the catalog entry, flattened, plus what
+/// Redis knows of it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ScheduleStatus {
-    /// Name.
-    pub name: String,
-    /// Cron expression (6 fields).
-    pub cron: String,
-    /// IANA timezone.
-    pub timezone: String,
-    /// Job type.
-    pub job: String,
-    /// Payload.
-    pub payload: serde_json::Value,
-    /// Queue.
-    pub queue: String,
-    /// Enabled in the catalog.
-    pub enabled: bool,
+    #[serde(flatten)]
+    pub schedule: Schedule,
     /// Paused by an operator (`None` when Redis was not consulted).
     pub paused: Option<bool>,
-    /// What it does.
-    pub description: String,
-    /// `skip` or `allow`.
-    pub overlap: &'static str,
-    /// `skip` or `run_once`.
-    pub missed: &'static str,
-    /// The file it came from.
-    pub source: String,
     /// The next three fire times.
     pub next_fire_times: Vec<FireTime>,
     /// Last fire, from Redis.
@@ -186,22 +166,20 @@ pub struct ScheduleStatus {
 }
 
 /// The last job a schedule enqueued.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LastFire {
     /// When it was enqueued (RFC 3339, UTC).
     pub at: String,
     /// The tick it was for (RFC 3339, UTC); `None` for a manual trigger.
     pub tick: Option<String>,
-    /// Job id.
     pub job_id: String,
-    /// Queue.
     pub queue: String,
     /// Enqueue time minus tick time, ms.
     pub lag_ms: Option<i64>,
 }
 
 /// The last decision about a schedule's tick.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct LastOutcome {
     /// `fired`, `caught_up`, `triggered`, `skipped_overlap`, `paused`, `missed` or `error`.
     pub outcome: String,
@@ -269,18 +247,8 @@ pub fn next_fire_times(s: &Schedule, now: DateTime<Utc>, n: usize) -> Vec<FireTi
 /// How `s` is shown without consulting Redis.
 pub fn describe(s: &Schedule, now: DateTime<Utc>) -> ScheduleStatus {
     ScheduleStatus {
-        name: s.name.clone(),
-        cron: s.cron.clone(),
-        timezone: s.timezone.clone(),
-        job: s.job.clone(),
-        payload: s.payload.clone(),
-        queue: s.queue.clone(),
-        enabled: s.enabled,
+        schedule: s.clone(),
         paused: None,
-        description: s.description.clone(),
-        overlap: s.overlap.as_str(),
-        missed: s.missed.as_str(),
-        source: s.source.clone(),
         next_fire_times: next_fire_times(s, now, 3),
         last_fire: None,
         last_outcome: None,
