@@ -42,13 +42,12 @@ job! {
     AcceptOrder = "bamboo.accept_order" in "bamboo_orders" for THIRD_PARTY;
     "Accept a gift-card order and queue its placement.";
     {
-        /// Our order id.
         order_id: String,
         /// Bamboo product SKU.
         sku: String,
         /// Cards to buy.
         quantity: u32,
-        /// Buyer.
+        /// The buyer's account, when the caller knows it (empty otherwise).
         #[serde(default)]
         account_id: String,
     }
@@ -66,7 +65,6 @@ job! {
     PlaceOrder = "bamboo.place_order" in "bamboo_orders" for THIRD_PARTY;
     "Place a gift-card order at Bamboo (2/s, idempotent), then poll it.";
     {
-        /// Our order id.
         order_id: String,
         /// Bamboo product SKU.
         sku: String,
@@ -90,7 +88,6 @@ job! {
     PollOrder = "bamboo.poll_order" in "bamboo_orders" for THIRD_PARTY;
     "Poll a Bamboo order until fulfilled (continuation), then record it.";
     {
-        /// Our order id.
         order_id: String,
         /// Polls so far.
         #[serde(default)]
@@ -133,7 +130,6 @@ job! {
     RecordResult = "bamboo.record_result" in "bamboo_orders" for THIRD_PARTY;
     "Record a Bamboo order's final state.";
     {
-        /// Our order id.
         order_id: String,
         /// Final status.
         status: String,

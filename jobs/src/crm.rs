@@ -44,9 +44,7 @@ job! {
     SyncContact = "salesforce.sync_contact" in "salesforce" for THIRD_PARTY;
     "Upsert a customer contact in Salesforce.";
     {
-        /// Customer.
         user_id: String,
-        /// Email.
         email: String,
         /// Given name.
         #[serde(default)]
@@ -70,7 +68,6 @@ job! {
     SyncAccountStatus = "salesforce.sync_account_status" in "salesforce" for THIRD_PARTY;
     "Mirror an account status to Salesforce.";
     {
-        /// Customer.
         user_id: String,
         /// New status.
         status: String,
@@ -87,7 +84,6 @@ job! {
     CreateCase = "salesforce.create_case" in "salesforce" for THIRD_PARTY;
     "Open a Salesforce support case.";
     {
-        /// Customer.
         user_id: String,
         /// Subject line.
         subject: String,
@@ -150,7 +146,6 @@ job! {
     CreateVeriffSession = "veriff.create_session" in "veriff" for THIRD_PARTY;
     "Start a Veriff verification session, then poll its decision.";
     {
-        /// Customer.
         user_id: String,
     }
     example CreateVeriffSession { user_id: "usr_1001".into() };
@@ -192,7 +187,6 @@ job! {
     CreateInquiry = "persona.create_inquiry" in "persona" for THIRD_PARTY;
     "Create a Persona inquiry.";
     {
-        /// Customer.
         user_id: String,
         /// Persona template id.
         template_id: String,
@@ -226,9 +220,7 @@ job! {
     SendRewardTransaction = "kard.send_transaction" in "kard" for THIRD_PARTY;
     "Report a card transaction to Kard for reward matching.";
     {
-        /// Transaction id.
         transaction_id: String,
-        /// Account.
         account_id: String,
         /// Amount in cents.
         amount_cents: u64,
@@ -247,9 +239,7 @@ job! {
     IssueReward = "kard.issue_reward" in "kard" for THIRD_PARTY;
     "Credit an earned Kard reward (idempotent upstream).";
     {
-        /// Reward id.
         reward_id: String,
-        /// Account.
         account_id: String,
         /// Amount in cents.
         amount_cents: u64,
@@ -280,7 +270,6 @@ job! {
     CalculateTax = "avalara.calculate_tax" in "avalara" for THIRD_PARTY;
     "Calculate tax with Avalara.";
     {
-        /// Our document id.
         document_id: String,
         /// Taxable amount in cents.
         amount_cents: u64,
@@ -299,7 +288,6 @@ job! {
     CommitTax = "avalara.commit_transaction" in "avalara" for THIRD_PARTY;
     "Commit an Avalara tax document.";
     {
-        /// Our document id.
         document_id: String,
     }
     example CommitTax { document_id: "doc_1".into() };

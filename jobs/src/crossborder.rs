@@ -45,11 +45,9 @@ job! {
     SendTransfer = "crossborder.send_transfer" in "crossborder" for CRITICAL;
     "Send a cross-border transfer (idempotent upstream), then poll it.";
     {
-        /// Our transfer id.
         transfer_id: String,
         /// Debited account.
         account_id: String,
-        /// Recipient.
         recipient_id: String,
         /// Amount in cents.
         amount_cents: u64,
@@ -72,7 +70,6 @@ job! {
     CheckTransfer = "crossborder.check_transfer" in "crossborder" for CRITICAL;
     "Poll a cross-border transfer's status (continuation).";
     {
-        /// Our transfer id.
         transfer_id: String,
         /// Polls so far.
         #[serde(default)]

@@ -29,7 +29,6 @@ job! {
     CreateAccount = "galileo.create_account" in "galileo" for CRITICAL;
     "Open a Galileo account for a customer.";
     {
-        /// Our customer id.
         customer_id: String,
         /// Galileo product id.
         product_id: String,
@@ -68,7 +67,6 @@ job! {
     ActivateCard = "galileo.activate_card" in "galileo" for CRITICAL;
     "Activate a card.";
     {
-        /// Card id.
         card_id: String,
         /// Owning account.
         account_id: String,
@@ -89,7 +87,6 @@ job! {
     FreezeCard = "galileo.freeze_card" in "galileo" for CRITICAL;
     "Freeze a card.";
     {
-        /// Card id.
         card_id: String,
         /// Why, e.g. `lost`.
         reason: String,
@@ -110,7 +107,6 @@ job! {
     LoadCard = "galileo.load_card" in "galileo" for CRITICAL;
     "Load funds onto a card (idempotent upstream).";
     {
-        /// Card id.
         card_id: String,
         /// Funding account.
         account_id: String,
@@ -139,7 +135,6 @@ job! {
     Transfer = "galileo.transfer" in "galileo" for CRITICAL;
     "Transfer between accounts (idempotent upstream).";
     {
-        /// Our transfer id.
         transfer_id: String,
         /// Debited account.
         from_account: String,
@@ -169,7 +164,6 @@ job! {
     {
         /// Galileo authorization id.
         authorization_id: String,
-        /// Account.
         account_id: String,
         /// Amount in cents.
         amount_cents: u64,
@@ -200,7 +194,6 @@ job! {
     SyncBalance = "galileo.sync_balance" in "galileo" for CRITICAL;
     "Refresh an account balance from Galileo.";
     {
-        /// Account.
         account_id: String,
     }
     example SyncBalance { account_id: "acc_1001".into() };
@@ -218,7 +211,6 @@ job! {
     SyncTransactions = "galileo.sync_transactions" in "galileo" for CRITICAL;
     "Pull an account's transactions since a time.";
     {
-        /// Account.
         account_id: String,
         /// RFC 3339 lower bound; empty: the upstream's default window.
         #[serde(default)]

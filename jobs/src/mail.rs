@@ -21,9 +21,7 @@ pub fn register(r: &mut Registry) -> Result<(), RegistryError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
-    /// Email.
     Email,
-    /// SMS.
     Sms,
 }
 
@@ -34,7 +32,7 @@ job! {
     {
         /// Recipient address.
         to: String,
-        /// Template name.
+        /// The provider-side template to render.
         template: String,
         /// Template variables.
         #[serde(default)]
@@ -58,7 +56,7 @@ job! {
     {
         /// E.164 phone number.
         to: String,
-        /// Template name.
+        /// The provider-side template to render.
         template: String,
         /// Template variables.
         #[serde(default)]
@@ -85,7 +83,7 @@ job! {
         campaign_id: String,
         /// Email or SMS.
         channel: Channel,
-        /// Template name.
+        /// The provider-side template to render.
         template: String,
         /// Recipients (addresses or numbers).
         #[serde(default)]

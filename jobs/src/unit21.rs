@@ -22,7 +22,6 @@ job! {
     {
         /// Our event id (Unit21 deduplicates on it).
         event_id: String,
-        /// Account.
         account_id: String,
         /// Event kind, e.g. `card_authorization`.
         kind: String,
@@ -42,7 +41,6 @@ job! {
     SyncEntity = "unit21.sync_entity" in "unit21" for THIRD_PARTY;
     "Upsert a customer entity in Unit21.";
     {
-        /// Customer.
         user_id: String,
     }
     example SyncEntity { user_id: "usr_1001".into() };

@@ -19,9 +19,8 @@ use tokio::sync::broadcast;
 pub struct TestEnv {
     /// The test's configuration.
     pub config: Config,
-    /// Connected store.
     pub store: Store,
-    /// The key prefix.
+    /// This test's own prefix: no other test reads or writes its keys.
     pub prefix: String,
 }
 

@@ -1,4 +1,4 @@
-//! Issue 6 against the real PostgreSQL: migrations, the job ledger (including an outage
+//! The PostgreSQL side against a real server: migrations, the job ledger (including an outage
 //! in the middle of processing), the dead-letter archive, the transactional outbox with
 //! two relays, and the ledger fallback of job status. Each test creates its own database
 //! (`culm_test_<ulid>`) and drops it at the end.

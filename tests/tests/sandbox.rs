@@ -1,4 +1,4 @@
-//! The integration sandbox (issue 5): Bamboo's real limits with 429 + Retry-After, the
+//! The integration sandbox: Bamboo's real limits with 429 + Retry-After, the
 //! request log with millisecond arrival times, failure injection, and clearing the log.
 use culm_tests::{TestEnv, culm_bin, eventually, workspace_root};
 use culm_worker::sandbox::{Options, RecordedRequest, Sandbox, SandboxError};

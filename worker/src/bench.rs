@@ -160,7 +160,7 @@ impl Bench {
         }
     }
 
-    /// Throughput with the job ledger on (issue 6): the same drain with every run recorded
+    /// Throughput with the job ledger on: the same drain with every run recorded
     /// in PostgreSQL; the ledger's rows are deleted afterwards.
     async fn throughput_ledger(&self, jobs: usize) -> Result<Value> {
         let d = &self.config.database;
@@ -588,7 +588,7 @@ pub async fn run(config: Config, registry: Arc<Registry>, args: BenchArgs) -> Re
         }
         if wants("throughput") {
             print(&bench.throughput(args.jobs).await?, args.json);
-            // Issue 6: the ledger's cost, when a database is configured.
+            // What recording every run costs, measured only where a database is configured.
             if bench.config.database.enabled() && bench.config.database.ledger.enabled {
                 print(&bench.throughput_ledger(args.jobs).await?, args.json);
             }

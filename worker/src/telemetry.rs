@@ -168,11 +168,10 @@ pub fn started(queue: &str, tier: &'static str, job: &str, wait_s: f64) {
 /// How a run ended, for counting.
 #[derive(Debug, Clone, Copy)]
 pub enum Ended {
-    /// Success.
     Succeeded,
     /// Failed, will retry.
     Retried,
-    /// Deferred.
+    /// Not run now, without spending an attempt.
     Deferred,
     /// Failed for good.
     Dead,
@@ -213,7 +212,7 @@ pub fn reaped(queue: &str, n: usize) {
     counter!(LEASES_REAPED, "queue" => queue.to_owned()).increment(n as u64);
 }
 
-// --- Scheduler (issue 4) ---------------------------------------------------------------
+// --- Scheduler --------------------------------------------------------------------------
 
 /// Ticks decided by this replica (`schedule`, `outcome`): `fired`, `caught_up`,
 /// `triggered`, `skipped_overlap`, `claimed_elsewhere`, `stale`, `paused`, `missed`,
@@ -244,7 +243,7 @@ pub fn schedule_tick(schedule: &str, outcome: &'static str, fired: Option<(f64, 
     }
 }
 
-// --- Integrations (issue 5) ------------------------------------------------------------
+// --- Integrations -----------------------------------------------------------------------
 // Recorded by culm-jobs' client stack (which cannot depend on this crate), so the names
 // are defined there and re-exported here; `install` registers their descriptions.
 
@@ -260,7 +259,7 @@ pub use culm_jobs::http::metrics::DURATION as INTEGRATION_DURATION;
 pub use culm_jobs::http::metrics::RATE_LIMITED as INTEGRATION_RATE_LIMITED;
 /// Upstream responses (`integration`, `endpoint`, `status` or `transport`/`timeout`).
 pub use culm_jobs::http::metrics::REQUESTS as INTEGRATION_REQUESTS;
-// --- PostgreSQL: ledger and outbox (issue 6) --------------------------------------------
+// --- PostgreSQL: ledger and outbox ------------------------------------------------------
 
 /// Ledger rows inserted into PostgreSQL, including replayed spills.
 pub const LEDGER_WRITTEN: &str = "culm_ledger_rows_written_total";

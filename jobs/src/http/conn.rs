@@ -12,7 +12,6 @@ use redis::{
 pub enum Conn {
     /// One server (or a Sentinel-resolved master).
     Manager(ConnectionManager),
-    /// Redis Cluster.
     Cluster(ClusterConnection),
 }
 

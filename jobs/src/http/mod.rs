@@ -46,9 +46,7 @@ pub struct Integrations {
 #[derive(Debug, thiserror::Error)]
 #[error("integration `{integration}`: cannot build its HTTP client: {message}")]
 pub struct BuildError {
-    /// The integration.
     pub integration: String,
-    /// Why.
     pub message: String,
 }
 
@@ -234,7 +232,6 @@ pub struct Call {
 /// A successful (2xx) answer.
 #[derive(Debug, Clone)]
 pub struct Reply {
-    /// HTTP status.
     pub status: u16,
     /// The JSON body (`Null` when empty, a string when not JSON).
     pub body: serde_json::Value,

@@ -12,7 +12,6 @@ use utoipa::ToSchema;
 /// An API error with its HTTP status.
 #[derive(Debug)]
 pub struct ApiError {
-    /// HTTP status.
     pub status: StatusCode,
     /// Stable machine-readable code.
     pub code: &'static str,
@@ -22,14 +21,13 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
-/// Error body.
+/// The body of every error answer: `{"error": {...}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// The error.
     pub error: ErrorDetail,
 }
 
-/// Error detail.
+/// What went wrong, for programs (`code`, `field`) and people (`message`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable code, e.g. `unknown_job`, `invalid_payload`, `unauthorized`.

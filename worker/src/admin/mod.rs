@@ -123,16 +123,14 @@ pub enum ServeError {
         "cannot listen on {addr} ({key}): {source}; set CULM__ADMIN__LISTEN or disable with CULM__ADMIN__ENABLED=false"
     )]
     Bind {
-        /// Address.
         addr: String,
-        /// Config key.
+        /// The config key that set `addr`, so the message names what to change.
         key: &'static str,
-        /// Cause.
         source: std::io::Error,
     },
 }
 
-/// Binds `addr` (from config key `key`).
+/// Binds `addr`; an error names the config key `key` that set it.
 pub async fn bind(addr: &str, key: &'static str) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
         addr: addr.to_owned(),

@@ -68,7 +68,6 @@ impl RunOutcome {
 pub struct DeadInfo {
     /// The job's payload.
     pub payload: Box<RawValue>,
-    /// Its idempotency key.
     pub idempotency_key: Option<String>,
 }
 
@@ -77,17 +76,14 @@ pub struct DeadInfo {
 pub struct LedgerRow {
     /// ULID of this run (the primary key; makes replays idempotent).
     pub run_id: String,
-    /// Job id.
     pub job_id: String,
     /// Job type.
     pub job: String,
-    /// Queue.
     pub queue: String,
     /// Tier of the queue.
     pub tier: String,
     /// Attempt number (from 1).
     pub attempt: u32,
-    /// Outcome.
     pub outcome: RunOutcome,
     /// Error text, for failures and deferrals.
     pub error: Option<String>,

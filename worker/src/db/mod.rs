@@ -1,4 +1,4 @@
-//! culm's PostgreSQL side (issue 6): the connection pool, the embedded migrations and the
+//! culm's PostgreSQL side: the connection pool, the embedded migrations and the
 //! schema-version guard, plus the read paths over the ledger (`culm_job_runs`) and the
 //! dead-letter archive (`culm_dead_jobs`). The ledger writer lives in `ledger`, the
 //! outbox relay in `outbox`. Redis stays the hot path; nothing here runs per job.
@@ -53,9 +53,8 @@ pub enum DbError {
     /// `database.url` is not usable.
     #[error("database.url ({url}) is not a valid PostgreSQL URL: {cause}")]
     BadUrl {
-        /// Redacted URL.
+        /// The URL with its password redacted.
         url: String,
-        /// Why.
         cause: String,
     },
     /// The server could not be reached.
@@ -63,9 +62,8 @@ pub enum DbError {
         "cannot reach PostgreSQL at {url}: {cause}. Start it, or point culm elsewhere with CULM_DATABASE_URL (or database.url)"
     )]
     Unreachable {
-        /// Redacted URL.
+        /// The URL with its password redacted.
         url: String,
-        /// Why.
         cause: String,
     },
     /// The database does not exist and this role may not create it.
@@ -73,11 +71,10 @@ pub enum DbError {
         "database `{database}` does not exist and role `{role}` may not create it ({cause}). Ask a superuser to run: CREATE DATABASE \"{database}\" OWNER \"{role}\";  then run `culm migrate`"
     )]
     CannotCreate {
-        /// Database name.
         database: String,
-        /// Role.
+        /// The role culm connected as.
         role: String,
-        /// Server message.
+        /// PostgreSQL's message.
         cause: String,
     },
     /// The schema has migrations this binary does not know (a newer culm migrated it).
@@ -151,7 +148,7 @@ impl Db {
         Ok(db)
     }
 
-    /// The pool.
+    /// The pool, for queries outside this module (the archive, the relay, tests).
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

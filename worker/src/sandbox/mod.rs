@@ -78,7 +78,6 @@ pub enum SandboxError {
     Bind {
         /// Address asked for.
         addr: String,
-        /// Cause.
         source: std::io::Error,
     },
     /// The failure rate is not a fraction.
@@ -91,7 +90,6 @@ pub enum SandboxError {
 pub struct RecordedRequest {
     /// The integration prefix (first path segment).
     pub integration: String,
-    /// HTTP method.
     pub method: String,
     /// The full request path, prefix included (`/bamboo/orders`).
     pub path: String,

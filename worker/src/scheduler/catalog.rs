@@ -146,7 +146,6 @@ pub enum CatalogError {
     Read {
         /// Directory or file.
         path: String,
-        /// Cause.
         source: std::io::Error,
     },
     /// One or more schedules are invalid; every problem is listed.

@@ -56,12 +56,7 @@ pub enum SchedulerError {
     Redis(#[from] redis::RedisError),
     /// The job could not be encoded.
     #[error("cannot encode the job of schedule `{schedule}`: {message}")]
-    Encode {
-        /// Schedule.
-        schedule: String,
-        /// Why.
-        message: String,
-    },
+    Encode { schedule: String, message: String },
 }
 
 /// What happened to one tick (or trigger) on this replica.
@@ -69,20 +64,11 @@ pub enum SchedulerError {
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum TickOutcome {
     /// This replica enqueued the tick's job.
-    Fired {
-        /// Job id.
-        job_id: String,
-    },
+    Fired { job_id: String },
     /// This replica enqueued one catch-up run for ticks missed while no scheduler ran.
-    CaughtUp {
-        /// Job id.
-        job_id: String,
-    },
+    CaughtUp { job_id: String },
     /// Enqueued by [`Scheduler::trigger`].
-    Triggered {
-        /// Job id.
-        job_id: String,
-    },
+    Triggered { job_id: String },
     /// Skipped: the previous run had not finished (overlap = "skip").
     SkippedOverlap {
         /// The unfinished job.
@@ -97,10 +83,7 @@ pub enum TickOutcome {
     /// Ticks missed while no scheduler ran were skipped (missed = "skip").
     Missed,
     /// Redis failed; the tick was not fired by this replica.
-    Error {
-        /// What failed.
-        message: String,
-    },
+    Error { message: String },
 }
 
 impl TickOutcome {
@@ -133,11 +116,9 @@ impl TickOutcome {
 /// A tick decided by this replica (tests wait on these instead of sleeping).
 #[derive(Debug, Clone)]
 pub struct ScheduleEvent {
-    /// Schedule name.
     pub schedule: String,
     /// The tick, ms since the epoch (`None` for a manual trigger).
     pub tick_ms: Option<i64>,
-    /// What happened.
     pub outcome: TickOutcome,
 }
 
@@ -270,7 +251,7 @@ impl Scheduler {
         }
     }
 
-    /// The catalog.
+    /// The schedules this scheduler fires, as loaded and validated.
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
     }
