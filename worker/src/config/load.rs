@@ -1,55 +1,18 @@
 //! The layered loader: `config/default.toml`, then `config/<env>.toml`, then environment
 //! variables, later layers winning key by key. It remembers which layer set each key, so
 //! an error names the file or variable to fix as well as the key.
-use super::{Config, validate::validate};
-use serde::de::DeserializeOwned;
+use super::{
+    Config,
+    defaults::{BUILTIN_ORIGIN, DEFAULT_TOML},
+    validate::validate,
+};
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::LazyLock,
-    time::Duration,
 };
-
-/// The built-in defaults, used when no `config/default.toml` is found on disk.
-pub const DEFAULT_TOML: &str = include_str!("../../../config/default.toml");
-
-const BUILTIN_ORIGIN: &str = "config/default.toml (built in)";
-
-/// The built-in defaults as TOML, for [`builtin`] lookups (loading parses its own copy,
-/// so a syntax error is reported as a [`ConfigError`]).
-static BUILTIN: LazyLock<Result<toml::Table, ConfigError>> = LazyLock::new(builtin_table);
 
 fn builtin_table() -> Result<toml::Table, ConfigError> {
     Loader::parse(DEFAULT_TOML, BUILTIN_ORIGIN)
-}
-
-/// The built-in default of the dotted `key`. Panics when default.toml lacks the key or
-/// its value does not fit `T`: a build defect, caught by the schema's unit tests.
-pub(super) fn builtin<T: DeserializeOwned>(key: &str) -> T {
-    builtin_value(key)
-        .try_into()
-        .unwrap_or_else(|e| panic!("{BUILTIN_ORIGIN}: key `{key}` does not fit its type: {e}"))
-}
-
-/// [`builtin`] for a humantime duration such as `"200ms"`.
-pub(super) fn builtin_duration(key: &str) -> Duration {
-    let text: String = builtin(key);
-    humantime::parse_duration(&text).unwrap_or_else(|e| panic!("{BUILTIN_ORIGIN}: key `{key}` is not a duration: {e}"))
-}
-
-fn builtin_value(key: &str) -> toml::Value {
-    let mut table = match &*BUILTIN {
-        Ok(t) => Some(t),
-        Err(e) => panic!("{e}"),
-    };
-    let mut value = None;
-    for k in key.split('.') {
-        value = table.and_then(|t| t.get(k));
-        table = value.and_then(toml::Value::as_table);
-    }
-    value
-        .cloned()
-        .unwrap_or_else(|| panic!("{BUILTIN_ORIGIN} has no key `{key}`"))
 }
 
 /// A configuration problem, naming where the value came from and its key.

@@ -6,12 +6,14 @@
 //!   file or variable and the key at fault;
 //! - `validate`: the checks serde cannot express.
 //!
-//! Every default value is written once, in `config/default.toml`.
+//! Every default value is written once, in `config/default.toml`; `defaults` embeds it.
+mod defaults;
 mod load;
 mod schema;
 mod validate;
 
-pub use load::{ConfigError, DEFAULT_TOML, Loader};
+pub use defaults::DEFAULT_TOML;
+pub use load::{ConfigError, Loader};
 pub use schema::{
     AdminConfig, Config, DatabaseConfig, LedgerConfig, OutboxConfig, QueueConfig, QueueDefaults, QueueSettings,
     RedisConfig, RedisMode, RetryConfig, SandboxConfig, SchedulerConfig, Scope, SpillPolicy, TokenConfig, WorkerConfig,

@@ -2,9 +2,9 @@
 //!
 //! Every default value is written once, in `config/default.toml`. A key this file lets
 //! an operator's own `default.toml` omit (one written for an older culm) takes its value
-//! from the built-in copy through `load::builtin`, never from a literal here.
+//! from the built-in copy through `defaults::builtin`, never from a literal here.
 use super::{
-    load::{builtin, builtin_duration},
+    defaults::{builtin, builtin_duration},
     redact_url,
 };
 use culm_core::{RetryPolicy, Tier};
