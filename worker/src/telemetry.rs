@@ -1,5 +1,7 @@
-//! Metric names and the helpers that record them: every `culm_*` metric is defined here
-//! and nowhere else. Counters end in `_total`, durations are in seconds.
+//! Metric names and the helpers that record them. Every `culm_*` metric is defined here,
+//! except the `culm_integration_*` ones: culm-jobs records those and cannot depend on this
+//! crate, so they are defined in `jobs/src/http/metrics.rs` and re-exported here, which
+//! keeps every name listed in this file. Counters end in `_total`, durations are in seconds.
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 /// Jobs stored (`queue`, `job`).
