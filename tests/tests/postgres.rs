@@ -11,7 +11,7 @@ use culm_worker::{
     db::{
         Db, DbError,
         ledger::{self, Ledger, LedgerWriter},
-        outbox,
+        outbox, retention,
     },
 };
 use serde_json::{Value, json};
@@ -563,7 +563,7 @@ async fn retention_deletes_old_ledger_rows_and_archived_jobs_in_batches() {
     let mut cfg = env.config.database.ledger.clone();
     cfg.retention = Duration::from_secs(90 * 86_400);
     cfg.dead_retention = Duration::from_secs(400 * 86_400);
-    let (runs, dead) = ledger::housekeeping(&db, &cfg, 2).await.expect("housekeeping");
+    let (runs, dead) = retention::housekeeping(&db, &cfg, 2).await.expect("housekeeping");
     assert_eq!((runs, dead), (5, 1));
     assert_eq!(count(&db, "SELECT count(*) FROM culm_job_runs").await, 3);
     let left: Vec<String> = sqlx::query_scalar("SELECT job_id FROM culm_dead_jobs")

@@ -5,6 +5,7 @@
 pub mod dead;
 pub mod ledger;
 pub mod outbox;
+pub mod retention;
 pub mod services;
 
 use crate::{

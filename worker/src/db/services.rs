@@ -52,7 +52,7 @@ pub async fn start(config: &Config, store: &Store) -> Result<Option<Services>> {
         );
         producer = Some(l);
         writer = Some(w);
-        tasks.push(tokio::spawn(ledger::housekeeping_loop(
+        tasks.push(tokio::spawn(super::retention::housekeeping_loop(
             db.clone(),
             d.ledger.clone(),
             stop_rx.clone(),
