@@ -31,7 +31,7 @@ pub struct Cli {
     /// Environment file to layer over the defaults: config/<ENV>.toml.
     #[arg(long, global = true, env = "CULM_ENV")]
     pub env: Option<String>,
-    /// `human` for a terminal, `json` for log collectors (one object per line).
+    /// Log format: human for a terminal, json for log collectors (one object per line).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
     #[command(subcommand)]
