@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The fault-injection soak (issue 7; logic in tests/src/bin/culm-soak.rs).
+# The fault-injection soak (logic in tests/src/bin/culm-soak.rs).
 #
 # 100,000 platform.record jobs through two `culm run` worker processes on a throwaway
 # redis-server (127.0.0.1:6390 by default, AOF with appendfsync always, temp dir; never

@@ -122,7 +122,7 @@ pub enum EnqueueError {
     /// A request field is malformed (e.g. an empty idempotency key).
     #[error("invalid `{field}`: {message}")]
     InvalidRequest {
-        /// Field name.
+        /// The request field at fault, e.g. `idempotency_key`.
         field: String,
         /// What is wrong.
         message: String,

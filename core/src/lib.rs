@@ -12,6 +12,7 @@
 
 mod context;
 mod enqueue;
+mod error_path;
 mod job;
 mod outcome;
 mod registry;
@@ -19,9 +20,11 @@ mod retry;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod tier;
+pub mod time;
 
 pub use context::{Deps, JobContext};
 pub use enqueue::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer};
+pub use error_path::field_path;
 pub use job::Job;
 pub use outcome::{JobError, Outcome, key_follow_ups};
 pub use registry::{JobSpec, Registry, RegistryError, RunResult};

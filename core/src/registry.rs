@@ -81,22 +81,10 @@ pub struct Registry {
     specs: BTreeMap<&'static str, JobSpec>,
 }
 
-/// Turns a serde_path_to_error failure into a field path and message.
+/// Turns a serde_path_to_error failure into the field at fault and the message.
 fn describe<E: std::fmt::Display>(err: serde_path_to_error::Error<E>) -> (Option<String>, String) {
-    let path = err.path().to_string();
     let message = err.inner().to_string();
-    // serde reports a missing field at its parent's path; name the field itself.
-    let missing = message
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split('`').next())
-        .map(str::to_owned);
-    let field = match (path.as_str(), missing) {
-        (".", Some(m)) => Some(m),
-        (".", None) => None,
-        (p, Some(m)) => Some(format!("{p}.{m}")),
-        (p, None) => Some(p.to_owned()),
-    };
-    (field, message)
+    (crate::field_path(err.path(), &message), message)
 }
 
 fn validate_as<J: Job>(payload: &serde_json::Value) -> Result<(), EnqueueError> {

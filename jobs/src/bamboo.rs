@@ -42,13 +42,13 @@ job! {
     AcceptOrder = "bamboo.accept_order" in "bamboo_orders" for THIRD_PARTY;
     "Accept a gift-card order and queue its placement.";
     {
-        /// Our order id.
+        /// Our order id; also the idempotency key sent to Bamboo, so a retried order is placed once.
         order_id: String,
         /// Bamboo product SKU.
         sku: String,
         /// Cards to buy.
         quantity: u32,
-        /// Buyer.
+        /// The buyer's account, when the caller knows it (empty otherwise).
         #[serde(default)]
         account_id: String,
     }
@@ -66,7 +66,7 @@ job! {
     PlaceOrder = "bamboo.place_order" in "bamboo_orders" for THIRD_PARTY;
     "Place a gift-card order at Bamboo (2/s, idempotent), then poll it.";
     {
-        /// Our order id.
+        /// Our order id; also the idempotency key sent to Bamboo, so a retried order is placed once.
         order_id: String,
         /// Bamboo product SKU.
         sku: String,
@@ -90,7 +90,7 @@ job! {
     PollOrder = "bamboo.poll_order" in "bamboo_orders" for THIRD_PARTY;
     "Poll a Bamboo order until fulfilled (continuation), then record it.";
     {
-        /// Our order id.
+        /// Our order id; also the idempotency key sent to Bamboo, so a retried order is placed once.
         order_id: String,
         /// Polls so far.
         #[serde(default)]
@@ -133,7 +133,7 @@ job! {
     RecordResult = "bamboo.record_result" in "bamboo_orders" for THIRD_PARTY;
     "Record a Bamboo order's final state.";
     {
-        /// Our order id.
+        /// Our order id; also the idempotency key sent to Bamboo, so a retried order is placed once.
         order_id: String,
         /// Final status.
         status: String,

@@ -44,9 +44,9 @@ job! {
     SyncContact = "salesforce.sync_contact" in "salesforce" for THIRD_PARTY;
     "Upsert a customer contact in Salesforce.";
     {
-        /// Customer.
+        /// Our customer id, as the partner's account for the customer is keyed.
         user_id: String,
-        /// Email.
+        /// Where the customer receives mail; synced to the CRM as the contact's address.
         email: String,
         /// Given name.
         #[serde(default)]
@@ -70,7 +70,7 @@ job! {
     SyncAccountStatus = "salesforce.sync_account_status" in "salesforce" for THIRD_PARTY;
     "Mirror an account status to Salesforce.";
     {
-        /// Customer.
+        /// Our customer id, as the partner's account for the customer is keyed.
         user_id: String,
         /// New status.
         status: String,
@@ -87,7 +87,7 @@ job! {
     CreateCase = "salesforce.create_case" in "salesforce" for THIRD_PARTY;
     "Open a Salesforce support case.";
     {
-        /// Customer.
+        /// Our customer id, as the partner's account for the customer is keyed.
         user_id: String,
         /// Subject line.
         subject: String,
@@ -150,7 +150,7 @@ job! {
     CreateVeriffSession = "veriff.create_session" in "veriff" for THIRD_PARTY;
     "Start a Veriff verification session, then poll its decision.";
     {
-        /// Customer.
+        /// Our customer id, as the partner's account for the customer is keyed.
         user_id: String,
     }
     example CreateVeriffSession { user_id: "usr_1001".into() };
@@ -192,7 +192,7 @@ job! {
     CreateInquiry = "persona.create_inquiry" in "persona" for THIRD_PARTY;
     "Create a Persona inquiry.";
     {
-        /// Customer.
+        /// Our customer id, as the partner's account for the customer is keyed.
         user_id: String,
         /// Persona template id.
         template_id: String,
@@ -226,9 +226,9 @@ job! {
     SendRewardTransaction = "kard.send_transaction" in "kard" for THIRD_PARTY;
     "Report a card transaction to Kard for reward matching.";
     {
-        /// Transaction id.
+        /// The card transaction this job is about, as the card processor numbers it.
         transaction_id: String,
-        /// Account.
+        /// The customer's account at the bank core (Galileo).
         account_id: String,
         /// Amount in cents.
         amount_cents: u64,
@@ -247,9 +247,9 @@ job! {
     IssueReward = "kard.issue_reward" in "kard" for THIRD_PARTY;
     "Credit an earned Kard reward (idempotent upstream).";
     {
-        /// Reward id.
+        /// The reward being granted, as the rewards partner numbers it.
         reward_id: String,
-        /// Account.
+        /// The customer's account at the bank core (Galileo).
         account_id: String,
         /// Amount in cents.
         amount_cents: u64,
@@ -280,7 +280,7 @@ job! {
     CalculateTax = "avalara.calculate_tax" in "avalara" for THIRD_PARTY;
     "Calculate tax with Avalara.";
     {
-        /// Our document id.
+        /// Our id of the uploaded identity document.
         document_id: String,
         /// Taxable amount in cents.
         amount_cents: u64,
@@ -299,7 +299,7 @@ job! {
     CommitTax = "avalara.commit_transaction" in "avalara" for THIRD_PARTY;
     "Commit an Avalara tax document.";
     {
-        /// Our document id.
+        /// Our id of the uploaded identity document.
         document_id: String,
     }
     example CommitTax { document_id: "doc_1".into() };

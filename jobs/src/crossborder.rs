@@ -45,11 +45,11 @@ job! {
     SendTransfer = "crossborder.send_transfer" in "crossborder" for CRITICAL;
     "Send a cross-border transfer (idempotent upstream), then poll it.";
     {
-        /// Our transfer id.
+        /// Our transfer id; also the idempotency key sent to the partner, so money moves once.
         transfer_id: String,
         /// Debited account.
         account_id: String,
-        /// Recipient.
+        /// The recipient at the remittance partner.
         recipient_id: String,
         /// Amount in cents.
         amount_cents: u64,
@@ -72,7 +72,7 @@ job! {
     CheckTransfer = "crossborder.check_transfer" in "crossborder" for CRITICAL;
     "Poll a cross-border transfer's status (continuation).";
     {
-        /// Our transfer id.
+        /// Our transfer id; also the idempotency key sent to the partner, so money moves once.
         transfer_id: String,
         /// Polls so far.
         #[serde(default)]

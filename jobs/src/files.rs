@@ -124,9 +124,9 @@ job! {
     GenerateStatement = "statements.generate" in "statements" for REPORTING;
     "Build and deliver one account's statement.";
     {
-        /// Period.
+        /// The statement's month, `YYYY-MM`.
         period: String,
-        /// Account.
+        /// The customer's account at the bank core (Galileo).
         account_id: String,
     }
     example GenerateStatement { period: "2026-10".into(), account_id: "acc_1001".into() };

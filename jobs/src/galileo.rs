@@ -29,7 +29,7 @@ job! {
     CreateAccount = "galileo.create_account" in "galileo" for CRITICAL;
     "Open a Galileo account for a customer.";
     {
-        /// Our customer id.
+        /// Our customer id, as the bank core and the CRM know the customer.
         customer_id: String,
         /// Galileo product id.
         product_id: String,
@@ -68,7 +68,7 @@ job! {
     ActivateCard = "galileo.activate_card" in "galileo" for CRITICAL;
     "Activate a card.";
     {
-        /// Card id.
+        /// The card at the card processor (Galileo's card id).
         card_id: String,
         /// Owning account.
         account_id: String,
@@ -89,7 +89,7 @@ job! {
     FreezeCard = "galileo.freeze_card" in "galileo" for CRITICAL;
     "Freeze a card.";
     {
-        /// Card id.
+        /// The card at the card processor (Galileo's card id).
         card_id: String,
         /// Why, e.g. `lost`.
         reason: String,
@@ -110,7 +110,7 @@ job! {
     LoadCard = "galileo.load_card" in "galileo" for CRITICAL;
     "Load funds onto a card (idempotent upstream).";
     {
-        /// Card id.
+        /// The card at the card processor (Galileo's card id).
         card_id: String,
         /// Funding account.
         account_id: String,
@@ -139,7 +139,7 @@ job! {
     Transfer = "galileo.transfer" in "galileo" for CRITICAL;
     "Transfer between accounts (idempotent upstream).";
     {
-        /// Our transfer id.
+        /// Our transfer id; also the idempotency key sent to the partner, so money moves once.
         transfer_id: String,
         /// Debited account.
         from_account: String,
@@ -169,7 +169,7 @@ job! {
     {
         /// Galileo authorization id.
         authorization_id: String,
-        /// Account.
+        /// The customer's account at the bank core (Galileo).
         account_id: String,
         /// Amount in cents.
         amount_cents: u64,
@@ -200,7 +200,7 @@ job! {
     SyncBalance = "galileo.sync_balance" in "galileo" for CRITICAL;
     "Refresh an account balance from Galileo.";
     {
-        /// Account.
+        /// The customer's account at the bank core (Galileo).
         account_id: String,
     }
     example SyncBalance { account_id: "acc_1001".into() };
@@ -218,7 +218,7 @@ job! {
     SyncTransactions = "galileo.sync_transactions" in "galileo" for CRITICAL;
     "Pull an account's transactions since a time.";
     {
-        /// Account.
+        /// The customer's account at the bank core (Galileo).
         account_id: String,
         /// RFC 3339 lower bound; empty: the upstream's default window.
         #[serde(default)]

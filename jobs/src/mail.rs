@@ -21,9 +21,9 @@ pub fn register(r: &mut Registry) -> Result<(), RegistryError> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
-    /// Email.
+    /// Sent through the mail provider to the customer's address.
     Email,
-    /// SMS.
+    /// Sent as a text message to the customer's phone.
     Sms,
 }
 
@@ -34,7 +34,7 @@ job! {
     {
         /// Recipient address.
         to: String,
-        /// Template name.
+        /// The provider-side template to render.
         template: String,
         /// Template variables.
         #[serde(default)]
@@ -58,7 +58,7 @@ job! {
     {
         /// E.164 phone number.
         to: String,
-        /// Template name.
+        /// The provider-side template to render.
         template: String,
         /// Template variables.
         #[serde(default)]
@@ -85,7 +85,7 @@ job! {
         campaign_id: String,
         /// Email or SMS.
         channel: Channel,
-        /// Template name.
+        /// The provider-side template to render.
         template: String,
         /// Recipients (addresses or numbers).
         #[serde(default)]

@@ -1,4 +1,4 @@
-//! Shared pieces of the job catalog: tier sets, the `call_job!` macro that declares a
+//! Shared pieces of the job catalog: tier sets, the `job!` macro that declares a
 //! typed payload with its routing and handler, follow-up helpers and batched fan-out.
 use crate::http::Reply;
 use culm_core::{EnqueueRequest, Job, JobContext, JobError, Outcome, Tier};

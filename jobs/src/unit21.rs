@@ -22,7 +22,7 @@ job! {
     {
         /// Our event id (Unit21 deduplicates on it).
         event_id: String,
-        /// Account.
+        /// The customer's account at the bank core (Galileo).
         account_id: String,
         /// Event kind, e.g. `card_authorization`.
         kind: String,
@@ -42,7 +42,7 @@ job! {
     SyncEntity = "unit21.sync_entity" in "unit21" for THIRD_PARTY;
     "Upsert a customer entity in Unit21.";
     {
-        /// Customer.
+        /// Our customer id, as the partner's account for the customer is keyed.
         user_id: String,
     }
     example SyncEntity { user_id: "usr_1001".into() };

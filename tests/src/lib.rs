@@ -29,9 +29,8 @@ pub struct ReadmeDoctests;
 pub struct TestEnv {
     /// The test's configuration.
     pub config: Config,
-    /// Connected store.
     pub store: Store,
-    /// The key prefix.
+    /// This test's own prefix: no other test reads or writes its keys.
     pub prefix: String,
 }
 

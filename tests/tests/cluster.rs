@@ -344,7 +344,7 @@ async fn jobs_in_several_queues_on_a_three_node_cluster_all_finish() {
             .expect("status")
             .expect("found")
             .state,
-        "dead"
+        culm_worker::store::JobState::Dead
     );
     assert_eq!(
         env.store

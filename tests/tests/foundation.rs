@@ -2,7 +2,7 @@
 //! letters, bad payloads, timeouts, idempotency, delays, drain and SIGKILL recovery.
 use culm_core::{EnqueueRequest, now_ms};
 use culm_tests::{TestEnv, culm_bin, eventually, is, next_event, queue, sigterm_and_wait, workspace_root};
-use culm_worker::store::AckKind;
+use culm_worker::store::{AckKind, JobState};
 use serde_json::json;
 use std::{process::Stdio, time::Duration};
 
@@ -257,7 +257,7 @@ async fn a_delayed_job_does_not_run_before_its_time() {
         )
         .await;
     let status = env.store.status(&job.id).await.expect("status").expect("known");
-    assert_eq!(status.state, "scheduled");
+    assert_eq!(status.state, JobState::Scheduled);
     next_event(&mut events, WAIT, |e| e.id == job.id && is("done", e)).await;
     assert!(now_ms() >= run_at, "ran before its time");
     running.shutdown().await;
@@ -328,7 +328,7 @@ async fn shutdown_drains_in_flight_jobs_then_hands_back_the_rest() {
         .enqueue(EnqueueRequest::raw("platform.sleep", json!({"ms": 60_000})).queue("t_drain"))
         .await;
     eventually(WAIT, "the long job running", || async {
-        (env.store.status(&job.id).await.ok()??.state == "running").then_some(())
+        (env.store.status(&job.id).await.ok()??.state == JobState::Running).then_some(())
     })
     .await;
     let report = running.shutdown().await;

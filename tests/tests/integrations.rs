@@ -1,4 +1,4 @@
-//! Integrations (issue 5): the client stack against wiremock upstreams (success,
+//! Integrations: the client stack against wiremock upstreams (success,
 //! retryable and permanent failures, 429 with Retry-After, timeouts, the breaker,
 //! idempotency and credentials) on the real Redis, which holds the shared limiter.
 use culm_core::JobError;

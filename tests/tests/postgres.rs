@@ -1,4 +1,4 @@
-//! Issue 6 against the real PostgreSQL: migrations, the job ledger (including an outage
+//! The PostgreSQL side against a real server: migrations, the job ledger (including an outage
 //! in the middle of processing), the dead-letter archive, the transactional outbox with
 //! two relays, and the ledger fallback of job status. Each test has its own database
 //! (`culm_tests::TestDb`), dropped when the test ends.
@@ -11,7 +11,7 @@ use culm_worker::{
     db::{
         Db, DbError,
         ledger::{self, Ledger, LedgerWriter},
-        outbox,
+        outbox, retention,
     },
 };
 use serde_json::{Value, json};
@@ -278,7 +278,7 @@ async fn dead_jobs_are_archived_with_payload_and_errors_and_can_be_redriven_from
         .await
         .expect("status")
         .expect("re-driven job exists");
-    assert_eq!(st.state, "pending");
+    assert_eq!(st.state, culm_worker::store::JobState::Pending);
     assert!(
         db.dead_list(Some("t_q"), 10).await.expect("list").is_empty(),
         "re-driven jobs leave the list"
@@ -500,7 +500,7 @@ async fn retention_deletes_old_ledger_rows_and_archived_jobs_in_batches() {
     let mut cfg = env.config.database.ledger.clone();
     cfg.retention = Duration::from_secs(90 * 86_400);
     cfg.dead_retention = Duration::from_secs(400 * 86_400);
-    let (runs, dead) = ledger::housekeeping(&db, &cfg, 2).await.expect("housekeeping");
+    let (runs, dead) = retention::housekeeping(&db, &cfg, 2).await.expect("housekeeping");
     assert_eq!((runs, dead), (5, 1));
     assert_eq!(count(&db, "SELECT count(*) FROM culm_job_runs").await, 3);
     let left: Vec<String> = sqlx::query_scalar("SELECT job_id FROM culm_dead_jobs")

@@ -1,4 +1,4 @@
-//! The integration sandbox (issue 5): Bamboo's real limits with 429 + Retry-After, the
+//! The integration sandbox: Bamboo's real limits with 429 + Retry-After, the
 //! request log with millisecond arrival times, failure injection, and clearing the log.
 use culm_tests::{TestEnv, culm_bin, eventually, workspace_root};
 use culm_worker::sandbox::{Options, RecordedRequest, Sandbox, SandboxError};
@@ -430,7 +430,7 @@ async fn culm_run_with_sandbox_starts_it_on_the_configured_address() {
         .await;
     eventually(Duration::from_secs(30), "the pools to run a job", || async {
         let s = env.store.status(&job.id).await.ok()??;
-        (s.state == "done").then_some(())
+        (s.state == culm_worker::store::JobState::Done).then_some(())
     })
     .await;
     exercise_child(child, &format!("http://127.0.0.1:{port}")).await;

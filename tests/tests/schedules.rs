@@ -310,7 +310,7 @@ description = "forgets ticks missed during downtime"
     );
     assert_eq!(fired_ticks(&env, "t_missed", "t.forget").await, before_forget);
     let job = env.store.status(&job_id).await.expect("status").expect("job exists");
-    assert_eq!(job.state, "pending");
+    assert_eq!(job.state, culm_worker::store::JobState::Pending);
 
     // A replica starting later finds nothing missed and fires nothing.
     let c = replica(&env, toml).await;
@@ -321,7 +321,7 @@ description = "forgets ticks missed during downtime"
     let list = c.list().await.expect("list");
     let outcome = |n: &str| {
         list.iter()
-            .find(|s| s.name == n)
+            .find(|s| s.schedule.name == n)
             .and_then(|s| s.last_outcome.clone())
             .map(|o| o.outcome)
     };

@@ -1,7 +1,10 @@
 //! `culm examples`: every job type's example payload, and the smoke run that enqueues
 //! one of each (`--enqueue`) and waits for them to finish (`--wait`). With the sandbox
 //! running and local defaults, every example succeeds end to end without credentials.
-use crate::{config::Config, store::Store};
+use crate::{
+    config::Config,
+    store::{JobState, Store},
+};
 use anyhow::{Result, bail};
 use clap::Args;
 use culm_core::{EnqueueRequest, Registry};
@@ -65,8 +68,8 @@ pub async fn run(config: Config, registry: Arc<Registry>, args: ExamplesArgs) ->
         let mut finished = Vec::new();
         for (id, job) in &pending {
             match store.status(id).await? {
-                Some(s) if s.state == "done" => finished.push(id.clone()),
-                Some(s) if s.state == "dead" => {
+                Some(s) if s.state == JobState::Done => finished.push(id.clone()),
+                Some(s) if s.state == JobState::Dead => {
                     dead.push(format!("{job} ({id}): {}", s.last_error.unwrap_or_default()));
                     finished.push(id.clone());
                 }

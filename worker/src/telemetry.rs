@@ -1,5 +1,7 @@
-//! Metric names and the helpers that record them: every `culm_*` metric is defined here
-//! and nowhere else. Counters end in `_total`, durations are in seconds.
+//! Metric names and the helpers that record them. Every `culm_*` metric is defined here,
+//! except the `culm_integration_*` ones: culm-jobs records those and cannot depend on this
+//! crate, so they are defined in `jobs/src/http/metrics.rs` and re-exported here, which
+//! keeps every name listed in this file. Counters end in `_total`, durations are in seconds.
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 
 /// Jobs stored (`queue`, `job`).
@@ -132,11 +134,10 @@ pub fn started(queue: &str, tier: &'static str, job: &str, wait_s: f64) {
 /// How a run ended, for counting.
 #[derive(Debug, Clone, Copy)]
 pub enum Ended {
-    /// Success.
     Succeeded,
     /// Failed, will retry.
     Retried,
-    /// Deferred.
+    /// Not run now, without spending an attempt.
     Deferred,
     /// Failed for good.
     Dead,
@@ -180,7 +181,7 @@ pub fn reaped(queue: &str, job: &str, dead: bool) {
     }
 }
 
-// --- Scheduler (issue 4) ---------------------------------------------------------------
+// --- Scheduler --------------------------------------------------------------------------
 
 /// Ticks decided by this replica (`schedule`, `outcome`): `fired`, `caught_up`,
 /// `triggered`, `skipped_overlap`, `claimed_elsewhere`, `stale`, `paused`, `missed`,
@@ -211,7 +212,7 @@ pub fn schedule_tick(schedule: &str, outcome: &'static str, fired: Option<(f64, 
     }
 }
 
-// --- Integrations (issue 5) ------------------------------------------------------------
+// --- Integrations -----------------------------------------------------------------------
 // Recorded by culm-jobs' client stack (which cannot depend on this crate), so the names
 // are defined there and re-exported here; `install` registers their descriptions.
 
@@ -227,7 +228,7 @@ pub use culm_jobs::http::metrics::DURATION as INTEGRATION_DURATION;
 pub use culm_jobs::http::metrics::RATE_LIMITED as INTEGRATION_RATE_LIMITED;
 /// Upstream responses (`integration`, `endpoint`, `status` or `transport`/`timeout`).
 pub use culm_jobs::http::metrics::REQUESTS as INTEGRATION_REQUESTS;
-// --- PostgreSQL: ledger and outbox (issue 6) --------------------------------------------
+// --- PostgreSQL: ledger and outbox ------------------------------------------------------
 
 /// Ledger rows inserted into PostgreSQL, including replayed spills.
 pub const LEDGER_WRITTEN: &str = "culm_ledger_rows_written_total";

@@ -43,7 +43,7 @@ pub struct IntegrationDefaults {
     /// Deferral after a 429/503 that carries no usable `Retry-After`.
     #[serde(with = "humantime_serde")]
     pub default_retry_after: Duration,
-    /// Circuit breaker.
+    /// When the integration's circuit breaker opens and how long it stays open.
     pub breaker: BreakerConfig,
 }
 
@@ -120,7 +120,7 @@ pub struct IntegrationConfig {
 /// One integration with every default resolved.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IntegrationSettings {
-    /// Integration name.
+    /// The `<name>` of `[integrations.<name>]`.
     pub name: String,
     /// Base URL without a trailing slash.
     pub base_url: String,
@@ -128,7 +128,7 @@ pub struct IntegrationSettings {
     pub api_key_env: String,
     /// Per-attempt timeout.
     pub timeout: Duration,
-    /// Connect timeout.
+    /// The connect phase of one attempt, within `timeout`.
     pub connect_timeout: Duration,
     /// Longest in-process wait for a rate-limit slot.
     pub max_wait: Duration,
@@ -138,7 +138,7 @@ pub struct IntegrationSettings {
     pub transport_retries: usize,
     /// Deferral for a 429/503 without `Retry-After`.
     pub default_retry_after: Duration,
-    /// Breaker settings.
+    /// When the integration's circuit breaker opens and how long it stays open.
     pub breaker: BreakerConfig,
     /// Limits by endpoint (`"*"` for the integration-wide default).
     pub limits: BTreeMap<String, LimitConfig>,

@@ -12,7 +12,7 @@ use redis::{
 pub enum Conn {
     /// One server (or a Sentinel-resolved master).
     Manager(ConnectionManager),
-    /// Redis Cluster.
+    /// A Redis Cluster: the limiter's key lives in one slot per endpoint.
     Cluster(ClusterConnection),
 }
 

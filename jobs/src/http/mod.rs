@@ -46,9 +46,9 @@ pub struct Integrations {
 #[derive(Debug, thiserror::Error)]
 #[error("integration `{integration}`: cannot build its HTTP client: {message}")]
 pub struct BuildError {
-    /// The integration.
+    /// The integration whose client could not be built, as named under `[integrations]`.
     pub integration: String,
-    /// Why.
+    /// What the HTTP client builder refused (TLS, proxy or header settings).
     pub message: String,
 }
 
@@ -234,7 +234,7 @@ pub struct Call {
 /// A successful (2xx) answer.
 #[derive(Debug, Clone)]
 pub struct Reply {
-    /// HTTP status.
+    /// The partner's HTTP status; every status a handler sees was classified as a success.
     pub status: u16,
     /// The JSON body (`Null` when empty, a string when not JSON).
     pub body: serde_json::Value,

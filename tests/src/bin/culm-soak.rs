@@ -1,4 +1,4 @@
-//! The fault-injection soak (issue 7), driven by `scripts/soak.sh`.
+//! The fault-injection soak, driven by `scripts/soak.sh`.
 //!
 //! Starts a throwaway `redis-server` (own port, AOF with `appendfsync always`, temp
 //! dir), two `culm run` worker processes on a dedicated `soak` queue and key prefix, and
@@ -253,27 +253,12 @@ async fn main() -> Result<()> {
             Ok(r) => r,
             Err(_) => Err(anyhow::anyhow!("the soak did not finish within its deadline of {deadline:?}")),
         },
-        _ = terminate() => Err(anyhow::anyhow!("interrupted")),
+        _ = culm_worker::cli::signals::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
     };
     drop(procs);
     let report = outcome?;
     println!("{report}");
     Ok(())
-}
-
-async fn terminate() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }
 
 async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {

@@ -47,9 +47,8 @@ pub enum TokenError {
     MissingSecret {
         /// Position in `[[admin.tokens]]`.
         index: usize,
-        /// Token name.
         name: String,
-        /// The variable.
+        /// The variable that should hold the secret.
         env: String,
     },
 }

@@ -1,4 +1,5 @@
 //! The one error shape of the admin API: `{"error": {"code", "message", "field"?}}`.
+use crate::store::StoreError;
 use axum::{
     Json,
     http::StatusCode,
@@ -11,7 +12,6 @@ use utoipa::ToSchema;
 /// An API error with its HTTP status.
 #[derive(Debug)]
 pub struct ApiError {
-    /// HTTP status.
     pub status: StatusCode,
     /// Stable machine-readable code.
     pub code: &'static str,
@@ -21,14 +21,13 @@ pub struct ApiError {
     pub field: Option<String>,
 }
 
-/// Error body.
+/// The body of every error answer: `{"error": {...}}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
-    /// The error.
     pub error: ErrorDetail,
 }
 
-/// Error detail.
+/// What went wrong, for programs (`code`, `field`) and people (`message`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable code, e.g. `unknown_job`, `invalid_payload`, `unauthorized`.
@@ -113,4 +112,15 @@ impl IntoResponse for ApiError {
         };
         (self.status, Json(body)).into_response()
     }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::internal(e)
+    }
+}
+
+/// Redis errors can echo the URL; keep only the kind and detail.
+pub(super) fn redact(e: &redis::RedisError) -> String {
+    format!("{:?}: {}", e.kind(), e.detail().unwrap_or("connection failed"))
 }

@@ -1,10 +1,19 @@
 //! The admin HTTP API (axum): enqueue over HTTP, inspect and steer queues and dead
 //! letters, health and readiness probes, Prometheus `/metrics` and the OpenAPI document.
 //! Owns bearer-token authentication, the one error shape every endpoint answers with,
-//! and per-route request metrics. Handlers live in `routes`; they call the `Store`.
+//! and per-route request metrics. `openapi` holds the route table; the handlers live in
+//! one file per resource (`jobs`, `queues`, `dead`, `schedules`, `probes`) and call the
+//! `Store`, the `Scheduler` and the `Db`; `views` and `extract` are what they share.
 mod auth;
+mod dead;
 mod error;
-mod routes;
+mod extract;
+mod jobs;
+mod openapi;
+mod probes;
+mod queues;
+mod schedules;
+mod views;
 
 pub use auth::{Token, TokenError, tokens_from_config};
 pub use error::ApiError;
@@ -37,7 +46,8 @@ struct Inner {
     openapi: std::sync::OnceLock<String>,
     /// The schedule catalog and its Redis state, when this process loaded one.
     scheduler: Option<crate::scheduler::Scheduler>,
-    /// PostgreSQL (issue 6): readiness, the ledger fallback of job status, the dead-letter archive.
+    /// PostgreSQL, when configured: readiness, the ledger fallback of job status, the
+    /// dead-letter archive.
     db: Option<crate::db::Db>,
 }
 
@@ -85,10 +95,10 @@ impl AdminState {
 
 /// The admin router and the OpenAPI document generated from the same route table.
 pub fn router(state: AdminState) -> (Router, OpenApi) {
-    let (router, api) = routes::table(state.clone());
+    let (router, api) = openapi::table(state.clone());
     let router = router
-        .fallback(routes::not_found)
-        .method_not_allowed_fallback(routes::method_not_allowed)
+        .fallback(probes::not_found)
+        .method_not_allowed_fallback(probes::method_not_allowed)
         .layer(middleware::from_fn(record))
         .with_state(state);
     (router, api)
@@ -100,7 +110,7 @@ pub fn metrics_router(handle: PrometheusHandle) -> Router {
         "/metrics",
         axum::routing::get(move || {
             let h = handle.clone();
-            async move { routes::render_metrics(&h) }
+            async move { probes::render_metrics(&h) }
         }),
     )
 }
@@ -113,16 +123,14 @@ pub enum ServeError {
         "cannot listen on {addr} ({key}): {source}; set CULM__ADMIN__LISTEN or disable with CULM__ADMIN__ENABLED=false"
     )]
     Bind {
-        /// Address.
         addr: String,
-        /// Config key.
+        /// The config key that set `addr`, so the message names what to change.
         key: &'static str,
-        /// Cause.
         source: std::io::Error,
     },
 }
 
-/// Binds `addr` (from config key `key`).
+/// Binds `addr`; an error names the config key `key` that set it.
 pub async fn bind(addr: &str, key: &'static str) -> Result<TcpListener, ServeError> {
     TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
         addr: addr.to_owned(),

@@ -1,15 +1,33 @@
 //! The dead-letter archive, `culm_dead_jobs`: written by the ledger writer in the same
 //! transaction as a dead run's ledger row; read by `culm dead` and `/v1/dead*` when
 //! PostgreSQL is configured. Re-drive works from here even after Redis let the job go.
-use super::{Db, DbError, ledger::LedgerRow};
+use super::{Db, DbError};
 use crate::store::{DeadJob, ErrorRecord, Store};
 use chrono::{DateTime, Utc};
 use culm_core::EnqueueRequest;
+use serde_json::value::RawValue;
 use sqlx::{Postgres, Row, Transaction, postgres::PgRow};
+
+/// What the archive keeps of a job's fatal attempt. The ledger writer builds these from
+/// its dead runs; the archive does not depend on the ledger's row format.
+pub(super) struct DeadRun<'a> {
+    pub job_id: &'a str,
+    pub job: &'a str,
+    pub queue: &'a str,
+    pub tier: &'a str,
+    pub payload: &'a RawValue,
+    pub idempotency_key: Option<&'a str>,
+    /// The fatal attempt's number, which is also the number of attempts made.
+    pub attempts: u32,
+    pub last_error: Option<&'a str>,
+    pub enqueued_at_ms: Option<i64>,
+    /// When the fatal attempt's outcome was recorded, µs: the archive's `died_at`.
+    pub died_at_us: i64,
+}
 
 /// Upserts the archive rows of `dead` runs. The error history is every failed attempt in
 /// the ledger, which this transaction has just extended.
-pub(super) async fn archive(tx: &mut Transaction<'_, Postgres>, dead: &[&LedgerRow]) -> Result<(), sqlx::Error> {
+pub(super) async fn archive(tx: &mut Transaction<'_, Postgres>, dead: &[DeadRun<'_>]) -> Result<(), sqlx::Error> {
     let ms = |v: Option<i64>| v.and_then(DateTime::<Utc>::from_timestamp_millis);
     sqlx::query(
         "INSERT INTO culm_dead_jobs (job_id, job, queue, tier, payload, idempotency_key, attempts, last_error, \
@@ -31,30 +49,22 @@ pub(super) async fn archive(tx: &mut Transaction<'_, Postgres>, dead: &[&LedgerR
            died_at = EXCLUDED.died_at, redriven_at = NULL, redriven_as = NULL \
          WHERE culm_dead_jobs.died_at <= EXCLUDED.died_at",
     )
-    .bind(dead.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
-    .bind(dead.iter().map(|r| r.job.as_str()).collect::<Vec<_>>())
-    .bind(dead.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>())
-    .bind(dead.iter().map(|r| r.tier.as_str()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.job_id).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.job).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.queue).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.tier).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.payload.get()).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| d.idempotency_key).collect::<Vec<_>>())
     .bind(
         dead.iter()
-            .map(|r| r.dead.as_ref().map_or("null", |d| d.payload.get()))
+            .map(|d| i32::try_from(d.attempts).unwrap_or(i32::MAX))
             .collect::<Vec<_>>(),
     )
+    .bind(dead.iter().map(|d| d.last_error).collect::<Vec<_>>())
+    .bind(dead.iter().map(|d| ms(d.enqueued_at_ms)).collect::<Vec<_>>())
     .bind(
         dead.iter()
-            .map(|r| r.dead.as_ref().and_then(|d| d.idempotency_key.clone()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        dead.iter()
-            .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
-            .collect::<Vec<_>>(),
-    )
-    .bind(dead.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
-    .bind(dead.iter().map(|r| ms(r.enqueued_at_ms)).collect::<Vec<_>>())
-    .bind(
-        dead.iter()
-            .map(|r| DateTime::<Utc>::from_timestamp_micros(r.finished_at_us).unwrap_or_else(Utc::now))
+            .map(|d| DateTime::<Utc>::from_timestamp_micros(d.died_at_us).unwrap_or_else(Utc::now))
             .collect::<Vec<_>>(),
     )
     .execute(&mut **tx)

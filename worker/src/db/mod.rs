@@ -1,16 +1,18 @@
-//! culm's PostgreSQL side (issue 6): the connection pool, the embedded migrations and the
+//! culm's PostgreSQL side: the connection pool, the embedded migrations and the
 //! schema-version guard, plus the read paths over the ledger (`culm_job_runs`) and the
 //! dead-letter archive (`culm_dead_jobs`). The ledger writer lives in `ledger`, the
 //! outbox relay in `outbox`. Redis stays the hot path; nothing here runs per job.
-pub mod cmd;
 pub mod dead;
 pub mod ledger;
 pub mod outbox;
+pub mod retention;
+pub mod services;
 
 use crate::{
     config::{DatabaseConfig, redact_url},
-    store::{ErrorRecord, JobStatus},
+    store::{ErrorRecord, JobState, JobStatus},
 };
+use chrono::{DateTime, Utc};
 use sqlx::{
     Connection, PgConnection, PgPool, Row,
     migrate::{Migration, MigrationType, Migrator},
@@ -59,9 +61,8 @@ pub enum DbError {
     /// `database.url` is not usable.
     #[error("database.url ({url}) is not a valid PostgreSQL URL: {cause}")]
     BadUrl {
-        /// Redacted URL.
+        /// The URL with its password redacted.
         url: String,
-        /// Why.
         cause: String,
     },
     /// The server could not be reached.
@@ -69,9 +70,8 @@ pub enum DbError {
         "cannot reach PostgreSQL at {url}: {cause}. Start it, or point culm elsewhere with CULM_DATABASE_URL (or database.url)"
     )]
     Unreachable {
-        /// Redacted URL.
+        /// The URL with its password redacted.
         url: String,
-        /// Why.
         cause: String,
     },
     /// The database does not exist and this role may not create it.
@@ -79,11 +79,10 @@ pub enum DbError {
         "database `{database}` does not exist and role `{role}` may not create it ({cause}). Ask a superuser to run: CREATE DATABASE \"{database}\" OWNER \"{role}\";  then run `culm migrate`"
     )]
     CannotCreate {
-        /// Database name.
         database: String,
-        /// Role.
+        /// The role culm connected as.
         role: String,
-        /// Server message.
+        /// PostgreSQL's message.
         cause: String,
     },
     /// The schema has migrations this binary does not know (a newer culm migrated it).
@@ -157,7 +156,7 @@ impl Db {
         Ok(db)
     }
 
-    /// The pool.
+    /// The pool, for queries outside this module (the archive, the relay, tests).
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
@@ -274,10 +273,11 @@ impl Db {
         Ok(())
     }
 
-    /// A job's history from the ledger, for jobs Redis no longer holds.
+    /// A job's history from the ledger, for jobs Redis no longer holds. The state is the
+    /// one the last recorded attempt left the job in.
     pub async fn job_status(&self, id: &str) -> Result<Option<JobStatus>, DbError> {
         let rows = sqlx::query(
-            "SELECT job, queue, attempt, outcome, error, enqueued_at, finished_at \
+            "SELECT job, queue, attempt, outcome, error, enqueued_at, finished_at, next_run_at \
              FROM culm_job_runs WHERE job_id = $1 ORDER BY finished_at, attempt",
         )
         .bind(id)
@@ -287,18 +287,18 @@ impl Db {
             return Ok(None);
         };
         let outcome: String = last.try_get("outcome")?;
+        // A retry or a deferral leaves the job scheduled for its next attempt.
         let state = match outcome.as_str() {
-            "succeeded" => "done",
-            "dead" => "dead",
-            "failed_will_retry" => "failed",
-            _ => "scheduled",
+            "succeeded" => JobState::Done,
+            "dead" => JobState::Dead,
+            _ => JobState::Scheduled,
         };
         let mut errors = Vec::new();
         for r in &rows {
             let error: Option<String> = r.try_get("error")?;
             let o: String = r.try_get("outcome")?;
             if let Some(error) = error.filter(|_| o == "failed_will_retry" || o == "dead") {
-                let at: chrono::DateTime<chrono::Utc> = r.try_get("finished_at")?;
+                let at: DateTime<Utc> = r.try_get("finished_at")?;
                 errors.push(ErrorRecord {
                     attempt: u32::try_from(r.try_get::<i32, _>("attempt")?).unwrap_or(0),
                     at: at.timestamp_millis(),
@@ -306,16 +306,20 @@ impl Db {
                 });
             }
         }
-        let enqueued: Option<chrono::DateTime<chrono::Utc>> = last.try_get("enqueued_at")?;
-        let finished: chrono::DateTime<chrono::Utc> = last.try_get("finished_at")?;
+        let ms = |t: Option<DateTime<Utc>>| t.map(|t| t.timestamp_millis());
+        let enqueued: Option<DateTime<Utc>> = last.try_get("enqueued_at")?;
+        let finished: DateTime<Utc> = last.try_get("finished_at")?;
+        let next_run: Option<DateTime<Utc>> = last.try_get("next_run_at")?;
         Ok(Some(JobStatus {
             id: id.to_owned(),
             queue: last.try_get("queue")?,
-            state: state.to_owned(),
+            state,
             job: Some(last.try_get("job")?),
             attempts: u32::try_from(last.try_get::<i32, _>("attempt")?).unwrap_or(0),
-            enqueued_at: enqueued.map(|t| t.timestamp_millis()),
-            state_since_or_until: Some(finished.timestamp_millis()),
+            enqueued_at: ms(enqueued),
+            run_at: ms(next_run).filter(|_| state == JobState::Scheduled),
+            lease_expires_at: None,
+            finished_at: Some(finished.timestamp_millis()).filter(|_| state != JobState::Scheduled),
             last_error: errors.last().map(|e| e.error.clone()),
             errors,
         }))

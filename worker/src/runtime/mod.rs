@@ -105,7 +105,7 @@ impl Runtime {
         }
     }
 
-    /// Records every run in the job ledger (issue 6).
+    /// Records every run in the job ledger (PostgreSQL), off the hot path.
     pub fn with_ledger(mut self, ledger: crate::db::ledger::Ledger) -> Self {
         self.ledger = Some(ledger);
         self

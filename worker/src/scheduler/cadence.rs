@@ -73,7 +73,7 @@ impl Cadence {
         Cadence { last, ..self.clone() }
     }
 
-    /// The timezone.
+    /// The timezone fire times are computed in.
     pub fn tz(&self) -> Tz {
         self.tz
     }

@@ -17,17 +17,19 @@
 //!   [`Scheduler::pause`] and [`Scheduler::resume`].
 pub mod cadence;
 pub mod catalog;
+mod status;
+
+pub use status::{FireTime, LastFire, LastOutcome, ScheduleStatus, describe, next_fire_times};
 
 use crate::{config::Config, store::Store};
 use apalis_cron::CronScheduler;
 use catalog::{Catalog, Missed, Overlap, Schedule};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use culm_core::now_ms;
 use futures::StreamExt;
-use redis::{Script, Value};
+use redis::Script;
 use serde::Serialize;
 use std::{
-    collections::HashMap,
     sync::{Arc, LazyLock},
     time::Duration,
 };
@@ -56,33 +58,19 @@ pub enum SchedulerError {
     Redis(#[from] redis::RedisError),
     /// The job could not be encoded.
     #[error("cannot encode the job of schedule `{schedule}`: {message}")]
-    Encode {
-        /// Schedule.
-        schedule: String,
-        /// Why.
-        message: String,
-    },
+    Encode { schedule: String, message: String },
 }
 
 /// What happened to one tick (or trigger) on this replica.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum TickOutcome {
     /// This replica enqueued the tick's job.
-    Fired {
-        /// Job id.
-        job_id: String,
-    },
+    Fired { job_id: String },
     /// This replica enqueued one catch-up run for ticks missed while no scheduler ran.
-    CaughtUp {
-        /// Job id.
-        job_id: String,
-    },
+    CaughtUp { job_id: String },
     /// Enqueued by [`Scheduler::trigger`].
-    Triggered {
-        /// Job id.
-        job_id: String,
-    },
+    Triggered { job_id: String },
     /// Skipped: the previous run had not finished (overlap = "skip").
     SkippedOverlap {
         /// The unfinished job.
@@ -97,10 +85,7 @@ pub enum TickOutcome {
     /// Ticks missed while no scheduler ran were skipped (missed = "skip").
     Missed,
     /// Redis failed; the tick was not fired by this replica.
-    Error {
-        /// What failed.
-        message: String,
-    },
+    Error { message: String },
 }
 
 impl TickOutcome {
@@ -133,82 +118,10 @@ impl TickOutcome {
 /// A tick decided by this replica (tests wait on these instead of sleeping).
 #[derive(Debug, Clone)]
 pub struct ScheduleEvent {
-    /// Schedule name.
     pub schedule: String,
     /// The tick, ms since the epoch (`None` for a manual trigger).
     pub tick_ms: Option<i64>,
-    /// What happened.
     pub outcome: TickOutcome,
-}
-
-/// One fire time, in the schedule's timezone and in UTC (RFC 3339).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FireTime {
-    /// In the schedule's timezone, with its offset.
-    pub local: String,
-    /// In UTC.
-    pub utc: String,
-}
-
-/// A schedule as the CLI and admin API show it.
-#[derive(Debug, Clone, Serialize)]
-pub struct ScheduleStatus {
-    /// Name.
-    pub name: String,
-    /// Cron expression (6 fields).
-    pub cron: String,
-    /// IANA timezone.
-    pub timezone: String,
-    /// Job type.
-    pub job: String,
-    /// Payload.
-    pub payload: serde_json::Value,
-    /// Queue.
-    pub queue: String,
-    /// Enabled in the catalog.
-    pub enabled: bool,
-    /// Paused by an operator (`None` when Redis was not consulted).
-    pub paused: Option<bool>,
-    /// What it does.
-    pub description: String,
-    /// `skip` or `allow`.
-    pub overlap: &'static str,
-    /// `skip` or `run_once`.
-    pub missed: &'static str,
-    /// The file it came from.
-    pub source: String,
-    /// The next three fire times.
-    pub next_fire_times: Vec<FireTime>,
-    /// Last fire, from Redis.
-    pub last_fire: Option<LastFire>,
-    /// Last outcome, from Redis.
-    pub last_outcome: Option<LastOutcome>,
-}
-
-/// The last job a schedule enqueued.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct LastFire {
-    /// When it was enqueued (RFC 3339, UTC).
-    pub at: String,
-    /// The tick it was for (RFC 3339, UTC); `None` for a manual trigger.
-    pub tick: Option<String>,
-    /// Job id.
-    pub job_id: String,
-    /// Queue.
-    pub queue: String,
-    /// Enqueue time minus tick time, ms.
-    pub lag_ms: Option<i64>,
-}
-
-/// The last decision about a schedule's tick.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct LastOutcome {
-    /// `fired`, `caught_up`, `triggered`, `skipped_overlap`, `paused`, `missed` or `error`.
-    pub outcome: String,
-    /// When (RFC 3339, UTC).
-    pub at: String,
-    /// The error, for `error`.
-    pub error: Option<String>,
 }
 
 /// The stored form of a job, as `store::Envelope` reads it.
@@ -250,43 +163,6 @@ pub struct RunningScheduler {
     tasks: Vec<JoinHandle<()>>,
 }
 
-fn rfc3339_ms(ms: i64) -> Option<String> {
-    DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-}
-
-/// The next `n` fire times of `s` after `now`, in its timezone and in UTC.
-pub fn next_fire_times(s: &Schedule, now: DateTime<Utc>, n: usize) -> Vec<FireTime> {
-    s.cadence
-        .upcoming(now, n)
-        .into_iter()
-        .map(|t| FireTime {
-            local: t.with_timezone(&s.cadence.tz()).to_rfc3339(),
-            utc: t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        })
-        .collect()
-}
-
-/// How `s` is shown without consulting Redis.
-pub fn describe(s: &Schedule, now: DateTime<Utc>) -> ScheduleStatus {
-    ScheduleStatus {
-        name: s.name.clone(),
-        cron: s.cron.clone(),
-        timezone: s.timezone.clone(),
-        job: s.job.clone(),
-        payload: s.payload.clone(),
-        queue: s.queue.clone(),
-        enabled: s.enabled,
-        paused: None,
-        description: s.description.clone(),
-        overlap: s.overlap.as_str(),
-        missed: s.missed.as_str(),
-        source: s.source.clone(),
-        next_fire_times: next_fire_times(s, now, 3),
-        last_fire: None,
-        last_outcome: None,
-    }
-}
-
 impl Scheduler {
     /// A scheduler over `store` for the schedules of `catalog`.
     pub fn new(store: Store, catalog: Catalog, config: &Config) -> Scheduler {
@@ -302,7 +178,7 @@ impl Scheduler {
         }
     }
 
-    /// The catalog.
+    /// The schedules this scheduler fires, as loaded and validated.
     pub fn catalog(&self) -> &Catalog {
         &self.inner.catalog
     }
@@ -325,102 +201,6 @@ impl Scheduler {
 
     fn paused_key(&self) -> String {
         format!("{}:schedules:paused", self.inner.base)
-    }
-
-    /// Every schedule with its next fire times, pause flag, last fire and last outcome
-    /// (`GET /v1/schedules`).
-    pub async fn list(&self) -> Result<Vec<ScheduleStatus>, SchedulerError> {
-        let names: Vec<&str> = self.inner.catalog.iter().map(|s| s.name.as_str()).collect();
-        self.statuses(&names).await
-    }
-
-    /// One schedule's status (`GET /v1/schedules/{name}`).
-    pub async fn get(&self, name: &str) -> Result<ScheduleStatus, SchedulerError> {
-        self.schedule(name)?;
-        let mut v = self.statuses(&[name]).await?;
-        v.pop().ok_or_else(|| SchedulerError::UnknownSchedule(name.to_owned()))
-    }
-
-    async fn statuses(&self, names: &[&str]) -> Result<Vec<ScheduleStatus>, SchedulerError> {
-        let now = Utc::now();
-        let mut pipe = redis::pipe();
-        for name in names {
-            pipe.hexists(self.paused_key(), *name).hgetall(self.state_key(name));
-        }
-        let mut conn = self.inner.store.connection();
-        let replies: Vec<Value> = if names.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await?
-        };
-        let mut out = Vec::with_capacity(names.len());
-        for (i, name) in names.iter().enumerate() {
-            let s = self.schedule(name)?;
-            let mut st = describe(s, now);
-            st.paused = replies.get(i * 2).map(|v| matches!(v, Value::Int(1)));
-            let state: HashMap<String, String> = replies
-                .get(i * 2 + 1)
-                .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                .unwrap_or_default();
-            let num = |k: &str| state.get(k).and_then(|v| v.parse::<i64>().ok());
-            if let (Some(job_id), Some(at)) = (state.get("job"), num("fired_at")) {
-                st.last_fire = Some(LastFire {
-                    at: rfc3339_ms(at).unwrap_or_default(),
-                    tick: num("fired_tick").and_then(rfc3339_ms),
-                    job_id: job_id.clone(),
-                    queue: state.get("queue").cloned().unwrap_or_default(),
-                    lag_ms: num("lag_ms"),
-                });
-            }
-            if let (Some(outcome), Some(at)) = (state.get("outcome"), num("outcome_at")) {
-                st.last_outcome = Some(LastOutcome {
-                    outcome: outcome.clone(),
-                    at: rfc3339_ms(at).unwrap_or_default(),
-                    error: state.get("error").filter(|e| !e.is_empty()).cloned(),
-                });
-            }
-            out.push(st);
-        }
-        Ok(out)
-    }
-
-    /// Pauses a schedule on every replica: its ticks are recorded as `paused` and fire
-    /// nothing until [`Scheduler::resume`] (`POST /v1/schedules/{name}/pause`).
-    pub async fn pause(&self, name: &str) -> Result<(), SchedulerError> {
-        self.schedule(name)?;
-        let mut conn = self.inner.store.connection();
-        redis::cmd("HSET")
-            .arg(self.paused_key())
-            .arg(name)
-            .arg(now_ms())
-            .exec_async(&mut conn)
-            .await?;
-        tracing::info!(schedule = %name, "schedule paused");
-        Ok(())
-    }
-
-    /// Resumes a paused schedule from its next tick; ticks that passed while it was paused
-    /// are not caught up (`POST /v1/schedules/{name}/resume`).
-    pub async fn resume(&self, name: &str) -> Result<(), SchedulerError> {
-        self.schedule(name)?;
-        let mut conn = self.inner.store.connection();
-        redis::cmd("HDEL")
-            .arg(self.paused_key())
-            .arg(name)
-            .exec_async(&mut conn)
-            .await?;
-        tracing::info!(schedule = %name, "schedule resumed");
-        Ok(())
-    }
-
-    /// Whether a schedule is paused.
-    pub async fn is_paused(&self, name: &str) -> Result<bool, SchedulerError> {
-        let mut conn = self.inner.store.connection();
-        Ok(redis::cmd("HEXISTS")
-            .arg(self.paused_key())
-            .arg(name)
-            .query_async(&mut conn)
-            .await?)
     }
 
     /// Enqueues the schedule's job now, whatever its cadence, pause or overlap policy

@@ -2,7 +2,7 @@
 //! dead-letter set (list, re-drive, purge), one job's state, pause and resume, and the
 //! queue-depth gauges refreshed from those counts.
 use super::{
-    DeadJob, Envelope, Fields, JobStatus, QueueStats, Store, StoreError,
+    DeadJob, Envelope, Fields, JobState, JobStatus, QueueStats, Store, StoreError,
     keys::{DEAD, STATS, STATUS},
     parse_errors, text,
 };
@@ -178,14 +178,21 @@ impl Store {
             }
             let env = serde_json::from_str::<Envelope>(&text(&v[2])).ok();
             let errors = parse_errors(&text(&v[3]));
+            let state: JobState = text(&v[0]).parse().map_err(|message| StoreError::Corrupt {
+                key: id.to_owned(),
+                message,
+            })?;
+            let at = text(&v[4]).parse::<f64>().ok().map(|f| f as i64);
             return Ok(Some(JobStatus {
                 id: id.to_owned(),
                 queue: queue.clone(),
-                state: text(&v[0]),
+                state,
                 job: env.as_ref().map(|e| e.job.clone()),
                 attempts: text(&v[1]).parse().unwrap_or(0),
                 enqueued_at: env.as_ref().map(|e| e.enqueued_at),
-                state_since_or_until: text(&v[4]).parse::<f64>().ok().map(|f| f as i64),
+                run_at: at.filter(|_| state == JobState::Scheduled),
+                lease_expires_at: at.filter(|_| state == JobState::Running),
+                finished_at: at.filter(|_| matches!(state, JobState::Done | JobState::Dead)),
                 last_error: errors.last().map(|e| e.error.clone()),
                 errors,
             }));

@@ -55,11 +55,12 @@ pub enum StoreError {
 }
 
 /// Counts for one queue.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct QueueStats {
     /// Queue name.
     pub name: String,
     /// Tier.
+    #[schema(value_type = String, example = "critical")]
     pub tier: Tier,
     /// Pool size per process.
     pub concurrency: u32,
@@ -78,18 +79,20 @@ pub struct QueueStats {
 }
 
 /// One error in a job's history.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorRecord {
     /// Attempt that failed.
     pub attempt: u32,
-    /// When, ms.
+    /// When, ms (RFC 3339 in JSON).
+    #[serde(serialize_with = "culm_core::time::serialize_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub at: i64,
     /// What happened.
     pub error: String,
 }
 
 /// A dead-lettered job.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeadJob {
     /// Job id.
     pub id: String,
@@ -98,12 +101,17 @@ pub struct DeadJob {
     /// Job type.
     pub job: String,
     /// Payload.
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
     /// Attempts made.
     pub attempts: u32,
-    /// When it died, ms.
+    /// When it died, ms (RFC 3339 in JSON).
+    #[serde(serialize_with = "culm_core::time::serialize_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub died_at: i64,
-    /// When it was enqueued, ms.
+    /// When it was enqueued, ms (RFC 3339 in JSON).
+    #[serde(serialize_with = "culm_core::time::serialize_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub enqueued_at: i64,
     /// The last error.
     pub last_error: Option<String>,
@@ -111,23 +119,89 @@ pub struct DeadJob {
     pub errors: Vec<ErrorRecord>,
 }
 
+/// Where a job is. These are the states `status.lua` reports; the ledger's outcomes map
+/// onto them when Redis no longer holds the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Due and waiting for a worker.
+    Pending,
+    /// Waiting for its time: delayed, deferred, or backing off before a retry (then
+    /// `errors` is not empty).
+    Scheduled,
+    /// Leased by a worker.
+    Running,
+    /// Finished successfully.
+    Done,
+    /// Dead-lettered: failed for good or out of attempts.
+    Dead,
+}
+
+impl JobState {
+    /// The state's name, as `status.lua` returns it and the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Pending => "pending",
+            JobState::Scheduled => "scheduled",
+            JobState::Running => "running",
+            JobState::Done => "done",
+            JobState::Dead => "dead",
+        }
+    }
+}
+
+impl std::str::FromStr for JobState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            JobState::Pending,
+            JobState::Scheduled,
+            JobState::Running,
+            JobState::Done,
+            JobState::Dead,
+        ]
+        .into_iter()
+        .find(|st| st.as_str() == s)
+        .ok_or_else(|| format!("unknown job state `{s}`"))
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A job's state as Redis knows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct JobStatus {
     /// Job id.
     pub id: String,
     /// Queue.
     pub queue: String,
     /// pending | scheduled | running | done | dead
-    pub state: String,
+    pub state: JobState,
     /// Job type (absent for finished jobs, whose body is deleted).
     pub job: Option<String>,
     /// Attempts started.
     pub attempts: u32,
-    /// Enqueue time, ms.
+    /// Enqueue time, ms (RFC 3339 in JSON, as are the times below).
+    #[serde(serialize_with = "culm_core::time::serialize_rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub enqueued_at: Option<i64>,
-    /// Scheduled time (scheduled), lease deadline (running), death (dead) or finish (done), ms.
-    pub state_since_or_until: Option<i64>,
+    /// Scheduled jobs (delayed, deferred or waiting to retry): when the next attempt is due, ms.
+    #[serde(serialize_with = "culm_core::time::serialize_rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub run_at: Option<i64>,
+    /// Running jobs: when the current lease expires unless extended, ms.
+    #[serde(serialize_with = "culm_core::time::serialize_rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub lease_expires_at: Option<i64>,
+    /// Done and dead jobs: when that happened, ms.
+    #[serde(serialize_with = "culm_core::time::serialize_rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub finished_at: Option<i64>,
     /// The last error.
     pub last_error: Option<String>,
     /// Recent errors.

@@ -1,16 +1,19 @@
 //! The schedule catalog: the `schedules/*.toml` file format, loading (embedded in the
 //! binary, or from `[scheduler] dir`) and validation against the job registry and the
 //! queue routing. Every problem names its file, schedule and key, and all are listed at once.
+mod parse;
+
 use super::cadence::Cadence;
 use crate::store::Routing;
 use culm_core::Registry;
+use parse::{parse_file, validate};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, fmt, path::Path};
 
 include!(concat!(env!("OUT_DIR"), "/embedded_schedules.rs"));
 
 /// What to do with a tick while the previous run of the same schedule is unfinished.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Overlap {
     /// Skip the tick while the previous run is pending, scheduled (retrying) or running.
@@ -21,7 +24,7 @@ pub enum Overlap {
 }
 
 /// What to do at start-up about ticks that passed while no scheduler was running.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Missed {
     /// Forget them.
@@ -51,64 +54,32 @@ impl Missed {
     }
 }
 
-/// One `[[schedule]]` entry as written.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSchedule {
-    name: String,
-    cron: String,
-    #[serde(default = "utc")]
-    timezone: String,
-    job: String,
-    #[serde(default = "empty_object")]
-    payload: serde_json::Value,
-    #[serde(default)]
-    queue: Option<String>,
-    #[serde(default = "yes")]
-    enabled: bool,
-    description: String,
-    #[serde(default)]
-    overlap: Overlap,
-    #[serde(default)]
-    missed: Missed,
-}
-
-fn utc() -> String {
-    "UTC".to_owned()
-}
-fn empty_object() -> serde_json::Value {
-    serde_json::Value::Object(Default::default())
-}
-fn yes() -> bool {
-    true
-}
-
-/// A validated schedule.
-#[derive(Debug, Clone)]
+/// A validated schedule from `schedules/*.toml`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Schedule {
     /// Unique name, e.g. `bamboo.catalog_sync`.
     pub name: String,
     /// The cron expression as written (6 fields).
     pub cron: String,
-    /// IANA timezone name.
+    /// IANA timezone name, e.g. `America/New_York`.
     pub timezone: String,
     /// Job type.
     pub job: String,
     /// Payload (validated against the job type).
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
     /// The queue jobs go to: `queue` if given, else the job type's routed queue.
     pub queue: String,
-    /// Whether it fires.
+    /// A disabled schedule stays in the catalog (and `culm schedules`) but never fires.
     pub enabled: bool,
     /// What it does.
     pub description: String,
-    /// Overlap policy.
     pub overlap: Overlap,
-    /// Missed-tick policy.
     pub missed: Missed,
-    /// The file it came from.
+    /// The file it came from, for error messages and `culm schedules`.
     pub source: String,
     /// Fire-time computation.
+    #[serde(skip)]
     pub cadence: Cadence,
 }
 
@@ -146,7 +117,6 @@ pub enum CatalogError {
     Read {
         /// Directory or file.
         path: String,
-        /// Cause.
         source: std::io::Error,
     },
     /// One or more schedules are invalid; every problem is listed.
@@ -259,172 +229,6 @@ fn read_dir(dir: &Path) -> Result<Vec<(String, String)>, CatalogError> {
             Ok((p.display().to_string(), text))
         })
         .collect()
-}
-
-/// Parses one file into raw entries, recording syntax and shape problems.
-fn parse_file(file: &str, text: &str, problems: &mut Vec<Problem>) -> Vec<RawSchedule> {
-    let problem = |schedule: Option<String>, key: Option<String>, message: String| Problem {
-        file: file.to_owned(),
-        schedule,
-        key,
-        message,
-    };
-    let table = match toml::from_str::<toml::Table>(text) {
-        Ok(t) => t,
-        Err(e) => {
-            problems.push(problem(None, None, format!("invalid TOML: {}", e.to_string().trim())));
-            return Vec::new();
-        }
-    };
-    for key in table.keys().filter(|k| *k != "schedule") {
-        problems.push(problem(
-            None,
-            Some(key.clone()),
-            "unknown top-level key; a file holds only [[schedule]] entries".into(),
-        ));
-    }
-    let entries = match table.get("schedule") {
-        None => return Vec::new(),
-        Some(toml::Value::Array(a)) => a.clone(),
-        Some(_) => {
-            problems.push(problem(
-                None,
-                Some("schedule".into()),
-                "must be an array of tables: [[schedule]]".into(),
-            ));
-            return Vec::new();
-        }
-    };
-    let mut out = Vec::new();
-    for (i, entry) in entries.into_iter().enumerate() {
-        let label = entry
-            .get("name")
-            .and_then(toml::Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| format!("schedule[{i}]"));
-        match serde_path_to_error::deserialize::<_, RawSchedule>(entry) {
-            Ok(raw) => out.push(raw),
-            Err(e) => {
-                let path = e.path().to_string();
-                let message = e.inner().to_string().trim().to_owned();
-                // serde names unknown and missing fields in the message, at the parent's path.
-                let field = ["unknown field `", "missing field `"]
-                    .iter()
-                    .find_map(|p| message.strip_prefix(p).and_then(|r| r.split('`').next()))
-                    .map(str::to_owned);
-                let key = match (path.as_str(), field) {
-                    (".", f) => f,
-                    (p, Some(f)) if p != f && !p.ends_with(&format!(".{f}")) => Some(format!("{p}.{f}")),
-                    (p, _) => Some(p.to_owned()),
-                };
-                problems.push(problem(Some(label), key, message));
-            }
-        }
-    }
-    out
-}
-
-/// Checks one entry; returns it validated, or records every problem it has.
-fn validate(
-    file: &str,
-    raw: RawSchedule,
-    registry: &Registry,
-    routing: &Routing,
-    problems: &mut Vec<Problem>,
-) -> Option<Schedule> {
-    let before = problems.len();
-    let mut problem = |key: &str, message: String| {
-        problems.push(Problem {
-            file: file.to_owned(),
-            schedule: Some(raw.name.clone()),
-            key: Some(key.to_owned()),
-            message,
-        })
-    };
-    if raw.name.is_empty()
-        || !raw
-            .name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
-    {
-        problem(
-            "name",
-            "use only a-z, 0-9, `_`, `.` and `-` (e.g. `bamboo.catalog_sync`)".into(),
-        );
-    }
-    if raw.description.trim().is_empty() {
-        problem(
-            "description",
-            "say what the schedule does and why at this cadence".into(),
-        );
-    }
-    let cadence = match Cadence::parse(&raw.cron, &raw.timezone) {
-        Ok(c) => {
-            if c.next_after(chrono::Utc::now()).is_none() {
-                problem("cron", format!("`{}` never fires", raw.cron));
-            }
-            Some(c)
-        }
-        Err((key, message)) => {
-            problem(key, message);
-            None
-        }
-    };
-    let mut queue = None;
-    match registry.get(&raw.job) {
-        None => problem(
-            "job",
-            format!("job type `{}` is not registered in this binary (see jobs/)", raw.job),
-        ),
-        Some(spec) => {
-            if !raw.payload.is_object() {
-                problem(
-                    "payload",
-                    "must be an inline table, e.g. payload = { limit = 100 }".into(),
-                );
-            } else if let Err(e) = spec.validate(&raw.payload) {
-                problem("payload", e.to_string());
-            }
-            let (q, via) = match (&raw.queue, routing.routes.get(&raw.job)) {
-                (Some(q), _) => (q.clone(), "`queue`"),
-                (None, Some(q)) => (q.clone(), "the [routes] override"),
-                (None, None) => (spec.queue.to_owned(), "the job type's declaration"),
-            };
-            match routing.queues.get(&q) {
-                None => problem(
-                    "queue",
-                    format!("queue `{q}` (from {via}) is not declared under [queues]"),
-                ),
-                Some(settings) if !spec.allows(settings.tier) => problem(
-                    "queue",
-                    format!(
-                        "queue `{q}` (from {via}) is in tier {}, but job type `{}` may only run in: {}",
-                        settings.tier,
-                        raw.job,
-                        spec.allowed_tiers()
-                    ),
-                ),
-                Some(_) => queue = Some(q),
-            }
-        }
-    }
-    if problems.len() > before {
-        return None;
-    }
-    Some(Schedule {
-        name: raw.name,
-        cron: raw.cron,
-        timezone: raw.timezone,
-        job: raw.job,
-        payload: raw.payload,
-        queue: queue?,
-        enabled: raw.enabled,
-        description: raw.description,
-        overlap: raw.overlap,
-        missed: raw.missed,
-        source: file.to_owned(),
-        cadence: cadence?,
-    })
 }
 
 #[cfg(test)]

@@ -1,32 +1,19 @@
-//! The job ledger: one `culm_job_runs` row per attempt, written off the hot path.
-//!
-//! Workers hand rows to [`Ledger::record`], which never waits: it puts the row on a bounded
-//! channel. One [`LedgerWriter`] task per process drains the channel and writes a batch
-//! with one multi-row `INSERT … SELECT FROM UNNEST(…)` when `flush_batch` rows are
-//! buffered or every `flush_interval`. Dead runs also upsert the dead-letter archive
-//! (`culm_dead_jobs`) in the same transaction.
-//!
-//! When PostgreSQL fails or is slow, the batch is spilled (policy `redis`) to the stream
-//! `{<prefix>}:ledger:spill`, shared by all replicas, and replayed by whichever replica
-//! next reaches PostgreSQL. Rows carry a ULID `run_id` and inserts are
-//! `ON CONFLICT DO NOTHING`, so a replay after a partial failure never duplicates a row.
-//! A row is dropped only when it fits nowhere (the channel is full, or PostgreSQL and the
-//! spill both fail and `buffer_size` rows are already held); every drop is logged and
-//! counted in `culm_ledger_rows_dropped_total`.
-use super::Db;
-use crate::store::RedisConn;
+//! The writer task: drains the channel, inserts batches in one transaction with the
+//! archive rows of dead runs, and spills to (and replays from) the Redis stream while
+//! PostgreSQL is unavailable.
+use super::{LedgerCounters, LedgerRow};
 use crate::{
     config::{LedgerConfig, SpillPolicy},
+    db::{
+        Db,
+        dead::{DeadRun, archive},
+    },
+    store::RedisConn,
     telemetry,
 };
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
 use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 use tokio::{
@@ -34,182 +21,29 @@ use tokio::{
     task::JoinHandle,
 };
 
-/// What an attempt ended in, as stored in `culm_job_runs.outcome`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RunOutcome {
-    /// The handler succeeded.
-    Succeeded,
-    /// It failed and another attempt is scheduled.
-    FailedWillRetry,
-    /// It failed for good and was dead-lettered.
-    Dead,
-    /// It asked to run later without spending an attempt.
-    Deferred,
-    /// It finished, but its lease had expired and been taken over (the job was delivered
-    /// again), so its outcome was not applied.
-    Superseded,
-}
-
-impl RunOutcome {
-    /// The stored text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunOutcome::Succeeded => "succeeded",
-            RunOutcome::FailedWillRetry => "failed_will_retry",
-            RunOutcome::Dead => "dead",
-            RunOutcome::Deferred => "deferred",
-            RunOutcome::Superseded => "superseded",
-        }
-    }
-}
-
-/// What the archive needs of a dead job besides its ledger row.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeadInfo {
-    /// The job's payload.
-    pub payload: Box<RawValue>,
-    /// Its idempotency key.
-    pub idempotency_key: Option<String>,
-}
-
-/// One attempt of one job.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct LedgerRow {
-    /// ULID of this run (the primary key; makes replays idempotent).
-    pub run_id: String,
-    /// Job id.
-    pub job_id: String,
-    /// Job type.
-    pub job: String,
-    /// Queue.
-    pub queue: String,
-    /// Tier of the queue.
-    pub tier: String,
-    /// Attempt number (from 1).
-    pub attempt: u32,
-    /// Outcome.
-    pub outcome: RunOutcome,
-    /// Error text, for failures and deferrals.
-    pub error: Option<String>,
-    /// Enqueue time, ms.
-    pub enqueued_at_ms: Option<i64>,
-    /// Handler start, µs (absent when it never started).
-    pub started_at_us: Option<i64>,
-    /// When the run's outcome was recorded, µs.
-    pub finished_at_us: i64,
-    /// Handler run time, ms.
-    pub duration_ms: f64,
-    /// Retries and deferrals: the next attempt's due time, ms.
-    pub next_run_at_ms: Option<i64>,
-    /// `hostname-pid` of the process that ran it.
-    pub worker_id: String,
-    /// The handler's summary (bounded to 512 bytes by the dispatcher).
-    pub summary: Option<String>,
-    /// Set on dead runs: what the archive keeps.
-    pub dead: Option<DeadInfo>,
-}
-
-/// Counters of a ledger writer (also exported as metrics).
-#[derive(Debug, Default)]
-pub struct LedgerCounters {
-    /// Rows inserted into PostgreSQL (including replays).
-    pub written: AtomicU64,
-    /// Rows spilled to Redis.
-    pub spilled: AtomicU64,
-    /// Rows dropped (never silently: each drop is logged too).
-    pub dropped: AtomicU64,
-}
-
-/// The producer side: cheap to clone, never blocks.
-#[derive(Clone, Debug)]
-pub struct Ledger {
-    tx: mpsc::Sender<LedgerRow>,
+/// Starts the writer task over the producer side's channel.
+pub(super) fn spawn(
+    db: Db,
+    redis: RedisConn,
+    spill_key: String,
+    config: LedgerConfig,
     counters: Arc<LedgerCounters>,
-    last_warn: Arc<std::sync::Mutex<Option<Instant>>>,
-}
-
-impl Ledger {
-    /// Queues a row for the writer. If the buffer is full the row is dropped, counted and
-    /// logged (at most one warning per 10 s).
-    pub fn record(&self, row: LedgerRow) {
-        let reason = match self.tx.try_send(row) {
-            Ok(()) => return,
-            Err(mpsc::error::TrySendError::Full(_)) => "buffer_full",
-            Err(mpsc::error::TrySendError::Closed(_)) => "writer_stopped",
-        };
-        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-        telemetry::ledger_dropped(reason, 1);
-        if let Ok(mut last) = self.last_warn.lock()
-            && last.is_none_or(|t| t.elapsed() > Duration::from_secs(10))
-        {
-            *last = Some(Instant::now());
-            tracing::error!(
-                reason,
-                "ledger row dropped (see culm_ledger_rows_dropped_total); raise database.ledger.buffer_size or check PostgreSQL"
-            );
-        }
-    }
-
-    /// The writer's counters.
-    pub fn counters(&self) -> &Arc<LedgerCounters> {
-        &self.counters
-    }
-}
-
-/// The writer task; [`LedgerWriter::shutdown`] flushes what is buffered.
-#[derive(Debug)]
-pub struct LedgerWriter {
-    stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
-}
-
-impl LedgerWriter {
-    /// Stops accepting rows, writes (or spills) what is buffered, and waits up to `timeout`.
-    pub async fn shutdown(self, timeout: Duration) {
-        let _ = self.stop.send(true);
-        let mut task = self.task;
-        if tokio::time::timeout(timeout, &mut task).await.is_err() {
-            tracing::error!(
-                "ledger writer did not finish within {}; buffered rows are lost",
-                humantime::format_duration(timeout)
-            );
-            task.abort();
-        }
-    }
-}
-
-/// The Redis stream rows are spilled to.
-pub fn spill_key(prefix: &str) -> String {
-    format!("{{{prefix}}}:ledger:spill")
-}
-
-/// Starts the writer. `redis` and `prefix` locate the spill stream.
-pub fn start(db: Db, redis: RedisConn, prefix: &str, config: LedgerConfig) -> (Ledger, LedgerWriter) {
-    let (tx, rx) = mpsc::channel(config.buffer_size);
-    let (stop, stop_rx) = watch::channel(false);
-    let counters = Arc::new(LedgerCounters::default());
+    rx: mpsc::Receiver<LedgerRow>,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     let writer = Writer {
         db,
         redis,
-        spill_key: spill_key(prefix),
+        spill_key,
         config,
-        counters: counters.clone(),
+        counters,
         spill_pending: true, // a previous process may have left rows behind
         spill_checked: Instant::now(),
         pg_retry_at: None,
         pg_backoff: Duration::from_millis(200),
         last_error_log: None,
     };
-    let task = tokio::spawn(writer.run(rx, stop_rx));
-    (
-        Ledger {
-            tx,
-            counters,
-            last_warn: Arc::default(),
-        },
-        LedgerWriter { stop, task },
-    )
+    tokio::spawn(writer.run(rx, stop))
 }
 
 struct Writer {
@@ -507,90 +341,24 @@ async fn insert_rows(db: &Db, rows: &[LedgerRow]) -> Result<(), sqlx::Error> {
     .execute(&mut *tx)
     .await?;
     // The last death of each job in this batch (ON CONFLICT DO UPDATE may touch a row once).
-    let mut dead: Vec<&LedgerRow> = Vec::new();
-    for r in rows.iter().filter(|r| r.dead.is_some()) {
+    let mut dead: Vec<DeadRun<'_>> = Vec::new();
+    for (r, info) in rows.iter().filter_map(|r| Some((r, r.dead.as_ref()?))) {
         dead.retain(|d| d.job_id != r.job_id);
-        dead.push(r);
+        dead.push(DeadRun {
+            job_id: &r.job_id,
+            job: &r.job,
+            queue: &r.queue,
+            tier: &r.tier,
+            payload: &info.payload,
+            idempotency_key: info.idempotency_key.as_deref(),
+            attempts: r.attempt,
+            last_error: r.error.as_deref(),
+            enqueued_at_ms: r.enqueued_at_ms,
+            died_at_us: r.finished_at_us,
+        });
     }
     if !dead.is_empty() {
-        super::dead::archive(&mut tx, &dead).await?;
+        archive(&mut tx, &dead).await?;
     }
     tx.commit().await
-}
-
-/// Deletes ledger rows (and archived dead jobs) past their retention, in batches of
-/// `batch`, so no statement holds locks for long. Returns (runs, dead jobs) deleted.
-pub async fn housekeeping(db: &Db, config: &LedgerConfig, batch: i64) -> Result<(u64, u64), sqlx::Error> {
-    let runs = delete_older_than(
-        db,
-        config.retention,
-        batch,
-        "DELETE FROM culm_job_runs WHERE run_id IN \
-         (SELECT run_id FROM culm_job_runs WHERE finished_at < $1 LIMIT $2)",
-    )
-    .await?;
-    let dead = delete_older_than(
-        db,
-        config.dead_retention,
-        batch,
-        "DELETE FROM culm_dead_jobs WHERE job_id IN \
-         (SELECT job_id FROM culm_dead_jobs WHERE died_at < $1 LIMIT $2)",
-    )
-    .await?;
-    Ok((runs, dead))
-}
-
-/// Runs `sql` (binding the cutoff `now - retention` and `batch`) until a batch deletes
-/// fewer than `batch` rows. A zero retention keeps everything.
-async fn delete_older_than(db: &Db, retention: Duration, batch: i64, sql: &str) -> Result<u64, sqlx::Error> {
-    if retention.is_zero() {
-        return Ok(0);
-    }
-    let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-    let mut deleted = 0;
-    loop {
-        let n = sqlx::query(sql)
-            .bind(cutoff)
-            .bind(batch)
-            .execute(db.pool())
-            .await?
-            .rows_affected();
-        deleted += n;
-        if n < batch as u64 {
-            return Ok(deleted);
-        }
-    }
-}
-
-/// Runs [`housekeeping`] every `housekeeping_interval` until `stop`. Replicas take a
-/// PostgreSQL advisory lock so only one deletes at a time.
-pub async fn housekeeping_loop(db: Db, config: LedgerConfig, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(config.housekeeping_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            _ = tick.tick() => {}
-        }
-        let run = async {
-            let mut conn = db.pool().acquire().await?;
-            // Key: "culm" in ASCII, an arbitrary constant shared by every replica.
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(1668640109)")
-                .fetch_one(&mut *conn)
-                .await?;
-            if !got {
-                return Ok((0, 0));
-            }
-            let r = housekeeping(&db, &config, 5000).await;
-            let _ = sqlx::query("SELECT pg_advisory_unlock(1668640109)")
-                .execute(&mut *conn)
-                .await;
-            r
-        };
-        match run.await {
-            Ok((0, 0)) => {}
-            Ok((runs, dead)) => tracing::info!(runs, dead, "ledger retention deleted old rows"),
-            Err(e) => tracing::warn!("ledger retention failed: {e}"),
-        }
-    }
 }

@@ -1,0 +1,162 @@
+//! `/v1/jobs`: enqueue one job or a batch, and read a job's state.
+use super::{
+    AdminState, ApiError,
+    error::ErrorBody,
+    extract::read_json,
+    views::{BatchBody, BatchView, EnqueueBody, EnqueuedView},
+};
+use crate::store::JobStatus;
+use axum::{
+    Json,
+    body::Body,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use culm_core::{EnqueueRequest, Enqueued};
+use std::time::Duration;
+
+fn to_request(b: EnqueueBody) -> Result<EnqueueRequest, ApiError> {
+    let mut req = EnqueueRequest::raw(b.job, b.payload);
+    req.queue = b.queue;
+    req.idempotency_key = b.idempotency_key;
+    match (b.delay_ms, b.run_at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "give delay_ms or run_at, not both",
+            )
+            .field("run_at"));
+        }
+        (Some(ms), None) => req = req.delay(Duration::from_millis(ms)),
+        (None, Some(at)) => {
+            let t = chrono::DateTime::parse_from_rfc3339(&at).map_err(|e| {
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request",
+                    format!("run_at must be an RFC 3339 time such as 2026-11-23T17:00:00Z: {e}"),
+                )
+                .field("run_at")
+            })?;
+            req = req.at_ms(t.timestamp_millis());
+        }
+        (None, None) => {}
+    }
+    Ok(req)
+}
+
+impl From<Enqueued> for EnqueuedView {
+    fn from(e: Enqueued) -> Self {
+        EnqueuedView {
+            id: e.id,
+            queue: e.queue,
+            created: e.created,
+        }
+    }
+}
+
+/// Enqueue one job.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = EnqueueBody,
+    responses(
+        (status = 201, description = "Enqueued", body = EnqueuedView),
+        (status = 200, description = "Idempotency key matched an earlier job; nothing stored", body = EnqueuedView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks the enqueue scope", body = ErrorBody),
+        (status = 404, description = "Unknown job type", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "Payload or field invalid; `field` names it", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    ))]
+pub(super) async fn enqueue_one(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let b: EnqueueBody = read_json(&state, &headers, body).await?;
+    let req = to_request(b)?;
+    let mut done = state.store().enqueue(vec![req]).await?;
+    let e = done
+        .pop()
+        .ok_or_else(|| ApiError::internal("enqueue returned no result"))?;
+    let status = if e.created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(EnqueuedView::from(e))).into_response())
+}
+
+/// Enqueue several jobs, all or nothing: every job is validated before any is stored.
+#[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchBody,
+    responses(
+        (status = 201, description = "Enqueued (ids in request order)", body = BatchView),
+        (status = 200, description = "Every job matched an earlier idempotency key", body = BatchView),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or unknown token", body = ErrorBody),
+        (status = 403, description = "Token lacks the enqueue scope", body = ErrorBody),
+        (status = 404, description = "Unknown job type (field names the job)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 422, description = "A job is invalid or the batch is over admin.batch_max", body = ErrorBody),
+        (status = 503, description = "Store unavailable", body = ErrorBody),
+    ))]
+pub(super) async fn enqueue_batch(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let b: BatchBody = read_json(&state, &headers, body).await?;
+    let max = state.inner.batch_max;
+    if b.jobs.len() > max {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "batch_too_large",
+            format!("{} jobs in one batch; at most {max} (admin.batch_max)", b.jobs.len()),
+        )
+        .field("jobs"));
+    }
+    let mut reqs = Vec::with_capacity(b.jobs.len());
+    for (i, j) in b.jobs.into_iter().enumerate() {
+        let req = to_request(j).map_err(|e| e.within(&format!("jobs[{i}]")))?;
+        // Validate each job here so the error names its index; the store validates again.
+        state
+            .store()
+            .resolve(&req)
+            .map_err(|e| ApiError::from(e).within(&format!("jobs[{i}]")))?;
+        reqs.push(req);
+    }
+    let done = state.store().enqueue(reqs).await?;
+    let any_created = done.iter().any(|e| e.created) || done.is_empty();
+    let jobs = done.into_iter().map(EnqueuedView::from).collect();
+    let status = if any_created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(BatchView { jobs })).into_response())
+}
+
+/// A job's state.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, body = JobStatus),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No queue knows this id", body = ErrorBody),
+    ))]
+pub(super) async fn get_job(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    let mut status = state.store().status(&id).await.map_err(ApiError::internal)?;
+    // Redis forgets finished jobs after worker.done_retention; the ledger keeps every run.
+    if status.is_none()
+        && let Some(db) = state.db()
+    {
+        status = db.job_status(&id).await.map_err(ApiError::internal)?;
+    }
+    match status {
+        Some(s) => Ok(Json(s)),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "job_not_found",
+            format!("no job `{id}` (finished jobs are remembered for worker.done_retention jobs per queue)"),
+        )),
+    }
+}

@@ -1,0 +1,85 @@
+//! `culm enqueue` and `culm jobs show`.
+use crate::{config::Config, db::services::connect_optional, store::Store};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use culm_core::EnqueueRequest;
+use std::{process::ExitCode, time::Duration};
+
+/// `culm enqueue`
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// Job type, e.g. platform.noop.
+    pub job: String,
+    /// The job's payload as JSON; validated against the job type.
+    #[arg(long, default_value = "{}")]
+    pub payload: String,
+    /// Queue instead of the routed one; must belong to a tier the job type allows.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Run after this delay (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "at")]
+    pub delay: Option<Duration>,
+    /// Run at this time (RFC 3339).
+    #[arg(long)]
+    pub at: Option<String>,
+    /// A key repeated within worker.idempotency_ttl returns the first job's id.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+}
+
+/// `culm jobs`
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Show one job's state.
+    Show {
+        /// The id `culm enqueue` printed.
+        id: String,
+    },
+}
+
+/// `culm enqueue`: prints the new job's id (or the existing one, for a repeated key).
+pub(super) async fn enqueue(store: Store, args: EnqueueArgs) -> Result<ExitCode> {
+    let payload: serde_json::Value = serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;
+    let mut req = EnqueueRequest::raw(args.job, payload);
+    req.queue = args.queue;
+    req.idempotency_key = args.idempotency_key;
+    if let Some(d) = args.delay {
+        req = req.delay(d);
+    }
+    if let Some(at) = args.at {
+        let t = chrono::DateTime::parse_from_rfc3339(&at)
+            .context("--at must be an RFC 3339 time, e.g. 2026-01-31T09:00:00-05:00")?;
+        req = req.at_ms(t.timestamp_millis());
+    }
+    let out = store.enqueue(vec![req]).await?;
+    for e in out {
+        println!("{}", e.id);
+        if !e.created {
+            eprintln!(
+                "idempotency key already used: returning the existing job in queue {}",
+                e.queue
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `culm jobs show ID`: the job's state as JSON.
+pub(super) async fn show(config: &Config, store: Store, id: &str) -> Result<ExitCode> {
+    let mut status = store.status(id).await?;
+    // Redis forgets finished jobs after worker.done_retention; the ledger keeps every run.
+    if status.is_none()
+        && let Some(db) = connect_optional(config).await?
+    {
+        status = db.job_status(id).await?;
+    }
+    match status {
+        Some(s) => {
+            println!("{}", serde_json::to_string_pretty(&s)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            bail!("no job `{id}` in any queue (finished jobs are remembered for worker.done_retention runs)")
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The `culm` command line: argument parsing and the subcommands, one file per command
+//! group. Errors here are `anyhow` (this is the binary's edge); everything below returns
+//! typed errors.
+mod dead;
+mod jobs;
+mod migrate;
+mod queues;
+mod run;
+mod sandbox;
+mod schedules;
+pub mod signals;
+
+pub use dead::DeadCommand;
+pub use jobs::{EnqueueArgs, JobsCommand};
+pub use run::{RunArgs, select_queues};
+pub use sandbox::SandboxArgs;
+
+use crate::{config::Loader, db::services::connect_optional, store::Store};
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use signals::listen_for_shutdown;
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+/// culm: priority-separated job queues on Redis.
+#[derive(Debug, Parser)]
+#[command(name = "culm", version, about)]
+pub struct Cli {
+    /// Configuration directory (default: ./config if it exists, else built-in defaults).
+    #[arg(long, global = true, env = "CULM_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Environment file to layer over the defaults: config/<ENV>.toml.
+    #[arg(long, global = true, env = "CULM_ENV")]
+    pub env: Option<String>,
+    /// Log format: human for a terminal, json for log collectors (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The `culm` subcommands; each variant's doc comment is its `--help` line.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run worker pools (every queue unless --queues/--tiers narrow it).
+    Run(RunArgs),
+    /// Validate configuration and routing; lists every problem.
+    Check,
+    /// Enqueue one job and print its id.
+    Enqueue(EnqueueArgs),
+    /// Show each queue's tier, concurrency and job counts.
+    Queues {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect, retry and purge dead-lettered jobs.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+    /// Measure the hot path (own key namespace; run on a release build).
+    Bench(crate::bench::BenchArgs),
+    /// Pause a queue on every replica: it keeps accepting jobs, workers fetch nothing.
+    Pause {
+        /// A queue declared under [queues].
+        queue: String,
+    },
+    /// Resume a paused queue.
+    Resume {
+        /// A queue declared under [queues].
+        queue: String,
+    },
+    /// Serve only the admin HTTP API and /metrics (no worker pools).
+    Serve,
+    /// Inspect one job by id.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
+    /// List schedules: next three fire times (local and UTC), last fire and outcome.
+    Schedules {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run only the scheduler (no worker pools); stops on SIGTERM/SIGINT.
+    Scheduler,
+    /// Print every job type's example payload; `--enqueue --wait 60s` runs one of each (smoke test).
+    Examples(crate::examples::ExamplesArgs),
+    /// Create the PostgreSQL database if missing and apply culm's migrations (idempotent).
+    Migrate,
+    /// Serve fake versions of every integration's API on loopback (docs/sandbox.md).
+    Sandbox(SandboxArgs),
+}
+
+/// Sets up logging, and logs panics as one error line instead of a stderr backtrace
+/// (a panicking handler is an ordinary failed attempt).
+pub fn init_logging(format: LogFormat) {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(%location, "panic: {}", info.payload_as_str().unwrap_or("non-string panic payload"));
+    }));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CULM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,apalis_core=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Human => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
+}
+
+/// Runs the parsed command line.
+pub async fn main(cli: Cli) -> Result<ExitCode> {
+    let config = Loader::new(cli.config_dir.clone(), cli.env.clone()).load()?;
+    let registry = Arc::new(culm_jobs::registry().context("building the job registry")?);
+    match cli.command {
+        Command::Check => schedules::check(&config, &registry),
+        Command::Bench(args) => crate::bench::run(config, registry, args)
+            .await
+            .map(|_| ExitCode::SUCCESS),
+        Command::Run(args) => {
+            listen_for_shutdown();
+            run::run(config, registry, args).await
+        }
+        Command::Serve => {
+            listen_for_shutdown();
+            run::serve(config, registry).await
+        }
+        Command::Enqueue(args) => jobs::enqueue(Store::connect(&config, registry).await?, args).await,
+        Command::Queues { json } => queues::list(Store::connect(&config, registry).await?, json).await,
+        Command::Pause { queue } => queues::pause(Store::connect(&config, registry).await?, &queue).await,
+        Command::Resume { queue } => queues::resume(Store::connect(&config, registry).await?, &queue).await,
+        Command::Dead { command } => {
+            let store = Store::connect(&config, registry).await?;
+            match connect_optional(&config).await? {
+                Some(db) => dead::from_archive(store, db, command).await,
+                None => dead::from_redis(store, command).await,
+            }
+        }
+        Command::Schedules { json } => schedules::list(config, registry, json).await,
+        Command::Scheduler => {
+            listen_for_shutdown();
+            run::scheduler_only(config, registry).await
+        }
+        Command::Examples(args) => crate::examples::run(config, registry, args).await,
+        Command::Migrate => migrate::migrate(&config).await,
+        Command::Sandbox(args) => sandbox::serve(&config, args).await,
+        Command::Jobs {
+            command: JobsCommand::Show { id },
+        } => jobs::show(&config, Store::connect(&config, registry).await?, &id).await,
+    }
+}

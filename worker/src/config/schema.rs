@@ -1,0 +1,449 @@
+//! The typed configuration: one struct per TOML table, each rejecting unknown keys.
+//!
+//! Every default value is written once, in `config/default.toml`. A key this file lets
+//! an operator's own `default.toml` omit (one written for an older culm) takes its value
+//! from the built-in copy through `defaults::builtin`, never from a literal here.
+use super::{
+    defaults::{builtin, builtin_duration},
+    redact_url,
+};
+use culm_core::{RetryPolicy, Tier};
+use serde::{Deserialize, Serialize};
+use std::{collections::BTreeMap, time::Duration};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Redis connection and key namespace.
+    pub redis: RedisConfig,
+    /// PostgreSQL connection (optional).
+    pub database: DatabaseConfig,
+    /// Worker-process settings shared by every pool.
+    pub worker: WorkerConfig,
+    /// Defaults applied to queues that do not set their own.
+    pub queue_defaults: QueueDefaults,
+    /// Declared queues, by name.
+    pub queues: BTreeMap<String, QueueConfig>,
+    /// Job type → queue overrides.
+    #[serde(default)]
+    pub routes: BTreeMap<String, String>,
+    /// The admin HTTP API and metrics endpoint.
+    pub admin: AdminConfig,
+    /// Where schedule files come from and how long a tick's claim lasts.
+    #[serde(default)]
+    pub scheduler: SchedulerConfig,
+    /// Settings every integration client inherits.
+    pub integration_defaults: culm_jobs::http::config::IntegrationDefaults,
+    /// Third-party integrations by name; each may override any key of
+    /// `integration_defaults`.
+    #[serde(default)]
+    pub integrations: BTreeMap<String, culm_jobs::http::config::IntegrationConfig>,
+    /// The local integration sandbox (`culm sandbox`, `culm run --sandbox`).
+    #[serde(default)]
+    pub sandbox: SandboxConfig,
+}
+
+/// `[sandbox]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SandboxConfig {
+    /// Listen address; the default integration base URLs point here.
+    pub listen: String,
+    /// Typical answer latency in milliseconds (each answer takes 0.5x to 1.5x this).
+    pub latency_ms: u64,
+    /// Fraction of requests answered 503 with `Retry-After: 1`, from 0.0 to 1.0.
+    pub fail_rate: f64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            listen: builtin("sandbox.listen"),
+            latency_ms: builtin("sandbox.latency_ms"),
+            fail_rate: builtin("sandbox.fail_rate"),
+        }
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Whether `culm run` serves the admin API.
+    pub enabled: bool,
+    /// Listen address of the admin API.
+    pub listen: String,
+    /// Separate listen address for `/metrics`; empty serves it on `listen`.
+    pub metrics_listen: String,
+    /// Largest request body accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Most jobs accepted by one `POST /v1/jobs/batch`.
+    pub batch_max: usize,
+    /// How often queue-depth gauges are refreshed (never computed during a scrape).
+    #[serde(with = "humantime_serde")]
+    pub gauge_interval: Duration,
+    /// Bearer tokens; each secret is read from the environment variable `env`.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// One `[[admin.tokens]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// A name for logs and audits (never the secret).
+    pub name: String,
+    /// Environment variable holding the secret.
+    pub env: String,
+    /// The operations the token unlocks; `admin` includes `read`.
+    pub scopes: Vec<Scope>,
+}
+
+/// What a bearer token may do. `admin` includes `read`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// `POST /v1/jobs` and `/v1/jobs/batch`.
+    Enqueue,
+    /// Read jobs, queues, dead letters and schedules.
+    Read,
+    /// Steer: pause and resume queues, retry and purge dead letters, trigger schedules.
+    Admin,
+}
+
+/// `[scheduler]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerConfig {
+    /// Directory of `*.toml` schedule files; empty: the catalog embedded in the binary.
+    pub dir: String,
+    /// How long a tick's claim is kept (replicas whose clocks or timers lag by more than
+    /// this are still stopped by the per-schedule last-tick guard).
+    #[serde(with = "humantime_serde")]
+    pub claim_ttl: Duration,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            dir: builtin("scheduler.dir"),
+            claim_ttl: builtin_duration("scheduler.claim_ttl"),
+        }
+    }
+}
+
+/// `[redis]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Connection URL; may carry a password, so it is never printed whole.
+    pub url: String,
+    /// Prefix of every key culm writes.
+    pub key_prefix: String,
+    /// How long connecting to Redis may take before start-up fails.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Topology: one server, a Redis Cluster, or a Sentinel-managed master.
+    #[serde(default = "redis_mode")]
+    pub mode: RedisMode,
+    /// Cluster seed nodes (`redis://host:port`); empty: `url` is the only seed. Credentials
+    /// in `url` apply to every node.
+    #[serde(default)]
+    pub cluster_nodes: Vec<String>,
+    /// Sentinel: the monitored master's name.
+    #[serde(default)]
+    pub sentinel_master: String,
+    /// Sentinel: the sentinels (`redis://host:26379`). Credentials and db in `url` apply
+    /// to the master.
+    #[serde(default)]
+    pub sentinel_nodes: Vec<String>,
+}
+
+fn redis_mode() -> RedisMode {
+    builtin("redis.mode")
+}
+
+/// `redis.mode`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (or a managed endpoint that hides failover).
+    Standalone,
+    /// Redis Cluster: every queue's keys share one hash slot.
+    Cluster,
+    /// A master found through Redis Sentinel, re-resolved after a failover.
+    Sentinel,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("key_prefix", &self.key_prefix)
+            .field("mode", &self.mode)
+            .field(
+                "cluster_nodes",
+                &self.cluster_nodes.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .field("sentinel_master", &self.sentinel_master)
+            .field(
+                "sentinel_nodes",
+                &self.sentinel_nodes.iter().map(|u| redact_url(u)).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[database]`: PostgreSQL for the ledger, the dead-letter archive and the outbox.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// Connection URL; empty when PostgreSQL is not used.
+    pub url: String,
+    /// Connections per process.
+    #[serde(default = "database::pool_size")]
+    pub pool_size: u32,
+    /// Server-side `statement_timeout` of every culm connection.
+    #[serde(with = "humantime_serde", default = "database::statement_timeout")]
+    pub statement_timeout: Duration,
+    /// How long connecting (or waiting for a pooled connection) may take.
+    #[serde(with = "humantime_serde", default = "database::connect_timeout")]
+    pub connect_timeout: Duration,
+    /// `culm run` applies pending migrations at start (otherwise it refuses to start
+    /// until `culm migrate` has run).
+    #[serde(default = "database::migrate_on_start")]
+    pub migrate_on_start: bool,
+    /// The job ledger: one row per attempt.
+    #[serde(default)]
+    pub ledger: LedgerConfig,
+    /// The relay of committed `culm_outbox` rows to Redis.
+    #[serde(default)]
+    pub outbox: OutboxConfig,
+}
+
+/// The `[database]` keys an older `default.toml` may lack (`url` is required).
+mod database {
+    use super::{builtin, builtin_duration};
+    use std::time::Duration;
+
+    pub(super) fn pool_size() -> u32 {
+        builtin("database.pool_size")
+    }
+    pub(super) fn statement_timeout() -> Duration {
+        builtin_duration("database.statement_timeout")
+    }
+    pub(super) fn connect_timeout() -> Duration {
+        builtin_duration("database.connect_timeout")
+    }
+    pub(super) fn migrate_on_start() -> bool {
+        builtin("database.migrate_on_start")
+    }
+}
+
+/// `[database.ledger]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedgerConfig {
+    /// Record every attempt (when a database is configured).
+    pub enabled: bool,
+    /// Rows buffered in memory between the workers and the writer.
+    pub buffer_size: usize,
+    /// Flush at least this often.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Flush as soon as this many rows are buffered (also the largest insert).
+    pub flush_batch: usize,
+    /// What happens to rows PostgreSQL cannot take: `redis` (spill to a Redis stream and
+    /// replay on recovery) or `memory` (keep up to `buffer_size`, then drop and count).
+    pub spill: SpillPolicy,
+    /// Ledger rows older than this are deleted (in batches); `0s` keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Archived dead jobs older than this are deleted; `0s` keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub dead_retention: Duration,
+    /// How often retention runs.
+    #[serde(with = "humantime_serde")]
+    pub housekeeping_interval: Duration,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: builtin("database.ledger.enabled"),
+            buffer_size: builtin("database.ledger.buffer_size"),
+            flush_interval: builtin_duration("database.ledger.flush_interval"),
+            flush_batch: builtin("database.ledger.flush_batch"),
+            spill: builtin("database.ledger.spill"),
+            retention: builtin_duration("database.ledger.retention"),
+            dead_retention: builtin_duration("database.ledger.dead_retention"),
+            housekeeping_interval: builtin_duration("database.ledger.housekeeping_interval"),
+        }
+    }
+}
+
+/// Where ledger rows go while PostgreSQL is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpillPolicy {
+    /// A Redis stream, replayed into PostgreSQL on recovery.
+    Redis,
+    /// Memory only, up to `buffer_size`; beyond that rows are dropped and counted.
+    Memory,
+}
+
+/// `[database.outbox]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// Relay committed outbox rows to Redis from this process (`culm run`).
+    pub enabled: bool,
+    /// Rows moved per transaction.
+    pub batch: usize,
+    /// Poll this often when no NOTIFY arrives (the fallback).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        Self {
+            enabled: builtin("database.outbox.enabled"),
+            batch: builtin("database.outbox.batch"),
+            poll_interval: builtin_duration("database.outbox.poll_interval"),
+        }
+    }
+}
+
+impl DatabaseConfig {
+    /// Whether PostgreSQL is configured.
+    pub fn enabled(&self) -> bool {
+        !self.url.trim().is_empty()
+    }
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("ledger", &self.ledger)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[worker]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// How long a fetched job is leased before another worker may take it.
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+    /// How often running jobs' leases are extended.
+    #[serde(with = "humantime_serde")]
+    pub lease_extend_interval: Duration,
+    /// How often expired leases are returned to their queue.
+    #[serde(with = "humantime_serde")]
+    pub reap_interval: Duration,
+    /// Fallback poll of an idle queue (pushes wake workers directly).
+    #[serde(with = "humantime_serde")]
+    pub idle_poll_interval: Duration,
+    /// How long in-flight jobs may run after SIGTERM.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
+    /// How long a repeated idempotency key returns the first job instead of a new one.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_ttl: Duration,
+    /// Finished job ids remembered per queue.
+    pub done_retention: u64,
+    /// Maximum acknowledgements per round trip.
+    pub ack_batch_max: usize,
+}
+
+/// A retry policy as written in TOML.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; 1 never retries.
+    pub max_attempts: u32,
+    /// Backoff after the first failure; it doubles per attempt, with full jitter.
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    /// The doubling stops here.
+    #[serde(with = "humantime_serde")]
+    pub backoff_cap: Duration,
+}
+
+impl From<RetryConfig> for RetryPolicy {
+    fn from(r: RetryConfig) -> Self {
+        RetryPolicy {
+            max_attempts: r.max_attempts,
+            backoff_base: r.backoff_base,
+            backoff_cap: r.backoff_cap,
+        }
+    }
+}
+
+/// `[queue_defaults]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueDefaults {
+    /// How long one attempt may run before it counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub retry: RetryConfig,
+}
+
+/// `[queues.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Also bounds which job types may run here (`Job::TIERS`).
+    pub tier: Tier,
+    /// Worker pool size (jobs run at once per process).
+    pub concurrency: u32,
+    /// How long one attempt may run (default: `queue_defaults.timeout`).
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Default: `queue_defaults.retry`.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+    /// What the queue carries.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A queue with every default resolved.
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    pub name: String,
+    pub tier: Tier,
+    /// Jobs run at once per process.
+    pub concurrency: u32,
+    /// How long one attempt may run.
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+    /// What the queue carries, for `culm queues` and the admin API.
+    pub description: String,
+}
+
+impl Config {
+    /// Every declared queue with defaults applied, by name.
+    pub fn queue_settings(&self) -> BTreeMap<String, QueueSettings> {
+        self.queues
+            .iter()
+            .map(|(name, q)| {
+                let s = QueueSettings {
+                    name: name.clone(),
+                    tier: q.tier,
+                    concurrency: q.concurrency,
+                    timeout: q.timeout.unwrap_or(self.queue_defaults.timeout),
+                    retry: q.retry.unwrap_or(self.queue_defaults.retry).into(),
+                    description: q.description.clone(),
+                };
+                (name.clone(), s)
+            })
+            .collect()
+    }
+}

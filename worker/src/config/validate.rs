@@ -1,0 +1,142 @@
+//! Checks the values serde cannot: ranges, relations between keys, address syntax.
+//! Each check returns the offending key, so the loader can name the layer that set it.
+use super::{Config, DatabaseConfig, RedisMode, RetryConfig};
+use std::time::Duration;
+
+/// Rejects impossible values; returns the offending key and why.
+pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
+    let w = &c.worker;
+    if w.lease_ttl < Duration::from_secs(1) {
+        return Err(("worker.lease_ttl".into(), "must be at least 1s".into()));
+    }
+    if w.lease_extend_interval.is_zero() || w.lease_extend_interval >= w.lease_ttl {
+        return Err((
+            "worker.lease_extend_interval".into(),
+            "must be above zero and below worker.lease_ttl".into(),
+        ));
+    }
+    for (key, d) in [
+        ("worker.reap_interval", w.reap_interval),
+        ("worker.idle_poll_interval", w.idle_poll_interval),
+    ] {
+        if d.is_zero() {
+            return Err((key.into(), "must be above zero".into()));
+        }
+    }
+    if w.ack_batch_max == 0 {
+        return Err(("worker.ack_batch_max".into(), "must be at least 1".into()));
+    }
+    if c.redis.key_prefix.is_empty() || c.redis.key_prefix.contains(['{', '}', ' ']) {
+        return Err((
+            "redis.key_prefix".into(),
+            "must be non-empty without braces or spaces".into(),
+        ));
+    }
+    if c.redis.mode == RedisMode::Sentinel && (c.redis.sentinel_master.is_empty() || c.redis.sentinel_nodes.is_empty())
+    {
+        return Err((
+            "redis.sentinel_master".into(),
+            "mode = \"sentinel\" needs redis.sentinel_master and at least one redis.sentinel_nodes entry".into(),
+        ));
+    }
+    if c.admin.listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err(("admin.listen".into(), "must be an address like 127.0.0.1:8080".into()));
+    }
+    if !c.admin.metrics_listen.is_empty() && c.admin.metrics_listen.parse::<std::net::SocketAddr>().is_err() {
+        return Err((
+            "admin.metrics_listen".into(),
+            "must be empty or an address like 127.0.0.1:9090".into(),
+        ));
+    }
+    if c.admin.batch_max == 0 || c.admin.max_body_bytes < 1024 {
+        return Err((
+            "admin.batch_max".into(),
+            "batch_max must be at least 1 and max_body_bytes at least 1024".into(),
+        ));
+    }
+    if c.admin.gauge_interval.is_zero() {
+        return Err(("admin.gauge_interval".into(), "must be above zero".into()));
+    }
+    for (i, t) in c.admin.tokens.iter().enumerate() {
+        if t.env.is_empty() || t.scopes.is_empty() {
+            return Err((
+                format!("admin.tokens[{i}]"),
+                "needs `env` (the variable holding the secret) and at least one scope".into(),
+            ));
+        }
+    }
+    if c.queues.is_empty() {
+        return Err(("queues".into(), "declare at least one queue".into()));
+    }
+    validate_database(&c.database)?;
+    check_retry("queue_defaults.retry", &c.queue_defaults.retry)?;
+    culm_jobs::http::config::validate(&c.integration_defaults, &c.integrations)?;
+    if c.scheduler.claim_ttl < Duration::from_secs(60) {
+        return Err(("scheduler.claim_ttl".into(), "must be at least 1m".into()));
+    }
+    for (name, q) in &c.queues {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
+        {
+            return Err((format!("queues.{name}"), "queue names use only a-z, 0-9 and _".into()));
+        }
+        if q.concurrency == 0 || q.concurrency > 10_000 {
+            return Err((
+                format!("queues.{name}.concurrency"),
+                "must be between 1 and 10000".into(),
+            ));
+        }
+        if q.timeout.is_some_and(|t| t.is_zero()) {
+            return Err((format!("queues.{name}.timeout"), "must be above zero".into()));
+        }
+        if let Some(r) = &q.retry {
+            check_retry(&format!("queues.{name}.retry"), r)?;
+        }
+    }
+    Ok(())
+}
+
+/// `[database]`: checked even without a URL, so a bad value fails before the database is
+/// turned on rather than on the day it is.
+fn validate_database(d: &DatabaseConfig) -> Result<(), (String, String)> {
+    if d.enabled() && !(d.url.starts_with("postgres://") || d.url.starts_with("postgresql://")) {
+        return Err(("database.url".into(), "must be a postgres:// URL or empty".into()));
+    }
+    // Retention holds one connection for its advisory lock while deleting on another.
+    if d.pool_size < 2 {
+        return Err(("database.pool_size".into(), "must be at least 2".into()));
+    }
+    for (key, v) in [
+        ("database.statement_timeout", d.statement_timeout),
+        ("database.connect_timeout", d.connect_timeout),
+        ("database.ledger.flush_interval", d.ledger.flush_interval),
+        ("database.ledger.housekeeping_interval", d.ledger.housekeeping_interval),
+        ("database.outbox.poll_interval", d.outbox.poll_interval),
+    ] {
+        if v.is_zero() {
+            return Err((key.into(), "must be above zero".into()));
+        }
+    }
+    if d.ledger.flush_batch == 0 || d.ledger.buffer_size < d.ledger.flush_batch {
+        return Err((
+            "database.ledger.buffer_size".into(),
+            "flush_batch must be at least 1 and buffer_size at least flush_batch".into(),
+        ));
+    }
+    if d.outbox.batch == 0 {
+        return Err(("database.outbox.batch".into(), "must be at least 1".into()));
+    }
+    Ok(())
+}
+
+fn check_retry(key: &str, r: &RetryConfig) -> Result<(), (String, String)> {
+    if r.max_attempts == 0 {
+        return Err((format!("{key}.max_attempts"), "must be at least 1".into()));
+    }
+    if r.backoff_cap < r.backoff_base {
+        return Err((format!("{key}.backoff_cap"), "must not be below backoff_base".into()));
+    }
+    Ok(())
+}
