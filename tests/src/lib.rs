@@ -15,6 +15,8 @@ use std::{
 };
 use tokio::sync::broadcast;
 
+pub mod faults;
+
 /// A test's isolated world: a unique key prefix on the real Redis.
 pub struct TestEnv {
     /// The test's configuration.
