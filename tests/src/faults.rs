@@ -180,7 +180,9 @@ pub struct DropRule {
 
 impl std::fmt::Debug for DropRule {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DropRule").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("DropRule")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -267,7 +269,7 @@ pub struct FaultProxy {
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        let _ = self.ctl.cut.send(true);
+        self.ctl.cut.send_replace(true);
         self.accept.abort();
     }
 }
@@ -309,30 +311,26 @@ impl FaultProxy {
 
     /// Closes every connection and refuses new ones until [`FaultProxy::restore`].
     pub fn cut(&self) {
-        let _ = self.ctl.cut.send(true);
+        self.ctl.cut.send_replace(true);
     }
 
     /// Accepts and forwards connections again.
     pub fn restore(&self) {
-        let _ = self.ctl.cut.send(false);
+        self.ctl.cut.send_replace(false);
     }
 
     /// Holds every reply that arrives from now on for `d` before passing it on (in order;
     /// commands still reach Redis at once). `Duration::ZERO` passes replies through again;
     /// replies already held are still delivered late.
     pub fn delay_replies(&self, d: Duration) {
-        let _ = self.ctl.delay.send(d);
+        self.ctl.delay.send_replace(d);
     }
 
     /// Arms `rule`: the next matching reply is discarded after its command ran in Redis,
     /// and that connection is closed, as if it broke before the reply arrived. Replies to
     /// earlier commands on that connection are delivered first.
     pub fn drop_reply(&self, rule: DropRule) {
-        self.ctl
-            .rules
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(rule);
+        self.ctl.rules.lock().unwrap_or_else(PoisonError::into_inner).push(rule);
     }
 
     /// Disarms every rule that has not fired.
@@ -342,11 +340,7 @@ impl FaultProxy {
 
     /// Every reply dropped so far.
     pub fn dropped(&self) -> Vec<DroppedReply> {
-        self.ctl
-            .dropped
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.ctl.dropped.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Connections open through the proxy now.
@@ -428,7 +422,12 @@ async fn serve(inbound: TcpStream, ctl: Arc<Control>) {
 
 /// Client → Redis: notes each complete command before its last byte is forwarded, so its
 /// reply can never arrive first.
-async fn upstream(mut client: OwnedReadHalf, mut server: OwnedWriteHalf, pending: &Mutex<Pending>, closing: &AtomicBool) {
+async fn upstream(
+    mut client: OwnedReadHalf,
+    mut server: OwnedWriteHalf,
+    pending: &Mutex<Pending>,
+    closing: &AtomicBool,
+) {
     let mut chunk = vec![0u8; 64 * 1024];
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -594,8 +593,11 @@ pub async fn wait_for_redis(url: &str, timeout: Duration) -> bool {
         if let Ok(client) = redis::Client::open(url)
             && let Ok(Ok(mut c)) =
                 tokio::time::timeout(Duration::from_millis(500), client.get_multiplexed_async_connection()).await
-            && let Ok(Ok(pong)) =
-                tokio::time::timeout(Duration::from_millis(500), redis::cmd("PING").query_async::<String>(&mut c)).await
+            && let Ok(Ok(pong)) = tokio::time::timeout(
+                Duration::from_millis(500),
+                redis::cmd("PING").query_async::<String>(&mut c),
+            )
+            .await
             && pong == "PONG"
         {
             return true;
@@ -617,7 +619,8 @@ pub fn free_port() -> u16 {
 
 /// A `redis-server` of the test's own on a free loopback port, with AOF on in a temporary
 /// directory: it can be frozen (SIGSTOP), thawed, killed and restarted from its AOF.
-/// Dropping it kills it; its directory is kept (and printed) when the test failed.
+/// Dropping it kills it; its directory is kept (and printed) when the test failed or
+/// `CULM_TEST_KEEP_LOGS` is set.
 pub struct ThrowawayRedis {
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -678,10 +681,15 @@ impl ThrowawayRedis {
         self.frozen = false;
     }
 
-    /// SIGKILL, then a new `redis-server` on the same port and directory, which reloads
-    /// the AOF; returns once it answers.
-    pub async fn kill_and_restart(&mut self) {
+    /// SIGKILL (nothing is flushed beyond what `appendfsync always` already wrote).
+    pub fn kill(&mut self) {
         self.stop();
+    }
+
+    /// A new `redis-server` on the same port and directory after [`ThrowawayRedis::kill`],
+    /// which reloads the AOF; returns once it answers.
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "restart after kill");
         for _ in 0..50 {
             self.child = Some(
                 redis_server_command(self.port, &self.dir)
@@ -717,7 +725,7 @@ impl ThrowawayRedis {
 impl Drop for ThrowawayRedis {
     fn drop(&mut self) {
         self.stop();
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("CULM_TEST_KEEP_LOGS").is_some() {
             eprintln!("redis AOF and log kept in {}", self.dir.display());
         } else {
             let _ = std::fs::remove_dir_all(&self.dir);
@@ -803,7 +811,12 @@ mod tests {
             assert_eq!(parse_resp(&fetch[..cut]), Ok(None), "prefix of {cut} bytes");
         }
         assert_eq!(parse_resp(b"$-1\r\n"), Ok(Some((Resp::Nil, 5))));
-        assert_eq!(parse_resp(b"%1\r\n+a\r\n:2\r\n").expect("map").map(|(v, _)| v.items().len()), Some(2));
+        assert_eq!(
+            parse_resp(b"%1\r\n+a\r\n:2\r\n")
+                .expect("map")
+                .map(|(v, _)| v.items().len()),
+            Some(2)
+        );
         assert_eq!(parse_resp(b"?x\r\n"), Err(NotResp));
     }
 }

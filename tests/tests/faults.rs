@@ -242,10 +242,7 @@ impl Rig {
     async fn settled(&self) -> Option<()> {
         let stats = self.store.stats(QUEUE).await.ok()?;
         let done = self.count("ZCARD", &format!("{}:done", self.base)).await?;
-        (stats.pending == 0
-            && stats.scheduled == 0
-            && stats.running == 0
-            && done + stats.dead >= self.ids.len() as u64)
+        (stats.pending == 0 && stats.scheduled == 0 && stats.running == 0 && done + stats.dead >= self.ids.len() as u64)
             .then_some(())
     }
 
@@ -261,19 +258,20 @@ impl Rig {
             .collect();
         let verdict = self.verdict(settled, &alive).await;
         for c in self.workers.iter().flatten() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
         }
         for w in &mut self.workers {
             if let Some(mut c) = w.take() {
                 let _ = tokio::task::spawn_blocking(move || c.wait()).await;
             }
         }
-        eprintln!(
-            "[{}] finished after {:.1}s\n{}",
-            self.s.name,
-            self.begun.elapsed().as_secs_f64(),
-            verdict.0
-        );
+        let took = self.begun.elapsed().as_secs_f64();
+        if verdict.1.is_empty() {
+            eprintln!("[{}] passed after {took:.1}s\n{}", self.s.name, verdict.0);
+        }
         assert!(verdict.1.is_empty(), "{}\n{}", verdict.1.join("\n"), verdict.0);
     }
 
@@ -305,6 +303,7 @@ impl Rig {
         let mut states: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for id in &self.ids {
             let state = match self.store.status(id).await {
+                Ok(Some(s)) if s.state == "done" => s.state,
                 Ok(Some(s)) => format!("{} (attempts {})", s.state, s.attempts),
                 Ok(None) => "unknown to culm".to_owned(),
                 Err(e) => format!("status failed: {e}"),
@@ -396,13 +395,7 @@ impl Rig {
 
 /// The job ids a fetch reply carried (`ok`, next due, then id, attempt, envelope per job).
 fn fetched_ids(reply: &Resp) -> Vec<String> {
-    reply
-        .items()
-        .iter()
-        .skip(2)
-        .step_by(3)
-        .filter_map(Resp::text)
-        .collect()
+    reply.items().iter().skip(2).step_by(3).filter_map(Resp::text).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -479,7 +472,10 @@ async fn replies_dropped_after_the_command_ran_lose_no_job() {
         })
         .await;
         let what = match name.as_str() {
-            "fetch" => format!("fetch reply leasing {:?} dropped after it ran", fetched_ids(&dropped.reply)),
+            "fetch" => format!(
+                "fetch reply leasing {:?} dropped after it ran",
+                fetched_ids(&dropped.reply)
+            ),
             _ => format!("{name} reply dropped after it ran"),
         };
         // A lost reply reaches the jobs of one process.
@@ -491,17 +487,44 @@ async fn replies_dropped_after_the_command_ran_lose_no_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_frozen_longer_than_the_lease_loses_no_job() {
-    let mut rig = Rig::start(Scenario::new("freeze", 1)).await;
-    rig.wait_mid_run(rig.s.capacity()).await;
-    let leased = rig.leased().await;
-    let freeze = LEASE_TTL * 2;
+    // Jobs longer than the freeze, so handlers are still running once Redis answers again
+    // (they keep their leases alive only by extending them).
+    let freeze = LEASE_TTL + LEASE_TTL / 2;
+    let mut rig = Rig::start(Scenario {
+        jobs: 32,
+        sleep_ms: 5_000,
+        ..Scenario::new("freeze", 1)
+    })
+    .await;
     assert!(freeze < COMMAND_TIMEOUT, "the freeze must not make commands time out");
+    rig.wait_mid_run(rig.s.capacity()).await;
+    // Every slot is running a handler, mid-sleep.
+    eventually(WAIT, "every slot running a handler", || async {
+        let started = rig.count("SCARD", &rig.started).await?;
+        let recorded = rig.count("SCARD", &rig.set).await?;
+        (started >= recorded + rig.s.capacity()).then_some(())
+    })
+    .await;
+    let leased = rig.leased().await;
     rig.redis.freeze();
-    // The fault's duration, not a synchronisation.
-    tokio::time::sleep(freeze).await;
+    // The fault's duration, not a synchronisation. Late in the freeze, a reaper on another
+    // replica ticks (as the workers' own reapers do every reap_interval); its call waits
+    // for Redis like every other command and runs as soon as Redis does.
+    tokio::time::sleep(freeze - REAP_INTERVAL).await;
+    let store = rig.store.clone();
+    let reaper = tokio::spawn(async move { store.reap(QUEUE).await });
+    tokio::time::sleep(REAP_INTERVAL).await;
     rig.redis.thaw();
+    let reaped = match reaper.await.expect("reaper task") {
+        Ok(r) => format!("{} jobs", r.len()),
+        Err(e) => format!("error: {e}"),
+    };
     let cap = rig.s.capacity();
-    rig.injected(format!("redis-server SIGSTOPped for {freeze:?}, then SIGCONT"), cap, leased);
+    rig.injected(
+        format!("redis-server SIGSTOPped for {freeze:?}, then SIGCONT; a reap called during the freeze took {reaped}"),
+        cap,
+        leased,
+    );
     rig.finish().await;
 }
 
@@ -512,9 +535,15 @@ async fn sigkilled_workers_lose_no_job() {
         rig.wait_mid_run((i as u64 + 1) * rig.s.capacity()).await;
         let leased = rig.leased().await;
         rig.sigkill(i);
+        let connections = rig.proxy.accepted();
         rig.spawn(i);
         let per_process = u64::from(rig.s.concurrency);
         rig.injected(format!("worker {i} SIGKILLed and started again"), per_process, leased);
+        // The new process is connected (commands and wake-ups) before the next kill.
+        eventually(WAIT, "the restarted worker connected", || async {
+            (rig.proxy.accepted() >= connections + 2).then_some(())
+        })
+        .await;
     }
     rig.finish().await;
 }
@@ -525,11 +554,14 @@ async fn redis_killed_and_restarted_from_its_aof_loses_no_job() {
     rig.wait_mid_run(rig.s.capacity()).await;
     let leased = rig.leased().await;
     let t = Instant::now();
-    rig.redis.kill_and_restart().await;
+    rig.redis.kill();
+    // The fault's duration, not a synchronisation: down for half a lease.
+    tokio::time::sleep(LEASE_TTL / 2).await;
+    rig.redis.restart().await;
     let cap = rig.s.capacity();
     rig.injected(
         format!(
-            "redis-server SIGKILLed and restarted from its AOF (answering again after {:.2}s)",
+            "redis-server SIGKILLed, restarted from its AOF, answering again after {:.2}s",
             t.elapsed().as_secs_f64()
         ),
         cap,
