@@ -112,6 +112,17 @@ impl TestEnv {
     }
 }
 
+/// Enqueues `reqs` in one batch and returns the job ids, in order.
+pub async fn enqueue_ids(store: &Store, reqs: Vec<EnqueueRequest>) -> Vec<String> {
+    store
+        .enqueue(reqs)
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
+}
+
 /// Polls `check` until it returns `Some`, failing the test after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
 where

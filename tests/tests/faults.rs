@@ -19,7 +19,7 @@
 //! replies, Redis restart, a killed worker), the queue allows a few attempts.
 use culm_core::EnqueueRequest;
 use culm_tests::{
-    culm_bin, eventually,
+    culm_bin, enqueue_ids, eventually,
     faults::{DropRule, FaultProxy, Resp, ThrowawayRedis, WorkerEnv, humantime_ms},
     queue,
 };
@@ -134,13 +134,7 @@ impl Rig {
                 .queue(QUEUE)
             })
             .collect();
-        let ids = store
-            .enqueue(jobs)
-            .await
-            .expect("enqueue")
-            .into_iter()
-            .map(|e| e.id)
-            .collect();
+        let ids = enqueue_ids(&store, jobs).await;
         let env = WorkerEnv {
             redis_url: proxy.url(),
             key_prefix: prefix,

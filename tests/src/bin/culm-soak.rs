@@ -239,6 +239,20 @@ struct FaultReport {
     down_for: f64,
 }
 
+impl FaultReport {
+    /// A fault at `at` (s); what it did to the leased jobs is filled in later.
+    fn new(fault: Fault, at: f64, down_for: f64) -> FaultReport {
+        FaultReport {
+            fault,
+            at,
+            leased_at_kill: 0,
+            held_by_killed: 0,
+            leased_done_after: None,
+            down_for,
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let opts = Opts::parse()?;
@@ -393,14 +407,7 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
                 procs.workers[worker] = Some(world.spawn_worker(worker)?);
                 let down = world.t() - t;
                 eprintln!("[{:7.2}s] worker {worker} restarted", world.t());
-                reports.push(FaultReport {
-                    fault,
-                    at: t,
-                    leased_at_kill: 0,
-                    held_by_killed: 0,
-                    leased_done_after: None,
-                    down_for: down,
-                });
+                reports.push(FaultReport::new(fault, t, down));
             }
             Fault::Redis => {
                 if let Some(mut c) = procs.redis.take() {
@@ -414,14 +421,7 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
                 world.wait_for_redis(Duration::from_secs(30)).await?;
                 let down = world.t() - t;
                 eprintln!("[{:7.2}s] redis-server back after {down:.2}s (AOF reloaded)", world.t());
-                reports.push(FaultReport {
-                    fault,
-                    at: t,
-                    leased_at_kill: 0,
-                    held_by_killed: 0,
-                    leased_done_after: None,
-                    down_for: down,
-                });
+                reports.push(FaultReport::new(fault, t, down));
             }
             Fault::Freeze => {
                 let pid = procs.redis.as_ref().map(Child::id).context("redis-server is running")?;
@@ -439,14 +439,7 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
                 let task = tokio::spawn(await_done(world.clone(), conn.clone(), leased, resumed));
                 measuring.push((reports.len(), task));
                 shift += o.freeze;
-                reports.push(FaultReport {
-                    fault,
-                    at: t,
-                    leased_at_kill: 0,
-                    held_by_killed: 0,
-                    leased_done_after: None,
-                    down_for: resumed - t,
-                });
+                reports.push(FaultReport::new(fault, t, resumed - t));
             }
             Fault::Drops { .. } => {
                 let dropped = drop_replies(&world, o.drops).await;
@@ -457,14 +450,7 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
                     dropped.len(),
                     dropped.join("; ")
                 );
-                reports.push(FaultReport {
-                    fault: Fault::Drops { dropped },
-                    at: t,
-                    leased_at_kill: 0,
-                    held_by_killed: 0,
-                    leased_done_after: None,
-                    down_for: down,
-                });
+                reports.push(FaultReport::new(Fault::Drops { dropped }, t, down));
             }
         }
     }
