@@ -768,10 +768,17 @@ impl WorkerEnv {
     /// `culm run --queues <queue> --no-admin --no-scheduler` with this environment;
     /// stdout discarded, stderr for the caller to direct.
     pub fn command(&self, culm: &Path) -> Command {
+        let mut c = self.culm(culm, &["run", "--queues", &self.queue, "--no-admin", "--no-scheduler"]);
+        c.stdout(Stdio::null());
+        c
+    }
+
+    /// `culm <args>` (any subcommand, e.g. `queues --json`) with this environment.
+    pub fn culm(&self, culm: &Path, args: &[&str]) -> Command {
         let q = self.queue.to_ascii_uppercase();
         let mut c = Command::new(culm);
         c.current_dir(workspace_root())
-            .args(["run", "--queues", &self.queue, "--no-admin", "--no-scheduler"])
+            .args(args)
             .env("CULM_REDIS_URL", &self.redis_url)
             .env("CULM__REDIS__KEY_PREFIX", &self.key_prefix)
             .env(format!("CULM__QUEUES__{q}__TIER"), "batch")
@@ -787,8 +794,7 @@ impl WorkerEnv {
             .env("CULM__WORKER__LEASE_EXTEND_INTERVAL", &self.lease_extend_interval)
             .env("CULM__WORKER__REAP_INTERVAL", &self.reap_interval)
             .env("CULM__ADMIN__ENABLED", "false")
-            .env("CULM_LOG", "warn")
-            .stdout(Stdio::null());
+            .env("CULM_LOG", "warn");
         for (k, v) in &self.extra {
             c.env(k, v);
         }

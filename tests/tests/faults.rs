@@ -311,6 +311,23 @@ impl Rig {
             .collect();
         let unrecorded: Vec<&String> = self.ids.iter().filter(|id| !recorded.contains(*id)).collect();
         let dead_succeeded: Vec<&String> = dead.iter().filter(|id| recorded.contains(*id)).collect();
+        // The same queue as `culm queues` shows it.
+        let mut direct = self.env.clone();
+        direct.redis_url = self.redis.url();
+        let out = direct
+            .culm(&culm_bin(), &["queues", "--json"])
+            .output()
+            .expect("culm queues runs");
+        let cli: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let row = cli
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == QUEUE))
+            .cloned()
+            .unwrap_or_default();
+        let cli_open = ["pending", "scheduled", "running"]
+            .iter()
+            .map(|k| row[k].as_u64().unwrap_or(u64::MAX))
+            .fold(0u64, u64::saturating_add);
         let extra_starts: u64 = starts.values().map(|n| n.saturating_sub(1)).sum();
         let repeated_jobs = starts.values().filter(|n| **n > 1).count();
         let extra_completions: u64 = completions.values().map(|n| n.saturating_sub(1)).sum();
@@ -359,6 +376,15 @@ impl Rig {
             "  handler starts beyond the first: {extra_starts} over {repeated_jobs} jobs (bound {bound}); \
              completions beyond the first: {extra_completions}"
         );
+        let _ = writeln!(
+            r,
+            "  `culm queues --json`: {}",
+            if row.is_null() {
+                format!("no `{QUEUE}` row: {}", String::from_utf8_lossy(&out.stderr).trim())
+            } else {
+                row.to_string()
+            }
+        );
         let _ = writeln!(r, "  logs: {}", self.redis.dir.display());
 
         let mut problems = Vec::new();
@@ -367,6 +393,11 @@ impl Rig {
                 "LOST: {} jobs never recorded by their handler {unrecorded:?}; {} jobs not done in culm {not_done:?}",
                 unrecorded.len(),
                 not_done.len()
+            ));
+        }
+        if cli_open > 0 {
+            problems.push(format!(
+                "NOT SETTLED: `culm queues` still shows jobs pending, scheduled or running: {row}"
             ));
         }
         if !dead_succeeded.is_empty() {
