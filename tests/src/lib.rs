@@ -15,6 +15,7 @@ use std::{
 };
 use tokio::sync::broadcast;
 
+pub mod faults;
 mod postgres;
 pub use postgres::{TestDb, database_server_url};
 
@@ -117,6 +118,17 @@ impl TestEnv {
             let _: Result<(), _> = redis::cmd("DEL").arg(chunk).query_async(&mut c).await;
         }
     }
+}
+
+/// Enqueues `reqs` in one batch and returns the job ids, in order.
+pub async fn enqueue_ids(store: &Store, reqs: Vec<EnqueueRequest>) -> Vec<String> {
+    store
+        .enqueue(reqs)
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|e| e.id)
+        .collect()
 }
 
 /// Polls `check` until it returns `Some`, failing the test after `timeout`.

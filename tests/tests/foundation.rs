@@ -345,14 +345,7 @@ async fn sigkill_mid_job_redelivers_to_another_process_and_loses_nothing() {
     let jobs: Vec<_> = (0..20)
         .map(|_| EnqueueRequest::raw("platform.record", json!({"set": set, "sleep_ms": 400})).queue("platform"))
         .collect();
-    let ids: Vec<String> = env
-        .store
-        .enqueue(jobs)
-        .await
-        .expect("enqueue")
-        .into_iter()
-        .map(|e| e.id)
-        .collect();
+    let ids = culm_tests::enqueue_ids(&env.store, jobs).await;
     let spawn = || {
         std::process::Command::new(culm_bin())
             .current_dir(workspace_root())

@@ -1,15 +1,19 @@
 //! The fault-injection soak, driven by `scripts/soak.sh`.
 //!
 //! Starts a throwaway `redis-server` (own port, AOF with `appendfsync always`, temp
-//! dir), two `culm run` worker processes on a dedicated `soak` queue and key prefix, and
-//! feeds them `platform.record` jobs at a steady rate. During the run one worker is
-//! SIGKILLed five times at random moments and restarted, and Redis is SIGKILLed and
-//! restarted once. Afterwards every job's tag is looked up in the record set: the
-//! report gives jobs lost, jobs run more than once, and the recovery after each fault.
+//! dir), two `culm run` worker processes on a dedicated `soak` queue and key prefix,
+//! talking to Redis through a [`FaultProxy`], and feeds them `platform.record` jobs at a
+//! steady rate. During the run, at random moments: one worker is SIGKILLed five times and
+//! restarted; Redis is SIGKILLed and restarted from its AOF once; Redis is frozen with
+//! SIGSTOP for 20 s (longer than the lease) and resumed with SIGCONT; and the proxy drops
+//! six replies after their commands ran in Redis (fetch, ack, extend in turn).
+//! Afterwards every job's tag is looked up in the record set: the report gives jobs lost,
+//! jobs run more than once, jobs dead-lettered, and the recovery after each fault.
 //! Loopback only; bounded by `--deadline`.
 
 use anyhow::{Context, Result, bail};
 use culm_core::EnqueueRequest;
+use culm_tests::faults::{DropRule, FaultProxy, WorkerEnv, redis_server_command, signal, wait_for_redis};
 use culm_worker::{
     config::{Config, QueueConfig, RetryConfig},
     store::Store,
@@ -19,7 +23,7 @@ use std::{
     collections::HashSet,
     fmt::Write as _,
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
@@ -36,6 +40,8 @@ struct Opts {
     concurrency: u32,
     sleep_ms: u64,
     kills: usize,
+    freeze: Duration,
+    drops: usize,
     seed: u64,
     deadline: Duration,
     lease_ttl: String,
@@ -53,6 +59,8 @@ impl Opts {
             concurrency: 16,
             sleep_ms: 20,
             kills: 5,
+            freeze: Duration::from_secs(20),
+            drops: 6,
             seed: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos() as u64)
@@ -77,6 +85,8 @@ impl Opts {
                 "--concurrency" => o.concurrency = u32::try_from(num(&value)?).context("--concurrency")?,
                 "--sleep-ms" => o.sleep_ms = num(&value)?,
                 "--kills" => o.kills = usize::try_from(num(&value)?).context("--kills")?,
+                "--freeze-s" => o.freeze = Duration::from_secs(num(&value)?),
+                "--drops" => o.drops = usize::try_from(num(&value)?).context("--drops")?,
                 "--seed" => o.seed = num(&value)?.max(1),
                 "--deadline-s" => o.deadline = Duration::from_secs(num(&value)?),
                 "--lease-ttl" => o.lease_ttl = value,
@@ -134,6 +144,8 @@ impl Drop for Processes {
 
 struct World {
     opts: Opts,
+    /// Between the workers and Redis.
+    proxy: FaultProxy,
     dir: PathBuf,
     url: String,
     prefix: String,
@@ -148,16 +160,7 @@ impl World {
     }
 
     fn spawn_redis(&self) -> Result<Child> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("redis.log"))?;
-        Command::new("redis-server")
-            .args(["--port", &self.opts.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
-            .args(["--dir", &self.dir.display().to_string(), "--daemonize", "no"])
-            .stdout(log.try_clone()?)
-            .stderr(log)
+        redis_server_command(self.opts.port, &self.dir)
             .spawn()
             .context("starting redis-server (is it installed?)")
     }
@@ -167,23 +170,19 @@ impl World {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("worker-{n}.log")))?;
-        Command::new(&self.opts.culm)
-            .args(["run", "--queues", QUEUE, "--no-admin", "--no-scheduler"])
-            .env("CULM_REDIS_URL", &self.url)
-            .env("CULM__REDIS__KEY_PREFIX", &self.prefix)
-            .env("CULM__QUEUES__SOAK__TIER", "batch")
-            .env("CULM__QUEUES__SOAK__CONCURRENCY", self.opts.concurrency.to_string())
-            .env(
-                "CULM__QUEUES__SOAK__RETRY",
-                r#"{ max_attempts = 25, backoff_base = "100ms", backoff_cap = "1s" }"#,
-            )
-            .env("CULM__WORKER__LEASE_TTL", &self.opts.lease_ttl)
-            .env("CULM__WORKER__LEASE_EXTEND_INTERVAL", &self.opts.lease_extend)
-            .env("CULM__WORKER__REAP_INTERVAL", &self.opts.reap)
-            .env("CULM__WORKER__DONE_RETENTION", (self.opts.jobs * 2).to_string())
-            .env("CULM__ADMIN__ENABLED", "false")
-            .env("CULM_LOG", "warn")
-            .stdout(Stdio::null())
+        let env = WorkerEnv {
+            redis_url: self.proxy.url(),
+            key_prefix: self.prefix.clone(),
+            queue: QUEUE.to_owned(),
+            concurrency: self.opts.concurrency,
+            max_attempts: 25,
+            backoff: ("100ms".into(), "1s".into()),
+            lease_ttl: self.opts.lease_ttl.clone(),
+            lease_extend_interval: self.opts.lease_extend.clone(),
+            reap_interval: self.opts.reap.clone(),
+            extra: vec![("CULM__WORKER__DONE_RETENTION".into(), (self.opts.jobs * 2).to_string())],
+        };
+        env.command(&self.opts.culm)
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {}", self.opts.culm.display()))
@@ -199,20 +198,10 @@ impl World {
     }
 
     async fn wait_for_redis(&self, timeout: Duration) -> Result<()> {
-        let start = Instant::now();
-        loop {
-            if let Ok(client) = redis::Client::open(self.url.as_str())
-                && let Ok(Ok(mut c)) =
-                    tokio::time::timeout(Duration::from_millis(500), client.get_multiplexed_async_connection()).await
-                && redis::cmd("PING").query_async::<String>(&mut c).await.is_ok()
-            {
-                return Ok(());
-            }
-            if start.elapsed() > timeout {
-                bail!("redis-server on {} did not answer within {timeout:?}", self.url);
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if !wait_for_redis(&self.url, timeout).await {
+            bail!("redis-server on {} did not answer within {timeout:?}", self.url);
         }
+        Ok(())
     }
 }
 
@@ -221,23 +210,47 @@ type Samples = Arc<Mutex<Vec<(f64, u64)>>>;
 
 #[derive(Debug)]
 enum Fault {
-    Kill { worker: usize },
+    Kill {
+        worker: usize,
+    },
     Redis,
+    /// SIGSTOP redis-server for `--freeze-s`, then SIGCONT.
+    Freeze,
+    /// `--drops` replies dropped by the proxy after their commands ran; what was dropped.
+    Drops {
+        dropped: Vec<String>,
+    },
 }
 
 #[derive(Debug)]
 struct FaultReport {
     fault: Fault,
     at: f64,
-    /// Leases held when the worker died (both workers' jobs).
+    /// Leases held when the worker died (both workers' jobs), or when Redis was frozen.
     leased_at_kill: usize,
-    /// Of those, the ones still unfinished 1 s later: the killed worker's (the
-    /// survivor's jobs take milliseconds; the dead worker's wait for their lease).
+    /// Of those, the ones still unfinished 1 s later (after SIGCONT for a freeze): the
+    /// killed worker's (the survivor's jobs take milliseconds; the dead worker's wait for
+    /// their lease).
     held_by_killed: usize,
     /// Until every job leased at the kill had finished (the dead worker's after redelivery).
     leased_done_after: Option<f64>,
-    /// Down time (Redis) or time until the replacement process was started (kill).
+    /// Down time (Redis), time until the replacement process was started (kill), the
+    /// freeze, or the drop phase.
     down_for: f64,
+}
+
+impl FaultReport {
+    /// A fault at `at` (s); what it did to the leased jobs is filled in later.
+    fn new(fault: Fault, at: f64, down_for: f64) -> FaultReport {
+        FaultReport {
+            fault,
+            at,
+            leased_at_kill: 0,
+            held_by_killed: 0,
+            leased_done_after: None,
+            down_for,
+        }
+    }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -273,6 +286,7 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
     std::fs::create_dir_all(&dir)?;
     let world = Arc::new(World {
         url: format!("redis://127.0.0.1:{}", opts.port),
+        proxy: FaultProxy::start(&format!("127.0.0.1:{}", opts.port)).await,
         set: format!("{prefix}:recorded"),
         base: format!("{{{prefix}:{QUEUE}}}"),
         prefix,
@@ -282,11 +296,12 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
     });
     let o = &world.opts;
     eprintln!(
-        "soak: {} jobs at {}/s, seed {}, redis {} (dir {}), culm {}",
+        "soak: {} jobs at {}/s, seed {}, redis {} (workers through the proxy on {}; dir {}), culm {}",
         o.jobs,
         o.rate,
         o.seed,
         world.url,
+        world.proxy.addr,
         world.dir.display(),
         o.culm.display()
     );
@@ -323,30 +338,44 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
     // Fault plan: one slot per fault across the production window, each fault at a
     // random moment in the first part of its slot, so recoveries do not overlap.
     let mut rng = Rng(o.seed);
-    let faults = o.kills + 1;
+    let mut special = vec![Fault::Redis];
+    if !o.freeze.is_zero() {
+        special.push(Fault::Freeze);
+    }
+    if o.drops > 0 {
+        special.push(Fault::Drops { dropped: Vec::new() });
+    }
+    let faults = o.kills + special.len();
     let produce_ms = o.jobs * 1000 / o.rate;
     // Faults between 5 s in and 15 s before production ends, so each one's throughput
     // recovery is measured while jobs still arrive at the steady rate.
     let first = 5_000.min(produce_ms / 10);
     let last = produce_ms.saturating_sub(15_000).max(first + faults as u64 * 1_000);
     let slot = (last - first) / faults as u64;
-    let redis_slot = (rng.next() % faults as u64) as usize;
+    // The Redis, freeze and drop faults take random distinct slots (Fisher-Yates);
+    // the worker kills take the rest.
+    let mut order: Vec<usize> = (0..faults).collect();
+    for i in (1..faults).rev() {
+        order.swap(i, (rng.next() % (i as u64 + 1)) as usize);
+    }
+    let mut kinds: Vec<Option<Fault>> = (0..faults).map(|_| None).collect();
+    for (f, &s) in special.into_iter().zip(&order) {
+        kinds[s] = Some(f);
+    }
     let mut plan: Vec<(Duration, Fault)> = Vec::new();
-    for s in 0..faults {
+    for (s, kind) in kinds.into_iter().enumerate() {
         let at = Duration::from_millis(first + s as u64 * slot) + rng.ms(0, slot / 2);
-        let fault = if s == redis_slot {
-            Fault::Redis
-        } else {
-            // Always the same worker: one process is killed and restarted five times.
-            Fault::Kill { worker: 0 }
-        };
-        plan.push((at, fault));
+        // Always the same worker: one process is killed and restarted five times.
+        plan.push((at, kind.unwrap_or(Fault::Kill { worker: 0 })));
     }
 
     let mut reports = Vec::new();
+    // (index into `reports`, the task measuring when the jobs leased at the fault finished)
     let mut measuring = Vec::new();
+    // A freeze holds up the plan by its length, so the faults after it do not bunch up.
+    let mut shift = Duration::ZERO;
     for (at, fault) in plan {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(world.started + at)).await;
+        tokio::time::sleep_until(tokio::time::Instant::from_std(world.started + at + shift)).await;
         let t = world.t();
         match fault {
             Fault::Kill { worker } => {
@@ -356,20 +385,14 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
                 }
                 let leased = leases(&conn, &world.base).await.unwrap_or_default();
                 eprintln!("[{t:7.2}s] SIGKILL worker {worker} ({} jobs leased)", leased.len());
-                measuring.push(tokio::spawn(await_done(world.clone(), conn.clone(), leased, t)));
+                let task = tokio::spawn(await_done(world.clone(), conn.clone(), leased, t));
+                measuring.push((reports.len(), task));
                 let pause = rng.ms(300, 2_000);
                 tokio::time::sleep(pause).await;
                 procs.workers[worker] = Some(world.spawn_worker(worker)?);
                 let down = world.t() - t;
                 eprintln!("[{:7.2}s] worker {worker} restarted", world.t());
-                reports.push(FaultReport {
-                    fault,
-                    at: t,
-                    leased_at_kill: 0,
-                    held_by_killed: 0,
-                    leased_done_after: None,
-                    down_for: down,
-                });
+                reports.push(FaultReport::new(fault, t, down));
             }
             Fault::Redis => {
                 if let Some(mut c) = procs.redis.take() {
@@ -383,21 +406,42 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
                 world.wait_for_redis(Duration::from_secs(30)).await?;
                 let down = world.t() - t;
                 eprintln!("[{:7.2}s] redis-server back after {down:.2}s (AOF reloaded)", world.t());
-                reports.push(FaultReport {
-                    fault,
-                    at: t,
-                    leased_at_kill: 0,
-                    held_by_killed: 0,
-                    leased_done_after: None,
-                    down_for: down,
-                });
+                reports.push(FaultReport::new(fault, t, down));
+            }
+            Fault::Freeze => {
+                let pid = procs.redis.as_ref().map(Child::id).context("redis-server is running")?;
+                let leased = leases(&conn, &world.base).await.unwrap_or_default();
+                signal(pid, "STOP");
+                eprintln!(
+                    "[{t:7.2}s] SIGSTOP redis-server for {:?} ({} jobs leased)",
+                    o.freeze,
+                    leased.len()
+                );
+                tokio::time::sleep(o.freeze).await;
+                signal(pid, "CONT");
+                let resumed = world.t();
+                eprintln!("[{resumed:7.2}s] SIGCONT redis-server");
+                let task = tokio::spawn(await_done(world.clone(), conn.clone(), leased, resumed));
+                measuring.push((reports.len(), task));
+                shift += o.freeze;
+                reports.push(FaultReport::new(fault, t, resumed - t));
+            }
+            Fault::Drops { .. } => {
+                let dropped = drop_replies(&world, o.drops).await;
+                let down = world.t() - t;
+                eprintln!(
+                    "[{:7.2}s] proxy dropped {} replies after their commands ran: {}",
+                    world.t(),
+                    dropped.len(),
+                    dropped.join("; ")
+                );
+                reports.push(FaultReport::new(Fault::Drops { dropped }, t, down));
             }
         }
     }
-    let mut kill_reports = reports.iter_mut().filter(|r| matches!(r.fault, Fault::Kill { .. }));
-    for m in measuring {
+    for (i, m) in measuring {
         let (n, held, after) = m.await?;
-        if let Some(r) = kill_reports.next() {
+        if let Some(r) = reports.get_mut(i) {
             r.leased_at_kill = n;
             r.held_by_killed = held;
             r.leased_done_after = after;
@@ -503,6 +547,35 @@ async fn monitor(world: Arc<World>, mut conn: ConnectionManager, samples: Sample
     }
 }
 
+/// Has the proxy drop `n` replies after their commands ran in Redis: a fetch that leased
+/// jobs, an ack, an extend, in turn; each waits up to 10 s for a matching reply. Returns
+/// what was dropped.
+async fn drop_replies(world: &World, n: usize) -> Vec<String> {
+    let fetch = || DropRule::script("fetch.lua").when_reply(|r| r.items().len() > 2);
+    let rules = [fetch(), DropRule::script("ack.lua"), DropRule::script("extend.lua")];
+    let mut out = Vec::new();
+    for rule in rules.iter().cycle().take(n) {
+        let before = world.proxy.dropped().len();
+        world.proxy.drop_reply(rule.clone());
+        let start = Instant::now();
+        while world.proxy.dropped().len() == before && start.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match world.proxy.dropped().get(before) {
+            Some(d) if d.rule == "fetch" => out.push(format!(
+                "fetch leasing {} jobs",
+                d.reply.items().len().saturating_sub(2) / 3
+            )),
+            Some(d) => out.push(d.rule.clone()),
+            None => {
+                world.proxy.disarm();
+                out.push(format!("no {} reply within 10 s", rule.name));
+            }
+        }
+    }
+    out
+}
+
 async fn leases(conn: &ConnectionManager, base: &str) -> Result<Vec<String>> {
     let mut c = conn.clone();
     Ok(redis::cmd("ZRANGE")
@@ -564,6 +637,8 @@ struct Verdict {
     run_more_than_once: u64,
     extra_runs: u64,
     dead: u64,
+    /// Dead-lettered jobs whose handler had recorded them (they succeeded).
+    dead_recorded: u64,
     left: (u64, u64, u64),
 }
 
@@ -596,12 +671,39 @@ async fn verdict(world: &World, conn: &ConnectionManager) -> Result<Verdict> {
         .zcard(format!("{b}:leases"))
         .query_async(&mut c)
         .await?;
+    // A dead job keeps its body: read its tag and look it up in the record set.
+    let dead_ids: Vec<String> = redis::cmd("ZRANGE")
+        .arg(format!("{b}:dead"))
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await?;
+    let mut dead_recorded = 0;
+    for id in dead_ids {
+        let body: Option<String> = redis::cmd("HGET")
+            .arg(format!("{b}:jobs"))
+            .arg(&id)
+            .query_async(&mut c)
+            .await?;
+        let tag = body
+            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["payload"]["tag"].as_str().map(str::to_owned));
+        if let Some(tag) = tag {
+            let recorded: bool = redis::cmd("SISMEMBER")
+                .arg(&world.set)
+                .arg(tag)
+                .query_async(&mut c)
+                .await?;
+            dead_recorded += u64::from(recorded);
+        }
+    }
     Ok(Verdict {
         lost,
         recorded,
         run_more_than_once: runs.iter().filter(|r| **r > 1).count() as u64,
         extra_runs: runs.iter().map(|r| r.saturating_sub(1)).sum(),
         dead,
+        dead_recorded,
         left: (ready, scheduled, leased),
     })
 }
@@ -680,7 +782,11 @@ fn render(
         v.run_more_than_once, v.extra_runs
     );
     let _ = writeln!(s, "| distinct jobs recorded | {} of {} |", v.recorded, o.jobs);
-    let _ = writeln!(s, "| dead-lettered | {} |", v.dead);
+    let _ = writeln!(
+        s,
+        "| dead-lettered | {} ({} of them recorded by their handler: they succeeded) |",
+        v.dead, v.dead_recorded
+    );
     let _ = writeln!(
         s,
         "| left in queue (ready / scheduled / leased) | {} / {} / {} |",
@@ -704,6 +810,25 @@ fn render(
             ),
             Fault::Redis => (
                 "SIGKILL redis-server, restarted (AOF)".to_owned(),
+                "—".into(),
+                "—".into(),
+            ),
+            Fault::Freeze => (
+                format!("SIGSTOP redis-server for {} s, then SIGCONT", o.freeze.as_secs()),
+                format!(
+                    "{} ({} unfinished 1 s after SIGCONT)",
+                    r.leased_at_kill, r.held_by_killed
+                ),
+                r.leased_done_after
+                    .map(|d| format!("{d:.2} s after SIGCONT"))
+                    .unwrap_or_else(|| "not within 120 s".into()),
+            ),
+            Fault::Drops { ref dropped } => (
+                format!(
+                    "proxy dropped {} replies after their commands ran ({})",
+                    dropped.len(),
+                    dropped.join(", ")
+                ),
                 "—".into(),
                 "—".into(),
             ),
