@@ -727,3 +727,123 @@ fn database_config_errors_name_the_key() {
         "the password is never printed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_redrives_of_one_dead_job_leave_one_live_copy() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let rt = env.runtime().with_ledger(ledger);
+    let mut events = rt.events();
+    let running = rt.start(&["t_q".to_owned()]).expect("start");
+    let job = env
+        .enqueue(EnqueueRequest::raw("platform.fail_permanently", json!({ "reason": "card closed" })).queue("t_q"))
+        .await;
+    next_event(&mut events, WAIT, |e| e.id == job.id && is("dead", e)).await;
+    eventually(WAIT, "the dead job in the archive", || async {
+        db.dead_get(&job.id).await.expect("dead get")
+    })
+    .await;
+    running.shutdown().await;
+
+    // Two operators press "retry" at once (or one request is retried after a lost reply).
+    let (a, b) = tokio::join!(
+        db.dead_redrive(&env.store, &job.id),
+        db.dead_redrive(&env.store, &job.id)
+    );
+    let answers = [a.expect("first redrive"), b.expect("second redrive")];
+    assert!(answers.iter().any(Option::is_some), "{answers:?}");
+    // Every live copy of the job: the original id back on its queue, and any new job.
+    let pending = env.store.stats("t_q").await.expect("stats");
+    assert_eq!(
+        pending.pending + pending.scheduled + pending.running,
+        1,
+        "a re-drive yields one live copy: {answers:?} {pending:?}"
+    );
+    writer.shutdown(Duration::from_secs(10)).await;
+    env.cleanup().await;
+    db.pool().close().await;
+}
+
+/// Fails for good after a pause long enough for a test to take its lease over.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SlowRefusal {
+    started: String,
+}
+
+impl culm_core::Job for SlowRefusal {
+    const NAME: &'static str = "test.slow_refusal";
+    const QUEUE: &'static str = "t_one";
+    const TIERS: &'static [culm_core::Tier] = &culm_core::Tier::ALL;
+    async fn run(self, ctx: culm_core::JobContext) -> Result<culm_core::Outcome, culm_core::JobError> {
+        let conn = ctx
+            .dep::<redis::aio::ConnectionManager>()
+            .ok_or_else(|| culm_core::JobError::permanent("no redis"))?;
+        let _: () = redis::cmd("SADD")
+            .arg(&self.started)
+            .arg(&ctx.id)
+            .query_async(&mut conn.as_ref().clone())
+            .await
+            .map_err(|e| culm_core::JobError::retryable(e.to_string()))?;
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        Err(culm_core::JobError::permanent("account closed"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_ack_that_was_fenced_off_never_reaches_the_archive() {
+    let tdb = TestDb::new();
+    let mut registry = culm_jobs::registry().expect("registry");
+    registry.register::<SlowRefusal>().expect("register");
+    let url = tdb.url.clone();
+    let env = TestEnv::with_registry(registry, move |c| {
+        c.database.url = url;
+        c.database.ledger.flush_interval = Duration::from_millis(50);
+        c.queues.insert("t_one".into(), queue("batch", 1, 5_000, 1));
+    })
+    .await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let rt = env.runtime().with_ledger(ledger);
+    let running = rt.start(&["t_one".to_owned()]).expect("start");
+    let started = env.key("started");
+    let job = env
+        .enqueue(EnqueueRequest::raw("test.slow_refusal", json!({ "started": started })).queue("t_one"))
+        .await;
+    eventually(WAIT, "the handler to start", || async {
+        env.members(&started).await.contains(&job.id).then_some(())
+    })
+    .await;
+    // Meanwhile the lease moves on: another run holds the job now.
+    let mut c = env.store.connection();
+    redis::cmd("HSET")
+        .arg(format!("{}:attempts", env.store.base_key("t_one")))
+        .arg(format!("{}:t", job.id))
+        .arg(u64::MAX / 2)
+        .exec_async(&mut c)
+        .await
+        .expect("HSET");
+    // The stale run ends: its dead-lettering is fenced off, and recorded as superseded.
+    let superseded = eventually(WAIT, "the stale run in the ledger", || async {
+        let n = count(
+            &db,
+            &format!(
+                "SELECT count(*) FROM culm_job_runs WHERE job_id = '{}' AND outcome = 'superseded'",
+                job.id
+            ),
+        )
+        .await;
+        (n == 1).then_some(n)
+    })
+    .await;
+    assert_eq!(superseded, 1);
+    assert!(
+        db.dead_get(&job.id).await.expect("dead get").is_none(),
+        "a fenced dead ack was archived"
+    );
+    let st = env.store.status(&job.id).await.expect("status").expect("known");
+    assert_eq!(st.state, culm_worker::store::JobState::Running, "{st:?}");
+    running.shutdown().await;
+    writer.shutdown(Duration::from_secs(10)).await;
+    env.cleanup().await;
+    db.pool().close().await;
+}

@@ -146,25 +146,30 @@ impl Db {
     }
 
     /// Re-drives an archived dead job. If Redis still holds it, it goes back on its queue
-    /// under the same id with a fresh attempt budget; otherwise a new job is enqueued from
-    /// the archived payload (idempotency key `redrive:<id>:<died_at ms>`, so repeating the
-    /// call does not enqueue twice). Returns the queue and the id that will run, or `None`
-    /// when the archive has no such job awaiting re-drive.
+    /// under the same id with a fresh attempt budget; if Redis has let it go, a new job is
+    /// enqueued from the archived payload (idempotency key `redrive:<id>:<died_at ms>`).
+    /// Returns the queue and the id that will run, or `None` when the archive has no such
+    /// job awaiting re-drive.
+    ///
+    /// At most one live copy results, however many calls race or are retried: the archive
+    /// row is locked for the whole re-drive, so a second call waits and then finds it
+    /// re-driven; a Redis error fails the call instead of being read as "Redis has let it
+    /// go"; and a job Redis still knows in any other state is not copied.
     pub async fn dead_redrive(&self, store: &Store, id: &str) -> Result<Option<(String, String)>, DbError> {
+        let redis = |e: crate::store::StoreError| DbError::Sql(sqlx::Error::Protocol(format!("re-drive of {id}: {e}")));
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query(
-            "SELECT job, queue, payload, died_at FROM culm_dead_jobs WHERE job_id = $1 AND redriven_at IS NULL",
+            "SELECT job, queue, payload, died_at FROM culm_dead_jobs WHERE job_id = $1 AND redriven_at IS NULL FOR UPDATE",
         )
         .bind(id)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
+            drop(tx);
             // Dead only in Redis (before PostgreSQL was configured, or not flushed yet).
-            let queue = store
-                .dead_queue_of(id)
-                .await
-                .map_err(|e| DbError::Sql(sqlx::Error::Protocol(e.to_string())))?;
+            let queue = store.dead_queue_of(id).await.map_err(redis)?;
             if let Some(q) = queue
-                && store.dead_retry(&q, &[id.to_owned()]).await.unwrap_or(0) > 0
+                && store.dead_retry(&q, &[id.to_owned()]).await.map_err(redis)? > 0
             {
                 return Ok(Some((q, id.to_owned())));
             }
@@ -174,9 +179,17 @@ impl Db {
         let job: String = row.try_get("job")?;
         let payload: serde_json::Value = row.try_get("payload")?;
         let died: DateTime<Utc> = row.try_get("died_at")?;
-        let in_redis = store.routing().queues.contains_key(&queue)
-            && store.dead_retry(&queue, &[id.to_owned()]).await.unwrap_or(0) > 0;
-        let runs_as = if in_redis {
+        let declared = store.routing().queues.contains_key(&queue);
+        let runs_as = if declared && store.dead_retry(&queue, &[id.to_owned()]).await.map_err(redis)? > 0 {
+            id.to_owned()
+        } else if declared
+            && store
+                .status(id)
+                .await
+                .map_err(redis)?
+                .is_some_and(|s| s.state.is_live())
+        {
+            // Already back on its queue (re-driven from Redis directly, say).
             id.to_owned()
         } else {
             let mut req = EnqueueRequest::raw(job, payload).queue(queue.clone());
@@ -190,8 +203,9 @@ impl Db {
         sqlx::query("UPDATE culm_dead_jobs SET redriven_at = now(), redriven_as = $2 WHERE job_id = $1")
             .bind(id)
             .bind(&runs_as)
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
+        tx.commit().await?;
         Ok(Some((queue, runs_as)))
     }
 

@@ -148,6 +148,11 @@ impl JobState {
             JobState::Dead => "dead",
         }
     }
+
+    /// Still to run or running: pending, scheduled or running.
+    pub fn is_live(self) -> bool {
+        matches!(self, JobState::Pending | JobState::Scheduled | JobState::Running)
+    }
 }
 
 impl std::str::FromStr for JobState {
