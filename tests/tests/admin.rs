@@ -580,3 +580,61 @@ async fn schedules_are_listed_triggered_paused_and_resumed_over_http() {
     assert_eq!(s, StatusCode::FORBIDDEN);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_retried_with_the_same_idempotency_key_stores_nothing_new() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let body = json!({ "jobs": [
+        { "job": "platform.noop", "queue": "t_crit" },
+        { "job": "platform.noop", "queue": "t_batch" },
+        { "job": "platform.noop", "queue": "t_crit", "idempotency_key": "own-key" },
+    ]});
+    let send = |key: &'static str| {
+        api.http
+            .post(format!("{}/v1/jobs/batch", api.base))
+            .bearer_auth(ADMIN)
+            .header("Idempotency-Key", key)
+            .json(&body)
+            .send()
+    };
+    // The first try fails (one queue's write is refused) and the caller retries.
+    let mut c = env.store.connection();
+    let ready = format!("{}:ready", env.store.base_key("t_batch"));
+    redis::cmd("SET")
+        .arg(&ready)
+        .arg("x")
+        .exec_async(&mut c)
+        .await
+        .expect("SET");
+    let first = send("order-batch-7").await.expect("sent");
+    assert_eq!(first.status(), StatusCode::SERVICE_UNAVAILABLE);
+    redis::cmd("DEL").arg(&ready).exec_async(&mut c).await.expect("DEL");
+
+    let second = send("order-batch-7").await.expect("sent");
+    assert_eq!(second.status(), StatusCode::CREATED);
+    let second: Value = second.json().await.expect("json");
+    // A retry of a request that succeeded (its reply was lost) answers with the same jobs.
+    let third = send("order-batch-7").await.expect("sent");
+    assert_eq!(third.status(), StatusCode::OK, "nothing new was stored");
+    let third: Value = third.json().await.expect("json");
+    let ids = |v: &Value| {
+        v["jobs"]
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .map(|j| j["id"].as_str().expect("id").to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&second), ids(&third));
+    let stored = env.store.stats("t_crit").await.expect("stats").pending
+        + env.store.stats("t_batch").await.expect("stats").pending;
+    assert_eq!(stored, 3, "each job of the batch is stored once");
+
+    // A malformed key is a 4xx naming the header.
+    let bad = send("has space").await.expect("sent");
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let bad: Value = bad.json().await.expect("json");
+    assert_eq!(error_code(&bad).1, Some("Idempotency-Key"));
+    env.cleanup().await;
+}

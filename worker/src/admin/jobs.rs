@@ -84,8 +84,14 @@ pub(super) async fn enqueue_one(
     Ok((status, Json(EnqueuedView::from(e))).into_response())
 }
 
-/// Enqueue several jobs, all or nothing: every job is validated before any is stored.
+/// Enqueue several jobs. Every job is validated before any is stored. On standalone and
+/// Sentinel Redis the batch is stored whole or not at all. In Cluster mode each queue's
+/// part is stored whole, but one part can fail while another was stored: send an
+/// `Idempotency-Key` header, and a retry with the same key (and the same body) stores
+/// only what the first try did not, and answers with the same ids.
 #[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchBody,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes retries safe: each job without its own idempotency_key gets `batch:<key>:<index>`")),
     responses(
         (status = 201, description = "Enqueued (ids in request order)", body = BatchView),
         (status = 200, description = "Every job matched an earlier idempotency key", body = BatchView),
@@ -112,9 +118,15 @@ pub(super) async fn enqueue_batch(
         )
         .field("jobs"));
     }
+    let batch_key = batch_idempotency_key(&headers)?;
     let mut reqs = Vec::with_capacity(b.jobs.len());
     for (i, j) in b.jobs.into_iter().enumerate() {
-        let req = to_request(j).map_err(|e| e.within(&format!("jobs[{i}]")))?;
+        let mut req = to_request(j).map_err(|e| e.within(&format!("jobs[{i}]")))?;
+        if let Some(key) = &batch_key
+            && req.idempotency_key.is_none()
+        {
+            req.idempotency_key = Some(format!("batch:{key}:{i}"));
+        }
         // Validate each job here so the error names its index; the store validates again.
         state
             .store()
@@ -158,5 +170,26 @@ pub(super) async fn get_job(
             "job_not_found",
             format!("no job `{id}` (finished jobs are remembered for worker.done_retention jobs per queue)"),
         )),
+    }
+}
+
+/// The batch's `Idempotency-Key` header, checked like a job's key (with room for the
+/// `batch:` prefix and the index).
+fn batch_idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .filter(|k| k.len() <= 180 && crate::store::valid_idempotency_key(k));
+    match key {
+        Some(k) => Ok(Some(k.to_owned())),
+        None => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1 to 180 printable ASCII characters, without spaces or braces",
+        )
+        .field("Idempotency-Key")),
     }
 }

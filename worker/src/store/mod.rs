@@ -22,7 +22,7 @@ mod queue;
 mod routing;
 pub use conn::{PubSubSource, RedisConn};
 pub use inspect::queue_gauges;
-pub use queue::{Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, Reaped};
+pub use queue::{Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, Reaped, valid_idempotency_key};
 pub use routing::Routing;
 
 /// A storage failure. Messages never contain credentials.

@@ -445,6 +445,6 @@ fn parse_token(v: &Value, id: &str) -> Result<u64, StoreError> {
 /// An idempotency key becomes part of a Redis key name (`…:idem:<key>`): printable ASCII
 /// only, so no key can carry a hash tag (`{…}`), a control character or whitespace that
 /// would make it address, or print like, another key.
-fn valid_idempotency_key(k: &str) -> bool {
+pub fn valid_idempotency_key(k: &str) -> bool {
     (1..=200).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
 }
