@@ -435,3 +435,35 @@ fn an_unreachable_redis_is_one_clear_line() {
     assert!(!stderr.contains("s3cret"), "the password leaked: {stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_password_in_a_url_query_never_reaches_the_output() {
+    for (var, url, args) in [
+        (
+            "CULM_DATABASE_URL",
+            "postgres://app@127.0.0.1:1/culm?password=s3cret",
+            vec!["migrate"],
+        ),
+        (
+            "CULM_REDIS_URL",
+            "redis://127.0.0.1:1/0?password=s3cret",
+            vec!["queues"],
+        ),
+    ] {
+        let out = std::process::Command::new(culm_bin())
+            .args(&args)
+            .env(var, url)
+            .env("CULM__REDIS__CONNECT_TIMEOUT", "500ms")
+            .env("CULM__DATABASE__CONNECT_TIMEOUT", "500ms")
+            .output()
+            .expect("runs");
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?} fails: {all}");
+        assert!(all.contains("127.0.0.1:1"), "the error names where it dialled: {all}");
+        assert!(!all.contains("s3cret"), "the password leaked: {all}");
+    }
+}
