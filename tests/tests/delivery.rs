@@ -322,7 +322,90 @@ async fn a_replica_whose_clock_runs_ahead_does_not_reap_live_jobs() {
         .await
         .expect("runs");
     assert_eq!(runs, Some(1), "the job ran exactly once");
+    wait_state(&env, &job.id, "done").await;
+    // Once it is done, count the handler's own starts: a reaped job would have started
+    // again on the other replica.
+    let starts: Option<u32> = redis::cmd("HGET")
+        .arg(format!("{started}:runs"))
+        .arg(&job.id)
+        .query_async(&mut c)
+        .await
+        .expect("starts");
+    assert_eq!(starts, Some(1), "the live job was started a second time");
     drop(ahead);
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_body_is_settled_like_any_dead_run() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_corrupt".into(), queue("batch", 2, 5_000, 5));
+    })
+    .await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_corrupt".into()]).expect("start");
+    // A body no culm version wrote (a foreign producer, a bad restore).
+    let id = ulid::Ulid::new().to_string();
+    let base = env.store.base_key("t_corrupt");
+    let mut c = env.store.connection();
+    redis::pipe()
+        .hset(format!("{base}:jobs"), &id, "{not json")
+        .rpush(format!("{base}:ready"), &id)
+        .exec_async(&mut c)
+        .await
+        .expect("raw push");
+    // The settle step dead-letters it and says so, as for every other fate.
+    let e = next_event(&mut events, WAIT, |e| e.id == id).await;
+    assert!(is("dead", &e), "{e:?}");
+    assert!(e.error.contains("corrupt"), "{e:?}");
+    wait_state(&env, &id, "dead").await;
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+/// Succeeds, asking for a follow-up in queue `t_elsewhere`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct HandsOn {}
+
+impl culm_core::Job for HandsOn {
+    const NAME: &'static str = "test.hands_on";
+    const QUEUE: &'static str = "t_parent";
+    const TIERS: &'static [culm_core::Tier] = &culm_core::Tier::ALL;
+    async fn run(self, _ctx: culm_core::JobContext) -> Result<culm_core::Outcome, culm_core::JobError> {
+        let next = EnqueueRequest::raw("platform.noop", json!({})).queue("t_elsewhere");
+        Ok(culm_core::Outcome::done().then(next))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_ups_that_cannot_be_stored_spend_the_retry_budget() {
+    let mut registry = culm_jobs::registry().expect("registry");
+    registry.register::<HandsOn>().expect("register");
+    let env = TestEnv::with_registry(registry, |c| {
+        c.queues.insert("t_parent".into(), queue("batch", 1, 5_000, 1));
+        c.queues.insert("t_elsewhere".into(), queue("batch", 1, 5_000, 1));
+    })
+    .await;
+    // The follow-up's queue cannot be written (its ready list is not a list).
+    let mut c = env.store.connection();
+    redis::cmd("SET")
+        .arg(format!("{}:ready", env.store.base_key("t_elsewhere")))
+        .arg("x")
+        .exec_async(&mut c)
+        .await
+        .expect("SET");
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_parent".into()]).expect("start");
+    let job = env
+        .enqueue(EnqueueRequest::raw("test.hands_on", json!({})).queue("t_parent"))
+        .await;
+    // Its only attempt is used up: it is dead-lettered, not retried past its budget.
+    let e = next_event(&mut events, WAIT, |e| e.id == job.id).await;
+    assert!(is("dead", &e), "the follow-up failure retried past the budget: {e:?}");
+    assert!(e.error.contains("follow-up"), "{e:?}");
     running.shutdown().await;
     env.cleanup().await;
 }
