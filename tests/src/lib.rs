@@ -76,6 +76,10 @@ impl TestEnv {
         let store = Store::connect(&config, registry)
             .await
             .expect("Redis is reachable for tests");
+        store
+            .open_handler_connection(&config)
+            .await
+            .expect("Redis is reachable for tests");
         TestEnv { config, store, prefix }
     }
 

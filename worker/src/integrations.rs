@@ -8,9 +8,9 @@ use crate::{
 use culm_core::Deps;
 use culm_jobs::http::{BuildError, Integrations, config::IntegrationSettings, conn::Conn};
 
-/// `store`'s Redis connection in the shape the client stack takes.
+/// The handlers' Redis connection in the shape the client stack takes.
 pub fn conn(store: &Store) -> Conn {
-    match store.connection() {
+    match store.handler_connection() {
         RedisConn::Standalone(c) => Conn::Manager(c),
         RedisConn::Cluster(c) => Conn::Cluster(c),
         RedisConn::Sentinel(s) => Conn::Manager(s.current()),

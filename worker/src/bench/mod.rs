@@ -136,6 +136,8 @@ impl Bench {
         let mut with_stamp = culm_jobs::registry()?;
         with_stamp.register::<Stamp>()?;
         let store = Store::connect(&config, Arc::new(with_stamp)).await?;
+        // As `culm run` does: handlers on their own connection.
+        store.open_handler_connection(&config).await?;
         Ok(Bench {
             config,
             store,

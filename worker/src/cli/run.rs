@@ -86,6 +86,7 @@ pub(super) async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) 
         false => None,
     };
     let store = Store::connect(&config, registry).await?;
+    store.open_handler_connection(&config).await?;
     // Migrations or the schema check, then the ledger writer and outbox relay.
     let pg = crate::db::services::start(&config, &store).await?;
     // With --no-scheduler the catalog still backs the admin API's schedule endpoints.

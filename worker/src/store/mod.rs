@@ -215,6 +215,10 @@ pub struct JobStatus {
 
 struct Inner {
     conn: RedisConn,
+    /// Handlers' own connection (their Redis commands and the integration limiter), once
+    /// `open_handler_connection` ran: a slow or failed handler command then never delays
+    /// or breaks a fetch or an acknowledgement on the store's connection.
+    handler_conn: std::sync::OnceLock<RedisConn>,
     pubsub: PubSubSource,
     prefix: String,
     routing: Routing,
@@ -291,6 +295,7 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 conn,
+                handler_conn: std::sync::OnceLock::new(),
                 pubsub,
                 prefix: config.redis.key_prefix.clone(),
                 routing: Routing::from_config(config),
@@ -312,11 +317,33 @@ impl Store {
         self.inner.conn.clone()
     }
 
-    /// Handler dependencies with this store's Redis connection in the shape `culm-jobs`
+    /// Opens the connection handlers use (see `handler_connection`). Processes that run
+    /// jobs call this once before building their handlers' dependencies.
+    pub async fn open_handler_connection(&self, config: &Config) -> Result<(), StoreError> {
+        if self.inner.handler_conn.get().is_some() {
+            return Ok(());
+        }
+        let (conn, _) = conn::connect(&config.redis)
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                url: redact_url(&config.redis.url),
+                cause: e.to_string(),
+            })?;
+        let _ = self.inner.handler_conn.set(conn);
+        Ok(())
+    }
+
+    /// The connection handlers use: their own once `open_handler_connection` ran, else
+    /// the store's.
+    pub fn handler_connection(&self) -> RedisConn {
+        self.inner.handler_conn.get().unwrap_or(&self.inner.conn).clone()
+    }
+
+    /// Handler dependencies with the handlers' Redis connection in the shape `culm-jobs`
     /// looks up: the `ConnectionManager` (standalone, sentinel) or the cluster connection.
     pub fn handler_deps(&self) -> culm_core::Deps {
         let deps = culm_core::Deps::default();
-        match &self.inner.conn {
+        match &self.handler_connection() {
             RedisConn::Standalone(c) => deps.with(c.clone()),
             RedisConn::Cluster(c) => deps.with(c.clone()),
             RedisConn::Sentinel(s) => deps.with(s.current()),

@@ -20,23 +20,44 @@ local applied = {}
 local finished = 0
 local earliest = earliest_scheduled()
 local wake = false
+-- Read every run's current token in one command, then write in as few commands as the
+-- batch allows: settling the common case (done) costs one command per run (the read)
+-- plus a handful per batch.
+local fields = {}
+for i = 4, #ARGV, 5 do fields[#fields + 1] = ARGV[i] .. ':t' end
+local current = {}
+for from = 1, #fields, 1000 do
+  local got = redis.call('HMGET', K_ATTEMPTS, unpack(fields, from, math.min(from + 999, #fields)))
+  for j = 1, #got do current[from + j - 1] = got[j] end
+end
+local settled = {}      -- ids settled by this batch: a second entry for one id is fenced
+local ended = {}        -- leases to end: ZREM from leases
+local dropped = {}      -- attempts-hash fields to delete
+local done = {}         -- ids done: bodies and errors to delete
+local done_scores = {}  -- ZADD arguments for the done set
+local n = 0
 for i = 4, #ARGV, 5 do
-  local id, token, kind, at, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], now + tonumber(ARGV[i + 3]), ARGV[i + 4]
+  n = n + 1
+  local id, token, kind, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
+  local at = now + tonumber(ARGV[i + 3])
   local expired_only = string.sub(kind, 1, 1) == 'x'
   if expired_only then kind = string.sub(kind, 2) end
-  local ok = holds(id, token) ~= nil
+  local cur = current[n]
+  local ok = not settled[id] and cur and (cur == token or cur == token .. 's')
   if ok and expired_only then
     local deadline = redis.call('ZSCORE', K_LEASES, id)
     ok = deadline ~= false and tonumber(deadline) <= now
   end
   if ok then
-    end_lease(id)
+    settled[id] = true
+    ended[#ended + 1] = id
+    dropped[#dropped + 1] = id .. ':t'
     if kind == 'done' then
-      redis.call('HDEL', K_JOBS, id)
-      redis.call('HDEL', K_ATTEMPTS, id, id .. ':o')
-      redis.call('HDEL', K_ERRORS, id)
-      redis.call('ZADD', K_DONE, now, id)
-      finished = finished + 1
+      dropped[#dropped + 1] = id
+      dropped[#dropped + 1] = id .. ':o'
+      done[#done + 1] = id
+      done_scores[#done_scores + 1] = now
+      done_scores[#done_scores + 1] = id
     elseif kind == 'dead' then
       push_error(id, redis.call('HGET', K_ATTEMPTS, id), now, err)
       redis.call('ZADD', K_DEAD, now, id)
@@ -68,11 +89,24 @@ for i = 4, #ARGV, 5 do
         end
       end
     end
-    applied[#applied + 1] = '1'
+    applied[n] = '1'
   else
-    applied[#applied + 1] = '0'
+    applied[n] = '0'
   end
 end
+for from = 1, #ended, 1000 do
+  redis.call('ZREM', K_LEASES, unpack(ended, from, math.min(from + 999, #ended)))
+end
+for from = 1, #dropped, 1000 do
+  redis.call('HDEL', K_ATTEMPTS, unpack(dropped, from, math.min(from + 999, #dropped)))
+end
+for from = 1, #done, 1000 do
+  local last_i = math.min(from + 999, #done)
+  redis.call('HDEL', K_JOBS, unpack(done, from, last_i))
+  redis.call('HDEL', K_ERRORS, unpack(done, from, last_i))
+  redis.call('ZADD', K_DONE, unpack(done_scores, 2 * from - 1, 2 * last_i))
+end
+finished = #done
 if finished > 0 then
   local extra = redis.call('ZCARD', K_DONE) - keep
   if extra > 0 then redis.call('ZREMRANGEBYRANK', K_DONE, 0, extra - 1) end

@@ -19,20 +19,34 @@ if nxt then next_due = tostring(nxt) end
 if redis.call('EXISTS', K_PAUSED) == 1 then return { 'paused', next_due } end
 local out = { 'ok', next_due }
 if count <= 0 then return out end
+-- `count` is at most a pool's free slots; chunks keep every unpack far below Lua's limit.
 local ids = redis.call('LPOP', K_READY, count)
 if not ids then return out end
 local token = redis.call('INCRBY', K_SEQ, #ids) - #ids
-for _, id in ipairs(ids) do
-  local env = redis.call('HGET', K_JOBS, id)
-  if env then
-    token = token + 1
-    local attempt = redis.call('HINCRBY', K_ATTEMPTS, id, 1)
-    redis.call('HSET', K_ATTEMPTS, id .. ':t', token)
-    redis.call('ZADD', K_LEASES, deadline, id)
-    out[#out + 1] = id
-    out[#out + 1] = attempt
-    out[#out + 1] = token
-    out[#out + 1] = env
+for from = 1, #ids, 1000 do
+  local chunk = { unpack(ids, from, math.min(from + 999, #ids)) }
+  -- One command per chunk for the bodies, the tokens and the leases; only the attempt
+  -- counters need a call per job.
+  local envs = redis.call('HMGET', K_JOBS, unpack(chunk))
+  local tokens, leases = {}, {}
+  for i, id in ipairs(chunk) do
+    local env = envs[i]
+    if env then
+      token = token + 1
+      local attempt = redis.call('HINCRBY', K_ATTEMPTS, id, 1)
+      tokens[#tokens + 1] = id .. ':t'
+      tokens[#tokens + 1] = token
+      leases[#leases + 1] = deadline
+      leases[#leases + 1] = id
+      out[#out + 1] = id
+      out[#out + 1] = attempt
+      out[#out + 1] = token
+      out[#out + 1] = env
+    end
+  end
+  if #tokens > 0 then
+    redis.call('HSET', K_ATTEMPTS, unpack(tokens))
+    redis.call('ZADD', K_LEASES, unpack(leases))
   end
 end
 return out

@@ -44,6 +44,7 @@ for g = 1, #KEYS do
   local earliest = nil
   if first[2] then earliest = tonumber(first[2]) end
   local wake = false
+  local due = {}          -- ids due now, pushed to ready in one command
   local n = tonumber(ARGV[i])
   for j = 0, n - 1 do
     local at = i + 1 + j * 4
@@ -65,7 +66,7 @@ for g = 1, #KEYS do
       out[#out + 1] = 0
     else
       if run_at <= now then
-        redis.call('RPUSH', ready, id)
+        due[#due + 1] = id
         if was_empty then wake = true end
       else
         redis.call('ZADD', sched, run_at, id)
@@ -77,6 +78,9 @@ for g = 1, #KEYS do
       out[#out + 1] = id
       out[#out + 1] = 1
     end
+  end
+  for from = 1, #due, 1000 do
+    redis.call('RPUSH', ready, unpack(due, from, math.min(from + 999, #due)))
   end
   if wake then redis.call('PUBLISH', b .. ':wake', '1') end
   i = i + 1 + n * 4
