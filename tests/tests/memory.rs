@@ -86,7 +86,11 @@ async fn env_on(redis: &ThrowawayRedis, adjust: impl FnOnce(&mut culm_worker::co
 
 async fn used_memory(store: &Store) -> i64 {
     let mut c = store.connection();
-    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await.expect("INFO");
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut c)
+        .await
+        .expect("INFO");
     info.lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
@@ -111,7 +115,11 @@ async fn key_report(store: &Store) -> String {
     out.reverse();
     out.truncate(12);
     format!("{} idempotency keys; largest: {out:?}", {
-        let idem: Vec<String> = redis::cmd("KEYS").arg("*:idem:*").query_async(&mut c).await.expect("KEYS");
+        let idem: Vec<String> = redis::cmd("KEYS")
+            .arg("*:idem:*")
+            .query_async(&mut c)
+            .await
+            .expect("KEYS");
         idem.len()
     })
 }
@@ -168,7 +176,9 @@ async fn redis_memory_plateaus_under_a_workload_that_completes_defers_dead_lette
         c.queues.insert(Q.into(), queue("batch", 8, 5_000, 2));
     })
     .await;
-    Db::ensure_database(&env.config.database).await.expect("create database");
+    Db::ensure_database(&env.config.database)
+        .await
+        .expect("create database");
     let db = Db::connect(&env.config.database).await.expect("connect");
     db.migrate().await.expect("migrate");
     let (ledger, writer) = ledger::start(
@@ -179,11 +189,7 @@ async fn redis_memory_plateaus_under_a_workload_that_completes_defers_dead_lette
     );
     let counters = ledger.counters().clone();
     proxy.cut();
-    let running = env
-        .runtime()
-        .with_ledger(ledger)
-        .start(&[Q.to_owned()])
-        .expect("start");
+    let running = env.runtime().with_ledger(ledger).start(&[Q.to_owned()]).expect("start");
 
     // One round: 100 jobs that succeed, 30 that defer for 100 ms first, 30 that die
     // after 2 attempts; every job has an idempotency key of its own. Dead letters are
