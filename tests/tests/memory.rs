@@ -4,11 +4,8 @@
 //! reading. `measure_redis_memory_per_job` (ignored; run it by name) prints the figures
 //! quoted in docs/operations.md.
 use culm_core::{EnqueueRequest, Job, JobContext, JobError, Outcome, Tier, now_ms};
-use culm_tests::{TcpProxy, TestDb, TestEnv, eventually, faults::ThrowawayRedis, queue};
-use culm_worker::{
-    db::{Db, ledger},
-    store::Store,
-};
+use culm_tests::{TcpProxy, TestDb, TestEnv, eventually, faults::ThrowawayRedis, ledger_for, queue};
+use culm_worker::{db::ledger, store::Store};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -176,17 +173,7 @@ async fn redis_memory_plateaus_under_a_workload_that_completes_defers_dead_lette
         c.queues.insert(Q.into(), queue("batch", 8, 5_000, 2));
     })
     .await;
-    Db::ensure_database(&env.config.database)
-        .await
-        .expect("create database");
-    let db = Db::connect(&env.config.database).await.expect("connect");
-    db.migrate().await.expect("migrate");
-    let (ledger, writer) = ledger::start(
-        db.clone(),
-        env.store.connection(),
-        &env.prefix,
-        env.config.database.ledger.clone(),
-    );
+    let (db, ledger, writer) = ledger_for(&env).await;
     let counters = ledger.counters().clone();
     proxy.cut();
     let running = env.runtime().with_ledger(ledger).start(&[Q.to_owned()]).expect("start");

@@ -3,7 +3,7 @@
 //! two relays, and the ledger fallback of job status. Each test has its own database
 //! (`culm_tests::TestDb`), dropped when the test ends.
 use culm_core::EnqueueRequest;
-use culm_tests::{KillOnDrop, TcpProxy, TestDb, TestEnv, eventually, is, next_event, queue};
+use culm_tests::{KillOnDrop, TcpProxy, TestDb, TestEnv, eventually, is, ledger_for, next_event, queue};
 use culm_worker::runtime::JobEvent;
 use culm_worker::{
     admin::{self, AdminState, Token},
@@ -43,9 +43,9 @@ async fn enqueue_noops(env: &TestEnv, n: usize) -> usize {
     env.store.enqueue(reqs).await.expect("enqueue").len()
 }
 
-/// Creates and migrates the database directly, then connects a ledger through a proxy
-/// the test can cut.
-async fn ledger_behind_proxy(tdb: &TestDb) -> (TcpProxy, TestEnv, Db, Ledger, LedgerWriter) {
+/// Creates and migrates the database directly; returns a proxy the test can cut and an
+/// env whose database is reached through it.
+async fn env_behind_proxy(tdb: &TestDb) -> (TcpProxy, TestEnv) {
     {
         let env = env(&tdb.url).await;
         let (db, _l, w) = ledger_for(&env).await;
@@ -54,24 +54,14 @@ async fn ledger_behind_proxy(tdb: &TestDb) -> (TcpProxy, TestEnv, Db, Ledger, Le
     }
     let proxy = TcpProxy::start("127.0.0.1:5432").await;
     let env = env(&tdb.via(&proxy)).await;
-    let (db, ledger, writer) = ledger_for(&env).await;
-    (proxy, env, db, ledger, writer)
+    (proxy, env)
 }
 
-/// Creates and migrates the env's database; starts a ledger writer.
-async fn ledger_for(env: &TestEnv) -> (Db, Ledger, LedgerWriter) {
-    Db::ensure_database(&env.config.database)
-        .await
-        .expect("create database");
-    let db = Db::connect(&env.config.database).await.expect("connect");
-    db.migrate().await.expect("migrate");
-    let (l, w) = ledger::start(
-        db.clone(),
-        env.store.connection(),
-        &env.prefix,
-        env.config.database.ledger.clone(),
-    );
-    (db, l, w)
+/// [`env_behind_proxy`] with a ledger connected through the proxy.
+async fn ledger_behind_proxy(tdb: &TestDb) -> (TcpProxy, TestEnv, Db, Ledger, LedgerWriter) {
+    let (proxy, env) = env_behind_proxy(tdb).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    (proxy, env, db, ledger, writer)
 }
 
 /// Waits for `n` successful runs, counting from now.
@@ -656,14 +646,7 @@ async fn rows_spilled_by_a_process_that_stopped_during_the_outage_are_replayed_b
 #[tokio::test]
 async fn with_spill_memory_rows_wait_in_memory_and_every_row_that_does_not_fit_is_counted() {
     let tdb = TestDb::new();
-    {
-        let env = env(&tdb.url).await;
-        let (db, _l, w) = ledger_for(&env).await;
-        w.shutdown(Duration::from_secs(5)).await;
-        db.pool().close().await;
-    }
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
-    let mut env = env(&tdb.via(&proxy)).await;
+    let (proxy, mut env) = env_behind_proxy(&tdb).await;
     env.config.database.ledger.spill = culm_worker::config::SpillPolicy::Memory;
     env.config.database.ledger.buffer_size = 100;
     env.config.database.ledger.flush_batch = 100;
@@ -789,14 +772,7 @@ fn dropped_metric(reason: &str) -> f64 {
 async fn the_spill_stream_and_its_unreadable_stream_stay_within_spill_max_rows_and_count_what_they_drop() {
     culm_worker::telemetry::install();
     let tdb = TestDb::new();
-    {
-        let env = env(&tdb.url).await;
-        let (db, _l, w) = ledger_for(&env).await;
-        w.shutdown(Duration::from_secs(5)).await;
-        db.pool().close().await;
-    }
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
-    let mut env = env(&tdb.via(&proxy)).await;
+    let (proxy, mut env) = env_behind_proxy(&tdb).await;
     env.config.database.ledger.spill_max_rows = 40;
     let (db, ledger, writer) = ledger_for(&env).await;
     let counters = ledger.counters().clone();
