@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 
 pub mod faults;
 mod postgres;
-pub use postgres::{TestDb, database_server_url};
+pub use postgres::{TestDb, database_server_url, ledger_for};
 
 /// The README's Rust examples, compiled (and run, where they have a body to run) by
 /// `cargo test --doc`, which `scripts/test.sh` runs after nextest (nextest skips

@@ -1,5 +1,9 @@
 //! A PostgreSQL database of the test's own, dropped when the test ends.
-use crate::TcpProxy;
+use crate::{TcpProxy, TestEnv};
+use culm_worker::db::{
+    Db,
+    ledger::{self, Ledger, LedgerWriter},
+};
 use sqlx::{Connection, PgConnection};
 
 /// The server URL without a database (`CULM_TEST_DATABASE_URL`, default the local trust login).
@@ -33,6 +37,22 @@ impl TestDb {
         let host = base.rsplit('@').next().unwrap_or("127.0.0.1:5432").to_owned();
         format!("{}/{}", base.replace(&host, &proxy.addr.to_string()), self.name)
     }
+}
+
+/// Creates and migrates the env's database (`database.url`); starts a ledger writer.
+pub async fn ledger_for(env: &TestEnv) -> (Db, Ledger, LedgerWriter) {
+    Db::ensure_database(&env.config.database)
+        .await
+        .expect("create database");
+    let db = Db::connect(&env.config.database).await.expect("connect");
+    db.migrate().await.expect("migrate");
+    let (l, w) = ledger::start(
+        db.clone(),
+        env.store.connection(),
+        &env.prefix,
+        env.config.database.ledger.clone(),
+    );
+    (db, l, w)
 }
 
 async fn drop_database(name: &str) -> Result<(), sqlx::Error> {

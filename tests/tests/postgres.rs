@@ -3,14 +3,14 @@
 //! two relays, and the ledger fallback of job status. Each test has its own database
 //! (`culm_tests::TestDb`), dropped when the test ends.
 use culm_core::EnqueueRequest;
-use culm_tests::{KillOnDrop, TcpProxy, TestDb, TestEnv, eventually, is, next_event, queue};
+use culm_tests::{KillOnDrop, TcpProxy, TestDb, TestEnv, eventually, is, ledger_for, next_event, queue};
 use culm_worker::runtime::JobEvent;
 use culm_worker::{
     admin::{self, AdminState, Token},
     config::{Config, Scope},
     db::{
         Db, DbError,
-        ledger::{self, Ledger, LedgerWriter},
+        ledger::{self, DeadInfo, Ledger, LedgerRow, LedgerWriter, RunOutcome},
         outbox, retention,
     },
 };
@@ -43,9 +43,9 @@ async fn enqueue_noops(env: &TestEnv, n: usize) -> usize {
     env.store.enqueue(reqs).await.expect("enqueue").len()
 }
 
-/// Creates and migrates the database directly, then connects a ledger through a proxy
-/// the test can cut.
-async fn ledger_behind_proxy(tdb: &TestDb) -> (TcpProxy, TestEnv, Db, Ledger, LedgerWriter) {
+/// Creates and migrates the database directly; returns a proxy the test can cut and an
+/// env whose database is reached through it.
+async fn env_behind_proxy(tdb: &TestDb) -> (TcpProxy, TestEnv) {
     {
         let env = env(&tdb.url).await;
         let (db, _l, w) = ledger_for(&env).await;
@@ -54,24 +54,14 @@ async fn ledger_behind_proxy(tdb: &TestDb) -> (TcpProxy, TestEnv, Db, Ledger, Le
     }
     let proxy = TcpProxy::start("127.0.0.1:5432").await;
     let env = env(&tdb.via(&proxy)).await;
-    let (db, ledger, writer) = ledger_for(&env).await;
-    (proxy, env, db, ledger, writer)
+    (proxy, env)
 }
 
-/// Creates and migrates the env's database; starts a ledger writer.
-async fn ledger_for(env: &TestEnv) -> (Db, Ledger, LedgerWriter) {
-    Db::ensure_database(&env.config.database)
-        .await
-        .expect("create database");
-    let db = Db::connect(&env.config.database).await.expect("connect");
-    db.migrate().await.expect("migrate");
-    let (l, w) = ledger::start(
-        db.clone(),
-        env.store.connection(),
-        &env.prefix,
-        env.config.database.ledger.clone(),
-    );
-    (db, l, w)
+/// [`env_behind_proxy`] with a ledger connected through the proxy.
+async fn ledger_behind_proxy(tdb: &TestDb) -> (TcpProxy, TestEnv, Db, Ledger, LedgerWriter) {
+    let (proxy, env) = env_behind_proxy(tdb).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    (proxy, env, db, ledger, writer)
 }
 
 /// Waits for `n` successful runs, counting from now.
@@ -656,14 +646,7 @@ async fn rows_spilled_by_a_process_that_stopped_during_the_outage_are_replayed_b
 #[tokio::test]
 async fn with_spill_memory_rows_wait_in_memory_and_every_row_that_does_not_fit_is_counted() {
     let tdb = TestDb::new();
-    {
-        let env = env(&tdb.url).await;
-        let (db, _l, w) = ledger_for(&env).await;
-        w.shutdown(Duration::from_secs(5)).await;
-        db.pool().close().await;
-    }
-    let proxy = TcpProxy::start("127.0.0.1:5432").await;
-    let mut env = env(&tdb.via(&proxy)).await;
+    let (proxy, mut env) = env_behind_proxy(&tdb).await;
     env.config.database.ledger.spill = culm_worker::config::SpillPolicy::Memory;
     env.config.database.ledger.buffer_size = 100;
     env.config.database.ledger.flush_batch = 100;
@@ -844,6 +827,218 @@ async fn a_dead_ack_that_was_fenced_off_never_reaches_the_archive() {
     assert_eq!(st.state, culm_worker::store::JobState::Running, "{st:?}");
     running.shutdown().await;
     writer.shutdown(Duration::from_secs(10)).await;
+    env.cleanup().await;
+    db.pool().close().await;
+}
+
+/// A synthetic ledger row of `job_id`'s attempt `attempt`, recorded at `at_us`; `dead`
+/// rows carry what the archive keeps.
+fn ledger_row(job_id: &str, attempt: u32, outcome: RunOutcome, at_us: i64) -> LedgerRow {
+    LedgerRow {
+        run_id: ulid::Ulid::new().to_string(),
+        job_id: job_id.to_owned(),
+        job: "platform.noop".into(),
+        queue: "t_q".into(),
+        tier: "batch".into(),
+        attempt,
+        outcome,
+        error: (outcome != RunOutcome::Succeeded).then(|| format!("attempt {attempt} failed")),
+        enqueued_at_ms: Some(at_us / 1000 - 1000),
+        started_at_us: Some(at_us - 500),
+        finished_at_us: at_us,
+        duration_ms: 0.5,
+        next_run_at_ms: None,
+        worker_id: "test-1".into(),
+        summary: None,
+        dead: (outcome == RunOutcome::Dead).then(|| DeadInfo {
+            payload: serde_json::value::to_raw_value(&json!({})).expect("raw"),
+            idempotency_key: None,
+        }),
+    }
+}
+
+/// Rows held by a spill stream (an entry holds a JSON array of rows).
+async fn rows_in_stream(env: &TestEnv, key: &str) -> usize {
+    let mut c = env.store.connection();
+    let entries: Vec<(String, Vec<String>)> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut c)
+        .await
+        .expect("XRANGE");
+    entries
+        .iter()
+        .map(|(_, f)| serde_json::from_str::<Vec<Value>>(&f[1]).map_or(1, |v| v.len()))
+        .sum()
+}
+
+async fn xlen(env: &TestEnv, key: &str) -> usize {
+    let mut c = env.store.connection();
+    redis::cmd("XLEN").arg(key).query_async(&mut c).await.expect("XLEN")
+}
+
+/// The value of `culm_ledger_rows_dropped_total{reason}` in this process (0 when absent).
+fn dropped_metric(reason: &str) -> f64 {
+    let text = culm_worker::telemetry::install().render();
+    let label = format!("reason=\"{reason}\"");
+    text.lines()
+        .filter(|l| l.starts_with(culm_worker::telemetry::LEDGER_DROPPED) && l.contains(&label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_spill_stream_and_its_unreadable_stream_stay_within_spill_max_rows_and_count_what_they_drop() {
+    culm_worker::telemetry::install();
+    let tdb = TestDb::new();
+    let (proxy, mut env) = env_behind_proxy(&tdb).await;
+    env.config.database.ledger.spill_max_rows = 40;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let counters = ledger.counters().clone();
+    let spill = ledger::spill_key(&env.prefix);
+    let full_before = dropped_metric("spill_full");
+
+    // PostgreSQL is unreachable: 100 rows spill into a stream bounded at 40.
+    proxy.cut();
+    let now = culm_core::now_ms() * 1000;
+    for i in 0..100 {
+        ledger.record(ledger_row(&format!("job-{i}"), 1, RunOutcome::Succeeded, now + i));
+    }
+    eventually(WAIT, "100 rows spilled", || async {
+        (counters.spilled.load(Ordering::Relaxed) == 100).then_some(())
+    })
+    .await;
+    writer.shutdown(Duration::from_secs(10)).await;
+    db.pool().close().await;
+    assert_eq!(
+        (
+            rows_in_stream(&env, &spill).await,
+            counters.dropped.load(Ordering::Relaxed)
+        ),
+        (40, 60),
+        "the spill keeps the newest 40 rows and counts the 60 it trimmed"
+    );
+    assert!(
+        dropped_metric("spill_full") - full_before >= 60.0,
+        "culm_ledger_rows_dropped_total{{reason=\"spill_full\"}} counts them"
+    );
+
+    // Entries replay cannot parse are moved aside, into a stream with the same bound.
+    let mut c = env.store.connection();
+    let _: () = redis::cmd("DEL").arg(&spill).query_async(&mut c).await.expect("DEL");
+    for i in 0..50 {
+        let _: String = redis::cmd("XADD")
+            .arg(&spill)
+            .arg("*")
+            .arg("rows")
+            .arg(format!("written by a culm from the future #{i}"))
+            .query_async(&mut c)
+            .await
+            .expect("XADD");
+    }
+    proxy.restore();
+    let (db, ledger, writer) = ledger_for(&env).await;
+    eventually(WAIT, "the spill stream emptied", || async {
+        (xlen(&env, &spill).await == 0).then_some(())
+    })
+    .await;
+    writer.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        (
+            xlen(&env, &format!("{spill}:unreadable")).await,
+            ledger.counters().dropped.load(Ordering::Relaxed)
+        ),
+        (40, 10),
+        "the unreadable stream keeps the newest 40 entries and counts the 10 it trimmed"
+    );
+    assert!(dropped_metric("unreadable_full") >= 10.0);
+    env.cleanup().await;
+    db.pool().close().await;
+}
+
+#[tokio::test]
+async fn replaying_a_spilled_dead_row_keeps_a_redrive_and_never_moves_the_archive_back() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let job_id = ulid::Ulid::new().to_string();
+    let t0 = (culm_core::now_ms() - 60_000) * 1000;
+    let death = ledger_row(&job_id, 3, RunOutcome::Dead, t0);
+    ledger.record(ledger_row(&job_id, 1, RunOutcome::FailedWillRetry, t0 - 2_000_000));
+    ledger.record(ledger_row(&job_id, 2, RunOutcome::FailedWillRetry, t0 - 1_000_000));
+    ledger.record(death.clone());
+    eventually(WAIT, "the death archived", || async {
+        db.dead_get(&job_id).await.expect("dead get")
+    })
+    .await;
+    writer.shutdown(Duration::from_secs(5)).await;
+    // Redis no longer holds the job: the archive re-drives it as a new job.
+    let (_, runs_as) = db
+        .dead_redrive(&env.store, &job_id)
+        .await
+        .expect("redrive")
+        .expect("archived");
+    let archived = || async {
+        let r = sqlx::query("SELECT died_at, redriven_at, redriven_as, attempts FROM culm_dead_jobs WHERE job_id = $1")
+            .bind(&job_id)
+            .fetch_one(db.pool())
+            .await
+            .expect("archive row");
+        (
+            r.get::<chrono::DateTime<chrono::Utc>, _>("died_at").timestamp_micros(),
+            r.get::<Option<chrono::DateTime<chrono::Utc>>, _>("redriven_at")
+                .is_some(),
+            r.get::<Option<String>, _>("redriven_as"),
+            r.get::<i32, _>("attempts"),
+        )
+    };
+    assert_eq!(archived().await, (t0, true, Some(runs_as.clone()), 3));
+
+    // A replica had spilled the same death during a blip, plus an older one; both replay.
+    let spill = ledger::spill_key(&env.prefix);
+    let spill_rows = |rows: Vec<LedgerRow>| {
+        let env = &env;
+        let spill = &spill;
+        async move {
+            let mut c = env.store.connection();
+            for r in rows {
+                let _: String = redis::cmd("XADD")
+                    .arg(spill)
+                    .arg("*")
+                    .arg("rows")
+                    .arg(serde_json::to_string(&[r]).expect("json"))
+                    .query_async(&mut c)
+                    .await
+                    .expect("XADD");
+            }
+        }
+    };
+    let replay = || async {
+        let (db2, _l, w) = ledger_for(&env).await;
+        eventually(WAIT, "the spill replayed", || async {
+            (xlen(&env, &spill).await == 0).then_some(())
+        })
+        .await;
+        w.shutdown(Duration::from_secs(5)).await;
+        db2.pool().close().await;
+    };
+    let older = ledger_row(&job_id, 1, RunOutcome::Dead, t0 - 5_000_000);
+    spill_rows(vec![death.clone(), older.clone()]).await;
+    replay().await;
+    assert_eq!(
+        archived().await,
+        (t0, true, Some(runs_as.clone()), 3),
+        "a replayed death the archive already has, or an older one, leaves the re-drive in place"
+    );
+    assert!(db.dead_list(Some("t_q"), 10).await.expect("list").is_empty());
+
+    // A death after the re-drive is news: the archive moves forward, even when an older
+    // death follows it in the same replay.
+    let later = (culm_core::now_ms() + 1_000) * 1000;
+    spill_rows(vec![ledger_row(&job_id, 4, RunOutcome::Dead, later), older]).await;
+    replay().await;
+    assert_eq!(archived().await, (later, false, None, 4));
     env.cleanup().await;
     db.pool().close().await;
 }

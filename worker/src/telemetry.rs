@@ -236,7 +236,8 @@ pub const LEDGER_WRITTEN: &str = "culm_ledger_rows_written_total";
 pub const LEDGER_SPILLED: &str = "culm_ledger_rows_spilled_total";
 /// Spilled ledger rows replayed into PostgreSQL.
 pub const LEDGER_REPLAYED: &str = "culm_ledger_rows_replayed_total";
-/// Ledger rows dropped (`reason`: buffer_full, overflow, shutdown, writer_stopped); each drop is also logged.
+/// Ledger rows dropped (`reason`: buffer_full, overflow, shutdown, writer_stopped, spill_full,
+/// unreadable_full (in entries)); each drop is also logged.
 pub const LEDGER_DROPPED: &str = "culm_ledger_rows_dropped_total";
 /// Time of one ledger batch insert.
 pub const LEDGER_FLUSH: &str = "culm_ledger_flush_seconds";

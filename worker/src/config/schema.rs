@@ -257,6 +257,9 @@ pub struct LedgerConfig {
     /// What happens to rows PostgreSQL cannot take: `redis` (spill to a Redis stream and
     /// replay on recovery) or `memory` (keep up to `buffer_size`, then drop and count).
     pub spill: SpillPolicy,
+    /// Most rows the spill stream holds (and most entries its `:unreadable` stream holds);
+    /// beyond it the oldest are trimmed, counted and logged. Bounds Redis memory in an outage.
+    pub spill_max_rows: u64,
     /// Ledger rows older than this are deleted (in batches); `0s` keeps them forever.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
@@ -276,6 +279,7 @@ impl Default for LedgerConfig {
             flush_interval: builtin_duration("database.ledger.flush_interval"),
             flush_batch: builtin("database.ledger.flush_batch"),
             spill: builtin("database.ledger.spill"),
+            spill_max_rows: builtin("database.ledger.spill_max_rows"),
             retention: builtin_duration("database.ledger.retention"),
             dead_retention: builtin_duration("database.ledger.dead_retention"),
             housekeeping_interval: builtin_duration("database.ledger.housekeeping_interval"),

@@ -125,6 +125,9 @@ fn validate_database(d: &DatabaseConfig) -> Result<(), (String, String)> {
             "flush_batch must be at least 1 and buffer_size at least flush_batch".into(),
         ));
     }
+    if d.ledger.spill_max_rows == 0 {
+        return Err(("database.ledger.spill_max_rows".into(), "must be at least 1".into()));
+    }
     if d.outbox.batch == 0 {
         return Err(("database.outbox.batch".into(), "must be at least 1".into()));
     }

@@ -27,6 +27,11 @@ pub(super) struct DeadRun<'a> {
 
 /// Upserts the archive rows of `dead` runs. The error history is every failed attempt in
 /// the ledger, which this transaction has just extended.
+///
+/// The archive only moves forward: a death older than the archived one changes nothing
+/// (replays of spilled rows arrive late and in any order), and a re-drive is cleared only
+/// by a death after both the archived death and the re-drive, so replaying a death the
+/// operator already re-drove leaves `redriven_at` set.
 pub(super) async fn archive(tx: &mut Transaction<'_, Postgres>, dead: &[DeadRun<'_>]) -> Result<(), sqlx::Error> {
     let ms = |v: Option<i64>| v.and_then(DateTime::<Utc>::from_timestamp_millis);
     sqlx::query(
@@ -46,7 +51,11 @@ pub(super) async fn archive(tx: &mut Transaction<'_, Postgres>, dead: &[DeadRun<
          ON CONFLICT (job_id) DO UPDATE SET job = EXCLUDED.job, queue = EXCLUDED.queue, tier = EXCLUDED.tier, \
            payload = EXCLUDED.payload, idempotency_key = EXCLUDED.idempotency_key, attempts = EXCLUDED.attempts, \
            last_error = EXCLUDED.last_error, errors = EXCLUDED.errors, enqueued_at = EXCLUDED.enqueued_at, \
-           died_at = EXCLUDED.died_at, redriven_at = NULL, redriven_as = NULL \
+           died_at = EXCLUDED.died_at, \
+           redriven_at = CASE WHEN EXCLUDED.died_at > GREATEST(culm_dead_jobs.died_at, culm_dead_jobs.redriven_at) \
+             THEN NULL ELSE culm_dead_jobs.redriven_at END, \
+           redriven_as = CASE WHEN EXCLUDED.died_at > GREATEST(culm_dead_jobs.died_at, culm_dead_jobs.redriven_at) \
+             THEN NULL ELSE culm_dead_jobs.redriven_as END \
          WHERE culm_dead_jobs.died_at <= EXCLUDED.died_at",
     )
     .bind(dead.iter().map(|d| d.job_id).collect::<Vec<_>>())

@@ -11,8 +11,9 @@
 //! next reaches PostgreSQL. Rows carry a ULID `run_id` and inserts are
 //! `ON CONFLICT DO NOTHING`, so a replay after a partial failure never duplicates a row.
 //! A row is dropped only when it fits nowhere (the channel is full, or PostgreSQL and the
-//! spill both fail and `buffer_size` rows are already held); every drop is logged and
-//! counted in `culm_ledger_rows_dropped_total`.
+//! spill both fail and `buffer_size` rows are already held) or falls off the spill's bound
+//! (`spill_max_rows`: the stream and its `:unreadable` sibling keep their newest entries);
+//! every drop is logged and counted in `culm_ledger_rows_dropped_total`.
 mod writer;
 
 use super::Db;

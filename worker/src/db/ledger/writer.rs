@@ -12,8 +12,9 @@ use crate::{
     telemetry,
 };
 use chrono::{DateTime, Utc};
+use redis::Script;
 use std::{
-    sync::{Arc, atomic::Ordering},
+    sync::{Arc, LazyLock, atomic::Ordering},
     time::{Duration, Instant},
 };
 use tokio::{
@@ -42,6 +43,7 @@ pub(super) fn spawn(
         pg_retry_at: None,
         pg_backoff: Duration::from_millis(200),
         last_error_log: None,
+        last_drop_log: None,
     };
     tokio::spawn(writer.run(rx, stop))
 }
@@ -60,10 +62,21 @@ struct Writer {
     pg_retry_at: Option<Instant>,
     pg_backoff: Duration,
     last_error_log: Option<Instant>,
+    /// Drops by the spill bound are logged at most once per `DROP_LOG_EVERY`.
+    last_drop_log: Option<Instant>,
 }
 
-/// Entries read from the spill stream per replay step.
-const REPLAY_CHUNK: usize = 50;
+/// Appends ARGV[2..] to the stream KEYS[1], one entry each (field `rows`), then trims it
+/// to its newest ARGV[1] entries; returns how many entries the trim removed. One script,
+/// so no reader ever sees the stream above its bound and each trimmed entry is counted
+/// once, whichever replica trimmed it.
+static APPEND_BOUNDED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "for i = 2, #ARGV do redis.call('XADD', KEYS[1], '*', 'rows', ARGV[i]) end \
+         return redis.call('XTRIM', KEYS[1], 'MAXLEN', ARGV[1])",
+    )
+});
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 /// How often a writer looks for rows other replicas spilled.
 const SPILL_RECHECK: Duration = Duration::from_secs(30);
 
@@ -211,26 +224,59 @@ impl Writer {
         Ok(())
     }
 
+    /// Appends `rows` to the spill stream, one entry per row so that `spill_max_rows`
+    /// bounds rows exactly; the oldest rows beyond it are trimmed and counted as dropped.
     async fn spill(&mut self, rows: &[LedgerRow]) -> Result<(), redis::RedisError> {
-        let body = serde_json::to_string(rows)
+        let entries = rows
+            .iter()
+            .map(|r| serde_json::to_string(std::slice::from_ref(r)))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| redis::RedisError::from((redis::ErrorKind::Client, "serialize", e.to_string())))?;
-        let mut conn = self.redis.clone();
-        redis::cmd("XADD")
-            .arg(&self.spill_key)
-            .arg("*")
-            .arg("rows")
-            .arg(body)
-            .exec_async(&mut conn)
-            .await?;
+        let key = self.spill_key.clone();
+        self.append_bounded(&key, &entries, "spill_full").await?;
         self.spill_pending = true;
         self.counters.spilled.fetch_add(rows.len() as u64, Ordering::Relaxed);
         telemetry::ledger_spilled(rows.len() as u64);
         Ok(())
     }
 
-    /// Moves spilled batches into PostgreSQL, oldest first, until the stream is empty or
-    /// a write fails.
+    /// Appends `entries` to the stream `key`, keeping its newest `spill_max_rows`; what the
+    /// bound trimmed is counted under `reason` and logged (at most every `DROP_LOG_EVERY`).
+    async fn append_bounded(
+        &mut self,
+        key: &str,
+        entries: &[String],
+        reason: &'static str,
+    ) -> Result<(), redis::RedisError> {
+        let mut conn = self.redis.clone();
+        let mut invoke = APPEND_BOUNDED.prepare_invoke();
+        invoke.key(key).arg(self.config.spill_max_rows);
+        for e in entries {
+            invoke.arg(e);
+        }
+        let trimmed: u64 = invoke.invoke_async(&mut conn).await?;
+        if trimmed > 0 {
+            self.counters.dropped.fetch_add(trimmed, Ordering::Relaxed);
+            telemetry::ledger_dropped(reason, trimmed);
+            if self.last_drop_log.is_none_or(|t| t.elapsed() > DROP_LOG_EVERY) {
+                self.last_drop_log = Some(Instant::now());
+                tracing::error!(
+                    reason,
+                    stream = key,
+                    entries = trimmed,
+                    max = self.config.spill_max_rows,
+                    "ledger: oldest spilled entries trimmed at database.ledger.spill_max_rows and lost to the ledger \
+                     (see culm_ledger_rows_dropped_total); PostgreSQL has been unavailable for long"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves spilled rows into PostgreSQL, oldest first, up to `flush_batch` rows per
+    /// transaction, until the stream is empty or a write fails.
     async fn replay(&mut self) {
+        let unreadable_key = format!("{}:unreadable", self.spill_key);
         loop {
             let mut conn = self.redis.clone();
             // [[id, [field, value, ...]], ...]; each entry has one field, `rows`.
@@ -239,7 +285,7 @@ impl Writer {
                 .arg("-")
                 .arg("+")
                 .arg("COUNT")
-                .arg(REPLAY_CHUNK)
+                .arg(self.config.flush_batch)
                 .query_async(&mut conn)
                 .await;
             let entries = match entries {
@@ -253,38 +299,57 @@ impl Writer {
                 self.spill_pending = false;
                 return;
             }
+            let (mut rows, mut ids, mut unreadable, mut unreadable_ids) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for (id, fields) in entries {
                 let raw = fields.get(1).map(String::as_str).unwrap_or("[]");
                 match serde_json::from_str::<Vec<LedgerRow>>(raw) {
-                    Ok(rows) => {
-                        for chunk in rows.chunks(self.config.flush_batch) {
-                            if let Err(e) = self.insert(chunk).await {
-                                self.pg_failed("replaying spilled ledger rows", &e);
-                                return;
-                            }
-                        }
-                        self.pg_ok();
-                        telemetry::ledger_replayed(rows.len() as u64);
+                    Ok(r) => {
+                        rows.extend(r);
+                        ids.push(id);
                     }
                     Err(e) => {
                         // Written by a culm whose row format differs: keep it for a human.
                         tracing::error!(entry = %id, "ledger: unreadable spill entry moved aside: {e}");
-                        let _: redis::RedisResult<()> = redis::cmd("XADD")
-                            .arg(format!("{}:unreadable", self.spill_key))
-                            .arg("*")
-                            .arg("rows")
-                            .arg(raw)
-                            .query_async(&mut conn)
-                            .await;
+                        unreadable.push(raw.to_owned());
+                        unreadable_ids.push(id);
                     }
                 }
-                let _: redis::RedisResult<()> = redis::cmd("XDEL")
-                    .arg(&self.spill_key)
-                    .arg(&id)
-                    .query_async(&mut conn)
-                    .await;
+                // Entries of older culms hold a batch each.
+                if rows.len() >= self.config.flush_batch {
+                    break;
+                }
+            }
+            if !unreadable.is_empty() {
+                if let Err(e) = self
+                    .append_bounded(&unreadable_key, &unreadable, "unreadable_full")
+                    .await
+                {
+                    tracing::warn!("ledger: moving unreadable spill entries aside failed: {e}");
+                    return;
+                }
+                xdel(&mut conn, &self.spill_key, &unreadable_ids).await;
+            }
+            if !rows.is_empty() {
+                for chunk in rows.chunks(self.config.flush_batch) {
+                    if let Err(e) = self.insert(chunk).await {
+                        self.pg_failed("replaying spilled ledger rows", &e);
+                        return;
+                    }
+                }
+                self.pg_ok();
+                telemetry::ledger_replayed(rows.len() as u64);
+                xdel(&mut conn, &self.spill_key, &ids).await;
             }
         }
+    }
+}
+
+async fn xdel(conn: &mut RedisConn, key: &str, ids: &[String]) {
+    let done: redis::RedisResult<()> = redis::cmd("XDEL").arg(key).arg(ids).query_async(conn).await;
+    if let Err(e) = done {
+        // They stay and are replayed again, harmlessly (inserts are idempotent).
+        tracing::warn!("ledger: removing replayed entries from {key} failed: {e}");
     }
 }
 
@@ -340,9 +405,16 @@ async fn insert_rows(db: &Db, rows: &[LedgerRow]) -> Result<(), sqlx::Error> {
     .bind(rows.iter().map(|r| r.summary.clone()).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;
-    // The last death of each job in this batch (ON CONFLICT DO UPDATE may touch a row once).
+    // The latest death of each job in this batch (ON CONFLICT DO UPDATE may touch a row
+    // once); a replayed batch may hold an older death after a newer one.
     let mut dead: Vec<DeadRun<'_>> = Vec::new();
     for (r, info) in rows.iter().filter_map(|r| Some((r, r.dead.as_ref()?))) {
+        if dead
+            .iter()
+            .any(|d| d.job_id == r.job_id && d.died_at_us > r.finished_at_us)
+        {
+            continue;
+        }
         dead.retain(|d| d.job_id != r.job_id);
         dead.push(DeadRun {
             job_id: &r.job_id,
