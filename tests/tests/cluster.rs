@@ -671,6 +671,24 @@ async fn a_queue_whose_slot_migrates_while_it_runs_loses_no_job_and_runs_none_tw
         lost.iter().take(3).collect::<Vec<_>>(),
         twice.len()
     );
+    // The scripts did meet the split slot, and were turned away rather than run on it.
+    let mut turned_away = 0;
+    for p in [from, to] {
+        let stats: String = redis::cmd("INFO")
+            .arg("errorstats")
+            .query_async(&mut node(p).await)
+            .await
+            .expect("INFO errorstats");
+        turned_away += stats
+            .lines()
+            .filter_map(|l| l.strip_prefix("errorstat_TRYAGAIN:count="))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    assert!(
+        turned_away > 0,
+        "no call met the migrating slot; the test proves nothing"
+    );
     let moved: u64 = redis::cmd("CLUSTER")
         .arg("COUNTKEYSINSLOT")
         .arg(slot)

@@ -40,7 +40,7 @@ async fn replica(env: &TestEnv, toml: &str) -> Scheduler {
 async fn fired_ticks(env: &TestEnv, queue: &str, name: &str) -> Vec<i64> {
     let mut c = env.store.connection();
     let bodies: Vec<String> = redis::cmd("HVALS")
-        .arg(format!("{}:jobs", env.store.base_key(queue)))
+        .arg(env.store.keys(queue).jobs())
         .query_async(&mut c)
         .await
         .expect("HVALS");
@@ -533,7 +533,7 @@ description = "ticks driven by hand"
     // Even once the claim has expired, an older tick is refused: ticks go forward.
     let mut c = env.store.connection();
     let _: i64 = redis::cmd("DEL")
-        .arg(format!("{}:tick:t.claimed:{t}", env.store.base_key("t_claim")))
+        .arg(env.store.keys("t_claim").tick(&format!("t.claimed:{t}")))
         .query_async(&mut c)
         .await
         .expect("DEL");

@@ -24,8 +24,10 @@ async fn a_replayed_push_stores_the_job_once() {
     let envelope = serde_json::json!({"job": "platform.noop", "payload": {}, "enqueued_at": now, "run_at": now});
     let script = push_script();
     let mut invoke = script.prepare_invoke();
+    for k in env.store.keys("t_push").fixed() {
+        invoke.key(k);
+    }
     invoke
-        .key(env.store.base_key("t_push"))
         .arg(now)
         .arg(3600)
         .arg(1)
@@ -121,7 +123,7 @@ async fn a_batch_across_queues_is_stored_whole_or_not_at_all() {
     // One queue's write fails (here: its ready list is not a list).
     let mut c = env.store.connection();
     redis::cmd("SET")
-        .arg(format!("{}:ready", env.store.base_key("t_none")))
+        .arg(env.store.keys("t_none").ready())
         .arg("not a list")
         .exec_async(&mut c)
         .await
@@ -140,7 +142,7 @@ async fn a_batch_across_queues_is_stored_whole_or_not_at_all() {
         "the caller was told nothing was stored, yet part of the batch was"
     );
     let bodies: u64 = redis::cmd("HLEN")
-        .arg(format!("{}:jobs", env.store.base_key("t_all")))
+        .arg(env.store.keys("t_all").jobs())
         .query_async(&mut c)
         .await
         .expect("HLEN");

@@ -1,6 +1,7 @@
--- Record outcomes of a batch of runs. ARGV: done_retention, acker, batch, then per run:
--- id, token, kind, delay_ms (retry/defer: how long from now, on Redis's clock), error.
--- `acker` names the pool instance that sends acks and `batch` this batch: an acker
+-- Record outcomes of a batch of runs. KEYS: the queue's, then the acker's key
+-- (`…:acker:<acker>`). ARGV: done_retention, batch, then per run: id, token, kind,
+-- delay_ms (retry/defer: how long from now, on Redis's clock), error.
+-- The acker names the pool instance that sends acks and `batch` this batch: an acker
 -- resends only its latest batch, and only when the reply was lost, so remembering each
 -- acker's last answer lets a resend get the first write's answer instead of finding
 -- every run fenced off by that same write.
@@ -12,15 +13,15 @@
 -- Returns one character per run: '1' applied, '0' fenced off.
 local now = redis_now()
 local keep = tonumber(ARGV[1])
-local K_ACKER = base .. ':acker:' .. ARGV[2]
-local batch = ARGV[3] .. ':'
+local K_ACKER = KEYS[QUEUE_KEYS + 1]
+local batch = ARGV[2] .. ':'
 local last = redis.call('GET', K_ACKER)
 if last and string.sub(last, 1, #batch) == batch then return string.sub(last, #batch + 1) end
 local applied = {}
 local finished = 0
 local earliest = earliest_scheduled()
 local wake = false
-for i = 4, #ARGV, 5 do
+for i = 3, #ARGV, 5 do
   local id, token, kind, at, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], now + tonumber(ARGV[i + 3]), ARGV[i + 4]
   local expired_only = string.sub(kind, 1, 1) == 'x'
   if expired_only then kind = string.sub(kind, 2) end
@@ -61,7 +62,7 @@ for i = 4, #ARGV, 5 do
         end
         wake = true
       else
-        redis.call('ZADD', K_SCHED, at, id)
+        redis.call('ZADD', K_SCHEDULED, at, id)
         if earliest == nil or at < earliest then
           earliest = at
           wake = true
