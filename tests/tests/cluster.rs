@@ -600,10 +600,10 @@ async fn a_queue_whose_slot_migrates_while_it_runs_loses_no_job_and_runs_none_tw
         let (seen, q) = (seen.clone(), q.clone());
         move |i: usize| {
             let mut r = EnqueueRequest::raw("platform.record", json!({"set": seen})).queue(q.as_str());
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 r = r.delay(Duration::from_millis(200 + (i as u64 % 7) * 400));
             }
-            if i % 10 == 0 {
+            if i.is_multiple_of(10) {
                 r = r.idempotency_key(format!("mig-{i}"));
             }
             r
