@@ -156,14 +156,28 @@ async fn record(ctx: &JobContext, set: &str, member: &str) -> Result<(), JobErro
     pipe.sadd(set, member).ignore().hincr(&runs_key, member, 1).ignore();
     // Standalone and Sentinel deployments provide a ConnectionManager; Redis Cluster a
     // cluster connection (there, `set` needs a hash tag so both keys share a slot).
-    let written = if let Some(c) = ctx.dep::<ConnectionManager>() {
-        pipe.exec_async(&mut c.as_ref().clone()).await
-    } else if let Some(c) = ctx.dep::<ClusterConnection>() {
-        pipe.exec_async(&mut c.as_ref().clone()).await
-    } else {
-        return Err(JobError::permanent("no Redis connection available to platform jobs"));
+    let send = async || {
+        if let Some(c) = ctx.dep::<ConnectionManager>() {
+            Some(pipe.exec_async(&mut c.as_ref().clone()).await)
+        } else if let Some(c) = ctx.dep::<ClusterConnection>() {
+            Some(pipe.exec_async(&mut c.as_ref().clone()).await)
+        } else {
+            None
+        }
     };
-    written.map_err(|e| JobError::retryable(format!("recording to Redis failed: {e}")))
+    let mut written = send().await;
+    // A connection that broke while this handler slept (a Redis outage the fault tests
+    // inject) fails the first command on it and reconnects; that command never left
+    // this process, so sending it once more records the run once.
+    if let Some(Err(e)) = &written
+        && e.is_connection_dropped()
+    {
+        written = send().await;
+    }
+    match written {
+        Some(w) => w.map_err(|e| JobError::retryable(format!("recording to Redis failed: {e}"))),
+        None => Err(JobError::permanent("no Redis connection available to platform jobs")),
+    }
 }
 
 impl Job for Record {

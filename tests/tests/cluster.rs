@@ -468,3 +468,237 @@ async fn an_unreachable_cluster_names_its_seed_nodes() {
     assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
     assert!(!err.contains("hunter2"), "passwords are redacted: {err}");
 }
+
+/// A connection to one node (not cluster-aware: commands go to that node only).
+async fn node(port: u16) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("node connection")
+}
+
+/// Moves `slot` from `from` to `to` the way `redis-cli --cluster reshard` does: mark it
+/// importing and migrating, `MIGRATE` its keys in small batches (the queue's `jobs` hash
+/// last, so the partial state in between is the one that loses bodies), then assign it to
+/// `to` on every node. Returns how many keys already existed on `to` (`BUSYKEY`), which
+/// are then replaced as `--cluster-replace` does: a write that landed on the importing
+/// node while the slot was split.
+async fn migrate_slot(cluster: &RedisCluster, slot: u16, from: u16, to: u16, pause: Duration) -> usize {
+    let mut ids = HashMap::new();
+    for &p in &cluster.ports {
+        let id: String = redis::cmd("CLUSTER")
+            .arg("MYID")
+            .query_async(&mut node(p).await)
+            .await
+            .expect("MYID");
+        ids.insert(p, id);
+    }
+    let (mut src, mut dst) = (node(from).await, node(to).await);
+    redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("IMPORTING")
+        .arg(&ids[&from])
+        .exec_async(&mut dst)
+        .await
+        .expect("SETSLOT IMPORTING");
+    redis::cmd("CLUSTER")
+        .arg("SETSLOT")
+        .arg(slot)
+        .arg("MIGRATING")
+        .arg(&ids[&to])
+        .exec_async(&mut src)
+        .await
+        .expect("SETSLOT MIGRATING");
+    let mut busy = 0;
+    for _ in 0..1_000 {
+        let mut keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(1_000)
+            .query_async(&mut src)
+            .await
+            .expect("GETKEYSINSLOT");
+        if keys.is_empty() {
+            break;
+        }
+        keys.sort_by_key(|k| (k.ends_with(":jobs"), k.clone()));
+        let batch: Vec<String> = keys.into_iter().take(2).collect();
+        let migrate = |replace: bool| {
+            let mut c = redis::cmd("MIGRATE");
+            c.arg("127.0.0.1").arg(to).arg("").arg(0).arg(5_000);
+            if replace {
+                c.arg("REPLACE");
+            }
+            c.arg("KEYS").arg(&batch);
+            c
+        };
+        if let Err(e) = migrate(false).exec_async(&mut src).await {
+            assert!(e.to_string().contains("BUSYKEY"), "MIGRATE {batch:?}: {e}");
+            busy += 1;
+            migrate(true).exec_async(&mut src).await.expect("MIGRATE … REPLACE");
+        }
+        tokio::time::sleep(pause).await;
+    }
+    // The importing node first, then the one that gave the slot away, then the rest.
+    let mut order = vec![to, from];
+    order.extend(cluster.ports.iter().filter(|p| **p != to && **p != from));
+    for p in order {
+        redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg("NODE")
+            .arg(&ids[&to])
+            .exec_async(&mut node(p).await)
+            .await
+            .expect("SETSLOT NODE");
+    }
+    busy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_whose_slot_migrates_while_it_runs_loses_no_job_and_runs_none_twice() {
+    let cluster = RedisCluster::start().await;
+    let owners = cluster.slot_owners().await;
+    let owner = |slot: u16| {
+        owners
+            .iter()
+            .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
+            .map(|o| o.2)
+            .expect("every slot is served")
+    };
+    let urls = cluster.urls();
+    let mut picked = None;
+    let env = TestEnv::new(|c| {
+        c.redis.mode = RedisMode::Cluster;
+        c.redis.url = urls[0].clone();
+        c.redis.cluster_nodes = urls.clone();
+        // Leases outlast the migration, so no run is taken over while calls wait it out.
+        c.worker.lease_ttl = Duration::from_secs(15);
+        c.worker.lease_extend_interval = Duration::from_secs(1);
+        c.worker.reap_interval = Duration::from_millis(500);
+        c.worker.idle_poll_interval = Duration::from_millis(300);
+        // A queue whose slot is not the scheduler's (nor the record set's).
+        let own = owner(key_slot(&format!("{{{}}}", c.redis.key_prefix)));
+        let name = (0..1000)
+            .map(|i| format!("mq{i}"))
+            .find(|n| owner(key_slot(&format!("{{{}:{n}}}", c.redis.key_prefix))) != own)
+            .expect("a queue on another node");
+        c.queues.insert(name.clone(), queue("critical", 8, 5_000, 5));
+        picked = Some(name);
+    })
+    .await;
+    let q = picked.expect("queue picked");
+    let slot = key_slot(&env.store.base_key(&q));
+    let from = owner(slot);
+    let to = *cluster.ports.iter().find(|&&p| p != from).expect("another node");
+    let rt = env.runtime();
+    let running = rt.start(std::slice::from_ref(&q)).expect("start");
+    let seen = format!("{{{}}}:seen", env.prefix);
+    let job = {
+        let (seen, q) = (seen.clone(), q.clone());
+        move |i: usize| {
+            let mut r = EnqueueRequest::raw("platform.record", json!({"set": seen})).queue(q.as_str());
+            if i.is_multiple_of(3) {
+                r = r.delay(Duration::from_millis(200 + (i as u64 % 7) * 400));
+            }
+            if i.is_multiple_of(10) {
+                r = r.idempotency_key(format!("mig-{i}"));
+            }
+            r
+        }
+    };
+    // A backlog that is still being worked off (and falling due) while the slot moves.
+    let mut expected: BTreeSet<String> = env
+        .store
+        .enqueue((0..400).map(&job).collect())
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    // And a steady stream of new jobs throughout.
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let producer = {
+        let store = env.store.clone();
+        let job = job.clone();
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            let mut errors = Vec::new();
+            let mut i = 1_000;
+            while !*stop_rx.borrow() {
+                match store.enqueue((i..i + 4).map(&job).collect()).await {
+                    Ok(v) => ids.extend(v.into_iter().map(|e| e.id)),
+                    Err(e) => errors.push(e.to_string()),
+                }
+                i += 4;
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            (ids, errors)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let busy = migrate_slot(&cluster, slot, from, to, Duration::from_millis(100)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let _ = stop.send(true);
+    let (ids, errors) = producer.await.expect("producer");
+    assert!(errors.is_empty(), "enqueues failed during the migration: {errors:?}");
+    expected.extend(ids);
+
+    // Every job recorded (or the deadline passed).
+    let deadline = std::time::Instant::now() + WAIT;
+    let got: BTreeSet<String> = loop {
+        let m: BTreeSet<String> = env.members(&seen).await.into_iter().collect();
+        if m.is_superset(&expected) || std::time::Instant::now() > deadline {
+            break m;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let lost: Vec<&String> = expected.difference(&got).collect();
+    let mut c = env.store.connection();
+    let runs: HashMap<String, u32> = redis::cmd("HGETALL")
+        .arg(format!("{seen}:runs"))
+        .query_async(&mut c)
+        .await
+        .expect("runs");
+    let twice: Vec<(&String, &u32)> = runs.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        lost.is_empty() && twice.is_empty() && busy == 0,
+        "{} of {} jobs lost (e.g. {:?}), {} ran more than once, {busy} MIGRATE batches found their keys already written on the importing node",
+        lost.len(),
+        expected.len(),
+        lost.iter().take(3).collect::<Vec<_>>(),
+        twice.len()
+    );
+    // The scripts did meet the split slot, and were turned away rather than run on it.
+    let mut turned_away = 0;
+    for p in [from, to] {
+        let stats: String = redis::cmd("INFO")
+            .arg("errorstats")
+            .query_async(&mut node(p).await)
+            .await
+            .expect("INFO errorstats");
+        turned_away += stats
+            .lines()
+            .filter_map(|l| l.strip_prefix("errorstat_TRYAGAIN:count="))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    assert!(
+        turned_away > 0,
+        "no call met the migrating slot; the test proves nothing"
+    );
+    let moved: u64 = redis::cmd("CLUSTER")
+        .arg("COUNTKEYSINSLOT")
+        .arg(slot)
+        .query_async(&mut node(to).await)
+        .await
+        .expect("COUNTKEYSINSLOT");
+    assert!(moved > 0, "the queue's keys live on the new node");
+    let s = env.store.stats(&q).await.expect("stats");
+    assert_eq!((s.pending, s.scheduled, s.running, s.dead), (0, 0, 0, 0), "{s:?}");
+    let report = running.shutdown().await;
+    assert_eq!(report.handed_back, 0);
+    drop(cluster);
+}

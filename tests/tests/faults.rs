@@ -25,7 +25,7 @@ use culm_tests::{
 };
 use culm_worker::{
     config::Config,
-    store::{Ack, AckBatch, AckKind, Store},
+    store::{Ack, AckBatch, AckKind, QueueKeys, Store},
 };
 use serde_json::json;
 use std::{
@@ -91,7 +91,7 @@ struct Rig {
     proxy: FaultProxy,
     /// Straight to Redis, not through the proxy.
     store: Store,
-    base: String,
+    keys: QueueKeys,
     set: String,
     started: String,
     ids: Vec<String>,
@@ -151,7 +151,7 @@ impl Rig {
             extra: vec![("CULM__WORKER__DRAIN_TIMEOUT".into(), "5s".into())],
         };
         let mut rig = Rig {
-            base: store.base_key(QUEUE),
+            keys: store.keys(QUEUE),
             s,
             redis,
             proxy,
@@ -201,7 +201,7 @@ impl Rig {
     }
 
     async fn leased(&self) -> u64 {
-        self.count("ZCARD", &format!("{}:leases", self.base)).await.unwrap_or(0)
+        self.count("ZCARD", &self.keys.leases()).await.unwrap_or(0)
     }
 
     /// Waits until at least `min_recorded` jobs finished and handlers are running, and
@@ -209,7 +209,7 @@ impl Rig {
     async fn wait_mid_run(&self, min_recorded: u64) {
         eventually(WAIT, "jobs finishing and others in flight", || async {
             let recorded = self.count("SCARD", &self.set).await?;
-            let leased = self.count("ZCARD", &format!("{}:leases", self.base)).await?;
+            let leased = self.count("ZCARD", &self.keys.leases()).await?;
             (recorded >= min_recorded && leased > 0).then_some(())
         })
         .await;
@@ -238,7 +238,7 @@ impl Rig {
     /// Whether every job is done or dead and nothing is ready, scheduled or leased.
     async fn settled(&self) -> Option<()> {
         let stats = self.store.stats(QUEUE).await.ok()?;
-        let done = self.count("ZCARD", &format!("{}:done", self.base)).await?;
+        let done = self.count("ZCARD", &self.keys.done()).await?;
         (stats.pending == 0 && stats.scheduled == 0 && stats.running == 0 && done + stats.dead >= self.ids.len() as u64)
             .then_some(())
     }
@@ -291,7 +291,7 @@ impl Rig {
             .await
             .expect("HGETALL");
         let dead: BTreeSet<String> = redis::cmd("ZRANGE")
-            .arg(format!("{}:dead", self.base))
+            .arg(self.keys.dead())
             .arg(0)
             .arg(-1)
             .query_async(&mut c)

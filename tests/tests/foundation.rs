@@ -114,11 +114,11 @@ async fn failures_retry_with_backoff_then_dead_letter_and_can_be_redriven() {
 /// producer might).
 async fn push_raw(env: &TestEnv, queue: &str, body: serde_json::Value) -> String {
     let id = ulid::Ulid::new().to_string();
-    let base = env.store.base_key(queue);
+    let keys = env.store.keys(queue);
     let mut c = env.store.connection();
     redis::pipe()
-        .hset(format!("{base}:jobs"), &id, body.to_string())
-        .rpush(format!("{base}:ready"), &id)
+        .hset(keys.jobs(), &id, body.to_string())
+        .rpush(keys.ready(), &id)
         .exec_async(&mut c)
         .await
         .expect("raw push");

@@ -40,7 +40,7 @@ async fn replica(env: &TestEnv, toml: &str) -> Scheduler {
 async fn fired_ticks(env: &TestEnv, queue: &str, name: &str) -> Vec<i64> {
     let mut c = env.store.connection();
     let bodies: Vec<String> = redis::cmd("HVALS")
-        .arg(format!("{}:jobs", env.store.base_key(queue)))
+        .arg(env.store.keys(queue).jobs())
         .query_async(&mut c)
         .await
         .expect("HVALS");
@@ -533,7 +533,7 @@ description = "ticks driven by hand"
     // Even once the claim has expired, an older tick is refused: ticks go forward.
     let mut c = env.store.connection();
     let _: i64 = redis::cmd("DEL")
-        .arg(format!("{}:tick:t.claimed:{t}", env.store.base_key("t_claim")))
+        .arg(env.store.keys("t_claim").tick(&format!("t.claimed:{t}")))
         .query_async(&mut c)
         .await
         .expect("DEL");
@@ -579,5 +579,77 @@ description = "ticks driven by hand"
         matches!(fired, TickOutcome::Fired { .. }),
         "a caller's job made the tick look claimed: {fired:?}"
     );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_of_a_schedule_removed_from_the_catalog_is_deleted_at_start() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_gone".into(), queue("batch", 1, 5_000, 1));
+    })
+    .await;
+    let entry = |name: &str| {
+        format!(
+            "[[schedule]]\nname = \"{name}\"\ncron = \"0 0 3 * * *\"\njob = \"platform.noop\"\nqueue = \"t_gone\"\noverlap = \"skip\"\ndescription = \"{name}\"\n"
+        )
+    };
+    let both = format!("{}{}", entry("t.kept"), entry("t.removed"));
+    let before = replica(&env, &both).await;
+    for name in ["t.kept", "t.removed"] {
+        before.trigger(name).await.expect("trigger");
+        before.pause(name).await.expect("pause");
+    }
+    let sk = env.store.scheduler_keys();
+    let mut c = env.store.connection();
+    let exists = |key: String| {
+        let mut c = c.clone();
+        async move {
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query_async::<bool>(&mut c)
+                .await
+                .expect("EXISTS")
+        }
+    };
+    let paused = |name: &'static str| {
+        let mut c = c.clone();
+        let key = sk.paused();
+        async move {
+            redis::cmd("HEXISTS")
+                .arg(key)
+                .arg(name)
+                .query_async::<bool>(&mut c)
+                .await
+                .expect("HEXISTS")
+        }
+    };
+    let qk = env.store.keys("t_gone");
+    assert!(exists(sk.state("t.removed")).await && paused("t.removed").await);
+    assert!(exists(qk.schedule("t.removed")).await);
+
+    // The next deployment's catalog no longer has `t.removed`.
+    let after = replica(&env, &entry("t.kept")).await;
+    let running = after.start();
+    eventually(WAIT, "the removed schedule's state to be deleted", || {
+        let (exists, paused, sk, qk) = (&exists, &paused, &sk, &qk);
+        async move {
+            let gone = !exists(sk.state("t.removed")).await
+                && !paused("t.removed").await
+                && !exists(qk.schedule("t.removed")).await;
+            gone.then_some(())
+        }
+    })
+    .await;
+    running.shutdown().await;
+    assert!(
+        exists(sk.state("t.kept")).await && paused("t.kept").await && exists(qk.schedule("t.kept")).await,
+        "a schedule still in the catalog keeps its state"
+    );
+    let registered: Vec<String> = redis::cmd("HKEYS")
+        .arg(sk.names())
+        .query_async(&mut c)
+        .await
+        .expect("HKEYS");
+    assert_eq!(registered, vec!["t.kept".to_owned()]);
     env.cleanup().await;
 }

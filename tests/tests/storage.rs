@@ -24,8 +24,10 @@ async fn a_replayed_push_stores_the_job_once() {
     let envelope = serde_json::json!({"job": "platform.noop", "payload": {}, "enqueued_at": now, "run_at": now});
     let script = push_script();
     let mut invoke = script.prepare_invoke();
+    for k in env.store.keys("t_push").fixed() {
+        invoke.key(k);
+    }
     invoke
-        .key(env.store.base_key("t_push"))
         .arg(now)
         .arg(3600)
         .arg(1)
@@ -121,7 +123,7 @@ async fn a_batch_across_queues_is_stored_whole_or_not_at_all() {
     // One queue's write fails (here: its ready list is not a list).
     let mut c = env.store.connection();
     redis::cmd("SET")
-        .arg(format!("{}:ready", env.store.base_key("t_none")))
+        .arg(env.store.keys("t_none").ready())
         .arg("not a list")
         .exec_async(&mut c)
         .await
@@ -140,10 +142,113 @@ async fn a_batch_across_queues_is_stored_whole_or_not_at_all() {
         "the caller was told nothing was stored, yet part of the batch was"
     );
     let bodies: u64 = redis::cmd("HLEN")
-        .arg(format!("{}:jobs", env.store.base_key("t_all")))
+        .arg(env.store.keys("t_all").jobs())
         .query_async(&mut c)
         .await
         .expect("HLEN");
     assert_eq!(bodies, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_jobs_older_than_the_retention_are_trimmed_with_their_fields() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_trim".into(), queue("critical", 1, 5_000, 1));
+        c.worker.dead_retention = std::time::Duration::from_secs(3_600);
+    })
+    .await;
+    let q: std::sync::Arc<str> = "t_trim".into();
+    let keys = env.store.keys(&q);
+    let n = 1_003;
+    let reqs = (0..n)
+        .map(|_| culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({})).queue("t_trim"))
+        .collect();
+    env.store.enqueue(reqs).await.expect("enqueue");
+    let f = env
+        .store
+        .fetch(&q, n, std::time::Duration::from_secs(30))
+        .await
+        .expect("fetch");
+    assert_eq!(f.jobs.len(), n);
+    let acks: Vec<culm_worker::store::Ack> = f
+        .jobs
+        .iter()
+        .map(|d| culm_worker::store::Ack {
+            id: d.id.clone(),
+            token: d.token,
+            kind: culm_worker::store::AckKind::Dead,
+            error: "boom".into(),
+            expired_only: false,
+        })
+        .collect();
+    let applied = env
+        .store
+        .ack(&q, &culm_worker::store::AckBatch::first(), &acks)
+        .await
+        .expect("ack");
+    assert!(applied.iter().all(|a| *a));
+    // All but the last died two hours ago.
+    let (old, fresh): (Vec<String>, String) = (
+        f.jobs[..n - 1].iter().map(|d| d.id.clone()).collect(),
+        f.jobs[n - 1].id.clone(),
+    );
+    let mut c = env.store.connection();
+    let mut pipe = redis::pipe();
+    for id in &old {
+        pipe.cmd("ZADD")
+            .arg(keys.dead())
+            .arg("XX")
+            .arg(now_ms() - 2 * 3_600_000)
+            .arg(id)
+            .ignore();
+    }
+    pipe.exec_async(&mut c).await.expect("age the dead jobs");
+
+    let reap = || {
+        env.store.reap(
+            &q,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(30),
+        )
+    };
+    let first = reap().await.expect("reap");
+    let second = reap().await.expect("reap");
+    let third = reap().await.expect("reap");
+    assert_eq!(
+        (first.trimmed, second.trimmed, third.trimmed),
+        (1_000, (n - 1 - 1_000) as u64, 0),
+        "trimmed in bounded chunks of 1,000"
+    );
+    let dead: Vec<String> = redis::cmd("ZRANGE")
+        .arg(keys.dead())
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .expect("ZRANGE");
+    assert_eq!(
+        dead,
+        vec![fresh.clone()],
+        "only the job that died within the retention stays"
+    );
+    for key in [keys.jobs(), keys.errors(), keys.attempts()] {
+        let left: Vec<Option<String>> = redis::cmd("HMGET")
+            .arg(&key)
+            .arg(&old)
+            .query_async(&mut c)
+            .await
+            .expect("HMGET");
+        assert!(left.iter().all(Option::is_none), "{key} still holds trimmed jobs");
+        let kept: Option<String> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(&fresh)
+            .query_async(&mut c)
+            .await
+            .expect("HGET");
+        assert!(kept.is_some(), "{key} lost the job within the retention");
+    }
+    let dl = env.store.dead_list("t_trim", 10).await.expect("dead list");
+    assert_eq!(dl.len(), 1);
+    assert_eq!(dl[0].id, fresh);
     env.cleanup().await;
 }

@@ -26,6 +26,8 @@ pub const JOB_WAIT: &str = "culm_job_wait_seconds";
 pub const WORKERS_BUSY: &str = "culm_workers_busy";
 /// Leases returned to the queue by the reaper (`queue`).
 pub const LEASES_REAPED: &str = "culm_leases_reaped_total";
+/// Dead jobs deleted from Redis past `worker.dead_retention` (`queue`).
+pub const DEAD_TRIMMED: &str = "culm_dead_trimmed_total";
 /// Redis errors on the hot path (`queue`, `op`).
 pub const STORE_ERRORS: &str = "culm_store_errors_total";
 
@@ -117,6 +119,10 @@ pub fn describe() {
         "Expired leases settled by the reaper (returned to their queue or dead-lettered)."
     );
     describe_counter!(STORE_ERRORS, "Redis errors on the hot path.");
+    describe_counter!(
+        DEAD_TRIMMED,
+        "Dead jobs deleted from Redis because they died longer than worker.dead_retention ago."
+    );
 }
 
 /// A job was stored.
@@ -171,6 +177,11 @@ pub fn dead_without_run(queue: &str, job: &str) {
 /// A hot-path Redis call failed.
 pub fn store_error(queue: &str, op: &'static str) {
     counter!(STORE_ERRORS, "queue" => queue.to_owned(), "op" => op).increment(1);
+}
+
+/// The reaper deleted `n` dead jobs of `queue` past their retention.
+pub fn dead_trimmed(queue: &str, n: u64) {
+    counter!(DEAD_TRIMMED, "queue" => queue.to_owned()).increment(n);
 }
 
 /// The reaper settled an expired lease; `dead` when that was the job's last attempt.

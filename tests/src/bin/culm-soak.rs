@@ -16,7 +16,7 @@ use culm_core::EnqueueRequest;
 use culm_tests::faults::{DropRule, FaultProxy, WorkerEnv, redis_server_command, signal, wait_for_redis};
 use culm_worker::{
     config::{Config, QueueConfig, RetryConfig},
-    store::Store,
+    store::{QueueKeys, Store},
 };
 use redis::aio::ConnectionManager;
 use std::{
@@ -150,7 +150,7 @@ struct World {
     url: String,
     prefix: String,
     set: String,
-    base: String,
+    keys: QueueKeys,
     started: Instant,
 }
 
@@ -288,7 +288,7 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
         url: format!("redis://127.0.0.1:{}", opts.port),
         proxy: FaultProxy::start(&format!("127.0.0.1:{}", opts.port)).await,
         set: format!("{prefix}:recorded"),
-        base: format!("{{{prefix}:{QUEUE}}}"),
+        keys: QueueKeys::new(&prefix, QUEUE),
         prefix,
         dir,
         started: Instant::now(),
@@ -383,7 +383,7 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
                     c.kill().context("SIGKILL worker")?;
                     let _ = c.wait();
                 }
-                let leased = leases(&conn, &world.base).await.unwrap_or_default();
+                let leased = leases(&conn, &world.keys).await.unwrap_or_default();
                 eprintln!("[{t:7.2}s] SIGKILL worker {worker} ({} jobs leased)", leased.len());
                 let task = tokio::spawn(await_done(world.clone(), conn.clone(), leased, t));
                 measuring.push((reports.len(), task));
@@ -410,7 +410,7 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
             }
             Fault::Freeze => {
                 let pid = procs.redis.as_ref().map(Child::id).context("redis-server is running")?;
-                let leased = leases(&conn, &world.base).await.unwrap_or_default();
+                let leased = leases(&conn, &world.keys).await.unwrap_or_default();
                 signal(pid, "STOP");
                 eprintln!(
                     "[{t:7.2}s] SIGSTOP redis-server for {:?} ({} jobs leased)",
@@ -576,10 +576,10 @@ async fn drop_replies(world: &World, n: usize) -> Vec<String> {
     out
 }
 
-async fn leases(conn: &ConnectionManager, base: &str) -> Result<Vec<String>> {
+async fn leases(conn: &ConnectionManager, keys: &QueueKeys) -> Result<Vec<String>> {
     let mut c = conn.clone();
     Ok(redis::cmd("ZRANGE")
-        .arg(format!("{base}:leases"))
+        .arg(keys.leases())
         .arg(0)
         .arg(-1)
         .query_async(&mut c)
@@ -598,7 +598,7 @@ async fn await_done(
     let mut held = None;
     let mut pending: HashSet<String> = ids.into_iter().collect();
     let mut c = conn;
-    let done_key = format!("{}:done", world.base);
+    let done_key = world.keys.done();
     while !pending.is_empty() {
         if world.t() - killed_at > 120.0 {
             return (n, held.unwrap_or(pending.len()), None);
@@ -663,28 +663,24 @@ async fn verdict(world: &World, conn: &ConnectionManager) -> Result<Verdict> {
         .arg(format!("{}:runs", world.set))
         .query_async(&mut c)
         .await?;
-    let b = &world.base;
+    let k = &world.keys;
     let (dead, ready, scheduled, leased): (u64, u64, u64, u64) = redis::pipe()
-        .zcard(format!("{b}:dead"))
-        .llen(format!("{b}:ready"))
-        .zcard(format!("{b}:scheduled"))
-        .zcard(format!("{b}:leases"))
+        .zcard(k.dead())
+        .llen(k.ready())
+        .zcard(k.scheduled())
+        .zcard(k.leases())
         .query_async(&mut c)
         .await?;
     // A dead job keeps its body: read its tag and look it up in the record set.
     let dead_ids: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{b}:dead"))
+        .arg(k.dead())
         .arg(0)
         .arg(-1)
         .query_async(&mut c)
         .await?;
     let mut dead_recorded = 0;
     for id in dead_ids {
-        let body: Option<String> = redis::cmd("HGET")
-            .arg(format!("{b}:jobs"))
-            .arg(&id)
-            .query_async(&mut c)
-            .await?;
+        let body: Option<String> = redis::cmd("HGET").arg(k.jobs()).arg(&id).query_async(&mut c).await?;
         let tag = body
             .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
             .and_then(|v| v["payload"]["tag"].as_str().map(str::to_owned));

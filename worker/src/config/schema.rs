@@ -361,6 +361,9 @@ pub struct WorkerConfig {
     pub idempotency_ttl: Duration,
     /// Finished job ids remembered per queue.
     pub done_retention: u64,
+    /// How long Redis keeps a dead-lettered job; older ones are trimmed by the reaper.
+    #[serde(with = "humantime_serde")]
+    pub dead_retention: Duration,
     /// Maximum acknowledgements per round trip.
     pub ack_batch_max: usize,
 }

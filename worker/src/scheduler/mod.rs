@@ -9,10 +9,13 @@
 //!   semantics inside the script), refuses ticks at or before the last one decided
 //!   there, applies the overlap policy, and pushes the job, all in one call. One replica
 //!   gets `fired`; the others get `claimed_elsewhere` or `stale`.
-//! - `lua/record.lua` keeps per-schedule state in `{<prefix>}:schedules:state:<name>`:
+//! - `store/lua/record.lua` keeps per-schedule state in `{<prefix>}:schedules:state:<name>`:
 //!   the latest tick handled (for the missed-tick check at start-up), the last outcome
-//!   and the last fire. Pauses live in `{<prefix>}:schedules:paused`, read on every tick
-//!   by every replica.
+//!   and the last fire, and registers the schedule in `{<prefix>}:schedules:names`. Pauses
+//!   live in `{<prefix>}:schedules:paused`, read on every tick by every replica. At start,
+//!   the state of schedules no longer in the catalog is deleted.
+//! - Every Redis call goes through the store's typed methods (`store/schedules.rs`),
+//!   which name the keys with `store::keys`.
 //! - The admin API calls [`Scheduler::list`], [`Scheduler::trigger`],
 //!   [`Scheduler::pause`] and [`Scheduler::resume`].
 pub mod cadence;
@@ -21,31 +24,21 @@ mod status;
 
 pub use status::{FireTime, LastFire, LastOutcome, ScheduleStatus, describe, next_fire_times};
 
-use crate::{config::Config, store::Store};
+use crate::{
+    config::Config,
+    store::{FireTick, Fired, ScheduleRecord, Store},
+};
 use apalis_cron::CronScheduler;
 use catalog::{Catalog, Missed, Overlap, Schedule};
 use chrono::Utc;
 use culm_core::now_ms;
 use futures::StreamExt;
-use redis::Script;
 use serde::Serialize;
-use std::{
-    sync::{Arc, LazyLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 use tokio::{
     sync::{broadcast, watch},
     task::JoinHandle,
 };
-
-static FIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        include_str!("../store/lua/common.lua"),
-        "\n",
-        include_str!("lua/fire.lua")
-    ))
-});
-static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/record.lua")));
 
 /// A scheduler failure.
 #[derive(Debug, thiserror::Error)]
@@ -137,8 +130,6 @@ struct NewEnvelope<'a> {
 struct Inner {
     store: Store,
     catalog: Catalog,
-    /// `{<prefix>}`: the scheduler's own hash slot.
-    base: String,
     claim_ttl_s: u64,
     events: broadcast::Sender<ScheduleEvent>,
 }
@@ -171,7 +162,6 @@ impl Scheduler {
             inner: Arc::new(Inner {
                 store,
                 catalog,
-                base: format!("{{{}}}", config.redis.key_prefix),
                 claim_ttl_s: config.scheduler.claim_ttl.as_secs().max(60),
                 events,
             }),
@@ -193,14 +183,6 @@ impl Scheduler {
             .catalog
             .get(name)
             .ok_or_else(|| SchedulerError::UnknownSchedule(name.to_owned()))
-    }
-
-    fn state_key(&self, name: &str) -> String {
-        format!("{}:schedules:state:{name}", self.inner.base)
-    }
-
-    fn paused_key(&self) -> String {
-        format!("{}:schedules:paused", self.inner.base)
     }
 
     /// Enqueues the schedule's job now, whatever its cadence, pause or overlap policy
@@ -282,27 +264,28 @@ impl Scheduler {
             schedule: s.name.clone(),
             message: e.to_string(),
         })?;
-        let mut conn = self.inner.store.connection();
-        let reply: Vec<String> = FIRE
-            .key(self.inner.store.base_key(&s.queue))
-            .arg(&s.name)
-            .arg(tick_ms.map(|t| t.to_string()).unwrap_or_default())
-            .arg(overlap.as_str())
-            .arg(self.inner.claim_ttl_s)
-            .arg(id)
-            .arg(env)
-            .arg(claim)
-            .invoke_async(&mut conn)
+        let fired = self
+            .inner
+            .store
+            .schedule_fire(&FireTick {
+                schedule: &s.name,
+                queue: &s.queue,
+                tick_ms,
+                claim,
+                skip_overlap: overlap == Overlap::Skip,
+                claim_ttl_s: self.inner.claim_ttl_s,
+                id,
+                envelope: &env,
+            })
             .await?;
-        let detail = reply.get(1).cloned().unwrap_or_default();
-        Ok(match reply.first().map(String::as_str) {
-            Some("fired") => {
+        Ok(match fired {
+            Fired::Fired(job_id) => {
                 crate::telemetry::enqueued(&s.queue, &s.job);
-                TickOutcome::Fired { job_id: detail }
+                TickOutcome::Fired { job_id }
             }
-            Some("overlap") => TickOutcome::SkippedOverlap { running_job_id: detail },
-            Some("stale") => TickOutcome::Stale,
-            _ => TickOutcome::ClaimedElsewhere,
+            Fired::Overlap(running_job_id) => TickOutcome::SkippedOverlap { running_job_id },
+            Fired::Stale => TickOutcome::Stale,
+            Fired::Claimed(_) => TickOutcome::ClaimedElsewhere,
         })
     }
 
@@ -316,8 +299,8 @@ impl Scheduler {
         let now = now_ms();
         // An error does not count as handling the tick: a restart may still catch it up.
         let tick = match outcome {
-            TickOutcome::Error { .. } => String::new(),
-            _ => tick_ms.map(|t| t.to_string()).unwrap_or_default(),
+            TickOutcome::Error { .. } => None,
+            _ => tick_ms,
         };
         let label = match outcome {
             TickOutcome::ClaimedElsewhere | TickOutcome::Stale => "",
@@ -327,19 +310,19 @@ impl Scheduler {
             TickOutcome::Error { message } => message.as_str(),
             _ => "",
         };
-        let lag = tick_ms.map(|t| (now - t).to_string()).unwrap_or_default();
-        let mut conn = self.inner.store.connection();
-        let _: i64 = RECORD
-            .key(self.state_key(&s.name))
-            .arg(tick)
-            .arg(now)
-            .arg(label)
-            .arg(if strong { "strong" } else { "weak" })
-            .arg(outcome.job_id().unwrap_or(""))
-            .arg(&s.queue)
-            .arg(lag)
-            .arg(error)
-            .invoke_async(&mut conn)
+        self.inner
+            .store
+            .schedule_record(&ScheduleRecord {
+                schedule: &s.name,
+                queue: &s.queue,
+                tick_ms: tick,
+                now_ms: now,
+                outcome: label,
+                strong,
+                job_id: outcome.job_id(),
+                lag_ms: tick_ms.map(|t| now - t),
+                error,
+            })
             .await?;
         Ok(())
     }
@@ -375,25 +358,18 @@ impl Scheduler {
             return Ok(None);
         };
         let latest_ms = latest.timestamp_millis();
-        let mut conn = self.inner.store.connection();
-        let handled: Option<i64> = redis::cmd("HGET")
-            .arg(self.state_key(name))
-            .arg("tick")
-            .query_async(&mut conn)
-            .await?;
+        let handled = self.inner.store.schedule_handled_tick(name).await?;
         match handled {
             None => {
-                let _: i64 = RECORD
-                    .key(self.state_key(name))
-                    .arg(latest_ms)
-                    .arg(now_ms())
-                    .arg("")
-                    .arg("weak")
-                    .arg("")
-                    .arg("")
-                    .arg("")
-                    .arg("")
-                    .invoke_async(&mut conn)
+                self.inner
+                    .store
+                    .schedule_record(&ScheduleRecord {
+                        schedule: name,
+                        queue: &s.queue,
+                        tick_ms: Some(latest_ms),
+                        now_ms: now_ms(),
+                        ..ScheduleRecord::default()
+                    })
                     .await?;
                 Ok(None)
             }
@@ -410,10 +386,27 @@ impl Scheduler {
         }
     }
 
-    /// Starts one tick stream per enabled schedule, each after its missed-tick check.
+    /// Deletes what Redis holds about schedules that are no longer in the catalog (their
+    /// state, pause flag and last-decided tick); returns their names. Disabled schedules
+    /// are still in the catalog and keep theirs.
+    pub async fn forget_removed(&self) -> Result<Vec<String>, SchedulerError> {
+        let catalog = &self.inner.catalog;
+        let gone = self
+            .inner
+            .store
+            .schedule_forget(|name| catalog.get(name).is_some())
+            .await?;
+        if !gone.is_empty() {
+            tracing::info!(schedules = ?gone, "deleted the state of schedules no longer in the catalog");
+        }
+        Ok(gone)
+    }
+
+    /// Deletes the state of removed schedules ([`Scheduler::forget_removed`]), then starts
+    /// one tick stream per enabled schedule, each after its missed-tick check.
     pub fn start(&self) -> RunningScheduler {
         let (stop, stop_rx) = watch::channel(false);
-        let tasks = self
+        let mut tasks = self
             .inner
             .catalog
             .iter()
@@ -421,6 +414,12 @@ impl Scheduler {
             .map(|s| tokio::spawn(self.clone().drive(s.name.clone(), stop_rx.clone())))
             .collect::<Vec<_>>();
         tracing::info!(schedules = tasks.len(), "scheduler started");
+        let this = self.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = this.forget_removed().await {
+                tracing::warn!("cannot delete the state of removed schedules: {e}");
+            }
+        }));
         RunningScheduler { stop, tasks }
     }
 

@@ -4,9 +4,7 @@
 use super::{Scheduler, SchedulerError, catalog::Schedule};
 use chrono::{DateTime, Utc};
 use culm_core::now_ms;
-use redis::Value;
 use serde::Serialize;
-use std::collections::HashMap;
 
 /// One fire time, in the schedule's timezone and in UTC (RFC 3339).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -100,25 +98,13 @@ impl Scheduler {
 
     async fn statuses(&self, names: &[&str]) -> Result<Vec<ScheduleStatus>, SchedulerError> {
         let now = Utc::now();
-        let mut pipe = redis::pipe();
-        for name in names {
-            pipe.hexists(self.paused_key(), *name).hgetall(self.state_key(name));
-        }
-        let mut conn = self.inner.store.connection();
-        let replies: Vec<Value> = if names.is_empty() {
-            Vec::new()
-        } else {
-            pipe.query_async(&mut conn).await?
-        };
+        let states = self.inner.store.schedule_states(names).await?;
         let mut out = Vec::with_capacity(names.len());
-        for (i, name) in names.iter().enumerate() {
+        for (name, stored) in names.iter().zip(states) {
             let s = self.schedule(name)?;
             let mut st = describe(s, now);
-            st.paused = replies.get(i * 2).map(|v| matches!(v, Value::Int(1)));
-            let state: HashMap<String, String> = replies
-                .get(i * 2 + 1)
-                .and_then(|v| redis::from_redis_value(v.clone()).ok())
-                .unwrap_or_default();
+            st.paused = Some(stored.paused);
+            let state = stored.fields;
             let num = |k: &str| state.get(k).and_then(|v| v.parse::<i64>().ok());
             if let (Some(job_id), Some(at)) = (state.get("job"), num("fired_at")) {
                 st.last_fire = Some(LastFire {
@@ -145,13 +131,7 @@ impl Scheduler {
     /// nothing until [`Scheduler::resume`] (`POST /v1/schedules/{name}/pause`).
     pub async fn pause(&self, name: &str) -> Result<(), SchedulerError> {
         self.schedule(name)?;
-        let mut conn = self.inner.store.connection();
-        redis::cmd("HSET")
-            .arg(self.paused_key())
-            .arg(name)
-            .arg(now_ms())
-            .exec_async(&mut conn)
-            .await?;
+        self.inner.store.schedule_set_paused(name, Some(now_ms())).await?;
         tracing::info!(schedule = %name, "schedule paused");
         Ok(())
     }
@@ -160,23 +140,13 @@ impl Scheduler {
     /// are not caught up (`POST /v1/schedules/{name}/resume`).
     pub async fn resume(&self, name: &str) -> Result<(), SchedulerError> {
         self.schedule(name)?;
-        let mut conn = self.inner.store.connection();
-        redis::cmd("HDEL")
-            .arg(self.paused_key())
-            .arg(name)
-            .exec_async(&mut conn)
-            .await?;
+        self.inner.store.schedule_set_paused(name, None).await?;
         tracing::info!(schedule = %name, "schedule resumed");
         Ok(())
     }
 
     /// Whether a schedule is paused.
     pub async fn is_paused(&self, name: &str) -> Result<bool, SchedulerError> {
-        let mut conn = self.inner.store.connection();
-        Ok(redis::cmd("HEXISTS")
-            .arg(self.paused_key())
-            .arg(name)
-            .query_async(&mut conn)
-            .await?)
+        Ok(self.inner.store.schedule_paused(name).await?)
     }
 }

@@ -17,7 +17,7 @@ impl Store {
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, StoreError> {
         let s = self.settings(queue)?;
         let mut conn = self.inner.conn.clone();
-        let v: Vec<Value> = STATS.key(self.base_key(queue)).invoke_async(&mut conn).await?;
+        let v: Vec<Value> = self.keys(queue).invoke(&STATS).invoke_async(&mut conn).await?;
         let n = |i: usize| v.get(i).map(text).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
         let head = v.get(5).map(text).unwrap_or_default();
         let oldest = serde_json::from_str::<Envelope>(&head)
@@ -46,7 +46,7 @@ impl Store {
         self.settings(queue)?;
         let mut conn = self.inner.conn.clone();
         redis::cmd("SET")
-            .arg(format!("{}:paused", self.base_key(queue)))
+            .arg(self.keys(queue).paused())
             .arg(now_ms())
             .exec_async(&mut conn)
             .await?;
@@ -57,10 +57,11 @@ impl Store {
     pub async fn resume(&self, queue: &str) -> Result<(), StoreError> {
         self.settings(queue)?;
         let mut conn = self.inner.conn.clone();
+        let keys = self.keys(queue);
         redis::pipe()
-            .del(format!("{}:paused", self.base_key(queue)))
+            .del(keys.paused())
             .ignore()
-            .publish(self.wake_channel(queue), "1")
+            .publish(keys.wake(), "1")
             .ignore()
             .exec_async(&mut conn)
             .await?;
@@ -70,10 +71,10 @@ impl Store {
     /// Dead-lettered jobs of `queue`, newest first.
     pub async fn dead_list(&self, queue: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError> {
         self.settings(queue)?;
-        let base = self.base_key(queue);
+        let keys = self.keys(queue);
         let mut conn = self.inner.conn.clone();
         let entries: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
-            .arg(format!("{base}:dead"))
+            .arg(keys.dead())
             .arg(0)
             .arg(limit.saturating_sub(1))
             .arg("WITHSCORES")
@@ -85,13 +86,13 @@ impl Store {
         let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
         let (bodies, errors, attempts): (Fields, Fields, Vec<Option<u32>>) = redis::pipe()
             .cmd("HMGET")
-            .arg(format!("{base}:jobs"))
+            .arg(keys.jobs())
             .arg(&ids)
             .cmd("HMGET")
-            .arg(format!("{base}:errors"))
+            .arg(keys.errors())
             .arg(&ids)
             .cmd("HMGET")
-            .arg(format!("{base}:attempts"))
+            .arg(keys.attempts())
             .arg(&ids)
             .query_async(&mut conn)
             .await?;
@@ -127,8 +128,8 @@ impl Store {
 
     async fn dead_op(&self, op: &str, queue: &str, ids: &[String]) -> Result<usize, StoreError> {
         self.settings(queue)?;
-        let mut inv = DEAD.prepare_invoke();
-        inv.key(self.base_key(queue)).arg(op);
+        let mut inv = self.keys(queue).invoke(&DEAD);
+        inv.arg(op);
         for id in ids {
             inv.arg(id);
         }
@@ -151,7 +152,7 @@ impl Store {
         for q in self.inner.routing.queues.keys() {
             let mut conn = self.inner.conn.clone();
             let score: Option<f64> = redis::cmd("ZSCORE")
-                .arg(format!("{}:dead", self.base_key(q)))
+                .arg(self.keys(q).dead())
                 .arg(id)
                 .query_async(&mut conn)
                 .await?;
@@ -166,9 +167,9 @@ impl Store {
     pub async fn status(&self, id: &str) -> Result<Option<JobStatus>, StoreError> {
         let lookups = self.inner.routing.queues.keys().map(|q| {
             let mut conn = self.inner.conn.clone();
-            let key = self.base_key(q);
+            let keys = self.keys(q);
             async move {
-                let v: Vec<Value> = STATUS.key(key).arg(id).invoke_async(&mut conn).await?;
+                let v: Vec<Value> = keys.invoke(&STATUS).arg(id).invoke_async(&mut conn).await?;
                 Ok::<_, StoreError>((q, v))
             }
         });

@@ -4,7 +4,8 @@
 //! layout and scripts in `keys`, and the routing check in `routing`.
 //!
 //! Every operation on a queue is one Lua script over that queue's keys, which share the
-//! hash tag `{<prefix>:<queue>}` (see `lua/common.lua` for the layout). Scripts are
+//! hash tag `{<prefix>:<queue>}`; [`keys`] names them all, and every script declares
+//! every key it touches (see `lua/common.lua`). Scripts are
 //! O(batch), never O(queue length). apalis-redis is not used: its fetch overflows Lua's
 //! `unpack` past ~8,000 due jobs, its idle workers wait for a 30 s heartbeat, and it
 //! acknowledges one task per round trip (ARCHITECTURE.md has the details).
@@ -17,13 +18,16 @@ use std::sync::Arc;
 
 pub mod conn;
 mod inspect;
-mod keys;
+pub mod keys;
 mod queue;
 mod routing;
+mod schedules;
 pub use conn::{PubSubSource, RedisConn};
 pub use inspect::queue_gauges;
+pub use keys::{QueueKeys, SchedulerKeys};
 pub use queue::{Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, Reaped, valid_idempotency_key};
 pub use routing::Routing;
+pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState};
 
 /// A storage failure. Messages never contain credentials.
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +229,7 @@ struct Inner {
     registry: Arc<Registry>,
     idempotency_ttl_s: u64,
     done_retention: u64,
+    dead_retention: std::time::Duration,
 }
 
 /// Handle to culm's Redis store. Cheap to clone; one multiplexed connection underneath.
@@ -302,6 +307,7 @@ impl Store {
                 registry,
                 idempotency_ttl_s: config.worker.idempotency_ttl.as_secs().max(1),
                 done_retention: config.worker.done_retention,
+                dead_retention: config.worker.dead_retention,
             }),
         })
     }
@@ -348,6 +354,26 @@ impl Store {
             RedisConn::Cluster(c) => deps.with(c.clone()),
             RedisConn::Sentinel(s) => deps.with(s.current()),
         }
+    }
+
+    /// The key names of `queue`.
+    pub fn keys(&self, queue: &str) -> QueueKeys {
+        QueueKeys::new(&self.inner.prefix, queue)
+    }
+
+    /// The key names of the scheduler.
+    pub fn scheduler_keys(&self) -> SchedulerKeys {
+        SchedulerKeys::new(&self.inner.prefix)
+    }
+
+    /// The queue's base key, `{prefix:queue}`.
+    pub fn base_key(&self, queue: &str) -> String {
+        self.keys(queue).base().to_owned()
+    }
+
+    /// The pub/sub channel that wakes a queue's idle workers.
+    pub fn wake_channel(&self, queue: &str) -> String {
+        self.keys(queue).wake()
     }
 
     /// Routing and queue settings.

@@ -167,6 +167,8 @@ pub struct Reaped {
     /// Reaping waits: Redis was unreachable for longer than a lease, so live holders get
     /// one lease to extend before anything is taken from them.
     pub held: bool,
+    /// Dead jobs deleted because they died longer than `worker.dead_retention` ago.
+    pub trimmed: u64,
     pub expired: Vec<Expired>,
 }
 
@@ -233,9 +235,15 @@ impl Store {
             let mut inv = PUSH.prepare_invoke();
             inv.arg(now).arg(self.inner.idempotency_ttl_s);
             for (queue, idx) in &call {
-                inv.key(self.base_key(queue)).arg(idx.len());
+                // The queue's keys, then the idempotency keys of its jobs, in job order.
+                let keys = self.keys(queue);
+                keys.declare(&mut inv);
+                inv.arg(idx.len());
                 for &i in *idx {
                     let r = &reqs[i];
+                    if let Some(k) = &r.idempotency_key {
+                        inv.key(keys.idem(k));
+                    }
                     let run_at = r.run_at_ms.unwrap_or(now);
                     let env = serde_json::to_string(&NewEnvelope {
                         job: &r.job,
@@ -287,8 +295,9 @@ impl Store {
     pub async fn fetch(&self, queue: &Arc<str>, count: usize, lease_ttl: Duration) -> Result<Fetched, StoreError> {
         let now = now_ms();
         let mut conn = self.inner.conn.clone();
-        let v: Vec<Value> = FETCH
-            .key(self.base_key(queue))
+        let v: Vec<Value> = self
+            .keys(queue)
+            .invoke(&FETCH)
             .arg(count)
             .arg(millis(lease_ttl))
             .arg(PROMOTE_CHUNK)
@@ -331,10 +340,10 @@ impl Store {
         if acks.is_empty() {
             return Ok(Vec::new());
         }
-        let mut inv = ACK.prepare_invoke();
-        inv.key(self.base_key(queue))
+        let keys = self.keys(queue);
+        let mut inv = keys.invoke(&ACK);
+        inv.key(keys.acker(&batch.acker))
             .arg(self.inner.done_retention)
-            .arg(&*batch.acker)
             .arg(batch.seq);
         // Retry and defer times go as delays from now, so the script places them on
         // Redis's clock and a worker's clock skew cannot stretch or shrink a backoff.
@@ -362,7 +371,7 @@ impl Store {
         let applied: String = inv.invoke_async(&mut conn).await?;
         if applied.len() != acks.len() {
             return Err(StoreError::Corrupt {
-                key: format!("{}:ack", self.base_key(queue)),
+                key: keys.acker(&batch.acker),
                 message: format!("ack script answered for {} of {} runs", applied.len(), acks.len()),
             });
         }
@@ -379,8 +388,8 @@ impl Store {
         if held.is_empty() {
             return Ok(Vec::new());
         }
-        let mut inv = EXTEND.prepare_invoke();
-        inv.key(self.base_key(queue)).arg(millis(lease_ttl));
+        let mut inv = self.keys(queue).invoke(&EXTEND);
+        inv.arg(millis(lease_ttl));
         for (id, token) in held {
             inv.arg(id).arg(*token);
         }
@@ -389,24 +398,32 @@ impl Store {
     }
 
     /// Finds up to 1,000 expired leases of `queue` without changing them. Reaping holds
-    /// off for one lease after Redis was unreachable for longer than `outage`.
+    /// off for one lease after Redis was unreachable for longer than `outage`. Also
+    /// deletes up to 1,000 dead jobs older than `worker.dead_retention`.
     pub async fn reap(&self, queue: &str, outage: Duration, lease_ttl: Duration) -> Result<Reaped, StoreError> {
         let mut conn = self.inner.conn.clone();
-        let v: Vec<Value> = REAP
-            .key(self.base_key(queue))
+        let v: Vec<Value> = self
+            .keys(queue)
+            .invoke(&REAP)
             .arg(REAP_CHUNK)
             .arg(millis(outage))
             .arg(millis(lease_ttl))
+            .arg(millis(self.inner.dead_retention))
             .invoke_async(&mut conn)
             .await?;
+        let trimmed = v.get(1).map(text).and_then(|n| n.parse().ok()).unwrap_or(0);
+        if trimmed > 0 {
+            telemetry::dead_trimmed(queue, trimmed);
+        }
         if v.first().map(text).as_deref() == Some("held") {
             return Ok(Reaped {
                 held: true,
+                trimmed,
                 expired: Vec::new(),
             });
         }
         let mut expired = Vec::new();
-        for r in v.get(1..).unwrap_or_default().chunks_exact(6) {
+        for r in v.get(2..).unwrap_or_default().chunks_exact(6) {
             let id = text(&r[0]);
             expired.push(Expired {
                 attempt: text(&r[1]).parse().unwrap_or(0),
@@ -417,7 +434,11 @@ impl Store {
                 id,
             });
         }
-        Ok(Reaped { held: false, expired })
+        Ok(Reaped {
+            held: false,
+            trimmed,
+            expired,
+        })
     }
 
     /// Hands leased jobs back to the front of the queue, refunding the attempt.
@@ -425,8 +446,7 @@ impl Store {
         if held.is_empty() {
             return Ok(0);
         }
-        let mut inv = RELEASE.prepare_invoke();
-        inv.key(self.base_key(queue));
+        let mut inv = self.keys(queue).invoke(&RELEASE);
         for (id, token) in held {
             inv.arg(id).arg(*token);
         }

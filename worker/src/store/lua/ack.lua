@@ -1,6 +1,7 @@
--- Record outcomes of a batch of runs. ARGV: done_retention, acker, batch, then per run:
--- id, token, kind, delay_ms (retry/defer: how long from now, on Redis's clock), error.
--- `acker` names the pool instance that sends acks and `batch` this batch: an acker
+-- Record outcomes of a batch of runs. KEYS: the queue's, then the acker's key
+-- (`…:acker:<acker>`). ARGV: done_retention, batch, then per run: id, token, kind,
+-- delay_ms (retry/defer: how long from now, on Redis's clock), error.
+-- The acker names the pool instance that sends acks and `batch` this batch: an acker
 -- resends only its latest batch, and only when the reply was lost, so remembering each
 -- acker's last answer lets a resend get the first write's answer instead of finding
 -- every run fenced off by that same write.
@@ -12,8 +13,8 @@
 -- Returns one character per run: '1' applied, '0' fenced off.
 local now = redis_now()
 local keep = tonumber(ARGV[1])
-local K_ACKER = base .. ':acker:' .. ARGV[2]
-local batch = ARGV[3] .. ':'
+local K_ACKER = KEYS[QUEUE_KEYS + 1]
+local batch = ARGV[2] .. ':'
 local last = redis.call('GET', K_ACKER)
 if last and string.sub(last, 1, #batch) == batch then return string.sub(last, #batch + 1) end
 local applied = {}
@@ -24,7 +25,7 @@ local wake = false
 -- batch allows: settling the common case (done) costs one command per run (the read)
 -- plus a handful per batch.
 local fields = {}
-for i = 4, #ARGV, 5 do fields[#fields + 1] = ARGV[i] .. ':t' end
+for i = 3, #ARGV, 5 do fields[#fields + 1] = ARGV[i] .. ':t' end
 local current = {}
 for from = 1, #fields, 1000 do
   local got = redis.call('HMGET', K_ATTEMPTS, unpack(fields, from, math.min(from + 999, #fields)))
@@ -36,7 +37,7 @@ local dropped = {}      -- attempts-hash fields to delete
 local done = {}         -- ids done: bodies and errors to delete
 local done_scores = {}  -- ZADD arguments for the done set
 local n = 0
-for i = 4, #ARGV, 5 do
+for i = 3, #ARGV, 5 do
   n = n + 1
   local id, token, kind, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
   local at = now + tonumber(ARGV[i + 3])
@@ -82,7 +83,7 @@ for i = 4, #ARGV, 5 do
         end
         wake = true
       else
-        redis.call('ZADD', K_SCHED, at, id)
+        redis.call('ZADD', K_SCHEDULED, at, id)
         if earliest == nil or at < earliest then
           earliest = at
           wake = true

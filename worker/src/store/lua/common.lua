@@ -1,24 +1,40 @@
--- Shared helpers, prepended to every script. KEYS[1] is the queue's base key
--- ("{prefix:queue}"): every key a script touches shares that hash tag, so one script
--- touches one Redis Cluster slot.
-local base = KEYS[1]
-local K_READY = base .. ':ready'         -- list of job ids due now
-local K_SCHED = base .. ':scheduled'     -- zset id -> run_at ms (delayed, retries, deferrals)
-local K_LEASES = base .. ':leases'       -- zset id -> lease deadline ms on Redis's clock (running)
-local K_JOBS = base .. ':jobs'           -- hash id -> envelope JSON
--- hash, three fields per job:
---   <id>    attempts started (the retry budget; a deferral refunds one);
---   <id>:t  the current lease's token while the job is leased, suffixed `s` once the
---           holder has extended the lease (proof it received it);
---   <id>:o  leases that expired before their holder confirmed them (refunded, bounded).
-local K_ATTEMPTS = base .. ':attempts'
-local K_SEQ = base .. ':seq'             -- counter: the last lease token handed out
-local K_ERRORS = base .. ':errors'       -- hash id -> JSON array of the last errors
-local K_DEAD = base .. ':dead'           -- zset id -> died_at ms
-local K_DONE = base .. ':done'           -- zset id -> finished_at ms (bounded)
-local K_PAUSED = base .. ':paused'       -- exists while the queue is paused
-local K_REAPER = base .. ':reaper'       -- hash: `at` last reap ms, `hold` no reaping before ms
-local K_WAKE = base .. ':wake'           -- pub/sub channel idle workers listen on
+-- Shared helpers, prepended to every queue script. Every key a script touches is declared
+-- in KEYS: the queue's fixed keys first, in the order of `QUEUE_KEYS` in store/keys.rs (a
+-- test there compares the two), then the script's own keys (idempotency, acker, tick
+-- claim, schedule). All share the hash tag `{prefix:queue}`, so a script touches one Redis
+-- Cluster slot; and because Redis routes a script by all its declared keys, a node that
+-- holds only part of them while the slot migrates answers TRYAGAIN/ASK (the client
+-- retries) instead of running the script on a partial queue.
+local QUEUE_KEYS = 11                   -- fixed keys per queue; a script's own keys follow
+
+local K_READY, K_SCHEDULED, K_LEASES, K_JOBS, K_ATTEMPTS, K_SEQ
+local K_ERRORS, K_DEAD, K_DONE, K_PAUSED, K_REAPER, K_WAKE
+
+-- Names the keys of the queue whose fixed keys start at KEYS[o + 1]. Every script names
+-- the first queue (o = 0, below); push.lua, which stores into several queues in one call
+-- on standalone, names each in turn.
+local function queue_group(o)
+  K_READY = KEYS[o + 1]                 -- list of job ids due now
+  K_SCHEDULED = KEYS[o + 2]             -- zset id -> run_at ms (delayed, retries, deferrals)
+  K_LEASES = KEYS[o + 3]                -- zset id -> lease deadline ms on Redis's clock (running)
+  K_JOBS = KEYS[o + 4]                  -- hash id -> envelope JSON
+  -- hash, three fields per job:
+  --   <id>    attempts started (the retry budget; a deferral refunds one);
+  --   <id>:t  the current lease's token while the job is leased, suffixed `s` once the
+  --           holder has extended the lease (proof it received it);
+  --   <id>:o  leases that expired before their holder confirmed them (refunded, bounded).
+  K_ATTEMPTS = KEYS[o + 5]
+  K_SEQ = KEYS[o + 6]                   -- counter: the last lease token handed out
+  K_ERRORS = KEYS[o + 7]                -- hash id -> JSON array of the last errors
+  K_DEAD = KEYS[o + 8]                  -- zset id -> died_at ms (trimmed past worker.dead_retention)
+  K_DONE = KEYS[o + 9]                  -- zset id -> finished_at ms (bounded)
+  K_PAUSED = KEYS[o + 10]               -- exists while the queue is paused
+  K_REAPER = KEYS[o + 11]               -- hash: `at` last reap ms, `hold` no reaping before ms
+  -- The pub/sub channel idle workers listen on: a channel, not a key, named after the
+  -- queue's base key ('<base>:ready' -> '<base>:wake').
+  K_WAKE = string.sub(K_READY, 1, -7) .. ':wake'
+end
+queue_group(0)
 
 -- Milliseconds on Redis's clock: leases never depend on a worker's clock.
 local function redis_now()
@@ -50,7 +66,7 @@ local function push_error(id, attempt, now, err)
 end
 
 local function earliest_scheduled()
-  local first = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
+  local first = redis.call('ZRANGE', K_SCHEDULED, 0, 0, 'WITHSCORES')
   if first[2] then return tonumber(first[2]) end
   return nil
 end

@@ -8,10 +8,10 @@ local count = tonumber(ARGV[1])
 local now = redis_now()
 local deadline = now + tonumber(ARGV[2])
 local chunk = tonumber(ARGV[3])
-local due = redis.call('ZRANGEBYSCORE', K_SCHED, '-inf', now, 'LIMIT', 0, chunk)
+local due = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', now, 'LIMIT', 0, chunk)
 if #due > 0 then
   redis.call('RPUSH', K_READY, unpack(due))
-  redis.call('ZREM', K_SCHED, unpack(due))
+  redis.call('ZREM', K_SCHEDULED, unpack(due))
 end
 local nxt = earliest_scheduled()
 local next_due = ''

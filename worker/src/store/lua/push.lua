@@ -1,6 +1,8 @@
--- Enqueue a batch into one or more queues, all or nothing. KEYS: the base key of each
--- queue in the batch. ARGV: now_ms, idempotency_ttl_s, then per queue (in KEYS order) the
--- number of its jobs, then per job: id, run_at_ms, envelope, idem_key ('' = none).
+-- Enqueue a batch into one or more queues, all or nothing. KEYS: per queue in the batch,
+-- its fixed keys (common.lua), then the idempotency key (`…:idem:<key>`) of each of its
+-- jobs that has one, in job order. ARGV: now_ms, idempotency_ttl_s, then per queue (in
+-- KEYS order) the number of its jobs, then per job: id, run_at_ms, envelope, idem_key
+-- ('' = none).
 -- Cluster mode sends one queue per call (a script touches one slot); standalone and
 -- Sentinel send a whole batch in one call, so either every job is stored or none is.
 -- Redis does not roll back a script that fails halfway, so every key's kind is checked
@@ -11,54 +13,66 @@
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 
-local function holds(key, kind)
+local function holds_kind(key, kind)
   local t = redis.call('TYPE', key)['ok']
   return t == 'none' or t == kind
 end
 
--- Check every key first.
-local i = 3
-for g = 1, #KEYS do
-  local b = KEYS[g]
-  if not (holds(b .. ':ready', 'list') and holds(b .. ':scheduled', 'zset')
-      and holds(b .. ':jobs', 'hash') and holds(b .. ':done', 'zset')) then
-    return redis.error_reply('WRONGTYPE a key of ' .. b .. ' holds the wrong kind of value; nothing was stored')
-  end
-  local n = tonumber(ARGV[i])
-  for j = 0, n - 1 do
-    local idem = ARGV[i + 1 + j * 4 + 3]
-    if idem ~= '' and not holds(b .. ':idem:' .. idem, 'string') then
-      return redis.error_reply('WRONGTYPE idempotency key ' .. idem .. ' holds the wrong kind of value; nothing was stored')
+-- Calls f(n, i, idem) for each queue, with its keys named (queue_group): n its jobs, i
+-- the ARGV index of its count, idem(j) the idempotency key of its job j (0-based) or nil.
+local function each_queue(f)
+  local o, i = 0, 3
+  while i <= #ARGV do
+    local n = tonumber(ARGV[i])
+    queue_group(o)
+    local idem_keys, next_key = {}, o + QUEUE_KEYS + 1
+    for j = 0, n - 1 do
+      if ARGV[i + 1 + j * 4 + 3] ~= '' then
+        idem_keys[j] = KEYS[next_key]
+        next_key = next_key + 1
+      end
     end
+    local r = f(n, i, function(j) return idem_keys[j] end)
+    if r then return r end
+    o = next_key - 1
+    i = i + 1 + n * 4
   end
-  i = i + 1 + n * 4
 end
 
+-- Check every key first.
+local bad = each_queue(function(n, _, idem)
+  if not (holds_kind(K_READY, 'list') and holds_kind(K_SCHEDULED, 'zset')
+      and holds_kind(K_JOBS, 'hash') and holds_kind(K_DONE, 'zset')) then
+    return redis.error_reply('WRONGTYPE a key of ' .. K_READY .. '\'s queue holds the wrong kind of value; nothing was stored')
+  end
+  for j = 0, n - 1 do
+    local k = idem(j)
+    if k and not holds_kind(k, 'string') then
+      return redis.error_reply('WRONGTYPE idempotency key ' .. k .. ' holds the wrong kind of value; nothing was stored')
+    end
+  end
+end)
+if bad then return bad end
+
 local out = {}
-i = 3
-for g = 1, #KEYS do
-  local b = KEYS[g]
-  local ready, sched, jobs, done = b .. ':ready', b .. ':scheduled', b .. ':jobs', b .. ':done'
-  local was_empty = redis.call('LLEN', ready) == 0
-  local first = redis.call('ZRANGE', sched, 0, 0, 'WITHSCORES')
-  local earliest = nil
-  if first[2] then earliest = tonumber(first[2]) end
+each_queue(function(n, i, idem)
+  local was_empty = redis.call('LLEN', K_READY) == 0
+  local earliest = earliest_scheduled()
   local wake = false
   local due = {}          -- ids due now, pushed to ready in one command
-  local n = tonumber(ARGV[i])
   for j = 0, n - 1 do
     local at = i + 1 + j * 4
-    local id, run_at, env, idem = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], ARGV[at + 3]
+    local id, run_at, env = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
     local existing = false
-    if idem ~= '' then
-      local k = b .. ':idem:' .. idem
+    local k = idem(j)
+    if k then
       existing = redis.call('GET', k)
       if not existing then redis.call('SET', k, id, 'EX', ttl) end
     end
     -- Safe to run twice with the same arguments (a client resends a command whose
     -- reply it lost): an id is written at most once. An id recently done, or a body
     -- that exists, means this push already happened.
-    if not existing and (redis.call('ZSCORE', done, id) or redis.call('HSETNX', jobs, id, env) == 0) then
+    if not existing and (redis.call('ZSCORE', K_DONE, id) or redis.call('HSETNX', K_JOBS, id, env) == 0) then
       existing = id
     end
     if existing then
@@ -69,7 +83,7 @@ for g = 1, #KEYS do
         due[#due + 1] = id
         if was_empty then wake = true end
       else
-        redis.call('ZADD', sched, run_at, id)
+        redis.call('ZADD', K_SCHEDULED, run_at, id)
         if earliest == nil or run_at < earliest then
           earliest = run_at
           wake = true
@@ -80,9 +94,8 @@ for g = 1, #KEYS do
     end
   end
   for from = 1, #due, 1000 do
-    redis.call('RPUSH', ready, unpack(due, from, math.min(from + 999, #due)))
+    redis.call('RPUSH', K_READY, unpack(due, from, math.min(from + 999, #due)))
   end
-  if wake then redis.call('PUBLISH', b .. ':wake', '1') end
-  i = i + 1 + n * 4
-end
+  if wake then redis.call('PUBLISH', K_WAKE, '1') end
+end)
 return out

@@ -4,7 +4,7 @@ local head_env = ''
 if head then head_env = redis.call('HGET', K_JOBS, head) or '' end
 return {
   redis.call('LLEN', K_READY),
-  redis.call('ZCARD', K_SCHED),
+  redis.call('ZCARD', K_SCHEDULED),
   redis.call('ZCARD', K_LEASES),
   redis.call('ZCARD', K_DEAD),
   redis.call('EXISTS', K_PAUSED),

@@ -13,6 +13,6 @@ local s = redis.call('ZSCORE', K_LEASES, id)
 if s then return { 'running', attempts, env, errors, s } end
 s = redis.call('ZSCORE', K_DEAD, id)
 if s then return { 'dead', attempts, env, errors, s } end
-s = redis.call('ZSCORE', K_SCHED, id)
+s = redis.call('ZSCORE', K_SCHEDULED, id)
 if s then return { 'scheduled', attempts, env, errors, s } end
 return { 'pending', attempts, env, errors, '' }

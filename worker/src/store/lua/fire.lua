@@ -1,16 +1,17 @@
 -- Fire one tick of a schedule: the atomic claim, the overlap check and the push of one
--- due job, in the target queue's hash slot (common.lua is prepended; KEYS[1] is the
--- queue's base key). Every replica calls this for every tick; exactly one gets 'fired'.
--- ARGV: name, tick_ms ('' for a manual trigger), overlap ('skip'|'allow'), claim_ttl_s,
---       id, envelope, claim ('<name>:<tick_ms>', or '<name>:manual:<id>').
+-- due job, in the target queue's hash slot (common.lua is prepended). Every replica calls
+-- this for every tick; exactly one gets 'fired'.
+-- KEYS: the queue's, then the schedule's hash (`…:schedule:<name>`) and the tick's claim
+--       (`…:tick:<name>:<tick_ms>`, or `…:tick:<name>:manual:<id>`).
+-- ARGV: tick_ms ('' for a manual trigger), overlap ('skip'|'allow'), claim_ttl_s, id,
+--       envelope.
 -- Claims live under `…:tick:`, a namespace of their own: callers' idempotency keys
 -- (`…:idem:`) can never make a tick look claimed.
 -- Returns {outcome, detail}: fired/id, claimed/holder, stale/last tick, overlap/running id.
-local name, tick, overlap, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local id, env, claim = ARGV[5], ARGV[6], ARGV[7]
+local tick, overlap, ttl, id, env = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 -- Per schedule, in this slot: the last tick decided here and the last job fired.
-local K_SCHEDULE = base .. ':schedule:' .. name
-local K_CLAIM = base .. ':tick:' .. claim
+local K_SCHEDULE = KEYS[QUEUE_KEYS + 1]
+local K_CLAIM = KEYS[QUEUE_KEYS + 2]
 
 local holder = redis.call('GET', K_CLAIM)
 if holder then return { 'claimed', holder } end

@@ -1,10 +1,13 @@
 -- Record what happened to a schedule's tick, for `culm schedules`, the admin API and the
--- missed-tick check. KEYS[1]: the schedule's state hash ('{prefix}:schedules:state:<name>').
+-- missed-tick check. KEYS: the schedule's state hash ('{prefix}:schedules:state:<name>'),
+-- the registry of schedules with state ('{prefix}:schedules:names', name -> queue, so the
+-- state of a schedule removed from the catalog can be found and deleted).
 -- ARGV: tick_ms ('' = none), now_ms, outcome ('' = only advance the tick), strength
 -- ('strong': this replica decided the tick; 'weak': any replica's observation, never
--- overwriting a decision for the same tick), job_id, queue, lag_ms, error.
+-- overwriting a decision for the same tick), job_id, queue, lag_ms, error, name.
 local K = KEYS[1]
 local tick, now, outcome, strength = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+redis.call('HSET', KEYS[2], ARGV[9], ARGV[6])
 if tick ~= '' then
   local t = tonumber(tick)
   -- 'tick' is the latest tick any replica handled; it only moves forward.
