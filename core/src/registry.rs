@@ -73,6 +73,17 @@ pub enum RegistryError {
     /// A job type allows no tier at all.
     #[error("job type `{0}` allows no tier")]
     NoTiers(&'static str),
+    /// A job type's name has characters outside `a-z`, `0-9`, `_` and `.`, or is longer
+    /// than 100: names travel into stored envelopes, metric labels, the ledger and URLs.
+    #[error("job type `{0}`: names use only a-z, 0-9, _ and . (at most 100 characters)")]
+    BadName(&'static str),
+}
+
+fn valid_job_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'.')
 }
 
 /// Every job type this binary can run.
@@ -110,6 +121,9 @@ impl Registry {
     pub fn register<J: Job>(&mut self) -> Result<&mut Self, RegistryError> {
         if J::TIERS.is_empty() {
             return Err(RegistryError::NoTiers(J::NAME));
+        }
+        if !valid_job_name(J::NAME) {
+            return Err(RegistryError::BadName(J::NAME));
         }
         if self.specs.contains_key(J::NAME) {
             return Err(RegistryError::Duplicate(J::NAME));
@@ -206,6 +220,26 @@ mod tests {
         assert!(
             spec.validate(&serde_json::json!({"order_id": "a", "quantity": 2}))
                 .is_ok()
+        );
+    }
+
+    #[derive(Serialize, Deserialize)]
+    struct Spaced {}
+    impl Job for Spaced {
+        const NAME: &'static str = "t.has space}";
+        const QUEUE: &'static str = "q";
+        const TIERS: &'static [Tier] = &[Tier::Critical];
+        async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+            Ok(Outcome::done())
+        }
+    }
+
+    #[test]
+    fn a_job_name_outside_the_allowed_characters_is_refused() {
+        let mut r = Registry::new();
+        assert!(
+            matches!(r.register::<Spaced>(), Err(RegistryError::BadName("t.has space}"))),
+            "job names become metric labels, ledger values and log fields"
         );
     }
 }

@@ -76,11 +76,15 @@ pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
     }
     for (name, q) in &c.queues {
         if name.is_empty()
+            || name.len() > 64
             || !name
                 .chars()
                 .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_')
         {
-            return Err((format!("queues.{name}"), "queue names use only a-z, 0-9 and _".into()));
+            return Err((
+                format!("queues.{name}"),
+                "queue names use only a-z, 0-9 and _, at most 64 characters".into(),
+            ));
         }
         if q.concurrency == 0 || q.concurrency > 10_000 {
             return Err((
