@@ -252,3 +252,51 @@ async fn dead_jobs_older_than_the_retention_are_trimmed_with_their_fields() {
     assert_eq!(dl[0].id, fresh);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_error_history_does_not_fail_a_settlement_batch() {
+    use culm_worker::store::{Ack, AckBatch, AckKind};
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_hist".into(), queue("critical", 2, 5_000, 5));
+    })
+    .await;
+    let reqs = (0..2)
+        .map(|_| culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({})).queue("t_hist"))
+        .collect();
+    env.store.enqueue(reqs).await.expect("enqueue");
+    let f = env
+        .store
+        .fetch(&std::sync::Arc::from("t_hist"), 2, std::time::Duration::from_secs(30))
+        .await
+        .expect("fetch");
+    assert_eq!(f.jobs.len(), 2);
+    // Another writer left one job's error history unreadable.
+    let mut c = env.store.connection();
+    redis::cmd("HSET")
+        .arg(format!("{}:errors", env.store.base_key("t_hist")))
+        .arg(&f.jobs[1].id)
+        .arg("not json")
+        .exec_async(&mut c)
+        .await
+        .expect("HSET");
+    let acks: Vec<Ack> = f
+        .jobs
+        .iter()
+        .map(|d| Ack {
+            id: d.id.clone(),
+            token: d.token,
+            kind: AckKind::Retry { at: now_ms() + 60_000 },
+            error: "upstream 503".into(),
+            expired_only: false,
+        })
+        .collect();
+    let applied = env
+        .store
+        .ack("t_hist", &AckBatch::first(), &acks)
+        .await
+        .expect("the batch settles");
+    assert_eq!(applied, vec![true, true]);
+    let st = env.store.status(&f.jobs[1].id).await.expect("status").expect("known");
+    assert_eq!(st.errors.len(), 1, "the history starts over: {st:?}");
+    env.cleanup().await;
+}

@@ -297,6 +297,34 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_would_stall_reaping_or_split_a_batch_are_refused() {
+        let long = "a_queue_name_that_is_far_too_long_for_any_operator_to_type_or_read";
+        let tier = format!("CULM__QUEUES__{}__TIER", long.to_uppercase());
+        let concurrency = format!("CULM__QUEUES__{}__CONCURRENCY", long.to_uppercase());
+        for (settings, key) in [
+            // One replica reaping every 10 s never looks twice within the 10 s an outage is
+            // measured by, so reaping would wait forever.
+            (
+                vec![("CULM__WORKER__REAP_INTERVAL", "10s")],
+                "worker.reap_interval".to_owned(),
+            ),
+            (
+                vec![("CULM__WORKER__LEASE_EXTEND_INTERVAL", "14s")],
+                "worker.reap_interval".to_owned(),
+            ),
+            // Batches above 1,000 are stored in several calls: no longer all or nothing.
+            (vec![("CULM__ADMIN__BATCH_MAX", "1001")], "admin.batch_max".to_owned()),
+            (
+                vec![(tier.as_str(), "batch"), (concurrency.as_str(), "1")],
+                format!("queues.{long}"),
+            ),
+        ] {
+            let e = Loader::new(None, None).load_from(vars(&settings)).expect_err("refused");
+            assert!(e.to_string().contains(&key), "{settings:?}: {e}");
+        }
+    }
+
+    #[test]
     fn files_are_named_in_errors() {
         let dir = std::env::temp_dir().join(format!("culm-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");

@@ -23,6 +23,18 @@ pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
             return Err((key.into(), "must be above zero".into()));
         }
     }
+    // Reaping waits one lease whenever no reaper of a queue ran for longer than
+    // lease_ttl - lease_extend_interval (a Redis outage could have expired leases that were
+    // extended on time). A reaper that looks less often than that would always wait.
+    if w.reap_interval * 2 > w.lease_ttl - w.lease_extend_interval {
+        return Err((
+            "worker.reap_interval".into(),
+            format!(
+                "must be at most half of worker.lease_ttl - worker.lease_extend_interval ({}), or reaping after an outage could wait forever",
+                humantime::format_duration(w.lease_ttl - w.lease_extend_interval)
+            ),
+        ));
+    }
     if w.ack_batch_max == 0 {
         return Err(("worker.ack_batch_max".into(), "must be at least 1".into()));
     }
@@ -48,10 +60,11 @@ pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
             "must be empty or an address like 127.0.0.1:9090".into(),
         ));
     }
-    if c.admin.batch_max == 0 || c.admin.max_body_bytes < 1024 {
+    // A batch is stored in one script call (all or nothing) up to 1,000 jobs.
+    if c.admin.batch_max == 0 || c.admin.batch_max > 1000 || c.admin.max_body_bytes < 1024 {
         return Err((
             "admin.batch_max".into(),
-            "batch_max must be at least 1 and max_body_bytes at least 1024".into(),
+            "batch_max must be 1 to 1000 and max_body_bytes at least 1024".into(),
         ));
     }
     if c.admin.gauge_interval.is_zero() {

@@ -201,6 +201,14 @@ pub(super) async fn ack_loop(
         let applied = loop {
             match shared.store.ack(&shared.queue, &name, &acks).await {
                 Ok(applied) => break applied,
+                Err(e) if !e.is_transient() => {
+                    // The script itself refused the batch: retrying it whole would fail
+                    // forever and hold the pool's slots. Settle each run alone; a run that
+                    // still fails is dropped, and its lease expires and it runs again.
+                    telemetry::store_error(&shared.queue, "ack");
+                    tracing::error!(queue = %shared.queue, "acknowledging {} jobs was refused, settling them one by one: {e}", acks.len());
+                    break ack_one_by_one(&shared, &mut name, &acks).await;
+                }
                 Err(e) => {
                     telemetry::store_error(&shared.queue, "ack");
                     tracing::warn!(queue = %shared.queue, "acknowledging {} jobs failed, retrying: {e}", acks.len());
@@ -221,6 +229,23 @@ pub(super) async fn ack_loop(
         }
         batch.clear();
     }
+}
+
+/// Settles each ack in its own call after a batch was refused; says which applied.
+async fn ack_one_by_one(shared: &PoolShared, name: &mut AckBatch, acks: &[Ack]) -> Vec<bool> {
+    let mut applied = Vec::with_capacity(acks.len());
+    for a in acks {
+        *name = name.next();
+        match shared.store.ack(&shared.queue, name, std::slice::from_ref(a)).await {
+            Ok(r) => applied.push(r.first().copied().unwrap_or(false)),
+            Err(e) => {
+                telemetry::store_error(&shared.queue, "ack");
+                tracing::error!(queue = %shared.queue, job_id = %a.id, token = a.token, "settling this run failed; its lease will expire and it runs again: {e}");
+                applied.push(false);
+            }
+        }
+    }
+    applied
 }
 
 /// Extends the leases of running jobs and hands expired leases to the settle step.

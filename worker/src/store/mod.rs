@@ -58,6 +58,20 @@ pub enum StoreError {
     UnknownQueue(String),
 }
 
+impl StoreError {
+    /// Whether trying the same command again may work: the connection failed, or the reply
+    /// did not arrive in time. A script error, or data of the wrong shape, will fail again.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Redis(e) => {
+                e.is_io_error() || e.is_connection_dropped() || e.is_timeout() || e.is_cluster_error()
+            }
+            StoreError::Unreachable { .. } => true,
+            StoreError::Corrupt { .. } | StoreError::UnknownQueue(_) => false,
+        }
+    }
+}
+
 /// Counts for one queue.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct QueueStats {

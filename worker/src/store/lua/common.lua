@@ -59,7 +59,12 @@ end
 local function push_error(id, attempt, now, err)
   local cur = redis.call('HGET', K_ERRORS, id)
   local list = {}
-  if cur then list = cjson.decode(cur) end
+  -- A history another writer left unreadable starts over rather than failing the
+  -- script halfway through a batch (Redis does not roll back what it already wrote).
+  if cur then
+    local ok, decoded = pcall(cjson.decode, cur)
+    if ok and type(decoded) == 'table' then list = decoded end
+  end
   list[#list + 1] = { attempt = tonumber(attempt), at = now, error = err }
   while #list > 10 do table.remove(list, 1) end
   redis.call('HSET', K_ERRORS, id, cjson.encode(list))
