@@ -361,6 +361,14 @@ async fn an_unreadable_body_is_settled_like_any_dead_run() {
     assert!(is("dead", &e), "{e:?}");
     assert!(e.error.contains("corrupt"), "{e:?}");
     wait_state(&env, &id, "dead").await;
+    // And it is listed with the other dead letters, not an error for the whole list.
+    let dead = env
+        .store
+        .dead_list("t_corrupt", 10)
+        .await
+        .expect("the list still reads");
+    assert_eq!(dead.len(), 1);
+    assert_eq!((dead[0].id.as_str(), dead[0].job.as_str()), (id.as_str(), "unknown"));
     running.shutdown().await;
     env.cleanup().await;
 }

@@ -149,20 +149,22 @@ pub enum Ended {
     Dead,
 }
 
-/// A run ended after `secs`.
-pub fn finished(queue: &str, job: &str, ended: Ended, secs: f64) {
+/// A run ended after `secs`; `ended` is how it counts, `None` when its outcome was not
+/// applied (its lease had been taken over).
+pub fn finished(queue: &str, job: &str, ended: Option<Ended>, secs: f64) {
     let q = queue.to_owned();
     let j = job.to_owned();
     gauge!(WORKERS_BUSY, "queue" => q.clone()).decrement(1.0);
     histogram!(JOB_DURATION, "queue" => q.clone(), "job" => j.clone()).record(secs);
     match ended {
-        Ended::Succeeded => counter!(JOBS_SUCCEEDED, "queue" => q, "job" => j).increment(1),
-        Ended::Deferred => counter!(JOBS_DEFERRED, "queue" => q, "job" => j).increment(1),
-        Ended::Retried => {
+        None => {}
+        Some(Ended::Succeeded) => counter!(JOBS_SUCCEEDED, "queue" => q, "job" => j).increment(1),
+        Some(Ended::Deferred) => counter!(JOBS_DEFERRED, "queue" => q, "job" => j).increment(1),
+        Some(Ended::Retried) => {
             counter!(JOBS_FAILED, "queue" => q.clone(), "job" => j.clone()).increment(1);
             counter!(JOBS_RETRIED, "queue" => q, "job" => j).increment(1);
         }
-        Ended::Dead => {
+        Some(Ended::Dead) => {
             counter!(JOBS_FAILED, "queue" => q.clone(), "job" => j.clone()).increment(1);
             counter!(JOBS_DEAD, "queue" => q, "job" => j).increment(1);
         }

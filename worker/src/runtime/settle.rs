@@ -243,7 +243,9 @@ pub(super) fn record(shared: &PoolShared, batch: &mut [Settlement], applied: &[b
     let finished_at_us = chrono::Utc::now().timestamp_micros();
     for (p, &applied) in batch.iter_mut().zip(applied) {
         if let Some(ended) = p.ended {
-            telemetry::finished(queue, &p.job, ended, p.duration.as_secs_f64());
+            // The run is over either way (busy gauge, duration); its outcome counts only
+            // if it applied, so a superseded run is never counted as dead-lettered.
+            telemetry::finished(queue, &p.job, applied.then_some(ended), p.duration.as_secs_f64());
         }
         if applied {
             match (p.source, &p.ack.kind) {

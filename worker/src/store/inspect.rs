@@ -101,10 +101,16 @@ impl Store {
             let Some(body) = bodies.get(i).cloned().flatten() else {
                 continue;
             };
-            let env: Envelope = serde_json::from_str(&body).map_err(|e| StoreError::Corrupt {
-                key: id.clone(),
-                message: e.to_string(),
-            })?;
+            // An unreadable body is exactly what gets dead-lettered as corrupt: list it
+            // (job `unknown`, the raw body as the payload) rather than fail the list.
+            let (job, payload, enqueued_at) = match serde_json::from_str::<Envelope>(&body) {
+                Ok(env) => (
+                    env.job,
+                    serde_json::from_str(env.payload.get()).unwrap_or(serde_json::Value::Null),
+                    env.enqueued_at,
+                ),
+                Err(_) => ("unknown".to_owned(), serde_json::Value::String(body), 0),
+            };
             let errs = errors
                 .get(i)
                 .cloned()
@@ -114,11 +120,11 @@ impl Store {
             out.push(DeadJob {
                 id: id.clone(),
                 queue: queue.to_owned(),
-                job: env.job,
-                payload: serde_json::from_str(env.payload.get()).unwrap_or(serde_json::Value::Null),
+                job,
+                payload,
                 attempts: attempts.get(i).copied().flatten().unwrap_or(0),
                 died_at: *died as i64,
-                enqueued_at: env.enqueued_at,
+                enqueued_at,
                 last_error: errs.last().map(|e| e.error.clone()),
                 errors: errs,
             });
