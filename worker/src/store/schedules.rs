@@ -87,6 +87,8 @@ impl Store {
         let detail = reply.get(1).cloned().unwrap_or_default();
         Ok(match reply.first().map(String::as_str) {
             Some("fired") => Fired::Fired(detail),
+            // A resent call (its first reply was lost) finds its own claim: it fired.
+            Some("claimed") if detail == t.id => Fired::Fired(detail),
             Some("overlap") => Fired::Overlap(detail),
             Some("stale") => Fired::Stale,
             _ => Fired::Claimed(detail),
