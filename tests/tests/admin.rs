@@ -638,3 +638,23 @@ async fn a_batch_retried_with_the_same_idempotency_key_stores_nothing_new() {
     assert_eq!(error_code(&bad).1, Some("Idempotency-Key"));
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_cannot_take_the_idempotency_keys_culm_derives() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    // The outbox relay enqueues row 42 under `outbox:42`; a caller who took that key first
+    // would make the real row resolve to the caller's job, and the row's job never run.
+    for key in ["outbox:42", "redrive:01H:1", "batch:x:0"] {
+        let (s, b) = api
+            .post(
+                "/v1/jobs",
+                json!({"job": "platform.noop", "queue": "t_batch", "idempotency_key": key}),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{key}: {b}");
+        assert_eq!(error_code(&b).1, Some("idempotency_key"), "{b}");
+    }
+    assert_eq!(env.store.stats("t_batch").await.expect("stats").pending, 0);
+    env.cleanup().await;
+}

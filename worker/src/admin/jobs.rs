@@ -19,6 +19,19 @@ use std::time::Duration;
 fn to_request(b: EnqueueBody) -> Result<EnqueueRequest, ApiError> {
     let mut req = EnqueueRequest::raw(b.job, b.payload);
     req.queue = b.queue;
+    if let Some(k) = &b.idempotency_key
+        && crate::store::reserved_idempotency_key(k)
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!(
+                "idempotency keys starting with {} are culm's own",
+                crate::store::RESERVED_KEY_PREFIXES.join(", ")
+            ),
+        )
+        .field("idempotency_key"));
+    }
     req.idempotency_key = b.idempotency_key;
     match (b.delay_ms, b.run_at) {
         (Some(_), Some(_)) => {

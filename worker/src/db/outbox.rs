@@ -61,6 +61,13 @@ pub async fn relay_once(db: &Db, store: &Store, batch: usize) -> Result<Relayed,
         let mut req = EnqueueRequest::raw(r.try_get::<String, _>("job")?, r.try_get("payload")?);
         req.queue = r.try_get("queue")?;
         req.run_at_ms = run_at.map(|t| t.timestamp_millis());
+        if let Some(k) = key.as_deref().filter(|k| crate::store::reserved_idempotency_key(k)) {
+            rejected.push((
+                id,
+                format!("idempotency_key `{k}` uses a prefix culm reserves for its own keys"),
+            ));
+            continue;
+        }
         // The row id makes a re-relayed row (relay crashed before commit) a no-op.
         req.idempotency_key = Some(key.unwrap_or_else(|| format!("outbox:{id}")));
         match store.resolve(&req) {

@@ -25,7 +25,10 @@ mod schedules;
 pub use conn::{PubSubSource, RedisConn};
 pub use inspect::queue_gauges;
 pub use keys::{QueueKeys, SchedulerKeys};
-pub use queue::{Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, Reaped, valid_idempotency_key};
+pub use queue::{
+    Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, RESERVED_KEY_PREFIXES, Reaped,
+    reserved_idempotency_key, valid_idempotency_key,
+};
 pub use routing::Routing;
 pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState};
 

@@ -468,3 +468,14 @@ fn parse_token(v: &Value, id: &str) -> Result<u64, StoreError> {
 pub fn valid_idempotency_key(k: &str) -> bool {
     (1..=200).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
 }
+
+/// Prefixes of the idempotency keys culm derives itself (the outbox relay's `outbox:<row
+/// id>`, a re-drive's `redrive:<id>:<died at>`, a batch's `batch:<header>:<index>`).
+/// Callers' keys may not start with them: a predictable derived key taken first by a
+/// caller would make culm's own enqueue resolve to the caller's job.
+pub const RESERVED_KEY_PREFIXES: [&str; 3] = ["outbox:", "redrive:", "batch:"];
+
+/// A caller's idempotency key that uses a prefix culm reserves for its own keys.
+pub fn reserved_idempotency_key(k: &str) -> bool {
+    RESERVED_KEY_PREFIXES.iter().any(|p| k.starts_with(p))
+}
