@@ -2,9 +2,8 @@
 //! pool's fetcher) and [`AckLayer`], the backend's middleware that turns each run's
 //! [`Completion`] into an acknowledgement for the pool's batching acker.
 use super::{
-    dispatch::Completion,
     pool::PoolShared,
-    settle::{self, RunEnd, Settlement},
+    settle::{self, Completion, RunEnd, Settlement},
 };
 use crate::store::{AckKind, Delivery, StoreError};
 use apalis_core::{

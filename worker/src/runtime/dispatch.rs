@@ -1,10 +1,10 @@
 //! The handler service: runs one delivery through its registered handler with the queue's
 //! timeout, turns panics into failures, and hands how the run ended to
 //! [`settle`](super::settle), which decides what happens next, as a [`Completion`].
-use super::settle::{self, RunEnd, Verdict};
+use super::settle::{self, Completion, RunEnd};
 use crate::{config::QueueSettings, store::Delivery, telemetry};
 use apalis_core::task::Task;
-use culm_core::{Deps, EnqueueRequest, Enqueuer, JobContext, Registry, RunResult, now_ms};
+use culm_core::{Deps, Enqueuer, JobContext, Registry, RunResult, now_ms};
 use futures::{FutureExt, future::BoxFuture};
 use std::{
     convert::Infallible,
@@ -15,32 +15,6 @@ use std::{
 };
 use tower_service::Service;
 use tracing::Instrument;
-
-/// What a run produced, before it is acknowledged.
-#[derive(Debug)]
-pub struct Completion {
-    pub id: String,
-    pub attempt: u32,
-    /// The lease's fencing token.
-    pub token: u64,
-    pub job: String,
-    /// What happens next, as the settle rules decided.
-    pub(super) verdict: Verdict,
-    /// The handler ran (false for unknown job types).
-    pub ran: bool,
-    /// Jobs to enqueue before the success is acknowledged.
-    pub follow_ups: Vec<EnqueueRequest>,
-    /// The handler's summary for the ledger, at most 512 bytes.
-    pub summary: Option<String>,
-    pub duration: Duration,
-    /// When the handler started, µs since the epoch (0 if it never started).
-    pub started_at_us: i64,
-    pub enqueued_at_ms: i64,
-    /// Kept for the dead-letter archive.
-    pub idempotency_key: Option<String>,
-    /// Moved out of the delivery after the run, for the dead-letter archive.
-    pub payload: Option<Box<serde_json::value::RawValue>>,
-}
 
 /// Runs deliveries of one queue.
 #[derive(Clone)]

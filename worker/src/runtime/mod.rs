@@ -6,10 +6,7 @@ mod inflight;
 mod pool;
 mod settle;
 
-use crate::{
-    config::Config,
-    store::{AckKind, Store},
-};
+use crate::{config::Config, store::Store};
 use apalis_core::worker::builder::WorkerBuilder;
 use culm_core::{Deps, Enqueuer};
 use futures::StreamExt;
@@ -20,29 +17,7 @@ use tokio::{
     task::JoinHandle,
 };
 
-pub use dispatch::Completion;
-
-/// A lease was settled: emitted after the settlement is stored, and only if it applied
-/// (a run whose lease had been taken over emits nothing).
-#[derive(Debug, Clone)]
-pub struct JobEvent {
-    /// Job id.
-    pub id: String,
-    /// Queue.
-    pub queue: String,
-    /// Job type.
-    pub job: String,
-    /// Attempt.
-    pub attempt: u32,
-    /// The lease's fencing token.
-    pub token: u64,
-    /// What happened.
-    pub kind: AckKind,
-    /// Error, for failures.
-    pub error: String,
-    /// When the handler started, µs since the epoch (0 if it never ran).
-    pub started_at_us: i64,
-}
+pub use settle::{Completion, JobEvent};
 
 /// A start-up problem.
 #[derive(Debug, thiserror::Error)]

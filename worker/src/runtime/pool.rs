@@ -2,9 +2,8 @@
 //! slots, sleeps until a push wakes it), the acker (writes settlements in batches), and
 //! lease upkeep (extends running jobs' leases, finds expired ones for the settle step).
 use super::{
-    JobEvent,
     inflight::Inflight,
-    settle::{self, Settlement, Source},
+    settle::{self, JobEvent, Recorder, Settlement, Source},
 };
 use crate::{
     config::{QueueSettings, WorkerConfig},
@@ -29,9 +28,8 @@ pub struct PoolShared {
     slot_freed: Notify,
     pub(super) wake: Arc<Notify>,
     ack_tx: mpsc::UnboundedSender<Settlement>,
-    pub(super) events: broadcast::Sender<JobEvent>,
-    pub(super) ledger: Option<Ledger>,
-    pub(super) worker_id: Arc<str>,
+    /// Where settlements are recorded (ledger, events, metrics).
+    pub(super) recorder: Recorder,
 }
 
 impl PoolShared {
@@ -48,15 +46,19 @@ impl PoolShared {
         let shared = Arc::new(PoolShared {
             queue: Arc::from(settings.name.as_str()),
             inflight: Inflight::new(settings.concurrency as usize),
-            settings,
             store,
             worker,
             slot_freed: Notify::new(),
             wake,
             ack_tx,
-            events,
-            ledger,
-            worker_id,
+            recorder: Recorder {
+                queue: Arc::from(settings.name.as_str()),
+                settings: settings.clone(),
+                events,
+                ledger,
+                worker_id,
+            },
+            settings,
         });
         (shared, ack_rx)
     }
@@ -220,7 +222,7 @@ pub(super) async fn ack_loop(
                 }
             }
         };
-        settle::record(&shared, &mut batch, &applied);
+        settle::record(&shared.recorder, &mut batch, &applied);
         let freed = shared
             .inflight
             .forget(batch.iter().filter(|p| p.source == Source::Run).map(|p| p.ack.token));

@@ -13,16 +13,73 @@
 //! - every settlement goes through the pool's acker to `ack.lua`, fenced by its lease
 //!   token; afterwards [`record`] writes the ledger row, the `JobEvent` and the metrics,
 //!   for runs whose ack applied (and a `superseded` ledger row for runs that were fenced).
-use super::{JobEvent, dispatch::Completion, pool::PoolShared};
 use crate::{
     config::QueueSettings,
     db::ledger::{DeadInfo, LedgerRow, RunOutcome},
     store::{Ack, AckKind, Corrupt, Expired},
     telemetry,
 };
-use culm_core::{JobError, now_ms};
+use culm_core::{EnqueueRequest, JobError, now_ms};
 use serde_json::value::RawValue;
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::broadcast;
+
+/// A lease was settled: emitted after the settlement is stored, and only if it applied
+/// (a run whose lease had been taken over emits nothing).
+#[derive(Debug, Clone)]
+pub struct JobEvent {
+    /// Job id.
+    pub id: String,
+    /// Queue.
+    pub queue: String,
+    /// Job type.
+    pub job: String,
+    /// Attempt.
+    pub attempt: u32,
+    /// The lease's fencing token.
+    pub token: u64,
+    /// What happened.
+    pub kind: AckKind,
+    /// Error, for failures.
+    pub error: String,
+    /// When the handler started, µs since the epoch (0 if it never ran).
+    pub started_at_us: i64,
+}
+
+/// What a run produced, before it is acknowledged.
+#[derive(Debug)]
+pub struct Completion {
+    pub id: String,
+    pub attempt: u32,
+    /// The lease's fencing token.
+    pub token: u64,
+    pub job: String,
+    /// What happens next, as the settle rules decided.
+    pub(super) verdict: Verdict,
+    /// The handler ran (false for unknown job types).
+    pub ran: bool,
+    /// Jobs to enqueue before the success is acknowledged.
+    pub follow_ups: Vec<EnqueueRequest>,
+    /// The handler's summary for the ledger, at most 512 bytes.
+    pub summary: Option<String>,
+    pub duration: Duration,
+    /// When the handler started, µs since the epoch (0 if it never started).
+    pub started_at_us: i64,
+    pub enqueued_at_ms: i64,
+    /// Kept for the dead-letter archive.
+    pub idempotency_key: Option<String>,
+    /// Moved out of the delivery after the run, for the dead-letter archive.
+    pub payload: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// What recording a settlement needs of its pool: where rows, events and metrics go.
+pub(super) struct Recorder {
+    pub(super) queue: Arc<str>,
+    pub(super) settings: Arc<QueueSettings>,
+    pub(super) events: broadcast::Sender<JobEvent>,
+    pub(super) ledger: Option<crate::db::ledger::Ledger>,
+    pub(super) worker_id: Arc<str>,
+}
 
 /// Who ended the lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +295,7 @@ pub(super) fn expired(s: &QueueSettings, e: Expired) -> Settlement {
 /// Runs of this process are always in the ledger (a fenced one as `superseded`); the
 /// reaper's settlements only when they applied, so two reapers never record one lease
 /// twice. Events and outcome metrics follow the applied acks.
-pub(super) fn record(shared: &PoolShared, batch: &mut [Settlement], applied: &[bool]) {
+pub(super) fn record(shared: &Recorder, batch: &mut [Settlement], applied: &[bool]) {
     let queue = &*shared.queue;
     let finished_at_us = chrono::Utc::now().timestamp_micros();
     for (p, &applied) in batch.iter_mut().zip(applied) {
@@ -279,7 +336,7 @@ pub(super) fn record(shared: &PoolShared, batch: &mut [Settlement], applied: &[b
     }
 }
 
-fn ledger_row(shared: &PoolShared, p: &mut Settlement, applied: bool, finished_at_us: i64) -> LedgerRow {
+fn ledger_row(shared: &Recorder, p: &mut Settlement, applied: bool, finished_at_us: i64) -> LedgerRow {
     let (outcome, next_run_at_ms) = match p.ack.kind {
         _ if !applied => (RunOutcome::Superseded, None),
         AckKind::Done => (RunOutcome::Succeeded, None),
