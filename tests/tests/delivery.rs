@@ -417,3 +417,53 @@ async fn follow_ups_that_cannot_be_stored_spend_the_retry_budget() {
     running.shutdown().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_finishing_during_the_drain_keeps_its_lease() {
+    let env = TestEnv::new(|c| {
+        c.worker.lease_ttl = Duration::from_secs(1);
+        c.worker.lease_extend_interval = Duration::from_millis(250);
+        c.worker.reap_interval = Duration::from_millis(100);
+        c.worker.drain_timeout = Duration::from_secs(10);
+        c.queues.insert("t_drain".into(), queue("batch", 1, 20_000, 3));
+    })
+    .await;
+    let set = env.key("ran");
+    let started = env.key("started");
+    let draining = env.runtime().start(&["t_drain".into()]).expect("start");
+    let job = env
+        .enqueue(
+            EnqueueRequest::raw(
+                "platform.record",
+                json!({"set": set, "started": started, "sleep_ms": 3_000}),
+            )
+            .queue("t_drain"),
+        )
+        .await;
+    eventually(WAIT, "the handler to start", || async {
+        env.members(&started).await.contains(&job.id).then_some(())
+    })
+    .await;
+    // Another replica works the same queue, reaping what it finds expired.
+    let other = env.runtime();
+    let mut events = other.events();
+    let other = other.start(&["t_drain".into()]).expect("start");
+    // This replica is asked to stop while its job runs for three more leases.
+    let report = draining.shutdown().await;
+    assert_eq!(report.timed_out_pools, 0, "the job finished within the drain timeout");
+    wait_state(&env, &job.id, "done").await;
+    let mut c = env.store.connection();
+    let starts: Option<u32> = redis::cmd("HGET")
+        .arg(format!("{started}:runs"))
+        .arg(&job.id)
+        .query_async(&mut c)
+        .await
+        .expect("starts");
+    assert_eq!(starts, Some(1), "the draining job's lease expired and it ran again");
+    assert!(
+        events.try_recv().is_err(),
+        "the other replica settled nothing of this job"
+    );
+    other.shutdown().await;
+    env.cleanup().await;
+}

@@ -423,7 +423,8 @@ impl Rig {
 
 /// The job ids a fetch reply carried (`ok`, next due, then id, attempt, envelope per job).
 fn fetched_ids(reply: &Resp) -> Vec<String> {
-    reply.items().iter().skip(2).step_by(3).filter_map(Resp::text).collect()
+    // fetch.lua answers status, next due, then id, attempt, token, envelope per job.
+    reply.items().iter().skip(2).step_by(4).filter_map(Resp::text).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

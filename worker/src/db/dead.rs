@@ -207,7 +207,11 @@ impl Db {
                 .enqueue(vec![req])
                 .await
                 .map_err(|e| DbError::Sql(sqlx::Error::Protocol(format!("re-drive of {id}: {e}"))))?;
-            e.into_iter().next().map(|e| e.id).unwrap_or_default()
+            e.into_iter().next().map(|e| e.id).ok_or_else(|| {
+                DbError::Sql(sqlx::Error::Protocol(format!(
+                    "re-drive of {id}: the store stored nothing"
+                )))
+            })?
         };
         sqlx::query("UPDATE culm_dead_jobs SET redriven_at = now(), redriven_as = $2 WHERE job_id = $1")
             .bind(id)

@@ -142,6 +142,8 @@ impl Runtime {
                 .build(dispatcher);
             let queue = name.clone();
             let mut stopped = stop_rx.clone();
+            let stopped_after = stop_rx.clone();
+            let pool_shared = shared.clone();
             let worker = tokio::spawn(async move {
                 // On stop, apalis stops polling the backend and waits for in-flight jobs.
                 let signal = async move {
@@ -150,6 +152,12 @@ impl Runtime {
                 };
                 if let Err(e) = worker.run_until(signal).await {
                     tracing::error!(queue = %queue, "worker stopped: {e}");
+                }
+                // Stopped without being asked to: nothing will run what this pool still
+                // holds, so hand it back now rather than extend its leases for ever.
+                if !*stopped_after.borrow() {
+                    let n = pool::release_held(&pool_shared).await;
+                    tracing::error!(queue = %queue, handed_back = n, "worker pool stopped on its own; its leased jobs were handed back");
                 }
             });
             pools.push(PoolHandle {
@@ -199,7 +207,6 @@ impl Running {
                 p.worker.abort();
                 let _ = (&mut p.worker).await;
             }
-            p.upkeep.abort();
         }
         // Let a fetch that is already in Redis finish and record what it leased, so those
         // jobs are handed back below instead of waiting for their leases to expire. The
@@ -230,6 +237,11 @@ impl Running {
             p.acker.abort();
         }
         let released = futures::future::join_all(pools.iter().map(|p| pool::release_held(&p.shared))).await;
+        // Upkeep kept extending what was still held until now, so a slow final flush
+        // never lets a finished run's lease expire and count as a lost attempt.
+        for p in &pools {
+            p.upkeep.abort();
+        }
         report.handed_back = released.into_iter().sum();
         self.listener.abort();
         tracing::info!(handed_back = report.handed_back, "worker pools stopped");

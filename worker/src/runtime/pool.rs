@@ -250,7 +250,8 @@ async fn ack_one_by_one(shared: &PoolShared, name: &mut AckBatch, acks: &[Ack]) 
     applied
 }
 
-/// Extends the leases of running jobs and hands expired leases to the settle step.
+/// Extends the leases of running jobs and hands expired leases to the settle step. Runs
+/// until the runtime aborts it, after the pool's last hand-back.
 pub(super) async fn upkeep_loop(shared: Arc<PoolShared>, mut stop: watch::Receiver<bool>) {
     let w = shared.worker.clone();
     let mut extend = tokio::time::interval(w.lease_extend_interval);
@@ -260,11 +261,24 @@ pub(super) async fn upkeep_loop(shared: Arc<PoolShared>, mut stop: watch::Receiv
     // Once an extend fails (Redis unreachable), this process extends what it holds before
     // its own reaper looks again, so it never takes back its own live jobs.
     let mut extended = true;
+    // Once stopping, the pool keeps extending what it holds (jobs finishing within the
+    // drain timeout, settlements still being written) until the runtime ends this task
+    // after the hand-back, but no longer reaps: its acker is going away.
+    let mut stopping = false;
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            r = stop.changed(), if !stopping => {
+                // The runtime was dropped without a shutdown: its leases are left to expire.
+                if r.is_err() {
+                    return;
+                }
+                stopping = true;
+            }
             _ = extend.tick() => extended = extend_held(&shared).await,
             _ = reap.tick() => {
+                if stopping {
+                    continue;
+                }
                 if !extended {
                     extended = extend_held(&shared).await;
                     if !extended {
