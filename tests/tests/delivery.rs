@@ -39,6 +39,38 @@ async fn wait_state(env: &TestEnv, id: &str, state: &str) {
     .await;
 }
 
+/// Enqueues a `platform.record` job on `queue` that sleeps `sleep_ms`, and waits until its
+/// handler has started. Returns the job, its record set and its start set.
+async fn start_recorded(env: &TestEnv, queue: &str, sleep_ms: u64) -> (culm_core::Enqueued, String, String) {
+    let set = env.key("ran");
+    let started = env.key("started");
+    let job = env
+        .enqueue(
+            EnqueueRequest::raw(
+                "platform.record",
+                json!({"set": set, "started": started, "sleep_ms": sleep_ms}),
+            )
+            .queue(queue),
+        )
+        .await;
+    eventually(WAIT, "the handler to start", || async {
+        env.members(&started).await.contains(&job.id).then_some(())
+    })
+    .await;
+    (job, set, started)
+}
+
+/// How many times the handler of `id` started, by its own count.
+async fn starts(env: &TestEnv, started: &str, id: &str) -> Option<u32> {
+    let mut c = env.store.connection();
+    redis::cmd("HGET")
+        .arg(format!("{started}:runs"))
+        .arg(id)
+        .query_async(&mut c)
+        .await
+        .expect("starts")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_ack_from_before_a_redrive_cannot_settle_the_new_run() {
     let env = TestEnv::new(|c| {
@@ -205,24 +237,10 @@ async fn a_redis_outage_longer_than_the_lease_does_not_take_jobs_from_live_worke
         c.queues.insert("t_outage".into(), queue("critical", 2, 20_000, 1));
     })
     .await;
-    let set = env.key("ran");
-    let started = env.key("started");
     let rt = env.runtime();
     let mut events = rt.events();
     let running = rt.start(&["t_outage".into()]).expect("start");
-    let job = env
-        .enqueue(
-            EnqueueRequest::raw(
-                "platform.record",
-                json!({"set": set, "started": started, "sleep_ms": 4_000}),
-            )
-            .queue("t_outage"),
-        )
-        .await;
-    eventually(WAIT, "the handler to start", || async {
-        env.members(&started).await.contains(&job.id).then_some(())
-    })
-    .await;
+    let (job, set, _) = start_recorded(&env, "t_outage", 4_000).await;
     // Redis is unreachable for twice the lease: nobody can extend, nobody can reap.
     proxy.cut();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -255,25 +273,11 @@ async fn a_replica_whose_clock_runs_ahead_does_not_reap_live_jobs() {
         c.queues.insert("t_skew".into(), queue("critical", 1, 20_000, 1));
     })
     .await;
-    let set = env.key("ran");
-    let started = env.key("started");
     // This process runs a long job under a 1 s lease, extending it on time.
     let rt = env.runtime();
     let mut events = rt.events();
     let running = rt.start(&["t_skew".into()]).expect("start");
-    let job = env
-        .enqueue(
-            EnqueueRequest::raw(
-                "platform.record",
-                json!({"set": set, "started": started, "sleep_ms": 4_000}),
-            )
-            .queue("t_skew"),
-        )
-        .await;
-    eventually(WAIT, "the handler to start", || async {
-        env.members(&started).await.contains(&job.id).then_some(())
-    })
-    .await;
+    let (job, set, started) = start_recorded(&env, "t_skew", 4_000).await;
     // A second replica whose clock is a minute ahead joins the queue.
     assert!(
         std::path::Path::new(FAKETIME_LIB).exists(),
@@ -325,13 +329,11 @@ async fn a_replica_whose_clock_runs_ahead_does_not_reap_live_jobs() {
     wait_state(&env, &job.id, "done").await;
     // Once it is done, count the handler's own starts: a reaped job would have started
     // again on the other replica.
-    let starts: Option<u32> = redis::cmd("HGET")
-        .arg(format!("{started}:runs"))
-        .arg(&job.id)
-        .query_async(&mut c)
-        .await
-        .expect("starts");
-    assert_eq!(starts, Some(1), "the live job was started a second time");
+    assert_eq!(
+        starts(&env, &started, &job.id).await,
+        Some(1),
+        "the live job was started a second time"
+    );
     drop(ahead);
     running.shutdown().await;
     env.cleanup().await;
@@ -428,22 +430,8 @@ async fn a_job_finishing_during_the_drain_keeps_its_lease() {
         c.queues.insert("t_drain".into(), queue("batch", 1, 20_000, 3));
     })
     .await;
-    let set = env.key("ran");
-    let started = env.key("started");
     let draining = env.runtime().start(&["t_drain".into()]).expect("start");
-    let job = env
-        .enqueue(
-            EnqueueRequest::raw(
-                "platform.record",
-                json!({"set": set, "started": started, "sleep_ms": 3_000}),
-            )
-            .queue("t_drain"),
-        )
-        .await;
-    eventually(WAIT, "the handler to start", || async {
-        env.members(&started).await.contains(&job.id).then_some(())
-    })
-    .await;
+    let (job, _, started) = start_recorded(&env, "t_drain", 3_000).await;
     // Another replica works the same queue, reaping what it finds expired.
     let other = env.runtime();
     let mut events = other.events();
@@ -452,14 +440,11 @@ async fn a_job_finishing_during_the_drain_keeps_its_lease() {
     let report = draining.shutdown().await;
     assert_eq!(report.timed_out_pools, 0, "the job finished within the drain timeout");
     wait_state(&env, &job.id, "done").await;
-    let mut c = env.store.connection();
-    let starts: Option<u32> = redis::cmd("HGET")
-        .arg(format!("{started}:runs"))
-        .arg(&job.id)
-        .query_async(&mut c)
-        .await
-        .expect("starts");
-    assert_eq!(starts, Some(1), "the draining job's lease expired and it ran again");
+    assert_eq!(
+        starts(&env, &started, &job.id).await,
+        Some(1),
+        "the draining job's lease expired and it ran again"
+    );
     assert!(
         events.try_recv().is_err(),
         "the other replica settled nothing of this job"

@@ -117,16 +117,6 @@ pub struct ScheduleEvent {
     pub outcome: TickOutcome,
 }
 
-/// The stored form of a job, as `store::Envelope` reads it.
-#[derive(Serialize)]
-struct NewEnvelope<'a> {
-    job: &'a str,
-    payload: &'a serde_json::Value,
-    enqueued_at: i64,
-    run_at: i64,
-    idempotency_key: &'a str,
-}
-
 struct Inner {
     store: Store,
     catalog: Catalog,
@@ -253,12 +243,12 @@ impl Scheduler {
         let now = now_ms();
         // The job shows where it came from; the claim itself is in the tick namespace.
         let origin = format!("schedule:{claim}");
-        let env = serde_json::to_string(&NewEnvelope {
+        let env = serde_json::to_string(&crate::store::NewEnvelope {
             job: &s.job,
             payload: &s.payload,
             enqueued_at: now,
             run_at: now,
-            idempotency_key: &origin,
+            idempotency_key: Some(&origin),
         })
         .map_err(|e| SchedulerError::Encode {
             schedule: s.name.clone(),

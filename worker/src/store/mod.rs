@@ -25,6 +25,7 @@ mod schedules;
 pub use conn::{PubSubSource, RedisConn};
 pub use inspect::queue_gauges;
 pub use keys::{QueueKeys, SchedulerKeys};
+pub(crate) use queue::NewEnvelope;
 pub use queue::{
     Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, RESERVED_KEY_PREFIXES, Reaped,
     reserved_idempotency_key, valid_idempotency_key,

@@ -29,15 +29,16 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-/// How a job is stored in the `jobs` hash.
+/// How a job is stored in the `jobs` hash (what [`Envelope`] reads back); the scheduler
+/// writes the same shape when it fires a tick.
 #[derive(Serialize)]
-struct NewEnvelope<'a> {
-    job: &'a str,
-    payload: &'a serde_json::Value,
-    enqueued_at: i64,
-    run_at: i64,
+pub(crate) struct NewEnvelope<'a> {
+    pub(crate) job: &'a str,
+    pub(crate) payload: &'a serde_json::Value,
+    pub(crate) enqueued_at: i64,
+    pub(crate) run_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    idempotency_key: Option<&'a str>,
+    pub(crate) idempotency_key: Option<&'a str>,
 }
 
 /// A stored job as read back.
