@@ -28,19 +28,14 @@ use tokio::sync::broadcast;
 /// (a run whose lease had been taken over emits nothing).
 #[derive(Debug, Clone)]
 pub struct JobEvent {
-    /// Job id.
     pub id: String,
-    /// Queue.
     pub queue: String,
-    /// Job type.
     pub job: String,
-    /// Attempt.
     pub attempt: u32,
     /// The lease's fencing token.
     pub token: u64,
-    /// What happened.
     pub kind: AckKind,
-    /// Error, for failures.
+    /// The error recorded against the attempt (failures, deferrals, dead letters).
     pub error: String,
     /// When the handler started, µs since the epoch (0 if it never ran).
     pub started_at_us: i64,

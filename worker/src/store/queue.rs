@@ -44,7 +44,6 @@ pub(crate) struct NewEnvelope<'a> {
 /// A stored job as read back.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Envelope {
-    /// Job type name.
     pub job: String,
     /// Raw JSON payload, deserialized by the handler's registration when it runs.
     pub payload: Box<RawValue>,

@@ -77,12 +77,9 @@ pub struct LedgerRow {
     /// ULID of this run (the primary key; makes replays idempotent).
     pub run_id: String,
     pub job_id: String,
-    /// Job type.
     pub job: String,
     pub queue: String,
-    /// Tier of the queue.
     pub tier: String,
-    /// Attempt number (from 1).
     pub attempt: u32,
     pub outcome: RunOutcome,
     /// Error text, for failures and deferrals.
