@@ -32,6 +32,8 @@ pub struct Completion {
     pub follow_ups: Vec<EnqueueRequest>,
     /// The handler's summary for the ledger, at most 512 bytes.
     pub summary: Option<String>,
+    /// The handler's JSON result, at most `worker.result_max_bytes`.
+    pub result: Option<Box<serde_json::value::RawValue>>,
     pub duration: Duration,
     /// When the handler started, µs since the epoch (0 if it never started).
     pub started_at_us: i64,
@@ -40,6 +42,20 @@ pub struct Completion {
     pub idempotency_key: Option<String>,
     /// Moved out of the delivery after the run, for the dead-letter archive.
     pub payload: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// The result as raw JSON, or `None` (logged) when it is larger than `max` bytes: the run
+/// still counts as done, since its side effects happened.
+fn bounded_result(result: &serde_json::Value, max: usize) -> Option<Box<serde_json::value::RawValue>> {
+    let raw = serde_json::value::to_raw_value(result).ok()?;
+    if raw.get().len() > max {
+        tracing::warn!(
+            "result of {} bytes dropped: over worker.result_max_bytes ({max})",
+            raw.get().len()
+        );
+        return None;
+    }
+    Some(raw)
 }
 
 /// Runs deliveries of one queue.
@@ -87,6 +103,7 @@ impl Dispatcher {
             ran: false,
             follow_ups: Vec::new(),
             summary: None,
+            result: None,
             duration: Duration::ZERO,
             started_at_us: 0,
             enqueued_at_ms: d.envelope.enqueued_at,
@@ -132,6 +149,7 @@ impl Dispatcher {
                     s
                 });
                 c.follow_ups = outcome.follow_ups;
+                c.result = outcome.result.and_then(|r| bounded_result(&r, s.result_max_bytes));
                 RunEnd::Succeeded
             }
             Ok(Ok(RunResult::Finished(Err(e)))) => RunEnd::Failed(e),

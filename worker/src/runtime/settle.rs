@@ -17,12 +17,24 @@ use super::{JobEvent, dispatch::Completion, pool::PoolShared};
 use crate::{
     config::QueueSettings,
     db::ledger::{DeadInfo, LedgerRow, RunOutcome},
-    store::{Ack, AckKind, Corrupt, Expired},
+    store::{Ack, AckKind, Corrupt, Expired, Finished},
     telemetry,
 };
 use culm_core::{JobError, now_ms};
 use serde_json::value::RawValue;
 use std::time::Duration;
+
+/// What a done run leaves in the queue's `finished` hash, as JSON.
+fn finished(c: &Completion) -> String {
+    let f = Finished {
+        job: c.job.clone(),
+        attempts: c.attempt,
+        enqueued_at: c.enqueued_at_ms,
+        result: c.result.clone(),
+        cancelled: false,
+    };
+    serde_json::to_string(&f).unwrap_or_default()
+}
 
 /// Who ended the lease.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +155,7 @@ impl Settlement {
     pub(super) fn from_run(c: Completion) -> Self {
         Settlement {
             ack: Ack {
+                finished: matches!(c.verdict.kind, AckKind::Done).then(|| finished(&c)),
                 id: c.id,
                 token: c.token,
                 kind: c.verdict.kind,
@@ -171,6 +184,7 @@ impl Settlement {
                 kind: AckKind::Dead,
                 error: c.error,
                 expired_only: false,
+                finished: None,
             },
             source: Source::Run,
             job: "unknown".to_owned(),
@@ -220,6 +234,7 @@ pub(super) fn expired(s: &QueueSettings, e: Expired) -> Settlement {
             kind,
             error,
             expired_only: true,
+            finished: None,
         },
         source: Source::Reaper,
         job,
