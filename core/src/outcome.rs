@@ -36,7 +36,8 @@ impl Outcome {
     /// does not serialise is recorded as its error message.
     pub fn with_result(mut self, result: impl serde::Serialize) -> Self {
         self.result = Some(
-            serde_json::to_value(result).unwrap_or_else(|e| serde_json::json!({ "unserialisable_result": e.to_string() })),
+            serde_json::to_value(result)
+                .unwrap_or_else(|e| serde_json::json!({ "unserialisable_result": e.to_string() })),
         );
         self
     }

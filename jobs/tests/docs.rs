@@ -23,11 +23,18 @@ fn docs() -> Vec<(String, String)> {
     files
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "md" || e == "py"))
-        .filter_map(|p| Some((p.strip_prefix(&root).ok()?.display().to_string(), std::fs::read_to_string(&p).ok()?)))
+        .filter_map(|p| {
+            Some((
+                p.strip_prefix(&root).ok()?.display().to_string(),
+                std::fs::read_to_string(&p).ok()?,
+            ))
+        })
         .collect()
 }
 
-const NOT_JOBS: &[&str] = &["rs", "md", "toml", "lua", "py", "json", "yaml", "yml", "sql", "txt", "log", "com", "io"];
+const NOT_JOBS: &[&str] = &[
+    "rs", "md", "toml", "lua", "py", "json", "yaml", "yml", "sql", "txt", "log", "com", "io",
+];
 
 /// `family.action` tokens of `text` whose family is in `families`.
 fn job_names(text: &str, families: &BTreeSet<&str>) -> Vec<String> {
@@ -76,7 +83,12 @@ fn schedule_names() -> BTreeSet<String> {
         .filter_map(|e| std::fs::read_to_string(e.path()).ok())
         .flat_map(|t| {
             t.lines()
-                .filter_map(|l| l.trim().strip_prefix("name = \"")?.split_once('"').map(|(n, _)| n.to_owned()))
+                .filter_map(|l| {
+                    l.trim()
+                        .strip_prefix("name = \"")?
+                        .split_once('"')
+                        .map(|(n, _)| n.to_owned())
+                })
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -86,7 +98,11 @@ fn schedule_names() -> BTreeSet<String> {
 fn every_job_name_in_the_docs_is_registered() {
     let registry = culm_jobs::registry().expect("catalog registers");
     let schedules = schedule_names();
-    let families: BTreeSet<&str> = registry.iter().filter_map(|s| s.name.split_once('.')).map(|(f, _)| f).collect();
+    let families: BTreeSet<&str> = registry
+        .iter()
+        .filter_map(|s| s.name.split_once('.'))
+        .map(|(f, _)| f)
+        .collect();
     let mut seen = 0;
     let mut unknown = Vec::new();
     for (file, text) in docs() {
@@ -99,8 +115,15 @@ fn every_job_name_in_the_docs_is_registered() {
     }
     unknown.sort();
     unknown.dedup();
-    assert!(seen > 20, "found only {seen} job names in the docs: is the extraction broken?");
-    assert!(unknown.is_empty(), "job names the registry does not know:\n{}", unknown.join("\n"));
+    assert!(
+        seen > 20,
+        "found only {seen} job names in the docs: is the extraction broken?"
+    );
+    assert!(
+        unknown.is_empty(),
+        "job names the registry does not know:\n{}",
+        unknown.join("\n")
+    );
 }
 
 #[test]

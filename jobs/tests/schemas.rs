@@ -7,7 +7,10 @@ fn every_job_type_has_a_schema_its_example_satisfies() {
     let mut problems = Vec::new();
     for spec in registry.iter() {
         let Some(schema) = &spec.schema else {
-            problems.push(format!("{}: no payload schema (derive JsonSchema, return schema_of)", spec.name));
+            problems.push(format!(
+                "{}: no payload schema (derive JsonSchema, return schema_of)",
+                spec.name
+            ));
             continue;
         };
         let validator = match jsonschema::validator_for(schema) {
@@ -27,7 +30,10 @@ fn every_job_type_has_a_schema_its_example_satisfies() {
         if let Some(o) = extra.as_object_mut() {
             o.insert("no_such_field".into(), serde_json::json!(1));
             if validator.is_valid(&extra) {
-                problems.push(format!("{}: schema accepts an unknown field the job refuses", spec.name));
+                problems.push(format!(
+                    "{}: schema accepts an unknown field the job refuses",
+                    spec.name
+                ));
             }
         }
     }

@@ -22,7 +22,11 @@ struct Api {
 
 impl Api {
     async fn start(env: &TestEnv) -> Api {
-        let tokens = vec![Token::new("all", TOKEN, vec![Scope::Admin, Scope::Enqueue, Scope::Read])];
+        let tokens = vec![Token::new(
+            "all",
+            TOKEN,
+            vec![Scope::Admin, Scope::Enqueue, Scope::Read],
+        )];
         let (router, _) = admin::router(AdminState::new(&env.config, env.store.clone(), tokens));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
@@ -47,7 +51,8 @@ impl Api {
     }
 
     async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(&body)).await
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
+            .await
     }
 
     async fn enqueue(&self, body: Value) -> String {
@@ -87,7 +92,11 @@ async fn a_done_job_shows_its_type_attempts_enqueue_time_and_result_without_post
     // A job that returns nothing still shows what it was.
     let noop = api.enqueue(json!({"job": "platform.noop", "queue": "t_res"})).await;
     let (_, b) = api.get(&format!("/v1/jobs/{noop}?wait=10s")).await;
-    assert_eq!((b["state"].as_str(), b["job"].as_str()), (Some("done"), Some("platform.noop")), "{b}");
+    assert_eq!(
+        (b["state"].as_str(), b["job"].as_str()),
+        (Some("done"), Some("platform.noop")),
+        "{b}"
+    );
     assert_eq!(b["result"], Value::Null);
     running.shutdown().await;
     env.cleanup().await;
@@ -121,7 +130,10 @@ async fn a_long_poll_is_woken_by_completion_and_otherwise_answers_when_the_wait_
     let (status, b) = api.get(&format!("/v1/jobs/{id}?wait=700ms")).await;
     assert_eq!(status, StatusCode::OK, "{b}");
     assert_eq!(b["state"], "pending", "{b}");
-    assert!(t.elapsed() >= Duration::from_millis(650), "answered before the wait ended");
+    assert!(
+        t.elapsed() >= Duration::from_millis(650),
+        "answered before the wait ended"
+    );
     // With a worker, the same wait answers once the job is done, well before 20 s. The
     // admin API reads Redis only when woken, so this measures the completion wake-up.
     let running = env.runtime().start(&["t_res".into()]).expect("start");
@@ -171,10 +183,18 @@ async fn a_pending_or_scheduled_job_can_be_cancelled_and_never_runs() {
     let running = env.runtime().start(&["t_res".into()]).expect("start");
     let (_, b) = api.get(&format!("/v1/jobs/{witness}?wait=20s")).await;
     assert_eq!(b["state"], "done", "{b}");
-    assert_eq!(env.members(&set).await, vec!["witness".to_owned()], "a cancelled job ran");
+    assert_eq!(
+        env.members(&set).await,
+        vec!["witness".to_owned()],
+        "a cancelled job ran"
+    );
     // Finished jobs cannot be cancelled; unknown ids are 404.
     let (status, b) = api.post(&format!("/v1/jobs/{witness}/cancel"), json!({})).await;
-    assert_eq!((status, b["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("not_cancellable")), "{b}");
+    assert_eq!(
+        (status, b["error"]["code"].as_str()),
+        (StatusCode::CONFLICT, Some("not_cancellable")),
+        "{b}"
+    );
     let (status, _) = api.post("/v1/jobs/01NOSUCHJOB/cancel", json!({})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     running.shutdown().await;
@@ -215,12 +235,24 @@ async fn job_types_list_every_type_with_its_policy_and_payload_schema_also_in_op
     assert_eq!(status, StatusCode::OK, "{b}");
     let types = b["job_types"].as_array().expect("list");
     assert_eq!(types.len(), env.store.registry().len());
-    let sleep = types.iter().find(|t| t["name"] == "platform.sleep").expect("platform.sleep");
+    let sleep = types
+        .iter()
+        .find(|t| t["name"] == "platform.sleep")
+        .expect("platform.sleep");
     assert_eq!(sleep["queue"], "platform");
-    assert!(sleep["retry"]["max_attempts"].as_u64().is_some_and(|n| n > 0), "{sleep}");
+    assert!(
+        sleep["retry"]["max_attempts"].as_u64().is_some_and(|n| n > 0),
+        "{sleep}"
+    );
     assert!(sleep["timeout_ms"].as_u64().is_some_and(|n| n > 0), "{sleep}");
-    assert_eq!(sleep["payload_schema"]["properties"]["ms"]["type"], "integer", "{sleep}");
-    assert!(types.iter().all(|t| t["payload_schema"].is_object()), "a job type without a schema");
+    assert_eq!(
+        sleep["payload_schema"]["properties"]["ms"]["type"], "integer",
+        "{sleep}"
+    );
+    assert!(
+        types.iter().all(|t| t["payload_schema"].is_object()),
+        "a job type without a schema"
+    );
     let doc: Value = api
         .http
         .get(format!("{}/openapi.json", api.base))
@@ -231,9 +263,15 @@ async fn job_types_list_every_type_with_its_policy_and_payload_schema_also_in_op
         .await
         .expect("json");
     let schemas = &doc["components"]["schemas"];
-    assert!(schemas["payload.platform.sleep"]["properties"]["ms"].is_object(), "{schemas}");
+    assert!(
+        schemas["payload.platform.sleep"]["properties"]["ms"].is_object(),
+        "{schemas}"
+    );
     for path in ["/v1/job-types", "/v1/jobs/{id}/cancel"] {
-        assert!(doc["paths"][path].is_object(), "{path} missing from the OpenAPI document");
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
     }
     env.cleanup().await;
 }

@@ -79,12 +79,7 @@ fn wake_all(map: &Map) {
 }
 
 async fn listen(store: Store, map: Map) {
-    let channels: Vec<String> = store
-        .routing()
-        .queues
-        .keys()
-        .map(|q| store.keys(q).settled())
-        .collect();
+    let channels: Vec<String> = store.routing().queues.keys().map(|q| store.keys(q).settled()).collect();
     let mut backoff = Duration::from_millis(100);
     loop {
         let attempt = async {

@@ -41,7 +41,10 @@ pub enum JobsCommand {
 pub(super) fn list(config: &Config, registry: &culm_core::Registry, json: bool) -> Result<ExitCode> {
     let types = crate::store::Routing::from_config(config).job_types(registry);
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "job_types": types }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "job_types": types }))?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     for t in &types {

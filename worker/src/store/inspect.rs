@@ -197,9 +197,15 @@ impl Store {
                 id: id.to_owned(),
                 queue: queue.clone(),
                 state,
-                job: env.as_ref().map(|e| e.job.clone()).or_else(|| fin.as_ref().map(|f| f.job.clone())),
+                job: env
+                    .as_ref()
+                    .map(|e| e.job.clone())
+                    .or_else(|| fin.as_ref().map(|f| f.job.clone())),
                 attempts,
-                enqueued_at: env.as_ref().map(|e| e.enqueued_at).or_else(|| fin.as_ref().map(|f| f.enqueued_at)),
+                enqueued_at: env
+                    .as_ref()
+                    .map(|e| e.enqueued_at)
+                    .or_else(|| fin.as_ref().map(|f| f.enqueued_at)),
                 result: fin
                     .and_then(|f| f.result)
                     .and_then(|r| serde_json::from_str(r.get()).ok()),
