@@ -106,6 +106,21 @@ class _Base:
     def _pause(self, attempt: int) -> float:
         return self.backoff * (2**attempt)
 
+    def _poll(self, deadline: float) -> tuple[dict[str, str], float]:
+        """The next long-poll's query and HTTP timeout: at most MAX_POLL_S, never past `deadline`."""
+        poll = max(0.0, min(deadline - time.monotonic(), MAX_POLL_S))
+        return {"wait": f"{int(poll * 1000)}ms"}, poll + self.timeout
+
+    @staticmethod
+    def _settled(id: str, body: Any, deadline: float, timeout: float) -> Job | None:
+        """The job if final; None to poll again; raises once `deadline` passed."""
+        j = Job.from_json(body)
+        if j.final:
+            return j
+        if time.monotonic() >= deadline:
+            raise JobTimeoutError(f"job {id} is still {j.state} after {timeout}s", job=j)
+        return None
+
 
 class Client(_Base):
     """The culm admin API, synchronously.
@@ -193,15 +208,10 @@ class Client(_Base):
         answers as soon as the job finishes (a long-poll), so this does not poll."""
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            poll = max(0.0, min(left, MAX_POLL_S))
-            j = Job.from_json(
-                self._request("GET", f"/v1/jobs/{id}", params={"wait": f"{int(poll * 1000)}ms"}, timeout=poll + self.timeout)
-            )
-            if j.final:
+            params, http_timeout = self._poll(deadline)
+            body = self._request("GET", f"/v1/jobs/{id}", params=params, timeout=http_timeout)
+            if (j := self._settled(id, body, deadline, timeout)) is not None:
                 return j
-            if time.monotonic() >= deadline:
-                raise JobTimeoutError(f"job {id} is still {j.state} after {timeout}s", job=j)
 
     def cancel(self, id: str) -> Job:
         """Cancels a pending or scheduled job (`NotCancellableError` once it runs)."""
@@ -286,17 +296,10 @@ class AsyncClient(_Base):
     async def wait(self, id: str, timeout: float) -> Job:
         deadline = time.monotonic() + timeout
         while True:
-            left = deadline - time.monotonic()
-            poll = max(0.0, min(left, MAX_POLL_S))
-            j = Job.from_json(
-                await self._request(
-                    "GET", f"/v1/jobs/{id}", params={"wait": f"{int(poll * 1000)}ms"}, timeout=poll + self.timeout
-                )
-            )
-            if j.final:
+            params, http_timeout = self._poll(deadline)
+            body = await self._request("GET", f"/v1/jobs/{id}", params=params, timeout=http_timeout)
+            if (j := self._settled(id, body, deadline, timeout)) is not None:
                 return j
-            if time.monotonic() >= deadline:
-                raise JobTimeoutError(f"job {id} is still {j.state} after {timeout}s", job=j)
 
     async def cancel(self, id: str) -> Job:
         await self._request("POST", f"/v1/jobs/{id}/cancel")
