@@ -104,7 +104,7 @@ class _Base:
         return resp is not None and resp.status_code in RETRY_STATUSES
 
     def _pause(self, attempt: int) -> float:
-        return self.backoff * (2**attempt)
+        return float(self.backoff * 2.0**attempt)
 
     def _poll(self, deadline: float) -> tuple[dict[str, str], float]:
         """The next long-poll's query and HTTP timeout: at most MAX_POLL_S, never past `deadline`."""
