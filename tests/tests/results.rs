@@ -1,7 +1,7 @@
 //! What callers read back (issue 18): a done job's type, attempts, enqueue time and
 //! result without PostgreSQL; `?wait=` long-polls woken by the job's completion;
 //! cancelling a job that has not started; the job-type catalog with payload schemas.
-use culm_tests::{TestEnv, eventually, queue};
+use culm_tests::{TestEnv, culm_bin, eventually, queue};
 use culm_worker::{
     admin::{self, AdminState, Token},
     config::Scope,
@@ -274,4 +274,28 @@ async fn job_types_list_every_type_with_its_policy_and_payload_schema_also_in_op
         );
     }
     env.cleanup().await;
+}
+
+#[test]
+fn culm_jobs_json_lists_what_the_api_serves() {
+    let out = std::process::Command::new(culm_bin())
+        .args(["jobs", "--json"])
+        .env_remove("CULM_CONFIG_DIR")
+        .current_dir(std::env::temp_dir())
+        .output()
+        .expect("culm jobs --json runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let names: Vec<&str> = doc["job_types"]
+        .as_array()
+        .expect("job_types")
+        .iter()
+        .filter_map(|t| t["name"].as_str())
+        .collect();
+    let registry = culm_jobs::registry().expect("registry");
+    let expected: Vec<&str> = registry.iter().map(|s| s.name).collect();
+    assert_eq!(names, expected);
+    let noop = &doc["job_types"][names.iter().position(|n| *n == "platform.noop").expect("noop")];
+    assert_eq!(noop["payload_schema"]["type"], "object", "{noop}");
+    assert!(noop["result_ttl_ms"].as_u64().is_some_and(|ms| ms > 0), "{noop}");
 }
