@@ -1,12 +1,18 @@
-//! Every job name the docs use exists in the catalog: a reader who copies an example
-//! (`culm enqueue …`, an outbox row, a client call) gets a job that runs, not
-//! `unknown_job`. A job name is `<family>.<action>` where `<family>` is the family of a
-//! registered job type (`galileo`, `platform`, …); file names such as `galileo.rs`, host
-//! names, method calls (`bamboo.uri()`), schedule names (`schedules/*.toml`) and the
-//! name a `job!` declaration gives a new job type in a tutorial are not job names used.
+//! The docs name only things that exist: every job name they use is in the catalog
+//! (`culm_jobs::registry`), and every `culm <command>` they show is a command of the
+//! binary. A reader who copies an example (`culm enqueue …`, an outbox row, a client
+//! call, an operations step) gets it run, not `unknown_job` or `unrecognized
+//! subcommand`.
+//!
+//! A job name is `<family>.<action>` where `<family>` is the family of a registered job
+//! type (`galileo`, `platform`, …); file names such as `galileo.rs`, host names, method
+//! calls (`bamboo.uri()`), schedule names (`schedules/*.toml`) and the name a `job!`
+//! declaration gives a new job type in a tutorial are not job names used.
+use clap::CommandFactory;
 use std::{collections::BTreeSet, path::Path};
 
-/// The Markdown files callers and operators read.
+/// The Markdown files callers and operators read, and the Python client's source (not
+/// its tests, which use unknown names on purpose).
 fn docs() -> Vec<(String, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = vec![
@@ -14,7 +20,6 @@ fn docs() -> Vec<(String, String)> {
         root.join("ARCHITECTURE.md"),
         root.join("clients/python/README.md"),
     ];
-    // Not the client's tests: they use unknown names on purpose.
     for dir in ["docs", "clients/python/src/culm"] {
         if let Ok(entries) = std::fs::read_dir(root.join(dir)) {
             files.extend(entries.flatten().map(|e| e.path()));
@@ -30,6 +35,27 @@ fn docs() -> Vec<(String, String)> {
             ))
         })
         .collect()
+}
+
+/// Checks every item `extract` finds in the docs with `known`; lists the unknown ones.
+fn check(what: &str, extract: impl Fn(&str) -> Vec<String>, known: impl Fn(&str) -> bool) {
+    let mut unknown = Vec::new();
+    let mut seen = 0;
+    for (file, text) in docs() {
+        for item in extract(&text) {
+            seen += 1;
+            if !known(&item) {
+                unknown.push(format!("{file}: `{item}`"));
+            }
+        }
+    }
+    unknown.sort();
+    unknown.dedup();
+    assert!(
+        seen > 20,
+        "found only {seen} {what} in the docs: is the extraction broken?"
+    );
+    assert!(unknown.is_empty(), "{what} that do not exist:\n{}", unknown.join("\n"));
 }
 
 const NOT_JOBS: &[&str] = &[
@@ -103,26 +129,10 @@ fn every_job_name_in_the_docs_is_registered() {
         .filter_map(|s| s.name.split_once('.'))
         .map(|(f, _)| f)
         .collect();
-    let mut seen = 0;
-    let mut unknown = Vec::new();
-    for (file, text) in docs() {
-        for name in job_names(&text, &families) {
-            seen += 1;
-            if registry.get(&name).is_none() && !schedules.contains(&name) {
-                unknown.push(format!("{file}: `{name}`"));
-            }
-        }
-    }
-    unknown.sort();
-    unknown.dedup();
-    assert!(
-        seen > 20,
-        "found only {seen} job names in the docs: is the extraction broken?"
-    );
-    assert!(
-        unknown.is_empty(),
-        "job names the registry does not know:\n{}",
-        unknown.join("\n")
+    check(
+        "job names",
+        |text| job_names(text, &families),
+        |name| registry.get(name).is_some() || schedules.contains(name),
     );
 }
 
@@ -132,4 +142,52 @@ fn the_extraction_finds_job_names_and_skips_files_and_hosts() {
     let text = "run `galileo.transfer`, not jobs/src/galileo.rs or mail.example.com; see galileo.card_load.\n\
                 X = \"galileo.new_one\" in \"galileo\" for CRITICAL; mail.uri()";
     assert_eq!(job_names(text, &families), ["galileo.transfer", "galileo.card_load"]);
+}
+
+/// Subcommand names following `culm ` where a command is written: at the start of an
+/// inline code span, or in a code block at the start of a line or after `;`, `&&`, `|`,
+/// `do`, `$(` or `$ `.
+fn commands(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let name = |rest: &str| -> Option<String> {
+        let n: String = rest
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+            .collect();
+        (!n.is_empty()).then_some(n)
+    };
+    let mut in_block = false;
+    for line in text.lines() {
+        if line.trim_start().starts_with("```") {
+            in_block = !in_block;
+            continue;
+        }
+        if in_block {
+            let l = line.trim_start();
+            let starts = std::iter::once(l.strip_prefix("culm ")).chain(
+                ["; culm ", "&& culm ", "| culm ", "do culm ", "$(culm ", "$ culm "]
+                    .iter()
+                    .map(|p| l.find(p).map(|i| &l[i + p.len()..])),
+            );
+            out.extend(starts.flatten().filter_map(name));
+        } else {
+            for (i, _) in line.match_indices("`culm ") {
+                out.extend(name(&line[i + 6..]));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn every_culm_command_in_the_docs_exists() {
+    let cli = culm_worker::cli::Cli::command();
+    let known: BTreeSet<String> = cli.get_subcommands().map(|c| c.get_name().to_owned()).collect();
+    check("culm commands", commands, |c| known.contains(c));
+}
+
+#[test]
+fn the_extraction_finds_commands_in_code_only() {
+    let text = "culm stats in prose\n`culm stats --json`\n```sh\nculm run --queues x; culm pausex q\n```\n";
+    assert_eq!(commands(text), ["stats", "run", "pausex"]);
 }
