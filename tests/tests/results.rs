@@ -299,3 +299,33 @@ fn culm_jobs_json_lists_what_the_api_serves() {
     assert_eq!(noop["payload_schema"]["type"], "object", "{noop}");
     assert!(noop["result_ttl_ms"].as_u64().is_some_and(|ms| ms > 0), "{noop}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn culm_jobs_show_prints_a_done_jobs_result() {
+    let env = env(|_| {}).await;
+    let api = Api::start(&env).await;
+    let running = env.runtime().start(&["platform".into()]).expect("start");
+    let id = api
+        .enqueue(json!({"job": "platform.echo", "payload": {"value": ["a", 1]}}))
+        .await;
+    let (_, b) = api.get(&format!("/v1/jobs/{id}?wait=20s")).await;
+    assert_eq!(b["state"], "done", "{b}");
+    running.shutdown().await;
+    let out = tokio::process::Command::new(culm_bin())
+        .args(["jobs", "show", &id])
+        .env_remove("CULM_CONFIG_DIR")
+        .env("CULM_REDIS_URL", &env.config.redis.url)
+        .env("CULM__REDIS__KEY_PREFIX", &env.config.redis.key_prefix)
+        .current_dir(std::env::temp_dir())
+        .output()
+        .await
+        .expect("culm jobs show runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shown: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        (&shown["job"], &shown["attempts"], &shown["result"]),
+        (&json!("platform.echo"), &json!(1), &json!(["a", 1])),
+        "{shown}"
+    );
+    env.cleanup().await;
+}
