@@ -2,9 +2,9 @@
 # The test command (README and CI run exactly this): starts local services if needed,
 # runs the whole workspace's tests against the real Redis with nextest, then the
 # doctests, which nextest skips (they include the README's Rust examples, through
-# tests/src/lib.rs). The doctests run even when nextest failed; the exit status is
-# nextest's failure if it failed, else the doctests'. The last line sums the doctests
-# of every crate.
+# tests/src/lib.rs), then the Python client's pytest suite (scripts/test-python.sh).
+# Every stage runs even when an earlier one failed; the exit status is the first
+# failure's. The doctests' line sums the doctests of every crate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/services.sh
@@ -18,4 +18,5 @@ cargo test --locked --doc --workspace 2>&1 | tee "$doc_log" || status=$((status 
 # One closing line for every crate's doctests (the last crate alone may have none).
 { grep -oE '[0-9]+ passed; [0-9]+ failed' "$doc_log" || true; } |
   awk '{p += $1; f += $3} END {printf "doctests: %d passed, %d failed\n", p, f}'
+bash scripts/test-python.sh || status=$((status == 0 ? $? : status))
 exit "$status"

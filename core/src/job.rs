@@ -37,8 +37,25 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// classified as retryable, permanent or deferred. Never block on another job.
     fn run(self, ctx: JobContext) -> impl Future<Output = Result<Outcome, JobError>> + Send;
 
+    /// The JSON Schema of the payload, served by `GET /v1/job-types`, `culm jobs --json`
+    /// and the OpenAPI document so callers can check a payload before sending it. Derive
+    /// `schemars::JsonSchema` on the payload and return [`schema_of::<Self>()`](schema_of);
+    /// the `job!` macro does both. A test checks every catalog job type has one.
+    fn schema() -> Option<serde_json::Value> {
+        None
+    }
+
     /// An example payload, used by `culm check`, the smoke test and the docs.
     fn example() -> Option<Self> {
         None
     }
+}
+
+/// The JSON Schema (draft 2020-12) of `T`, with every subschema inlined (no `$defs`), so
+/// it can be embedded as is in another document such as the OpenAPI one.
+pub fn schema_of<T: schemars::JsonSchema>() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12()
+        .with(|s| s.inline_subschemas = true)
+        .into_generator();
+    generator.into_root_schema_for::<T>().to_value()
 }

@@ -25,7 +25,7 @@ pub mod time;
 pub use context::{Deps, JobContext};
 pub use enqueue::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer};
 pub use error_path::field_path;
-pub use job::Job;
+pub use job::{Job, schema_of};
 pub use outcome::{JobError, Outcome, key_follow_ups};
 pub use registry::{JobSpec, Registry, RegistryError, RunResult};
 pub use retry::RetryPolicy;

@@ -14,6 +14,10 @@ pub struct Outcome {
     pub summary: Option<String>,
     /// Jobs to enqueue once this one succeeds.
     pub follow_ups: Vec<EnqueueRequest>,
+    /// A JSON result for the caller, returned by `GET /v1/jobs/{id}` (and so by the
+    /// clients' `wait`) until the queue's `result_ttl` passes. Bounded by
+    /// `worker.result_max_bytes` once serialised; a larger one is dropped (and logged).
+    pub result: Option<serde_json::Value>,
 }
 
 impl Outcome {
@@ -25,6 +29,16 @@ impl Outcome {
     /// Success with a summary for the ledger.
     pub fn with_summary(mut self, summary: impl Into<String>) -> Self {
         self.summary = Some(summary.into());
+        self
+    }
+
+    /// Success with a JSON result for the caller (see [`Outcome::result`]). A value that
+    /// does not serialise is recorded as its error message.
+    pub fn with_result(mut self, result: impl serde::Serialize) -> Self {
+        self.result = Some(
+            serde_json::to_value(result)
+                .unwrap_or_else(|e| serde_json::json!({ "unserialisable_result": e.to_string() })),
+        );
         self
     }
 

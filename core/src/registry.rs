@@ -28,6 +28,8 @@ pub struct JobSpec {
     pub description: &'static str,
     /// Example payload, if the job type provides one.
     pub example: Option<serde_json::Value>,
+    /// JSON Schema of the payload ([`Job::schema`]), if the job type provides one.
+    pub schema: Option<serde_json::Value>,
     validate: Validate,
     run: ErasedRun,
 }
@@ -151,6 +153,7 @@ impl Registry {
                 tiers: J::TIERS,
                 description: J::DESCRIPTION,
                 example,
+                schema: J::schema(),
                 validate: validate_as::<J>,
                 run,
             },

@@ -18,7 +18,7 @@ pub fn register(r: &mut Registry) -> Result<(), RegistryError> {
 }
 
 /// A campaign's channel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Channel {
     /// Sent through the mail provider to the customer's address.

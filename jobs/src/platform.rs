@@ -2,6 +2,7 @@
 //! behaviour (sleep, fail, panic, record) used by the test suite and the soak.
 use culm_core::{EnqueueRequest, Job, JobContext, JobError, Outcome, Registry, RegistryError, Tier};
 use redis::{aio::ConnectionManager, cluster_async::ClusterConnection};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -16,12 +17,13 @@ pub fn register(r: &mut Registry) -> Result<(), RegistryError> {
         .register::<FailPermanently>()?
         .register::<Panic>()?
         .register::<Record>()?
-        .register::<Chain>()?;
+        .register::<Chain>()?
+        .register::<Echo>()?;
     Ok(())
 }
 
 /// Does nothing. Allowed in every tier; the benchmark and smoke tests use it.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Noop {}
 
@@ -30,6 +32,9 @@ impl Job for Noop {
     const QUEUE: &'static str = QUEUE;
     const TIERS: &'static [Tier] = &Tier::ALL;
     const DESCRIPTION: &'static str = "Does nothing; for benchmarks and smoke tests.";
+    fn schema() -> Option<serde_json::Value> {
+        Some(culm_core::schema_of::<Self>())
+    }
     async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
         Ok(Outcome::done())
     }
@@ -39,7 +44,7 @@ impl Job for Noop {
 }
 
 /// Sleeps for `ms` milliseconds (timeouts, drains, isolation benchmarks).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Sleep {
     /// How long to sleep.
@@ -51,6 +56,9 @@ impl Job for Sleep {
     const QUEUE: &'static str = QUEUE;
     const TIERS: &'static [Tier] = &Tier::ALL;
     const DESCRIPTION: &'static str = "Sleeps for `ms` milliseconds.";
+    fn schema() -> Option<serde_json::Value> {
+        Some(culm_core::schema_of::<Self>())
+    }
     async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
         tokio::time::sleep(Duration::from_millis(self.ms)).await;
         Ok(Outcome::done())
@@ -61,7 +69,7 @@ impl Job for Sleep {
 }
 
 /// Fails with a retryable error on its first `times` attempts, then succeeds.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fail {
     /// Attempts that fail.
@@ -80,6 +88,9 @@ impl Job for Fail {
     const QUEUE: &'static str = QUEUE;
     const TIERS: &'static [Tier] = &Tier::ALL;
     const DESCRIPTION: &'static str = "Fails its first `times` attempts with a retryable error.";
+    fn schema() -> Option<serde_json::Value> {
+        Some(culm_core::schema_of::<Self>())
+    }
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         if ctx.attempt <= self.times {
             return Err(JobError::retryable(format!(
@@ -98,7 +109,7 @@ impl Job for Fail {
 }
 
 /// Fails with a permanent error: dead-lettered at once.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailPermanently {
     /// The error message.
@@ -110,13 +121,16 @@ impl Job for FailPermanently {
     const QUEUE: &'static str = QUEUE;
     const TIERS: &'static [Tier] = &Tier::ALL;
     const DESCRIPTION: &'static str = "Fails with a permanent error.";
+    fn schema() -> Option<serde_json::Value> {
+        Some(culm_core::schema_of::<Self>())
+    }
     async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
         Err(JobError::permanent(self.reason))
     }
 }
 
 /// Panics: proves a panicking handler is a failed attempt, not a crashed worker.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Panic {}
 
@@ -125,6 +139,9 @@ impl Job for Panic {
     const QUEUE: &'static str = QUEUE;
     const TIERS: &'static [Tier] = &Tier::ALL;
     const DESCRIPTION: &'static str = "Panics inside the handler.";
+    fn schema() -> Option<serde_json::Value> {
+        Some(culm_core::schema_of::<Self>())
+    }
     #[allow(clippy::panic, reason = "panicking is this job's purpose")]
     async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
         panic!("platform.panic was asked to panic")
@@ -133,7 +150,7 @@ impl Job for Panic {
 
 /// Records its job id in a Redis set (and counts runs per id in `<set>:runs`), after an
 /// optional sleep. The kill tests and the soak use it to prove nothing is lost.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Record {
     /// Redis set key to add the job id to.
@@ -185,6 +202,9 @@ impl Job for Record {
     const QUEUE: &'static str = QUEUE;
     const TIERS: &'static [Tier] = &Tier::ALL;
     const DESCRIPTION: &'static str = "Adds its id to a Redis set; for loss and duplicate checks.";
+    fn schema() -> Option<serde_json::Value> {
+        Some(culm_core::schema_of::<Self>())
+    }
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         let member = self.tag.clone().unwrap_or_else(|| ctx.id.clone());
         if let Some(started) = &self.started {
@@ -200,7 +220,7 @@ impl Job for Record {
 
 /// A chain of `steps` jobs, each recording `step-N` then continuing with the next:
 /// the continuation pattern that replaces blocking `.get()` on a subtask.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Chain {
     /// Redis set key to record each step in.
@@ -221,6 +241,9 @@ impl Job for Chain {
     const QUEUE: &'static str = QUEUE;
     const TIERS: &'static [Tier] = &Tier::ALL;
     const DESCRIPTION: &'static str = "Runs `steps` jobs in sequence through continuations.";
+    fn schema() -> Option<serde_json::Value> {
+        Some(culm_core::schema_of::<Self>())
+    }
     async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
         record(&ctx, &self.set, &format!("step-{}", self.step)).await?;
         if self.step >= self.steps {
@@ -235,5 +258,32 @@ impl Job for Chain {
             .map_err(|e| JobError::permanent(e.to_string()))?
             .queue(ctx.queue.clone());
         Ok(Outcome::done().then(req))
+    }
+}
+
+/// Returns `value` as its result: what `GET /v1/jobs/{id}` and the clients' `wait` show.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Echo {
+    /// Any JSON value, returned as the job's result.
+    #[serde(default)]
+    pub value: serde_json::Value,
+}
+
+impl Job for Echo {
+    const NAME: &'static str = "platform.echo";
+    const QUEUE: &'static str = QUEUE;
+    const TIERS: &'static [Tier] = &Tier::ALL;
+    const DESCRIPTION: &'static str = "Returns `value` as the job's result.";
+    fn schema() -> Option<serde_json::Value> {
+        Some(culm_core::schema_of::<Self>())
+    }
+    async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+        Ok(Outcome::done().with_result(self.value))
+    }
+    fn example() -> Option<Self> {
+        Some(Echo {
+            value: serde_json::json!({"greeting": "hello"}),
+        })
     }
 }

@@ -77,7 +77,7 @@ pub fn seg(s: &str) -> String {
 }
 
 /// Declares a job type: a payload struct (serde, unknown fields rejected), its routing,
-/// description, example payload and handler body (`|job, ctx| { ... }`).
+/// description, payload schema (derived), example payload and handler body (`|job, ctx| { ... }`).
 #[macro_export]
 #[doc(hidden)]
 macro_rules! job {
@@ -90,7 +90,7 @@ macro_rules! job {
         |$this:ident, $ctx:ident| $body:block
     ) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+        #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
         #[serde(deny_unknown_fields)]
         pub struct $ty {
             $($(#[$fmeta])* pub $field: $fty),*
@@ -105,6 +105,9 @@ macro_rules! job {
             async fn run(self, $ctx: culm_core::JobContext) -> Result<culm_core::Outcome, culm_core::JobError> {
                 let $this = self;
                 $body
+            }
+            fn schema() -> Option<serde_json::Value> {
+                Some(culm_core::schema_of::<Self>())
             }
             fn example() -> Option<Self> {
                 Some($example)

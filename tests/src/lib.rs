@@ -51,6 +51,7 @@ pub fn queue(tier: &str, concurrency: u32, timeout_ms: u64, max_attempts: u32) -
             backoff_base: Duration::from_millis(20),
             backoff_cap: Duration::from_millis(100),
         }),
+        result_ttl: None,
         description: String::new(),
     }
 }

@@ -509,6 +509,8 @@ async fn the_openapi_document_matches_the_routes_served() {
         "POST /v1/jobs",
         "POST /v1/jobs/batch",
         "GET /v1/jobs/{id}",
+        "POST /v1/jobs/{id}/cancel",
+        "GET /v1/job-types",
         "GET /v1/queues",
         "GET /v1/queues/{name}",
         "POST /v1/queues/{name}/pause",

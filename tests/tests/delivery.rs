@@ -26,6 +26,7 @@ fn ack(d: &Delivery, kind: AckKind, error: &str) -> Ack {
         kind,
         error: error.to_owned(),
         expired_only: false,
+        finished: None,
     }
 }
 

@@ -65,6 +65,7 @@ async fn a_replayed_push_stores_the_job_once() {
                 kind: culm_worker::store::AckKind::Done,
                 error: String::new(),
                 expired_only: false,
+                finished: None,
             }],
         )
         .await
@@ -179,6 +180,7 @@ async fn dead_jobs_older_than_the_retention_are_trimmed_with_their_fields() {
             kind: culm_worker::store::AckKind::Dead,
             error: "boom".into(),
             expired_only: false,
+            finished: None,
         })
         .collect();
     let applied = env
@@ -288,6 +290,7 @@ async fn an_unreadable_error_history_does_not_fail_a_settlement_batch() {
             kind: AckKind::Retry { at: now_ms() + 60_000 },
             error: "upstream 503".into(),
             expired_only: false,
+            finished: None,
         })
         .collect();
     let applied = env

@@ -325,6 +325,7 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
                 backoff_base: Duration::from_millis(100),
                 backoff_cap: Duration::from_secs(1),
             }),
+            result_ttl: None,
             description: String::new(),
         },
     );

@@ -2,14 +2,15 @@
 use super::{
     AdminState, ApiError,
     error::ErrorBody,
-    extract::read_json,
-    views::{BatchBody, BatchView, EnqueueBody, EnqueuedView},
+    extract::{bad_query, read_json},
+    views::{BatchBody, BatchView, CancelView, EnqueueBody, EnqueuedView, JobQuery, JobTypesView},
+    wait::MAX_WAIT,
 };
-use crate::store::JobStatus;
+use crate::store::{Cancelled, JobState, JobStatus};
 use axum::{
     Json,
     body::Body,
-    extract::{Path, State},
+    extract::{Path, Query, State, rejection::QueryRejection},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
@@ -158,32 +159,114 @@ pub(super) async fn enqueue_batch(
     Ok((status, Json(BatchView { jobs })).into_response())
 }
 
-/// A job's state.
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+/// A job's state, with its result once done. With `?wait=10s`, a long-poll: answers as
+/// soon as the job is done, dead or cancelled (woken by its completion, not by polling),
+/// or when the wait ends, with the state it has then.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", params(("id" = String, Path, description = "Job id"), JobQuery),
     responses(
         (status = 200, body = JobStatus),
+        (status = 400, description = "`wait` is not a duration of at most 60s", body = ErrorBody),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "No queue knows this id", body = ErrorBody),
     ))]
 pub(super) async fn get_job(
     State(state): State<AdminState>,
     Path(id): Path<String>,
+    query: Result<Query<JobQuery>, QueryRejection>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    let mut status = state.store().status(&id).await.map_err(ApiError::internal)?;
+    let Query(q) = query.map_err(bad_query)?;
+    let wait = match q.wait.as_deref() {
+        None => None,
+        Some(w) => Some(
+            humantime::parse_duration(w)
+                .ok()
+                .filter(|d| *d <= MAX_WAIT)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_query",
+                        format!("wait must be a duration of at most 60s, such as 10s or 500ms, not `{w}`"),
+                    )
+                    .field("wait")
+                })?,
+        ),
+    };
+    let Some(wait) = wait else {
+        return job_status(&state, &id).await.map(Json);
+    };
+    let deadline = tokio::time::Instant::now() + wait;
+    let waiting = state.inner.waiters.register(state.store(), &id);
+    loop {
+        let notified = waiting.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let s = job_status(&state, &id).await?;
+        if s.state.is_final() {
+            return Ok(Json(s));
+        }
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(Json(s));
+        }
+    }
+}
+
+async fn job_status(state: &AdminState, id: &str) -> Result<JobStatus, ApiError> {
+    let mut status = state.store().status(id).await.map_err(ApiError::internal)?;
     // Redis forgets finished jobs after worker.done_retention; the ledger keeps every run.
     if status.is_none()
         && let Some(db) = state.db()
     {
-        status = db.job_status(&id).await.map_err(ApiError::internal)?;
+        status = db.job_status(id).await.map_err(ApiError::internal)?;
     }
-    match status {
-        Some(s) => Ok(Json(s)),
-        None => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "job_not_found",
-            format!("no job `{id}` (finished jobs are remembered for worker.done_retention jobs per queue)"),
-        )),
+    status.ok_or_else(|| job_not_found(id))
+}
+
+fn job_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "job_not_found",
+        format!("no job `{id}` (finished jobs are remembered for worker.done_retention jobs per queue)"),
+    )
+}
+
+/// Cancels a pending or scheduled job: it will not run. A running job is not
+/// interrupted (409), nor is a finished one changed; cancelling twice answers 200.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "Cancelled", body = CancelView),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "No queue knows this id", body = ErrorBody),
+        (status = 409, description = "The job is running, done or dead: `field` is `state`", body = ErrorBody),
+    ))]
+pub(super) async fn cancel_job(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<CancelView>, ApiError> {
+    match state.store().cancel(&id).await.map_err(ApiError::internal)? {
+        Cancelled::Cancelled { queue } => Ok(Json(CancelView {
+            id,
+            queue,
+            state: JobState::Cancelled,
+        })),
+        Cancelled::Refused { state: s, .. } => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "not_cancellable",
+            format!("job `{id}` is {s}; only pending and scheduled jobs can be cancelled"),
+        )
+        .field("state")),
+        Cancelled::Unknown => Err(job_not_found(&id)),
     }
+}
+
+/// Every job type: its queue, tiers, description, retry policy, timeout, result TTL and
+/// the JSON Schema of its payload (also under `components.schemas` as `payload.<name>`).
+#[utoipa::path(get, path = "/v1/job-types", tag = "jobs",
+    responses((status = 200, body = JobTypesView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub(super) async fn list_job_types(State(state): State<AdminState>) -> Json<JobTypesView> {
+    let store = state.store();
+    Json(JobTypesView {
+        job_types: store.routing().job_types(store.registry()),
+    })
 }
 
 /// The batch's `Idempotency-Key` header, checked like a job's key (with room for the

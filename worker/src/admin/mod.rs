@@ -14,6 +14,7 @@ mod probes;
 mod queues;
 mod schedules;
 mod views;
+mod wait;
 
 pub use auth::{Token, TokenError, tokens_from_config};
 pub use error::ApiError;
@@ -49,6 +50,7 @@ struct Inner {
     /// PostgreSQL, when configured: readiness, the ledger fallback of job status, the
     /// dead-letter archive.
     db: Option<crate::db::Db>,
+    waiters: wait::Waiters,
 }
 
 impl AdminState {
@@ -64,6 +66,7 @@ impl AdminState {
                 openapi: std::sync::OnceLock::new(),
                 scheduler: None,
                 db: None,
+                waiters: wait::Waiters::default(),
             }),
         }
     }

@@ -3,7 +3,7 @@
 //! (`JobStatus`, `QueueStats`, `DeadJob`, `ScheduleStatus`); these only wrap them.
 use crate::{
     scheduler::ScheduleStatus,
-    store::{DeadJob, QueueStats},
+    store::{DeadJob, JobState, JobType, QueueStats},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -116,4 +116,29 @@ pub struct HealthView {
 pub struct SchedulesView {
     /// Schedules in catalog order.
     pub schedules: Vec<ScheduleStatus>,
+}
+
+/// Options of `GET /v1/jobs/{id}`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    /// Long-poll: answer once the job is done, dead or cancelled, or when this much time
+    /// has passed (`10s`, `1500ms`; at most 60s), with its state either way.
+    pub wait: Option<String>,
+}
+
+/// Every job type this server knows.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobTypesView {
+    /// In name order.
+    pub job_types: Vec<JobType>,
+}
+
+/// Result of a cancel.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CancelView {
+    pub id: String,
+    pub queue: String,
+    /// `cancelled`.
+    pub state: JobState,
 }

@@ -113,6 +113,7 @@ impl Bench {
                 concurrency,
                 timeout: Some(Duration::from_secs(60)),
                 retry: None,
+                result_ttl: None,
                 description: "benchmark".into(),
             },
         );
@@ -128,6 +129,7 @@ impl Bench {
                     concurrency,
                     timeout: Some(Duration::from_secs(60)),
                     retry: None,
+                    result_ttl: None,
                     description: "benchmark".into(),
                 },
             );

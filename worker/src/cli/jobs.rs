@@ -37,6 +37,28 @@ pub enum JobsCommand {
     },
 }
 
+/// `culm jobs [--json]`: every job type with its queue, tiers, policy and payload schema.
+pub(super) fn list(config: &Config, registry: &culm_core::Registry, json: bool) -> Result<ExitCode> {
+    let types = crate::store::Routing::from_config(config).job_types(registry);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "job_types": types }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for t in &types {
+        println!(
+            "{:<34} {:<16} {:<24} {}",
+            t.name,
+            t.queue,
+            t.tiers.join(","),
+            t.description
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `culm enqueue`: prints the new job's id (or the existing one, for a repeated key).
 pub(super) async fn enqueue(store: Store, args: EnqueueArgs) -> Result<ExitCode> {
     let payload: serde_json::Value = serde_json::from_str(&args.payload).context("--payload is not valid JSON")?;

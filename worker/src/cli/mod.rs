@@ -81,10 +81,14 @@ pub enum Command {
     },
     /// Serve only the admin HTTP API and /metrics (no worker pools).
     Serve,
-    /// Inspect one job by id.
+    /// List job types (queue, tiers, retry policy, timeout, payload schema with --json),
+    /// or inspect one job by id (`culm jobs show ID`).
     Jobs {
+        /// Print JSON (what `GET /v1/job-types` answers).
+        #[arg(long)]
+        json: bool,
         #[command(subcommand)]
-        command: JobsCommand,
+        command: Option<JobsCommand>,
     },
     /// List schedules: next three fire times (local and UTC), last fire and outcome.
     Schedules {
@@ -162,7 +166,9 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
         Command::Migrate => migrate::migrate(&config).await,
         Command::Sandbox(args) => sandbox::serve(&config, args).await,
         Command::Jobs {
-            command: JobsCommand::Show { id },
+            command: Some(JobsCommand::Show { id }),
+            ..
         } => jobs::show(&config, Store::connect(&config, registry).await?, &id).await,
+        Command::Jobs { command: None, json } => jobs::list(&config, &registry, json),
     }
 }

@@ -325,6 +325,21 @@ mod tests {
     }
 
     #[test]
+    fn result_settings_load_per_queue_and_refuse_a_ttl_under_a_minute() {
+        let c = Loader::new(None, None)
+            .load_from(vars(&[("CULM__QUEUES__DING__RESULT_TTL", "2h")]))
+            .expect("loads");
+        let q = c.queue_settings();
+        assert_eq!(q["ding"].result_ttl, std::time::Duration::from_secs(7200));
+        assert_eq!(q["galileo"].result_ttl, c.queue_defaults.result_ttl);
+        assert_eq!(q["galileo"].result_max_bytes, 65536);
+        let e = Loader::new(None, None)
+            .load_from(vars(&[("CULM__QUEUES__DING__RESULT_TTL", "5s")]))
+            .expect_err("too short");
+        assert!(e.to_string().contains("queues.ding.result_ttl"), "{e}");
+    }
+
+    #[test]
     fn files_are_named_in_errors() {
         let dir = std::env::temp_dir().join(format!("culm-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");

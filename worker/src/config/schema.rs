@@ -366,6 +366,8 @@ pub struct WorkerConfig {
     pub dead_retention: Duration,
     /// Maximum acknowledgements per round trip.
     pub ack_batch_max: usize,
+    /// Largest handler result kept, in bytes of JSON; a larger one is dropped and logged.
+    pub result_max_bytes: usize,
 }
 
 /// A retry policy as written in TOML.
@@ -400,6 +402,9 @@ pub struct QueueDefaults {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub retry: RetryConfig,
+    /// How long a done job's type, attempts, enqueue time and result stay readable.
+    #[serde(with = "humantime_serde")]
+    pub result_ttl: Duration,
 }
 
 /// `[queues.<name>]`
@@ -416,6 +421,9 @@ pub struct QueueConfig {
     /// Default: `queue_defaults.retry`.
     #[serde(default)]
     pub retry: Option<RetryConfig>,
+    /// Default: `queue_defaults.result_ttl`.
+    #[serde(default, with = "humantime_serde")]
+    pub result_ttl: Option<Duration>,
     /// What the queue carries.
     #[serde(default)]
     pub description: String,
@@ -431,6 +439,10 @@ pub struct QueueSettings {
     /// How long one attempt may run.
     pub timeout: Duration,
     pub retry: RetryPolicy,
+    /// How long a done job's summary and result stay in Redis.
+    pub result_ttl: Duration,
+    /// Largest result kept, bytes (`worker.result_max_bytes`).
+    pub result_max_bytes: usize,
     /// What the queue carries, for `culm queues` and the admin API.
     pub description: String,
 }
@@ -447,6 +459,8 @@ impl Config {
                     concurrency: q.concurrency,
                     timeout: q.timeout.unwrap_or(self.queue_defaults.timeout),
                     retry: q.retry.unwrap_or(self.queue_defaults.retry).into(),
+                    result_ttl: q.result_ttl.unwrap_or(self.queue_defaults.result_ttl),
+                    result_max_bytes: self.worker.result_max_bytes,
                     description: q.description.clone(),
                 };
                 (name.clone(), s)

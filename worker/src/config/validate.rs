@@ -84,6 +84,18 @@ pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
     validate_database(&c.database)?;
     check_retry("queue_defaults.retry", &c.queue_defaults.retry)?;
     culm_jobs::http::config::validate(&c.integration_defaults, &c.integrations)?;
+    // A done id also stops a resent push (after a lost reply) from storing the job again
+    // (push.lua), so `done` keeps ids at least a minute whatever the result TTL.
+    let min_result_ttl = Duration::from_secs(60);
+    if c.queue_defaults.result_ttl < min_result_ttl {
+        return Err(("queue_defaults.result_ttl".into(), "must be at least 1m".into()));
+    }
+    if c.worker.result_max_bytes == 0 {
+        return Err((
+            "worker.result_max_bytes".into(),
+            "must be above zero (results over it are dropped)".into(),
+        ));
+    }
     if c.scheduler.claim_ttl < Duration::from_secs(60) {
         return Err(("scheduler.claim_ttl".into(), "must be at least 1m".into()));
     }
@@ -110,6 +122,9 @@ pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
         }
         if let Some(r) = &q.retry {
             check_retry(&format!("queues.{name}.retry"), r)?;
+        }
+        if q.result_ttl.is_some_and(|t| t < min_result_ttl) {
+            return Err((format!("queues.{name}.result_ttl"), "must be at least 1m".into()));
         }
     }
     Ok(())

@@ -322,6 +322,8 @@ impl Db {
             finished_at: Some(finished.timestamp_millis()).filter(|_| state != JobState::Scheduled),
             last_error: errors.last().map(|e| e.error.clone()),
             errors,
+            // The ledger keeps summaries, not results.
+            result: None,
         }))
     }
 }

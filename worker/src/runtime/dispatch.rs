@@ -16,6 +16,20 @@ use std::{
 use tower_service::Service;
 use tracing::Instrument;
 
+/// The result as raw JSON, or `None` (logged) when it is larger than `max` bytes: the run
+/// still counts as done, since its side effects happened.
+fn bounded_result(result: &serde_json::Value, max: usize) -> Option<Box<serde_json::value::RawValue>> {
+    let raw = serde_json::value::to_raw_value(result).ok()?;
+    if raw.get().len() > max {
+        tracing::warn!(
+            "result of {} bytes dropped: over worker.result_max_bytes ({max})",
+            raw.get().len()
+        );
+        return None;
+    }
+    Some(raw)
+}
+
 /// Runs deliveries of one queue.
 #[derive(Clone)]
 pub struct Dispatcher {
@@ -61,6 +75,7 @@ impl Dispatcher {
             ran: false,
             follow_ups: Vec::new(),
             summary: None,
+            result: None,
             duration: Duration::ZERO,
             started_at_us: 0,
             enqueued_at_ms: d.envelope.enqueued_at,
@@ -106,6 +121,7 @@ impl Dispatcher {
                     s
                 });
                 c.follow_ups = outcome.follow_ups;
+                c.result = outcome.result.and_then(|r| bounded_result(&r, s.result_max_bytes));
                 RunEnd::Succeeded
             }
             Ok(Ok(RunResult::Finished(Err(e)))) => RunEnd::Failed(e),

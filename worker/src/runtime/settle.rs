@@ -16,7 +16,7 @@
 use crate::{
     config::QueueSettings,
     db::ledger::{DeadInfo, LedgerRow, RunOutcome},
-    store::{Ack, AckKind, Corrupt, Expired},
+    store::{Ack, AckKind, Corrupt, Expired, Finished},
     telemetry,
 };
 use culm_core::{EnqueueRequest, JobError, now_ms};
@@ -57,6 +57,8 @@ pub struct Completion {
     pub follow_ups: Vec<EnqueueRequest>,
     /// The handler's summary for the ledger, at most 512 bytes.
     pub summary: Option<String>,
+    /// The handler's JSON result, at most `worker.result_max_bytes`.
+    pub result: Option<Box<serde_json::value::RawValue>>,
     pub duration: Duration,
     /// When the handler started, µs since the epoch (0 if it never started).
     pub started_at_us: i64,
@@ -74,6 +76,18 @@ pub(super) struct Recorder {
     pub(super) events: broadcast::Sender<JobEvent>,
     pub(super) ledger: Option<crate::db::ledger::Ledger>,
     pub(super) worker_id: Arc<str>,
+}
+
+/// What a done run leaves in the queue's `finished` hash, as JSON.
+fn finished(c: &Completion) -> String {
+    let f = Finished {
+        job: c.job.clone(),
+        attempts: c.attempt,
+        enqueued_at: c.enqueued_at_ms,
+        result: c.result.clone(),
+        cancelled: false,
+    };
+    serde_json::to_string(&f).unwrap_or_default()
 }
 
 /// Who ended the lease.
@@ -195,6 +209,7 @@ impl Settlement {
     pub(super) fn from_run(c: Completion) -> Self {
         Settlement {
             ack: Ack {
+                finished: matches!(c.verdict.kind, AckKind::Done).then(|| finished(&c)),
                 id: c.id,
                 token: c.token,
                 kind: c.verdict.kind,
@@ -223,6 +238,7 @@ impl Settlement {
                 kind: AckKind::Dead,
                 error: c.error,
                 expired_only: false,
+                finished: None,
             },
             source: Source::Run,
             job: "unknown".to_owned(),
@@ -272,6 +288,7 @@ pub(super) fn expired(s: &QueueSettings, e: Expired) -> Settlement {
             kind,
             error,
             expired_only: true,
+            finished: None,
         },
         source: Source::Reaper,
         job,

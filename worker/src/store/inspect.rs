@@ -2,8 +2,8 @@
 //! dead-letter set (list, re-drive, purge), one job's state, pause and resume, and the
 //! queue-depth gauges refreshed from those counts.
 use super::{
-    DeadJob, Envelope, Fields, JobState, JobStatus, QueueStats, Store, StoreError,
-    keys::{DEAD, STATS, STATUS},
+    DeadJob, Envelope, Fields, Finished, JobState, JobStatus, QueueStats, Store, StoreError,
+    keys::{CANCEL, DEAD, STATS, STATUS},
     parse_errors, text,
 };
 use crate::telemetry;
@@ -185,26 +185,82 @@ impl Store {
             }
             let env = serde_json::from_str::<Envelope>(&text(&v[2])).ok();
             let errors = parse_errors(&text(&v[3]));
-            let state: JobState = text(&v[0]).parse().map_err(|message| StoreError::Corrupt {
+            let mut state: JobState = text(&v[0]).parse().map_err(|message| StoreError::Corrupt {
                 key: id.to_owned(),
                 message,
             })?;
             let at = text(&v[4]).parse::<f64>().ok().map(|f| f as i64);
+            // A done job's body is gone; the `finished` hash keeps what callers ask for.
+            let fin = v.get(5).and_then(|f| serde_json::from_str::<Finished>(&text(f)).ok());
+            if fin.as_ref().is_some_and(|f| f.cancelled) {
+                state = JobState::Cancelled;
+            }
+            let attempts = match &fin {
+                Some(f) => f.attempts,
+                None => text(&v[1]).parse().unwrap_or(0),
+            };
             return Ok(Some(JobStatus {
                 id: id.to_owned(),
                 queue: queue.clone(),
                 state,
-                job: env.as_ref().map(|e| e.job.clone()),
-                attempts: text(&v[1]).parse().unwrap_or(0),
-                enqueued_at: env.as_ref().map(|e| e.enqueued_at),
+                job: env
+                    .as_ref()
+                    .map(|e| e.job.clone())
+                    .or_else(|| fin.as_ref().map(|f| f.job.clone())),
+                attempts,
+                enqueued_at: env
+                    .as_ref()
+                    .map(|e| e.enqueued_at)
+                    .or_else(|| fin.as_ref().map(|f| f.enqueued_at)),
+                result: fin
+                    .and_then(|f| f.result)
+                    .and_then(|r| serde_json::from_str(r.get()).ok()),
                 run_at: at.filter(|_| state == JobState::Scheduled),
                 lease_expires_at: at.filter(|_| state == JobState::Running),
-                finished_at: at.filter(|_| matches!(state, JobState::Done | JobState::Dead)),
+                finished_at: at.filter(|_| state.is_final()),
                 last_error: errors.last().map(|e| e.error.clone()),
                 errors,
             }));
         }
         Ok(None)
+    }
+}
+
+/// What `Store::cancel` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The job was pending or scheduled and will not run.
+    Cancelled { queue: String },
+    /// Too late (or never possible): the job is in this state.
+    Refused { queue: String, state: JobState },
+    /// No queue knows the id.
+    Unknown,
+}
+
+impl Store {
+    /// Cancels a pending or scheduled job: one `cancel.lua` call per queue (pipelined),
+    /// O(1) each. A running, dead or finished job is refused with its state.
+    pub async fn cancel(&self, id: &str) -> Result<Cancelled, StoreError> {
+        let calls = self.inner.routing.queues.keys().map(|q| {
+            let mut conn = self.inner.conn.clone();
+            let keys = self.keys(q);
+            async move {
+                let v: String = keys.invoke(&CANCEL).arg(id).invoke_async(&mut conn).await?;
+                Ok::<_, StoreError>((q, v))
+            }
+        });
+        for (queue, answer) in try_join_all(calls).await? {
+            let queue = queue.clone();
+            let state = match answer.as_str() {
+                "" => continue,
+                "cancelled" => return Ok(Cancelled::Cancelled { queue }),
+                "running" => JobState::Running,
+                "dead" => JobState::Dead,
+                _ => JobState::Done,
+            };
+            return Ok(Cancelled::Refused { queue, state });
+        }
+        Ok(Cancelled::Unknown)
     }
 }
 

@@ -32,14 +32,15 @@ pub(super) static RELEASE: LazyLock<Script> = script!("release.lua");
 pub(super) static DEAD: LazyLock<Script> = script!("dead.lua");
 pub(super) static STATUS: LazyLock<Script> = script!("status.lua");
 pub(super) static STATS: LazyLock<Script> = script!("stats.lua");
+pub(super) static CANCEL: LazyLock<Script> = script!("cancel.lua");
 /// A schedule's tick: claim, overlap check and push, in the target queue's slot.
 pub(super) static FIRE: LazyLock<Script> = script!("fire.lua");
 /// A schedule's state, in the scheduler's slot (no queue keys, so no common.lua).
 pub(super) static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/record.lua")));
 
 /// The fixed keys of a queue, as suffixes of its base key, in the order every queue
-/// script receives them as `KEYS[1..=11]`.
-pub const QUEUE_KEYS: [&str; 11] = [
+/// script receives them as `KEYS[1..=12]`.
+pub const QUEUE_KEYS: [&str; 12] = [
     "ready",
     "scheduled",
     "leases",
@@ -51,6 +52,7 @@ pub const QUEUE_KEYS: [&str; 11] = [
     "done",
     "paused",
     "reaper",
+    "finished",
 ];
 
 /// The key names of one queue (ARCHITECTURE.md, "Redis key layout", says what each holds).
@@ -78,7 +80,7 @@ impl QueueKeys {
     }
 
     /// The fixed keys in script order ([`QUEUE_KEYS`]).
-    pub fn fixed(&self) -> [String; 11] {
+    pub fn fixed(&self) -> [String; 12] {
         QUEUE_KEYS.map(|s| self.key(s))
     }
 
@@ -125,6 +127,15 @@ impl QueueKeys {
     /// Hash: the last reap and the outage hold.
     pub fn reaper(&self) -> String {
         self.key("reaper")
+    }
+    /// Hash: id → a done or cancelled job's type, attempts, enqueue time and result.
+    pub fn finished(&self) -> String {
+        self.key("finished")
+    }
+    /// The pub/sub channel on which `ack.lua` and `cancel.lua` publish the ids that
+    /// reached a final state (not a key); long-polls wait on it.
+    pub fn settled(&self) -> String {
+        self.key("settled")
     }
     /// The pub/sub channel that wakes the queue's idle workers (not a key).
     pub fn wake(&self) -> String {
@@ -245,6 +256,7 @@ mod tests {
             ("dead.lua", include_str!("lua/dead.lua")),
             ("stats.lua", include_str!("lua/stats.lua")),
             ("status.lua", include_str!("lua/status.lua")),
+            ("cancel.lua", include_str!("lua/cancel.lua")),
             ("fire.lua", include_str!("lua/fire.lua")),
             ("record.lua", include_str!("lua/record.lua")),
         ] {

@@ -23,14 +23,14 @@ mod queue;
 mod routing;
 mod schedules;
 pub use conn::{PubSubSource, RedisConn};
-pub use inspect::queue_gauges;
+pub use inspect::{Cancelled, queue_gauges};
 pub use keys::{QueueKeys, SchedulerKeys};
 pub(crate) use queue::NewEnvelope;
 pub use queue::{
-    Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, RESERVED_KEY_PREFIXES, Reaped,
+    Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, Finished, RESERVED_KEY_PREFIXES, Reaped,
     reserved_idempotency_key, valid_idempotency_key,
 };
-pub use routing::Routing;
+pub use routing::{JobType, RetryView, Routing};
 pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState};
 
 /// A storage failure. Messages never contain credentials.
@@ -157,6 +157,8 @@ pub enum JobState {
     Done,
     /// Dead-lettered: failed for good or out of attempts.
     Dead,
+    /// Cancelled before it ran (`POST /v1/jobs/{id}/cancel`).
+    Cancelled,
 }
 
 impl JobState {
@@ -168,7 +170,13 @@ impl JobState {
             JobState::Running => "running",
             JobState::Done => "done",
             JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
         }
+    }
+
+    /// Final: done, dead or cancelled (what a long-poll waits for).
+    pub fn is_final(self) -> bool {
+        !self.is_live()
     }
 
     /// Still to run or running: pending, scheduled or running.
@@ -187,6 +195,7 @@ impl std::str::FromStr for JobState {
             JobState::Running,
             JobState::Done,
             JobState::Dead,
+            JobState::Cancelled,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -207,9 +216,9 @@ pub struct JobStatus {
     pub id: String,
     /// Queue.
     pub queue: String,
-    /// pending | scheduled | running | done | dead
+    /// pending | scheduled | running | done | dead | cancelled
     pub state: JobState,
-    /// Job type (absent for finished jobs, whose body is deleted).
+    /// Job type (absent for a done job once its `result_ttl` passed).
     pub job: Option<String>,
     /// Attempts started.
     pub attempts: u32,
@@ -233,6 +242,10 @@ pub struct JobStatus {
     pub last_error: Option<String>,
     /// Recent errors.
     pub errors: Vec<ErrorRecord>,
+    /// Done jobs: the handler's JSON result, if it returned one (kept for the queue's
+    /// `result_ttl`).
+    #[schema(value_type = Option<Object>)]
+    pub result: Option<serde_json::Value>,
 }
 
 struct Inner {

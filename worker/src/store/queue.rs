@@ -118,6 +118,24 @@ pub struct Ack {
     /// The reaper settles a lease it found expired: apply only if the lease is still
     /// expired, so a holder that extended it meanwhile keeps its run.
     pub expired_only: bool,
+    /// Done runs: what status readers see once the body is gone ([`Finished`], as JSON),
+    /// kept in the queue's `finished` hash for `result_ttl`.
+    pub finished: Option<String>,
+}
+
+/// What a done (or cancelled) job leaves for status readers once its body is deleted:
+/// stored as JSON in the queue's `finished` hash, one `HSET` per acknowledged batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Finished {
+    pub job: String,
+    pub attempts: u32,
+    pub enqueued_at: i64,
+    /// The handler's result, already bounded by `worker.result_max_bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<RawValue>>,
+    /// Cancelled before it ran (`POST /v1/jobs/{id}/cancel`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cancelled: bool,
 }
 
 /// Names one batch of acknowledgements: the pool instance that sends it and a number
@@ -365,7 +383,12 @@ impl Store {
             } else {
                 kind
             };
-            inv.arg(&a.id).arg(a.token).arg(kind).arg(delay).arg(&a.error);
+            inv.arg(&a.id)
+                .arg(a.token)
+                .arg(kind)
+                .arg(delay)
+                .arg(&a.error)
+                .arg(a.finished.as_deref().unwrap_or(""));
         }
         let mut conn = self.inner.conn.clone();
         let applied: String = inv.invoke_async(&mut conn).await?;
@@ -399,7 +422,8 @@ impl Store {
 
     /// Finds up to 1,000 expired leases of `queue` without changing them. Reaping holds
     /// off for one lease after Redis was unreachable for longer than `outage`. Also
-    /// deletes up to 1,000 dead jobs older than `worker.dead_retention`.
+    /// deletes up to 1,000 dead jobs older than `worker.dead_retention`, and forgets up to
+    /// 1,000 done jobs older than the queue's `result_ttl`.
     pub async fn reap(&self, queue: &str, outage: Duration, lease_ttl: Duration) -> Result<Reaped, StoreError> {
         let mut conn = self.inner.conn.clone();
         let v: Vec<Value> = self
@@ -409,6 +433,7 @@ impl Store {
             .arg(millis(outage))
             .arg(millis(lease_ttl))
             .arg(millis(self.inner.dead_retention))
+            .arg(millis(self.settings(queue)?.result_ttl))
             .invoke_async(&mut conn)
             .await?;
         let trimmed = v.get(1).map(text).and_then(|n| n.parse().ok()).unwrap_or(0);

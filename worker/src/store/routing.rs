@@ -55,3 +55,74 @@ impl Routing {
         out
     }
 }
+
+/// A job type as callers see it: where it runs, under which retry policy and timeout,
+/// and the JSON Schema of its payload (`culm jobs --json`, `GET /v1/job-types`).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct JobType {
+    /// Durable job type name, e.g. `platform.noop`.
+    pub name: String,
+    /// What it does.
+    pub description: String,
+    /// The queue it is routed to (a `[routes]` override, else its declaration).
+    pub queue: String,
+    /// Tiers whose queues may run it.
+    pub tiers: Vec<String>,
+    /// How long one attempt may run, ms (the queue's `timeout`).
+    pub timeout_ms: u64,
+    /// The queue's retry policy.
+    pub retry: RetryView,
+    /// How long a finished job's result and summary are kept, ms (the queue's `result_ttl`).
+    pub result_ttl_ms: u64,
+    /// JSON Schema (draft 2020-12) of the payload, generated from the Rust type.
+    #[schema(value_type = Option<Object>)]
+    pub payload_schema: Option<serde_json::Value>,
+    /// An example payload, valid under the schema.
+    #[schema(value_type = Option<Object>)]
+    pub example: Option<serde_json::Value>,
+}
+
+/// A queue's retry policy.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct RetryView {
+    /// Attempts including the first; after the last the job is dead-lettered.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt (before jitter), ms.
+    pub backoff_base_ms: u64,
+    /// Upper bound of one backoff, ms.
+    pub backoff_cap_ms: u64,
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Routing {
+    /// Every registered job type with its routing, policy and payload schema, by name.
+    /// A job type routed to an undeclared queue (which `culm check` refuses) shows zero
+    /// timeout and retries.
+    pub fn job_types(&self, registry: &Registry) -> Vec<JobType> {
+        registry
+            .iter()
+            .map(|spec| {
+                let queue = self.routes.get(spec.name).map(String::as_str).unwrap_or(spec.queue);
+                let q = self.queues.get(queue);
+                JobType {
+                    name: spec.name.to_owned(),
+                    description: spec.description.to_owned(),
+                    queue: queue.to_owned(),
+                    tiers: spec.tiers.iter().map(|t| t.as_str().to_owned()).collect(),
+                    timeout_ms: q.map(|q| ms(q.timeout)).unwrap_or(0),
+                    retry: RetryView {
+                        max_attempts: q.map(|q| q.retry.max_attempts).unwrap_or(0),
+                        backoff_base_ms: q.map(|q| ms(q.retry.backoff_base)).unwrap_or(0),
+                        backoff_cap_ms: q.map(|q| ms(q.retry.backoff_cap)).unwrap_or(0),
+                    },
+                    result_ttl_ms: q.map(|q| ms(q.result_ttl)).unwrap_or(0),
+                    payload_schema: spec.schema.clone(),
+                    example: spec.example.clone(),
+                }
+            })
+            .collect()
+    }
+}

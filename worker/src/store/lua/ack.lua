@@ -1,6 +1,8 @@
 -- Record outcomes of a batch of runs. KEYS: the queue's, then the acker's key
 -- (`…:acker:<acker>`). ARGV: done_retention, batch, then per run: id, token, kind,
--- delay_ms (retry/defer: how long from now, on Redis's clock), error.
+-- delay_ms (retry/defer: how long from now, on Redis's clock), error, finished (done:
+-- the JSON kept in `finished` for status readers: job type, attempts, enqueue time and
+-- result; '' otherwise).
 -- The acker names the pool instance that sends acks and `batch` this batch: an acker
 -- resends only its latest batch, and only when the reply was lost, so remembering each
 -- acker's last answer lets a resend get the first write's answer instead of finding
@@ -10,6 +12,7 @@
 -- did not extend it meanwhile). 'xdefer' also counts the lease as orphaned.
 -- Fenced: a run whose token no longer holds the job's lease (it expired and the job was
 -- delivered again, or this is a replay of an ack already applied) changes nothing.
+-- Done and dead runs are published on the queue's `settled` channel, once per batch.
 -- Returns one character per run: '1' applied, '0' fenced off.
 local now = redis_now()
 local keep = tonumber(ARGV[1])
@@ -25,7 +28,7 @@ local wake = false
 -- batch allows: settling the common case (done) costs one command per run (the read)
 -- plus a handful per batch.
 local fields = {}
-for i = 3, #ARGV, 5 do fields[#fields + 1] = ARGV[i] .. ':t' end
+for i = 3, #ARGV, 6 do fields[#fields + 1] = ARGV[i] .. ':t' end
 local current = {}
 for from = 1, #fields, 1000 do
   local got = redis.call('HMGET', K_ATTEMPTS, unpack(fields, from, math.min(from + 999, #fields)))
@@ -36,8 +39,10 @@ local ended = {}        -- leases to end: ZREM from leases
 local dropped = {}      -- attempts-hash fields to delete
 local done = {}         -- ids done: bodies and errors to delete
 local done_scores = {}  -- ZADD arguments for the done set
+local finished_fields = {} -- HSET arguments for the finished hash
+local final = {}        -- ids that reached done or dead: published once
 local n = 0
-for i = 3, #ARGV, 5 do
+for i = 3, #ARGV, 6 do
   n = n + 1
   local id, token, kind, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
   local at = now + tonumber(ARGV[i + 3])
@@ -59,9 +64,15 @@ for i = 3, #ARGV, 5 do
       done[#done + 1] = id
       done_scores[#done_scores + 1] = now
       done_scores[#done_scores + 1] = id
+      if ARGV[i + 5] ~= '' then
+        finished_fields[#finished_fields + 1] = id
+        finished_fields[#finished_fields + 1] = ARGV[i + 5]
+      end
+      final[#final + 1] = id
     elseif kind == 'dead' then
       push_error(id, redis.call('HGET', K_ATTEMPTS, id), now, err)
       redis.call('ZADD', K_DEAD, now, id)
+      final[#final + 1] = id
     else
       local attempt = redis.call('HGET', K_ATTEMPTS, id)
       if kind == 'retry' then
@@ -107,12 +118,24 @@ for from = 1, #done, 1000 do
   redis.call('HDEL', K_ERRORS, unpack(done, from, last_i))
   redis.call('ZADD', K_DONE, unpack(done_scores, 2 * from - 1, 2 * last_i))
 end
+for from = 1, #finished_fields, 1000 do
+  redis.call('HSET', K_FINISHED, unpack(finished_fields, from, math.min(from + 999, #finished_fields)))
+end
 finished = #done
 if finished > 0 then
   local extra = redis.call('ZCARD', K_DONE) - keep
-  if extra > 0 then redis.call('ZREMRANGEBYRANK', K_DONE, 0, extra - 1) end
+  if extra > 0 then
+    -- The oldest done ids leave with what `finished` holds for them.
+    local gone = redis.call('ZPOPMIN', K_DONE, extra)
+    local ids = {}
+    for j = 1, #gone, 2 do ids[#ids + 1] = gone[j] end
+    for from = 1, #ids, 1000 do
+      redis.call('HDEL', K_FINISHED, unpack(ids, from, math.min(from + 999, #ids)))
+    end
+  end
 end
 if wake then redis.call('PUBLISH', K_WAKE, '1') end
+if #final > 0 then redis.call('PUBLISH', K_SETTLED, table.concat(final, ',')) end
 local answer = table.concat(applied)
 -- Kept for an hour: long enough for any resend, and a departed acker's key goes away.
 redis.call('SET', K_ACKER, batch .. answer, 'EX', 3600)

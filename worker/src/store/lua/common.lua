@@ -5,10 +5,10 @@
 -- Cluster slot; and because Redis routes a script by all its declared keys, a node that
 -- holds only part of them while the slot migrates answers TRYAGAIN/ASK (the client
 -- retries) instead of running the script on a partial queue.
-local QUEUE_KEYS = 11                   -- fixed keys per queue; a script's own keys follow
+local QUEUE_KEYS = 12                   -- fixed keys per queue; a script's own keys follow
 
 local K_READY, K_SCHEDULED, K_LEASES, K_JOBS, K_ATTEMPTS, K_SEQ
-local K_ERRORS, K_DEAD, K_DONE, K_PAUSED, K_REAPER, K_WAKE
+local K_ERRORS, K_DEAD, K_DONE, K_PAUSED, K_REAPER, K_FINISHED, K_WAKE, K_SETTLED
 
 -- Names the keys of the queue whose fixed keys start at KEYS[o + 1]. Every script names
 -- the first queue (o = 0, below); push.lua, which stores into several queues in one call
@@ -30,9 +30,14 @@ local function queue_group(o)
   K_DONE = KEYS[o + 9]                  -- zset id -> finished_at ms (bounded)
   K_PAUSED = KEYS[o + 10]               -- exists while the queue is paused
   K_REAPER = KEYS[o + 11]               -- hash: `at` last reap ms, `hold` no reaping before ms
+  -- hash id -> JSON of a done or cancelled job: job type, attempts, enqueue time, result
+  -- (deleted with its id in `done`: count trim in ack.lua, result_ttl trim in reap.lua)
+  K_FINISHED = KEYS[o + 12]
   -- The pub/sub channel idle workers listen on: a channel, not a key, named after the
   -- queue's base key ('<base>:ready' -> '<base>:wake').
   K_WAKE = string.sub(K_READY, 1, -7) .. ':wake'
+  -- Published (ids, comma separated) when jobs reach a final state: wakes long-polls.
+  K_SETTLED = string.sub(K_READY, 1, -7) .. ':settled'
 end
 queue_group(0)
 

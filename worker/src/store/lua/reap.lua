@@ -1,7 +1,9 @@
 -- Find leases that expired (their holder died, lost the fetch reply, or is cut off from
 -- Redis). Changes no job: the worker's settle step decides each one's fate and writes it
 -- through ack.lua's expired-only kinds, so the rules live in one place.
--- ARGV: limit, outage_ms, hold_ms, dead_retention_ms.
+-- ARGV: limit, outage_ms, hold_ms, dead_retention_ms, result_ttl_ms.
+-- Also forgets up to `limit` done (or cancelled) jobs older than result_ttl_ms: their id
+-- in `done` and what `finished` holds for them.
 -- Also trims the dead-letter set: up to `limit` jobs that died more than
 -- dead_retention_ms ago are deleted with their body, errors and attempt fields (the
 -- PostgreSQL archive, when configured, keeps its own copy longer).
@@ -20,6 +22,11 @@ for _, id in ipairs(old) do
   redis.call('HDEL', K_ERRORS, id)
 end
 if #old > 0 then redis.call('ZREM', K_DEAD, unpack(old)) end
+local expired_results = redis.call('ZRANGEBYSCORE', K_DONE, '-inf', now - tonumber(ARGV[5]), 'LIMIT', 0, limit)
+if #expired_results > 0 then
+  redis.call('ZREM', K_DONE, unpack(expired_results))
+  redis.call('HDEL', K_FINISHED, unpack(expired_results))
+end
 local last = tonumber(redis.call('HGET', K_REAPER, 'at'))
 redis.call('HSET', K_REAPER, 'at', now)
 if last and now - last > tonumber(ARGV[2]) then

@@ -1,10 +1,11 @@
 -- One job's state. ARGV: id. Returns {state, attempts, envelope, errors, state_since}
--- or {} when this queue does not know the id.
+-- or {} when this queue does not know the id; a done (or cancelled) one adds what the
+-- `finished` hash holds for it ('' once forgotten).
 local id = ARGV[1]
 local env = redis.call('HGET', K_JOBS, id)
 if not env then
   local done = redis.call('ZSCORE', K_DONE, id)
-  if done then return { 'done', '', '', '', done } end
+  if done then return { 'done', '', '', '', done, redis.call('HGET', K_FINISHED, id) or '' } end
   return {}
 end
 local attempts = redis.call('HGET', K_ATTEMPTS, id) or '0'

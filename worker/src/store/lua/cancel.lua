@@ -1,0 +1,31 @@
+-- Cancel a job that has not started. ARGV: id.
+-- A pending or scheduled job loses its body (a pending id left in `ready` is skipped by
+-- fetch.lua, which leases only ids with a body), is added to `done` with a `finished`
+-- entry marked cancelled, and is published on `settled`. Cost: O(1) commands, no scan
+-- of `ready`. Returns 'cancelled', or why not: 'running', 'dead', 'done', or '' when
+-- this queue does not know the id.
+local id = ARGV[1]
+local env = redis.call('HGET', K_JOBS, id)
+if not env then
+  if redis.call('ZSCORE', K_DONE, id) then
+    local f = redis.call('HGET', K_FINISHED, id)
+    if f and string.find(f, '"cancelled":true', 1, true) then return 'cancelled' end
+    return 'done'
+  end
+  return ''
+end
+if redis.call('ZSCORE', K_LEASES, id) then return 'running' end
+if redis.call('ZSCORE', K_DEAD, id) then return 'dead' end
+local now = redis_now()
+local e = cjson.decode(env)
+local attempts = tonumber(redis.call('HGET', K_ATTEMPTS, id) or '0')
+redis.call('ZREM', K_SCHEDULED, id)
+redis.call('HDEL', K_JOBS, id)
+redis.call('HDEL', K_ATTEMPTS, id, id .. ':o')
+redis.call('HDEL', K_ERRORS, id)
+redis.call('ZADD', K_DONE, now, id)
+redis.call('HSET', K_FINISHED, id, cjson.encode({
+  job = e.job, attempts = attempts, enqueued_at = e.enqueued_at, cancelled = true,
+}))
+redis.call('PUBLISH', K_SETTLED, id)
+return 'cancelled'
