@@ -436,3 +436,134 @@ async fn culm_run_with_sandbox_starts_it_on_the_configured_address() {
     exercise_child(child, &format!("http://127.0.0.1:{port}")).await;
     env.cleanup().await;
 }
+
+// --- Rate discipline of several `culm run` replicas, measured at the sandbox -----------
+
+/// Three `culm run` processes on `bamboo_orders`, pointed at `base`, each with `extra`
+/// variables; killed when dropped.
+fn bamboo_replicas(env: &TestEnv, base: &str, extra: &[(&str, &str)]) -> Vec<culm_tests::KillOnDrop> {
+    (0..3)
+        .map(|_| {
+            let mut c = Command::new(culm_bin());
+            c.current_dir(workspace_root())
+                .args(["run", "--no-scheduler", "--queues", "bamboo_orders"])
+                .env("CULM_REDIS_URL", culm_tests::redis_url())
+                .env("CULM__REDIS__KEY_PREFIX", &env.prefix)
+                .env("CULM__ADMIN__ENABLED", "false")
+                .env("CULM__INTEGRATIONS__BAMBOO__BASE_URL", format!("{base}/bamboo"))
+                .env("CULM_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            for (k, v) in extra {
+                c.env(k, v);
+            }
+            culm_tests::KillOnDrop(Some(c.spawn().expect("culm starts")))
+        })
+        .collect()
+}
+
+fn place_orders(n: usize) -> Vec<culm_core::EnqueueRequest> {
+    (0..n)
+        .map(|i| {
+            culm_core::EnqueueRequest::raw(
+                "bamboo.place_order",
+                json!({"order_id": format!("rate-{i}"), "sku": "AMAZON_US_25", "quantity": 1}),
+            )
+        })
+        .collect()
+}
+
+/// What the sandbox saw of `POST /bamboo/orders`: arrival times (ms) of accepted orders,
+/// distinct order ids accepted, and how many were refused with 429.
+struct OrderLog {
+    accepted: Vec<i64>,
+    distinct: usize,
+    refused: usize,
+}
+
+async fn order_log(client: &Client, base: &str) -> OrderLog {
+    let entries = log(client, base).await;
+    let orders = entries
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/bamboo/orders");
+    let accepted: Vec<&RecordedRequest> = orders.clone().filter(|r| r.status == 202).collect();
+    let distinct: std::collections::BTreeSet<&str> = accepted
+        .iter()
+        .filter_map(|r| r.body.as_ref()?.get("order_id")?.as_str())
+        .collect();
+    OrderLog {
+        accepted: accepted.iter().map(|r| at_ms(r)).collect(),
+        distinct: distinct.len(),
+        refused: orders.filter(|r| r.status == 429).count(),
+    }
+}
+
+/// Runs `orders` Bamboo orders through three replicas against a sandbox with `latency`
+/// and returns the sandbox's view once every order was accepted.
+async fn three_replicas_place(latency: Duration, extra: &[(&str, &str)], orders: usize) -> OrderLog {
+    let env = TestEnv::new(|_| {}).await;
+    let (sandbox, base) = start(Options {
+        latency,
+        fail_rate: 0.0,
+    })
+    .await;
+    env.store.enqueue(place_orders(orders)).await.expect("enqueue");
+    let replicas = bamboo_replicas(&env, &base, extra);
+    let client = Client::new();
+    eventually(Duration::from_secs(180), "every order accepted by the sandbox", || async {
+        (order_log(&client, &base).await.distinct >= orders).then_some(())
+    })
+    .await;
+    let seen = order_log(&client, &base).await;
+    drop(replicas);
+    sandbox.shutdown().await;
+    env.cleanup().await;
+    seen
+}
+
+/// No window of one second (closed, as Bamboo counts) holds more than two accepted orders.
+fn assert_two_per_second(accepted: &[i64]) {
+    let mut t = accepted.to_vec();
+    t.sort_unstable();
+    for w in t.windows(3) {
+        assert!(w[2] - w[0] > 1000, "three accepted orders within one second: {w:?}");
+    }
+}
+
+/// Issue 16: a slow partner (answers slower than the client timeout) is still never sent
+/// more than its limit: every send, retries of timed-out sends included, takes a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_never_exceed_bamboos_limit_when_it_is_slower_than_the_timeout() {
+    let seen = three_replicas_place(
+        Duration::from_millis(100),
+        &[("CULM__INTEGRATIONS__BAMBOO__TIMEOUT", "100ms")],
+        40,
+    )
+    .await;
+    eprintln!(
+        "slow partner: {} accepted sends for {} orders, {} refused",
+        seen.accepted.len(),
+        seen.distinct,
+        seen.refused
+    );
+    assert_eq!(seen.refused, 0, "the sandbox refused {} order requests with 429", seen.refused);
+    assert_two_per_second(&seen.accepted);
+}
+
+/// Issue 16: at normal latency three replicas use at least 95 % of Bamboo's 2/s (the span
+/// of the accepted orders against the shortest span the limit allows), with no 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_use_at_least_95_percent_of_bamboos_limit() {
+    let orders = 40;
+    let seen = three_replicas_place(Duration::from_millis(20), &[], orders).await;
+    assert_eq!(seen.refused, 0, "the sandbox refused {} order requests with 429", seen.refused);
+    assert_two_per_second(&seen.accepted);
+    let mut t = seen.accepted.clone();
+    t.sort_unstable();
+    // At most 2 per closed second: n orders need more than (n / 2 - 1) seconds.
+    let minimum = (orders as f64 / 2.0 - 1.0) * 1000.0;
+    let span = (t[orders - 1] - t[0]) as f64;
+    let utilisation = minimum / span;
+    eprintln!("normal latency: {orders} orders in {span} ms, minimum {minimum} ms: utilisation {:.1} %", utilisation * 100.0);
+    assert!(utilisation >= 0.95, "utilisation {:.1} % of the allowed rate", utilisation * 100.0);
+}
