@@ -250,7 +250,7 @@ async fn limiter_spaces_calls_and_defers_beyond_max_wait() {
     let server = MockServer::start().await;
     Mock::given(path("/bamboo/catalog"))
         .respond_with(ResponseTemplate::new(200))
-        .expect(1)
+        .expect(2)
         .mount(&server)
         .await;
     let c = client(&env, settings(&env, "bamboo", &server, |_| {}), None);
@@ -260,25 +260,31 @@ async fn limiter_spaces_calls_and_defers_beyond_max_wait() {
             endpoint: "catalog".into(),
             rate: 2,
             per: Duration::from_secs(3600),
-            burst: 1
+            burst: None
         })
     );
+    // Bamboo allows 2 an hour, back to back if need be: both go at once.
     c.get("catalog", "/catalog").send().await.expect("first catalog call");
+    c.get("catalog", "/catalog").send().await.expect("second catalog call");
     let mut conn = env.store.connection();
-    let tat: Option<i64> = redis::cmd("GET")
-        .arg(format!("{}:integration:bamboo:catalog:tat", env.prefix))
+    let tat: Option<i64> = redis::cmd("LINDEX")
+        .arg(format!("{}:integration:{{bamboo:catalog}}:slots", env.prefix))
+        .arg(1)
         .query_async(&mut conn)
         .await
-        .expect("GET");
-    assert!(tat.is_some(), "the documented limiter key holds the next slot");
+        .expect("LINDEX");
+    assert!(
+        tat.is_some(),
+        "the documented limiter key holds the sends of the window"
+    );
     let e = c
         .get("catalog", "/catalog")
         .send()
         .await
-        .expect_err("second within the half hour");
+        .expect_err("a third within the hour");
     assert!(
-        matches!(e, JobError::Defer { after, .. } if after > Duration::from_secs(1800)),
-        "2/hour with headroom: the next slot is ~33 minutes away: {e:?}"
+        matches!(e, JobError::Defer { after, .. } if after > Duration::from_secs(3500)),
+        "2/hour: the next slot is an hour (plus the guard) after the first: {e:?}"
     );
     server.verify().await;
     env.cleanup().await;
@@ -569,8 +575,8 @@ fn bad_integration_settings_name_their_key() {
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    let e = load("CULM__INTEGRATIONS__BAMBOO__HEADROOM", "2").expect_err("headroom above 1");
-    assert!(e.contains("integrations.bamboo.headroom"), "{e}");
+    let e = load("CULM__INTEGRATIONS__BAMBOO__GUARD", "5s").expect_err("a guard of seconds");
+    assert!(e.contains("integrations.bamboo.guard"), "{e}");
     let e = load("CULM__INTEGRATIONS__GALILEO__BASE_URL", "ftp://x").expect_err("not http");
     assert!(e.contains("integrations.galileo.base_url"), "{e}");
     let e = load("CULM__INTEGRATIONS__KARD__API_KEY_ENV", "sk live 123").expect_err("a secret, not a name");

@@ -18,7 +18,7 @@ pub mod conn;
 pub mod limiter;
 pub mod metrics;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use breaker::Breaker;
 use config::IntegrationSettings;
 use conn::Conn;
@@ -310,6 +310,40 @@ impl Call {
         self.idempotency_key(ctx.id.clone())
     }
 
+    /// Takes one send's slot and waits for it: the wait counts from when the limiter was
+    /// asked (the instant it computed on Redis's clock), not from when its answer arrived.
+    /// A slot beyond `max_wait` defers the job; on a transport retry (`retry`) it makes
+    /// the call retryable at that slot instead, since the upstream already failed it.
+    async fn reserve(&self, limit: Option<&config::LimitConfig>, retry: bool) -> Result<(), JobError> {
+        let inner = &self.client.inner;
+        let s = &inner.settings;
+        let (name, endpoint) = (s.name.as_str(), self.endpoint.as_str());
+        let asked = tokio::time::Instant::now();
+        match inner.limiter.acquire(endpoint, limit, s.guard, s.max_wait).await {
+            Ok(Slot::Reserved(wait)) => {
+                if !wait.is_zero() {
+                    metrics::rate_limited(name, endpoint, "waited");
+                    tokio::time::sleep_until(asked + wait).await;
+                }
+                Ok(())
+            }
+            Ok(Slot::Busy(wait)) => {
+                metrics::rate_limited(name, endpoint, "deferred");
+                let message = format!("{name} {endpoint}: rate limit, next slot in {}ms", wait.as_millis());
+                if retry {
+                    return Err(JobError::Retryable {
+                        message: format!("{message} (after a transport error)"),
+                        after: Some(wait),
+                    });
+                }
+                // Come back when the slot is within reach of a short wait.
+                let back = wait.saturating_sub(s.max_wait / 2).max(Duration::from_millis(10));
+                Err(JobError::defer(jitter(back), message))
+            }
+            Err(e) => Err(JobError::retryable(format!("{name}: rate limiter unavailable: {e}"))),
+        }
+    }
+
     /// Runs the call through breaker, limiter, retries and classification.
     pub async fn send(self) -> Result<Reply, JobError> {
         let inner = self.client.inner.clone();
@@ -327,26 +361,8 @@ impl Call {
             }
         };
         let limit = s.limit(endpoint);
-        match inner.limiter.acquire(endpoint, limit, s.headroom, s.max_wait).await {
-            Ok(Slot::Reserved(wait)) => {
-                if !wait.is_zero() {
-                    metrics::rate_limited(name, endpoint, "waited");
-                    tokio::time::sleep(wait).await;
-                }
-            }
-            Ok(Slot::Busy(wait)) => {
-                metrics::rate_limited(name, endpoint, "deferred");
-                // Come back when the slot is within reach of a short wait.
-                let back = wait.saturating_sub(s.max_wait / 2).max(Duration::from_millis(10));
-                return Err(JobError::defer(
-                    jitter(back),
-                    format!("{name} {endpoint}: rate limit, next slot in {}ms", wait.as_millis()),
-                ));
-            }
-            Err(e) => return Err(JobError::retryable(format!("{name}: rate limiter unavailable: {e}"))),
-        }
         let url = format!("{}{}", s.base_url, self.path);
-        let attempt = || {
+        let request = || {
             let mut rb = inner.http.request(self.method.clone(), &url);
             if !self.query.is_empty() {
                 rb = rb.query(&self.query);
@@ -360,39 +376,50 @@ impl Call {
             if let Some(k) = &inner.api_key {
                 rb = rb.header(header::AUTHORIZATION, k.clone());
             }
-            async move {
-                let start = Instant::now();
-                let res = rb.send().await;
-                let status = match &res {
-                    Ok(r) => r.status().as_u16().to_string(),
-                    Err(e) if e.is_timeout() => "timeout".to_owned(),
-                    Err(_) => "transport".to_owned(),
-                };
-                metrics::request(name, endpoint, status, start.elapsed().as_secs_f64());
-                res
-            }
+            rb
         };
-        let sent = attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_jitter()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(1))
-                    .with_max_times(s.transport_retries),
-            )
-            .when(transient)
-            .notify(|e, d| tracing::debug!(integration = name, endpoint, "transient error, retrying in {d:?}: {e}"))
-            .await;
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                permit.failure();
-                // reqwest's message names the URL, never headers, so no credential leaks.
-                let what = if e.is_timeout() { "timed out" } else { "transport error" };
-                return Err(JobError::retryable(format!(
-                    "{name} {endpoint}: {what}: {}",
-                    e.without_url()
-                )));
+        // Every send takes its own slot: a retried send (and a timed-out one, which may
+        // have reached the upstream) counts against its limit like any other.
+        let mut backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .with_max_times(s.transport_retries)
+            .build();
+        let mut retried = None;
+        let resp = loop {
+            if let Err(e) = self.reserve(limit, retried.is_some()).await {
+                if retried.is_some() {
+                    permit.failure();
+                }
+                return Err(e);
+            }
+            let start = Instant::now();
+            let res = request().send().await;
+            let status = match &res {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(e) if e.is_timeout() => "timeout".to_owned(),
+                Err(_) => "transport".to_owned(),
+            };
+            metrics::request(name, endpoint, status, start.elapsed().as_secs_f64());
+            match res {
+                Ok(r) => break r,
+                Err(e) => match backoff.next().filter(|_| transient(&e)) {
+                    Some(d) => {
+                        tracing::debug!(integration = name, endpoint, "transient error, retrying in {d:?}: {e}");
+                        retried = Some(e);
+                        tokio::time::sleep(d).await;
+                    }
+                    None => {
+                        permit.failure();
+                        // reqwest's message names the URL, never headers, so no credential leaks.
+                        let what = if e.is_timeout() { "timed out" } else { "transport error" };
+                        return Err(JobError::retryable(format!(
+                            "{name} {endpoint}: {what}: {}",
+                            e.without_url()
+                        )));
+                    }
+                },
             }
         };
         let status = resp.status();
@@ -431,7 +458,7 @@ impl Call {
             }
             let after = retry_after.unwrap_or(s.default_retry_after);
             metrics::rate_limited(name, endpoint, "upstream");
-            if let Err(e) = inner.limiter.push_back(endpoint, limit, s.headroom, after).await {
+            if let Err(e) = inner.limiter.push_back(endpoint, after).await {
                 tracing::warn!(integration = name, endpoint, "could not slow the shared limiter: {e}");
             }
             return Err(JobError::defer(
@@ -467,16 +494,24 @@ mod tests {
     }
 
     #[test]
-    fn limits_are_spaced_with_headroom() {
+    fn limits_are_windows_widened_by_the_guard() {
         let l = config::LimitConfig {
             endpoint: "place_order".into(),
             rate: 2,
             per: Duration::from_secs(1),
-            burst: 1,
+            burst: None,
         };
-        assert_eq!(limiter::interval_ms(&l, 0.0), (500, 0));
-        assert_eq!(limiter::interval_ms(&l, 0.1), (550, 0));
-        let l = config::LimitConfig { burst: 3, ..l };
-        assert_eq!(limiter::interval_ms(&l, 0.0), (500, 1000));
+        assert_eq!(limiter::windows(&l, Duration::ZERO), (2, 1000, 2, 1000));
+        assert_eq!(limiter::windows(&l, Duration::from_millis(25)), (2, 1025, 2, 1025));
+        let l = config::LimitConfig { burst: Some(1), ..l };
+        assert_eq!(limiter::windows(&l, Duration::from_millis(25)), (2, 1025, 1, 525));
+        let catalog = config::LimitConfig {
+            endpoint: "catalog".into(),
+            rate: 2,
+            per: Duration::from_secs(3600),
+            burst: None,
+        };
+        // A call every 30 minutes fits 2/hour: the window is an hour plus the guard.
+        assert_eq!(limiter::windows(&catalog, Duration::from_millis(25)).1, 3_600_025);
     }
 }
