@@ -585,3 +585,43 @@ fn bad_integration_settings_name_their_key() {
     assert!(e.contains("integration_defaults.timeout"), "{e}");
     load("CULM__INTEGRATIONS__DING__TIMEOUT", "5s").expect("an override loads");
 }
+
+/// Issue 16: `ctx.idempotency_key()` and `Call::idempotent()` are one key, and a re-drive
+/// from the archive (a new job, enqueued with `culm_core::redrive_key` as `dead_redrive`
+/// does) sends the original job's key, so a re-driven payment cannot pay twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_job_keeps_the_original_upstream_idempotency_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/ding/topups"))
+        .and(header("idempotency-key", "culm-01ORIGINAL"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "up-1"})))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let env = TestEnv::new(|c| point_at(c, &server.uri())).await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["ding".into()]).expect("start");
+    let registry = culm_jobs::registry().expect("registry");
+    let example = registry
+        .get("ding.top_up")
+        .and_then(|s| s.example.clone())
+        .expect("example");
+    // A first re-drive of 01ORIGINAL, and a re-drive of that re-drive (same origin).
+    for died_at in [1_000, 2_000] {
+        let mut req = EnqueueRequest::raw("ding.top_up", example.clone());
+        // The key `dead_redrive` enqueues with (`culm_core::redrive_key`).
+        req.idempotency_key = Some(format!("redrive:01ORIGINAL:{died_at}"));
+        let e = env.enqueue(req).await;
+        assert_ne!(e.id, "01ORIGINAL");
+        let ev = culm_tests::next_event(&mut events, Duration::from_secs(20), |ev| {
+            ev.id == e.id && (culm_tests::is("done", ev) || culm_tests::is("dead", ev) || culm_tests::is("retry", ev))
+        })
+        .await;
+        assert!(culm_tests::is("done", &ev), "sent with the original key: {}", ev.error);
+    }
+    running.shutdown().await;
+    server.verify().await;
+    env.cleanup().await;
+}

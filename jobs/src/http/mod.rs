@@ -9,7 +9,7 @@
 //! - **Breaker** ([`breaker`]): per integration; while open, jobs are deferred.
 //! - **Classification**: 2xx → [`Reply`]; 408, 409, 5xx, transport errors →
 //!   [`JobError::Retryable`]; other 4xx → [`JobError::Permanent`] with the upstream's message.
-//! - **Idempotency**: [`Call::idempotent`] sends `Idempotency-Key: <job id>`.
+//! - **Idempotency**: [`Call::idempotent`] sends `Idempotency-Key: <ctx.idempotency_key()>`.
 //! - **Credentials**: read once from the environment variable named in the config and sent
 //!   as a bearer token marked sensitive; never logged or printed.
 pub mod breaker;
@@ -303,11 +303,12 @@ impl Call {
         self
     }
 
-    /// For calls that move money or buy something: sends `Idempotency-Key: <job id>`
-    /// (the integrations/sandbox contract). The id is the same on every retry and
-    /// redelivery, so the upstream executes the call once.
+    /// For calls that move money or buy something: sends `Idempotency-Key:
+    /// <ctx.idempotency_key()>` (`culm-<job id>`, the integrations/sandbox contract). The
+    /// key is the same on every retry and redelivery, and a re-drive from the archive
+    /// (a new job id) keeps the original job's, so the upstream executes the call once.
     pub fn idempotent(self, ctx: &JobContext) -> Self {
-        self.idempotency_key(ctx.id.clone())
+        self.idempotency_key(ctx.idempotency_key())
     }
 
     /// Takes one send's slot and waits for it: the wait counts from when the limiter was
