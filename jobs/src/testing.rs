@@ -38,6 +38,7 @@ pub fn settings(name: &str, base_url: &str) -> IntegrationSettings {
         max_wait: Duration::from_secs(2),
         guard: Duration::ZERO,
         transport_retries: 0,
+        recover_after: Duration::from_secs(5),
         default_retry_after: Duration::from_secs(1),
         breaker: BreakerConfig {
             failure_threshold: 5,

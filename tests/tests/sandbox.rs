@@ -586,3 +586,82 @@ async fn three_replicas_use_at_least_95_percent_of_bamboos_limit() {
         utilisation * 100.0
     );
 }
+
+/// Issue 16: Bamboo answers 429 to everything for 10 s. The first 429 halves the shared
+/// rate, so every replica slows down (the three together send no more than the adaptive
+/// 1 per window, not 2 after every Retry-After); afterwards the rate recovers to 2/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_outage_lowers_the_shared_rate_for_every_replica_and_it_recovers() {
+    let env = TestEnv::new(|_| {}).await;
+    let (sandbox, base) = start(Options {
+        latency: Duration::from_millis(20),
+        fail_rate: 0.0,
+    })
+    .await;
+    let orders = 50;
+    env.store.enqueue(place_orders(orders)).await.expect("enqueue");
+    let replicas = bamboo_replicas(&env, &base, &[("CULM__INTEGRATION_DEFAULTS__RECOVER_AFTER", "2s")]);
+    let client = Client::new();
+    eventually(Duration::from_secs(60), "the first orders accepted", || async {
+        (order_log(&client, &base).await.distinct >= 6).then_some(())
+    })
+    .await;
+    let outage = client
+        .post(format!("{base}/_sandbox/outage"))
+        .json(&json!({"integration": "bamboo", "status": 429, "ms": 10_000}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(outage.status(), StatusCode::NO_CONTENT);
+    eventually(
+        Duration::from_secs(180),
+        "every order accepted after the outage",
+        || async { (order_log(&client, &base).await.distinct >= orders).then_some(()) },
+    )
+    .await;
+    let entries = log(&client, &base).await;
+    let sends: Vec<(i64, u16)> = entries
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/bamboo/orders")
+        .map(|r| (at_ms(r), r.status))
+        .collect();
+    let refused: Vec<i64> = sends.iter().filter(|s| s.1 == 429).map(|s| s.0).collect();
+    let (first, last) = (refused[0], refused[refused.len() - 1]);
+    let during = sends.iter().filter(|s| s.0 > first && s.0 <= last).count();
+    // One send per window at the lowered rate, plus the slots already reserved when the
+    // first 429 came (up to max_wait = 2 s ahead at 2/s: 4), which are sent as reserved.
+    let allowed = (last - first) / 1000 + 1 + 4;
+    eprintln!(
+        "429 outage: {} sends refused over {} ms, {during} sends after the first 429 (adaptive rate allows {allowed})",
+        refused.len(),
+        last - first
+    );
+    assert!(
+        during as i64 <= allowed,
+        "{during} sends in the {} ms after the first 429: more than 1 per window",
+        last - first
+    );
+    // Recovered: after the outage three accepted orders fit within 1.5 s again (2/s; at
+    // the lowered 1/s they would span more than 2 s).
+    let after: Vec<i64> = sends.iter().filter(|s| s.0 > last && s.1 == 202).map(|s| s.0).collect();
+    let fastest = after.windows(3).map(|w| w[2] - w[0]).min().unwrap_or(i64::MAX);
+    eprintln!(
+        "after the outage: {} accepted, tightest 3 within {fastest} ms",
+        after.len()
+    );
+    assert!(
+        fastest < 1500,
+        "the rate did not recover to 2/s: {fastest} ms for 3 orders"
+    );
+    assert_two_per_second(&sends.iter().filter(|s| s.1 == 202).map(|s| s.0).collect::<Vec<_>>());
+    let mut conn = env.store.connection();
+    let lowered: bool = redis::cmd("EXISTS")
+        .arg(format!("{}:integration:{{bamboo:place_order}}:rate", env.prefix))
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert!(!lowered, "the adaptive rate is back at the configured limit");
+    drop(replicas);
+    sandbox.shutdown().await;
+    env.cleanup().await;
+}

@@ -45,6 +45,10 @@ pub struct IntegrationDefaults {
     pub guard: Duration,
     /// Extra attempts for transient transport errors inside one call (backon, jittered).
     pub transport_retries: usize,
+    /// After a 429 halved an endpoint's shared rate, each `recover_after` without a 429
+    /// (at least the limit's `per`) adds a tenth of the configured rate back.
+    #[serde(with = "humantime_serde")]
+    pub recover_after: Duration,
     /// Deferral after a 429/503 that carries no usable `Retry-After`.
     #[serde(with = "humantime_serde")]
     pub default_retry_after: Duration,
@@ -109,6 +113,9 @@ pub struct IntegrationConfig {
     /// Overrides `integration_defaults.transport_retries`.
     #[serde(default)]
     pub transport_retries: Option<usize>,
+    /// Overrides `integration_defaults.recover_after`.
+    #[serde(default, with = "humantime_serde")]
+    pub recover_after: Option<Duration>,
     /// Overrides `integration_defaults.default_retry_after`.
     #[serde(default, with = "humantime_serde")]
     pub default_retry_after: Option<Duration>,
@@ -139,6 +146,8 @@ pub struct IntegrationSettings {
     pub guard: Duration,
     /// Extra attempts for transient transport errors.
     pub transport_retries: usize,
+    /// Quiet period per recovery step of the adaptive rate.
+    pub recover_after: Duration,
     /// Deferral for a 429/503 without `Retry-After`.
     pub default_retry_after: Duration,
     /// When the integration's circuit breaker opens and how long it stays open.
@@ -159,6 +168,7 @@ impl IntegrationSettings {
             max_wait: c.max_wait.unwrap_or(d.max_wait),
             guard: c.guard.unwrap_or(d.guard),
             transport_retries: c.transport_retries.unwrap_or(d.transport_retries),
+            recover_after: c.recover_after.unwrap_or(d.recover_after),
             default_retry_after: c.default_retry_after.unwrap_or(d.default_retry_after),
             breaker: c.breaker.unwrap_or(d.breaker),
             limits: c.limits.iter().map(|l| (l.endpoint.clone(), l.clone())).collect(),

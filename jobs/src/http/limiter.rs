@@ -8,7 +8,9 @@
 //! Keys (one hash tag, so one cluster slot): `<prefix>:integration:{<integration>:<endpoint>}:slots`,
 //! a list of the last `rate` reserved send instants in ms (Redis server time), newest
 //! first, which expires a minute after its window ends; and `…:hold`, the instant before
-//! which an upstream push-back (429/503 `Retry-After`) lets nothing through.
+//! which an upstream push-back (429/503 `Retry-After`) lets nothing through; and `…:rate`,
+//! the adaptive rate: a 429 halves the endpoint's effective rate for every process, and
+//! each `recover_after` without a 429 adds a tenth of the configured rate back.
 use super::config::LimitConfig;
 use super::conn::Conn;
 use redis::Script;
@@ -16,7 +18,17 @@ use std::{sync::LazyLock, time::Duration};
 
 static SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("limiter.lua")));
 
-/// What the limiter decided.
+/// What the limiter decided, and the endpoint's effective rate (sends per `per`; 0 when
+/// it has no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The slot.
+    pub slot: Slot,
+    /// The adaptive rate in force: the configured rate unless a 429 lowered it.
+    pub rate: u32,
+}
+
+/// A slot, or how far away the next one is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
     /// A slot is reserved: send this long after the limiter was asked (zero: now).
@@ -44,6 +56,20 @@ pub fn windows(limit: &LimitConfig, guard: Duration) -> (u32, u64, u32, u64) {
     (rate, per + guard, burst, burst_window)
 }
 
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)
+}
+
+/// The quiet period per recovery step: `recover_after`, at least the limit's `per`.
+fn recover(limit: Option<&LimitConfig>, recover_after: Duration) -> Duration {
+    limit.map_or(recover_after, |l| recover_after.max(l.per))
+}
+
+/// The adaptive rate's recovery step: a tenth of the configured rate, at least 1.
+pub fn step(rate: u32) -> u32 {
+    rate.div_ceil(10).max(1)
+}
+
 impl Limiter {
     /// A limiter writing keys under `prefix`.
     pub fn new(redis: Conn, prefix: &str, integration: &str) -> Self {
@@ -59,6 +85,11 @@ impl Limiter {
         format!("{}:integration:{{{}:{endpoint}}}:slots", self.prefix, self.integration)
     }
 
+    /// The Redis key of `endpoint`'s adaptive rate.
+    pub fn rate_key(&self, endpoint: &str) -> String {
+        format!("{}:integration:{{{}:{endpoint}}}:rate", self.prefix, self.integration)
+    }
+
     /// The Redis key of `endpoint`'s push-back ("no send before").
     pub fn hold_key(&self, endpoint: &str) -> String {
         format!("{}:integration:{{{}:{endpoint}}}:hold", self.prefix, self.integration)
@@ -71,37 +102,60 @@ impl Limiter {
         limit: Option<&LimitConfig>,
         guard: Duration,
         max_wait: Duration,
-    ) -> Result<Slot, redis::RedisError> {
+        recover_after: Duration,
+    ) -> Result<Decision, redis::RedisError> {
         let (rate, window, burst, burst_window) = limit.map(|l| windows(l, guard)).unwrap_or((0, 0, 0, 0));
-        let max_wait_ms = u64::try_from(max_wait.as_millis()).unwrap_or(u64::MAX / 2);
-        let (ok, wait): (i64, i64) = SCRIPT
+        let (ok, wait, rate): (i64, i64, i64) = SCRIPT
             .key(self.key(endpoint))
             .key(self.hold_key(endpoint))
+            .key(self.rate_key(endpoint))
             .arg("acquire")
             .arg(rate)
             .arg(window)
             .arg(burst)
             .arg(burst_window)
-            .arg(max_wait_ms)
+            .arg(ms(max_wait))
+            .arg(ms(recover(limit, recover_after)))
+            .arg(step(rate))
             .invoke_async(&mut self.redis.clone())
             .await?;
         let wait = Duration::from_millis(u64::try_from(wait).unwrap_or(0));
-        Ok(if ok == 1 {
-            Slot::Reserved(wait)
-        } else {
-            Slot::Busy(wait)
+        Ok(Decision {
+            slot: if ok == 1 {
+                Slot::Reserved(wait)
+            } else {
+                Slot::Busy(wait)
+            },
+            rate: u32::try_from(rate).unwrap_or(0),
         })
     }
 
     /// The upstream pushed back: hand out no slot on `endpoint` before `delay` from now.
-    pub async fn push_back(&self, endpoint: &str, delay: Duration) -> Result<(), redis::RedisError> {
-        let _: (i64, i64) = SCRIPT
+    /// A 429 (`lower`) also halves the endpoint's effective rate for every process (at
+    /// most once per window), which then recovers step by step. Returns the effective rate.
+    pub async fn push_back(
+        &self,
+        endpoint: &str,
+        delay: Duration,
+        lower: bool,
+        limit: Option<&LimitConfig>,
+        guard: Duration,
+        recover_after: Duration,
+    ) -> Result<u32, redis::RedisError> {
+        let (rate, window, _, _) = limit.map(|l| windows(l, guard)).unwrap_or((0, 0, 0, 0));
+        let (_, _, rate): (i64, i64, i64) = SCRIPT
             .key(self.key(endpoint))
             .key(self.hold_key(endpoint))
+            .key(self.rate_key(endpoint))
             .arg("push")
-            .arg(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX / 2))
+            .arg(ms(delay))
+            .arg(u8::from(lower))
+            .arg(rate)
+            .arg(window)
+            .arg(ms(recover(limit, recover_after)))
+            .arg(step(rate))
             .invoke_async(&mut self.redis.clone())
             .await?;
-        Ok(())
+        Ok(u32::try_from(rate).unwrap_or(0))
     }
 }

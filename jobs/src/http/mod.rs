@@ -258,6 +258,13 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms.unsigned_abs()))
 }
 
+/// Records `endpoint`'s effective rate (sends per `per`) as requests per second.
+fn effective_rate(name: &str, endpoint: &str, limit: Option<&config::LimitConfig>, rate: u32) {
+    if let Some(l) = limit.filter(|l| !l.per.is_zero()) {
+        metrics::effective_rate(name, endpoint, f64::from(rate) / l.per.as_secs_f64());
+    }
+}
+
 fn jitter(d: Duration) -> Duration {
     let cap = (d.as_millis() / 10).clamp(1, 250) as u64;
     d + Duration::from_millis(rand::rng().random_range(0..=cap))
@@ -320,7 +327,15 @@ impl Call {
         let s = &inner.settings;
         let (name, endpoint) = (s.name.as_str(), self.endpoint.as_str());
         let asked = tokio::time::Instant::now();
-        match inner.limiter.acquire(endpoint, limit, s.guard, s.max_wait).await {
+        let decided = inner
+            .limiter
+            .acquire(endpoint, limit, s.guard, s.max_wait, s.recover_after)
+            .await
+            .map(|d| {
+                effective_rate(name, endpoint, limit, d.rate);
+                d.slot
+            });
+        match decided {
             Ok(Slot::Reserved(wait)) => {
                 if !wait.is_zero() {
                     metrics::rate_limited(name, endpoint, "waited");
@@ -459,8 +474,13 @@ impl Call {
             }
             let after = retry_after.unwrap_or(s.default_retry_after);
             metrics::rate_limited(name, endpoint, "upstream");
-            if let Err(e) = inner.limiter.push_back(endpoint, after).await {
-                tracing::warn!(integration = name, endpoint, "could not slow the shared limiter: {e}");
+            match inner
+                .limiter
+                .push_back(endpoint, after, code == 429, limit, s.guard, s.recover_after)
+                .await
+            {
+                Ok(rate) => effective_rate(name, endpoint, limit, rate),
+                Err(e) => tracing::warn!(integration = name, endpoint, "could not slow the shared limiter: {e}"),
             }
             return Err(JobError::defer(
                 after,
