@@ -2,10 +2,12 @@
 //! circuit breaker → shared rate limiter → request with backon retries for transient
 //! transport errors → classification of the answer into a [`Reply`] or a [`JobError`].
 //!
-//! - **Rate limits** ([`limiter`]): a GCRA slot per integration and endpoint in Redis.
-//!   A slot within `max_wait` is waited for; a later one defers the job (no attempt spent).
+//! - **Rate limits** ([`limiter`]): a sliding window of send instants per integration and
+//!   endpoint in Redis; every send (transport retries included) takes its own slot. A slot
+//!   within `max_wait` is waited for; a later one defers the job (no attempt spent).
 //! - **Push-back**: 429, or 503 with `Retry-After`, defers the job by that long and
-//!   moves the endpoint's shared next slot past it, so no process calls sooner.
+//!   moves the endpoint's shared next slot past it, so no process calls sooner; a 429 also
+//!   halves the endpoint's shared rate, which recovers step by step.
 //! - **Breaker** ([`breaker`]): per integration; while open, jobs are deferred.
 //! - **Classification**: 2xx → [`Reply`]; 408, 409, 5xx, transport errors →
 //!   [`JobError::Retryable`]; other 4xx → [`JobError::Permanent`] with the upstream's message.
