@@ -625,3 +625,66 @@ async fn a_redriven_job_keeps_the_original_upstream_idempotency_key() {
     server.verify().await;
     env.cleanup().await;
 }
+
+/// Issue 16: the breaker is shared through Redis. One replica's failures open it for every
+/// replica (the others defer without making their own failing calls), and half-open lets
+/// one probe through in total, not one per replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replicas_failures_open_the_breaker_for_every_replica() {
+    let env = TestEnv::new(|_| {}).await;
+    let server = MockServer::start().await;
+    Mock::given(path("/unit21/events"))
+        .respond_with(ResponseTemplate::new(500))
+        .up_to_n_times(2)
+        .expect(2)
+        .mount(&server)
+        .await;
+    let s = settings(&env, "unit21", &server, |s| {
+        s.breaker = BreakerConfig {
+            failure_threshold: 2,
+            open_for: Duration::from_millis(500),
+            half_open_probes: 1,
+        }
+    });
+    // Three replicas: each its own client, breaker and Redis connection.
+    let replicas: Vec<Client> = (0..3).map(|_| client(&env, s.clone(), None)).collect();
+    for _ in 0..2 {
+        let e = replicas[0].post("events", "/events").send().await.expect_err("500");
+        assert!(matches!(e, JobError::Retryable { .. }), "{e:?}");
+    }
+    for r in &replicas[1..] {
+        let e = r.post("events", "/events").send().await.expect_err("open");
+        assert!(
+            matches!(e, JobError::Defer { ref reason, .. } if reason.contains("circuit breaker open")),
+            "another replica defers without calling: {e:?}"
+        );
+        assert_eq!(r.breaker().state(), BreakerState::Open);
+    }
+    server.verify().await;
+    // Half-open: the three call at once; one probe goes through (slowly), the others wait.
+    Mock::given(path("/unit21/events"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(300)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    culm_tests::eventually(Duration::from_secs(5), "one half-open probe", || {
+        let replicas = replicas.clone();
+        async move {
+            let calls = replicas.iter().map(|r| r.post("events", "/events").send());
+            let answers = futures::future::join_all(calls).await;
+            answers.into_iter().find_map(Result::ok)
+        }
+    })
+    .await;
+    server.verify().await;
+    // The probe's success closed it for everyone: the shared state is gone (closed, no failures).
+    let mut conn = env.store.connection();
+    let key = replicas[0].breaker().key().expect("a shared breaker").to_owned();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert!(!exists, "{key} still holds an open or half-open breaker");
+    env.cleanup().await;
+}

@@ -146,6 +146,7 @@ impl Client {
         key_prefix: &str,
         api_key: Option<String>,
     ) -> Result<Self, BuildError> {
+        let redis: Conn = redis.into();
         let err = |message: String| BuildError {
             integration: settings.name.clone(),
             message,
@@ -171,8 +172,8 @@ impl Client {
         };
         Ok(Self {
             inner: Arc::new(Inner {
-                limiter: Limiter::new(redis.into(), key_prefix, &settings.name),
-                breaker: Breaker::new(&settings.name, settings.breaker),
+                breaker: Breaker::shared(&settings.name, settings.breaker, redis.clone(), key_prefix),
+                limiter: Limiter::new(redis, key_prefix, &settings.name),
                 settings,
                 http,
                 api_key,
@@ -368,7 +369,7 @@ impl Call {
         let s = &inner.settings;
         let name = s.name.as_str();
         let endpoint = self.endpoint.as_str();
-        let permit = match inner.breaker.admit() {
+        let permit = match inner.breaker.admit().await {
             Ok(p) => p,
             Err(wait) => {
                 metrics::breaker_rejected(name);
@@ -408,7 +409,7 @@ impl Call {
         let resp = loop {
             if let Err(e) = self.reserve(limit, retried.is_some()).await {
                 if retried.is_some() {
-                    permit.failure();
+                    permit.failure().await;
                 }
                 return Err(e);
             }
@@ -429,7 +430,7 @@ impl Call {
                         tokio::time::sleep(d).await;
                     }
                     None => {
-                        permit.failure();
+                        permit.failure().await;
                         // reqwest's message names the URL, never headers, so no credential leaks.
                         let what = if e.is_timeout() { "timed out" } else { "transport error" };
                         return Err(JobError::retryable(format!(
@@ -449,7 +450,7 @@ impl Call {
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                permit.failure();
+                permit.failure().await;
                 return Err(JobError::retryable(format!(
                     "{name} {endpoint}: reading the response failed: {}",
                     e.without_url()
@@ -458,7 +459,7 @@ impl Call {
         };
         let code = status.as_u16();
         if status.is_success() || self.accept.contains(&status.as_u16()) {
-            permit.success();
+            permit.success().await;
             let body = if body.is_empty() {
                 serde_json::Value::Null
             } else {
@@ -470,7 +471,7 @@ impl Call {
         let pushed_back = code == 429 || (code == 503 && retry_after.is_some());
         if pushed_back {
             if code == 503 {
-                permit.failure();
+                permit.failure().await;
             } else {
                 drop(permit);
             }
@@ -491,11 +492,11 @@ impl Call {
         }
         let message = format!("{name} {endpoint}: HTTP {code}: {}", snippet(&body));
         if code == 408 || status.is_server_error() {
-            permit.failure();
+            permit.failure().await;
             return Err(JobError::Retryable { message, after: None });
         }
         // The upstream answered deliberately: it is healthy.
-        permit.success();
+        permit.success().await;
         if code == 409 {
             return Err(JobError::Retryable { message, after: None });
         }
