@@ -8,7 +8,8 @@
 //! - **Push-back**: 429, or 503 with `Retry-After`, defers the job by that long and
 //!   moves the endpoint's shared next slot past it, so no process calls sooner; a 429 also
 //!   halves the endpoint's shared rate, which recovers step by step.
-//! - **Breaker** ([`breaker`]): per integration; while open, jobs are deferred.
+//! - **Breaker** ([`breaker`]): per integration, shared by every process through Redis;
+//!   while open, jobs are deferred.
 //! - **Classification**: 2xx → [`Reply`]; 408, 409, 5xx, transport errors →
 //!   [`JobError::Retryable`]; other 4xx → [`JobError::Permanent`] with the upstream's message.
 //! - **Idempotency**: [`Call::idempotent`] sends `Idempotency-Key: <ctx.idempotency_key()>`.
