@@ -8,7 +8,8 @@
 --
 -- Adaptive rate: a 429 halves the effective rate (at least 1, at most once per window,
 -- since the sends answered by one burst of 429s were all made at the old rate); every
--- `recover` ms without a 429 it grows by `step` until it is the configured rate again.
+-- `recover` ms without a 429 (each 429 restarts the count) it grows by `step` until it
+-- is the configured rate again.
 -- Time comes from the Redis server, so every culm process shares one clock.
 --
 -- ARGV[1] = "acquire": ARGV[2] rate (0: no limit, only a push-back applies), ARGV[3] the
@@ -61,6 +62,11 @@ if ARGV[1] == 'push' then
   if now - cut >= window and eff > 1 then
     eff = math.max(1, math.floor(eff / 2))
     redis.call('HSET', KEYS[3], 'rate', eff, 'at', string.format('%d', now), 'cut', string.format('%d', now))
+  elseif eff < rate then
+    -- Every 429 restarts the quiet period, lowered further or not.
+    redis.call('HSET', KEYS[3], 'rate', eff, 'at', string.format('%d', now))
+  end
+  if eff < rate then
     -- Kept until the rate has recovered (at most `rate` steps), plus a minute.
     redis.call('PEXPIRE', KEYS[3], recover * (math.ceil(rate / step) + 1) + window + 60000)
   end
