@@ -688,3 +688,36 @@ async fn one_replicas_failures_open_the_breaker_for_every_replica() {
     assert!(!exists, "{key} still holds an open or half-open breaker");
     env.cleanup().await;
 }
+
+/// Issue 16: the catalog sync every 30 minutes fits Bamboo's 2 calls an hour and fires on
+/// time. The two previous calls were 30 and 60 minutes ago (on Redis's clock): the next
+/// slot is within `max_wait` (the window is an hour plus the guard), not deferred. With
+/// GCRA and 10 % headroom it was 3 minutes away, and every run drifted.
+#[tokio::test]
+async fn the_half_hourly_catalog_sync_fits_two_per_hour_on_time() {
+    let env = TestEnv::new(|_| {}).await;
+    let server = MockServer::start().await;
+    Mock::given(path("/bamboo/catalog"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = client(&env, settings(&env, "bamboo", &server, |_| {}), None);
+    let mut conn = env.store.connection();
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.expect("TIME");
+    let now = secs * 1000 + micros / 1000;
+    let minute = 60_000;
+    let _: () = redis::cmd("RPUSH")
+        .arg(format!("{}:integration:{{bamboo:catalog}}:slots", env.prefix))
+        .arg(now - 30 * minute)
+        .arg(now - 60 * minute)
+        .query_async(&mut conn)
+        .await
+        .expect("RPUSH");
+    // A slot beyond max_wait would be a `Defer`: success means it ran within max_wait.
+    c.get("catalog", "/catalog")
+        .send()
+        .await
+        .expect("the catalog call runs on time");
+    env.cleanup().await;
+}
