@@ -244,16 +244,22 @@ async fn idempotency_key_is_sent_when_asked() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn limiter_spaces_calls_and_defers_beyond_max_wait() {
+/// A Bamboo client against a catalog endpoint that expects `calls` requests.
+async fn catalog_upstream(calls: u64) -> (TestEnv, MockServer, Client) {
     let env = TestEnv::new(|_| {}).await;
     let server = MockServer::start().await;
     Mock::given(path("/bamboo/catalog"))
         .respond_with(ResponseTemplate::new(200))
-        .expect(2)
+        .expect(calls)
         .mount(&server)
         .await;
     let c = client(&env, settings(&env, "bamboo", &server, |_| {}), None);
+    (env, server, c)
+}
+
+#[tokio::test]
+async fn limiter_spaces_calls_and_defers_beyond_max_wait() {
+    let (env, server, c) = catalog_upstream(2).await;
     assert_eq!(
         c.settings().limit("catalog"),
         Some(&LimitConfig {
@@ -695,14 +701,7 @@ async fn one_replicas_failures_open_the_breaker_for_every_replica() {
 /// GCRA and 10 % headroom it was 3 minutes away, and every run drifted.
 #[tokio::test]
 async fn the_half_hourly_catalog_sync_fits_two_per_hour_on_time() {
-    let env = TestEnv::new(|_| {}).await;
-    let server = MockServer::start().await;
-    Mock::given(path("/bamboo/catalog"))
-        .respond_with(ResponseTemplate::new(200))
-        .expect(1)
-        .mount(&server)
-        .await;
-    let c = client(&env, settings(&env, "bamboo", &server, |_| {}), None);
+    let (env, _server, c) = catalog_upstream(1).await;
     let mut conn = env.store.connection();
     let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.expect("TIME");
     let now = secs * 1000 + micros / 1000;
