@@ -168,9 +168,9 @@ async fn timeouts_are_retried_inside_the_call_then_retryable() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn breaker_opens_defers_probes_and_closes() {
-    let env = TestEnv::new(|_| {}).await;
+/// Unit21 answering its first two events with 500, and its settings with a breaker that
+/// opens after 2 failures for `open_for`, with one half-open probe.
+async fn failing_unit21(env: &TestEnv, open_for: Duration) -> (MockServer, IntegrationSettings) {
     let server = MockServer::start().await;
     Mock::given(path("/unit21/events"))
         .respond_with(ResponseTemplate::new(500))
@@ -178,13 +178,20 @@ async fn breaker_opens_defers_probes_and_closes() {
         .expect(2)
         .mount(&server)
         .await;
-    let s = settings(&env, "unit21", &server, |s| {
+    let s = settings(env, "unit21", &server, |s| {
         s.breaker = BreakerConfig {
             failure_threshold: 2,
-            open_for: Duration::from_millis(300),
+            open_for,
             half_open_probes: 1,
         }
     });
+    (server, s)
+}
+
+#[tokio::test]
+async fn breaker_opens_defers_probes_and_closes() {
+    let env = TestEnv::new(|_| {}).await;
+    let (server, s) = failing_unit21(&env, Duration::from_millis(300)).await;
     let c = client(&env, s, None);
     for _ in 0..2 {
         let e = c.post("events", "/events").send().await.expect_err("500");
@@ -638,20 +645,7 @@ async fn a_redriven_job_keeps_the_original_upstream_idempotency_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_replicas_failures_open_the_breaker_for_every_replica() {
     let env = TestEnv::new(|_| {}).await;
-    let server = MockServer::start().await;
-    Mock::given(path("/unit21/events"))
-        .respond_with(ResponseTemplate::new(500))
-        .up_to_n_times(2)
-        .expect(2)
-        .mount(&server)
-        .await;
-    let s = settings(&env, "unit21", &server, |s| {
-        s.breaker = BreakerConfig {
-            failure_threshold: 2,
-            open_for: Duration::from_millis(500),
-            half_open_probes: 1,
-        }
-    });
+    let (server, s) = failing_unit21(&env, Duration::from_millis(500)).await;
     // Three replicas: each its own client, breaker and Redis connection.
     let replicas: Vec<Client> = (0..3).map(|_| client(&env, s.clone(), None)).collect();
     for _ in 0..2 {

@@ -498,6 +498,16 @@ async fn order_log(client: &Client, base: &str) -> OrderLog {
     }
 }
 
+/// Waits until the sandbox has accepted `orders` distinct orders.
+async fn all_accepted(client: &Client, base: &str, orders: usize) {
+    eventually(
+        Duration::from_secs(180),
+        "every order accepted by the sandbox",
+        || async { (order_log(client, base).await.distinct >= orders).then_some(()) },
+    )
+    .await;
+}
+
 /// Runs `orders` Bamboo orders through three replicas against a sandbox with `latency`
 /// and returns the sandbox's view once every order was accepted.
 async fn three_replicas_place(latency: Duration, extra: &[(&str, &str)], orders: usize) -> OrderLog {
@@ -510,12 +520,7 @@ async fn three_replicas_place(latency: Duration, extra: &[(&str, &str)], orders:
     env.store.enqueue(place_orders(orders)).await.expect("enqueue");
     let replicas = bamboo_replicas(&env, &base, extra);
     let client = Client::new();
-    eventually(
-        Duration::from_secs(180),
-        "every order accepted by the sandbox",
-        || async { (order_log(&client, &base).await.distinct >= orders).then_some(()) },
-    )
-    .await;
+    all_accepted(&client, &base, orders).await;
     let seen = order_log(&client, &base).await;
     drop(replicas);
     sandbox.shutdown().await;
@@ -613,12 +618,7 @@ async fn a_429_outage_lowers_the_shared_rate_for_every_replica_and_it_recovers()
         .await
         .expect("answered");
     assert_eq!(outage.status(), StatusCode::NO_CONTENT);
-    eventually(
-        Duration::from_secs(180),
-        "every order accepted after the outage",
-        || async { (order_log(&client, &base).await.distinct >= orders).then_some(()) },
-    )
-    .await;
+    all_accepted(&client, &base, orders).await;
     let entries = log(&client, &base).await;
     let sends: Vec<(i64, u16)> = entries
         .iter()
