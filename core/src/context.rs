@@ -51,6 +51,22 @@ pub struct JobContext {
     pub enqueued_at_ms: i64,
     enqueuer: Arc<dyn Enqueuer>,
     deps: Deps,
+    origin: Option<String>,
+}
+
+/// The enqueue idempotency key of a re-drive from the archive, which runs as a new job:
+/// `redrive:<origin>:<died_at ms>`, where `origin` is the id of the job first enqueued
+/// (kept through re-drives of re-drives), so the upstream key survives.
+pub fn redrive_key(origin: &str, died_at_ms: i64) -> String {
+    format!("redrive:{origin}:{died_at_ms}")
+}
+
+/// The original job id of a re-drive's enqueue idempotency key (see [`redrive_key`]).
+pub fn redrive_origin(key: &str) -> Option<&str> {
+    key.strip_prefix("redrive:")
+        .and_then(|rest| rest.rsplit_once(':'))
+        .map(|(origin, _)| origin)
+        .filter(|o| !o.is_empty())
 }
 
 impl JobContext {
@@ -75,7 +91,15 @@ impl JobContext {
             enqueued_at_ms,
             enqueuer,
             deps,
+            origin: None,
         }
+    }
+
+    /// The job this one re-runs under a new id (a re-drive from the archive): upstream
+    /// idempotency keys are then the original job's, so a re-driven payment cannot pay twice.
+    pub fn with_origin(mut self, origin: Option<String>) -> Self {
+        self.origin = origin.filter(|o| *o != self.id);
+        self
     }
 
     /// The dependency of type `T`.
@@ -89,9 +113,11 @@ impl JobContext {
         self.enqueuer.enqueue_batch(jobs).await
     }
 
-    /// A stable key for upstream idempotency headers: the same across redeliveries of this job.
+    /// The key for upstream idempotency headers (`culm-<id>`): the same across retries and
+    /// redeliveries of this job, and across re-drives from the archive (which run under
+    /// a new id but keep the original's key). `Call::idempotent` sends this key.
     pub fn idempotency_key(&self) -> String {
-        format!("culm-{}", self.id)
+        format!("culm-{}", self.origin.as_deref().unwrap_or(&self.id))
     }
 }
 
@@ -102,6 +128,22 @@ impl std::fmt::Debug for JobContext {
             .field("job", &self.job)
             .field("queue", &self.queue)
             .field("attempt", &self.attempt)
+            .field("origin", &self.origin)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redrive_keys_name_their_origin() {
+        assert_eq!(
+            redrive_origin(&redrive_key("01ORIG", 1_700_000_000_000)),
+            Some("01ORIG")
+        );
+        assert_eq!(redrive_origin("redrive::5"), None);
+        assert_eq!(redrive_origin("01PARENT:then:0"), None);
     }
 }

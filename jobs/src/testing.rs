@@ -36,8 +36,9 @@ pub fn settings(name: &str, base_url: &str) -> IntegrationSettings {
         timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(1),
         max_wait: Duration::from_secs(2),
-        headroom: 0.0,
+        guard: Duration::ZERO,
         transport_retries: 0,
+        recover_after: Duration::from_secs(5),
         default_retry_after: Duration::from_secs(1),
         breaker: BreakerConfig {
             failure_threshold: 5,

@@ -26,8 +26,9 @@ async fn upstreams(server: &MockServer, integrations: &[&str]) -> TestIntegratio
     t
 }
 
-/// Every money-moving job sends its job id as `Idempotency-Key`, and a retry of the same
-/// job (same id, next attempt) sends the same key, so the upstream executes it once.
+/// Every money-moving job sends `ctx.idempotency_key()` (`culm-<job id>`) as
+/// `Idempotency-Key`, and a retry of the same job (same id, next attempt) sends the same
+/// key, so the upstream executes it once.
 #[tokio::test]
 async fn money_moving_jobs_send_their_job_id_as_idempotency_key() {
     let server = MockServer::start().await;
@@ -41,7 +42,7 @@ async fn money_moving_jobs_send_their_job_id_as_idempotency_key() {
     // The transfer fails once with a 500; the retry must carry the same key.
     Mock::given(method("POST"))
         .and(path("/galileo/transfers"))
-        .and(header("idempotency-key", "job-galileo-transfer"))
+        .and(header("idempotency-key", "culm-job-galileo-transfer"))
         .respond_with(ResponseTemplate::new(500))
         .up_to_n_times(1)
         .expect(1)
@@ -52,7 +53,7 @@ async fn money_moving_jobs_send_their_job_id_as_idempotency_key() {
     for (job, p) in money {
         Mock::given(method("POST"))
             .and(path(p))
-            .and(header("idempotency-key", format!("job-{}", job.replace('.', "-"))))
+            .and(header("idempotency-key", format!("culm-job-{}", job.replace('.', "-"))))
             .respond_with(ResponseTemplate::new(200).set_body_json(json!({"id": "up-1"})))
             .expect(1)
             .mount(&server)

@@ -168,9 +168,9 @@ async fn timeouts_are_retried_inside_the_call_then_retryable() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn breaker_opens_defers_probes_and_closes() {
-    let env = TestEnv::new(|_| {}).await;
+/// Unit21 answering its first two events with 500, and its settings with a breaker that
+/// opens after 2 failures for `open_for`, with one half-open probe.
+async fn failing_unit21(env: &TestEnv, open_for: Duration) -> (MockServer, IntegrationSettings) {
     let server = MockServer::start().await;
     Mock::given(path("/unit21/events"))
         .respond_with(ResponseTemplate::new(500))
@@ -178,13 +178,20 @@ async fn breaker_opens_defers_probes_and_closes() {
         .expect(2)
         .mount(&server)
         .await;
-    let s = settings(&env, "unit21", &server, |s| {
+    let s = settings(env, "unit21", &server, |s| {
         s.breaker = BreakerConfig {
             failure_threshold: 2,
-            open_for: Duration::from_millis(300),
+            open_for,
             half_open_probes: 1,
         }
     });
+    (server, s)
+}
+
+#[tokio::test]
+async fn breaker_opens_defers_probes_and_closes() {
+    let env = TestEnv::new(|_| {}).await;
+    let (server, s) = failing_unit21(&env, Duration::from_millis(300)).await;
     let c = client(&env, s, None);
     for _ in 0..2 {
         let e = c.post("events", "/events").send().await.expect_err("500");
@@ -244,41 +251,53 @@ async fn idempotency_key_is_sent_when_asked() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn limiter_spaces_calls_and_defers_beyond_max_wait() {
+/// A Bamboo client against a catalog endpoint that expects `calls` requests.
+async fn catalog_upstream(calls: u64) -> (TestEnv, MockServer, Client) {
     let env = TestEnv::new(|_| {}).await;
     let server = MockServer::start().await;
     Mock::given(path("/bamboo/catalog"))
         .respond_with(ResponseTemplate::new(200))
-        .expect(1)
+        .expect(calls)
         .mount(&server)
         .await;
     let c = client(&env, settings(&env, "bamboo", &server, |_| {}), None);
+    (env, server, c)
+}
+
+#[tokio::test]
+async fn limiter_spaces_calls_and_defers_beyond_max_wait() {
+    let (env, server, c) = catalog_upstream(2).await;
     assert_eq!(
         c.settings().limit("catalog"),
         Some(&LimitConfig {
             endpoint: "catalog".into(),
             rate: 2,
             per: Duration::from_secs(3600),
-            burst: 1
+            burst: None
         })
     );
+    // Bamboo allows 2 an hour, back to back if need be: both go at once.
     c.get("catalog", "/catalog").send().await.expect("first catalog call");
+    c.get("catalog", "/catalog").send().await.expect("second catalog call");
     let mut conn = env.store.connection();
-    let tat: Option<i64> = redis::cmd("GET")
-        .arg(format!("{}:integration:bamboo:catalog:tat", env.prefix))
+    let tat: Option<i64> = redis::cmd("LINDEX")
+        .arg(format!("{}:integration:{{bamboo:catalog}}:slots", env.prefix))
+        .arg(1)
         .query_async(&mut conn)
         .await
-        .expect("GET");
-    assert!(tat.is_some(), "the documented limiter key holds the next slot");
+        .expect("LINDEX");
+    assert!(
+        tat.is_some(),
+        "the documented limiter key holds the sends of the window"
+    );
     let e = c
         .get("catalog", "/catalog")
         .send()
         .await
-        .expect_err("second within the half hour");
+        .expect_err("a third within the hour");
     assert!(
-        matches!(e, JobError::Defer { after, .. } if after > Duration::from_secs(1800)),
-        "2/hour with headroom: the next slot is ~33 minutes away: {e:?}"
+        matches!(e, JobError::Defer { after, .. } if after > Duration::from_secs(3500)),
+        "2/hour: the next slot is an hour (plus the guard) after the first: {e:?}"
     );
     server.verify().await;
     env.cleanup().await;
@@ -569,8 +588,8 @@ fn bad_integration_settings_name_their_key() {
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    let e = load("CULM__INTEGRATIONS__BAMBOO__HEADROOM", "2").expect_err("headroom above 1");
-    assert!(e.contains("integrations.bamboo.headroom"), "{e}");
+    let e = load("CULM__INTEGRATIONS__BAMBOO__GUARD", "5s").expect_err("a guard of seconds");
+    assert!(e.contains("integrations.bamboo.guard"), "{e}");
     let e = load("CULM__INTEGRATIONS__GALILEO__BASE_URL", "ftp://x").expect_err("not http");
     assert!(e.contains("integrations.galileo.base_url"), "{e}");
     let e = load("CULM__INTEGRATIONS__KARD__API_KEY_ENV", "sk live 123").expect_err("a secret, not a name");
@@ -578,4 +597,120 @@ fn bad_integration_settings_name_their_key() {
     let e = load("CULM__INTEGRATION_DEFAULTS__TIMEOUT", "0s").expect_err("zero timeout");
     assert!(e.contains("integration_defaults.timeout"), "{e}");
     load("CULM__INTEGRATIONS__DING__TIMEOUT", "5s").expect("an override loads");
+}
+
+/// Issue 16: `ctx.idempotency_key()` and `Call::idempotent()` are one key, and a re-drive
+/// from the archive (a new job, enqueued with `culm_core::redrive_key` as `dead_redrive`
+/// does) sends the original job's key, so a re-driven payment cannot pay twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_job_keeps_the_original_upstream_idempotency_key() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/ding/topups"))
+        .and(header("idempotency-key", "culm-01ORIGINAL"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "up-1"})))
+        .expect(2)
+        .mount(&server)
+        .await;
+    let env = TestEnv::new(|c| point_at(c, &server.uri())).await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["ding".into()]).expect("start");
+    let registry = culm_jobs::registry().expect("registry");
+    let example = registry
+        .get("ding.top_up")
+        .and_then(|s| s.example.clone())
+        .expect("example");
+    // A first re-drive of 01ORIGINAL, and a re-drive of that re-drive (same origin).
+    for died_at in [1_000, 2_000] {
+        let mut req = EnqueueRequest::raw("ding.top_up", example.clone());
+        // The key `dead_redrive` enqueues with (`culm_core::redrive_key`).
+        req.idempotency_key = Some(format!("redrive:01ORIGINAL:{died_at}"));
+        let e = env.enqueue(req).await;
+        assert_ne!(e.id, "01ORIGINAL");
+        let ev = culm_tests::next_event(&mut events, Duration::from_secs(20), |ev| {
+            ev.id == e.id && (culm_tests::is("done", ev) || culm_tests::is("dead", ev) || culm_tests::is("retry", ev))
+        })
+        .await;
+        assert!(culm_tests::is("done", &ev), "sent with the original key: {}", ev.error);
+    }
+    running.shutdown().await;
+    server.verify().await;
+    env.cleanup().await;
+}
+
+/// Issue 16: the breaker is shared through Redis. One replica's failures open it for every
+/// replica (the others defer without making their own failing calls), and half-open lets
+/// one probe through in total, not one per replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_replicas_failures_open_the_breaker_for_every_replica() {
+    let env = TestEnv::new(|_| {}).await;
+    let (server, s) = failing_unit21(&env, Duration::from_millis(500)).await;
+    // Three replicas: each its own client, breaker and Redis connection.
+    let replicas: Vec<Client> = (0..3).map(|_| client(&env, s.clone(), None)).collect();
+    for _ in 0..2 {
+        let e = replicas[0].post("events", "/events").send().await.expect_err("500");
+        assert!(matches!(e, JobError::Retryable { .. }), "{e:?}");
+    }
+    for r in &replicas[1..] {
+        let e = r.post("events", "/events").send().await.expect_err("open");
+        assert!(
+            matches!(e, JobError::Defer { ref reason, .. } if reason.contains("circuit breaker open")),
+            "another replica defers without calling: {e:?}"
+        );
+        assert_eq!(r.breaker().state(), BreakerState::Open);
+    }
+    server.verify().await;
+    // Half-open: the three call at once; one probe goes through (slowly), the others wait.
+    Mock::given(path("/unit21/events"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(300)))
+        .expect(1)
+        .mount(&server)
+        .await;
+    culm_tests::eventually(Duration::from_secs(5), "one half-open probe", || {
+        let replicas = replicas.clone();
+        async move {
+            let calls = replicas.iter().map(|r| r.post("events", "/events").send());
+            let answers = futures::future::join_all(calls).await;
+            answers.into_iter().find_map(Result::ok)
+        }
+    })
+    .await;
+    server.verify().await;
+    // The probe's success closed it for everyone: the shared state is gone (closed, no failures).
+    let mut conn = env.store.connection();
+    let key = replicas[0].breaker().key().expect("a shared breaker").to_owned();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert!(!exists, "{key} still holds an open or half-open breaker");
+    env.cleanup().await;
+}
+
+/// Issue 16: the catalog sync every 30 minutes fits Bamboo's 2 calls an hour and fires on
+/// time. The two previous calls were 30 and 60 minutes ago (on Redis's clock): the next
+/// slot is within `max_wait` (the window is an hour plus the guard), not deferred. With
+/// GCRA and 10 % headroom it was 3 minutes away, and every run drifted.
+#[tokio::test]
+async fn the_half_hourly_catalog_sync_fits_two_per_hour_on_time() {
+    let (env, _server, c) = catalog_upstream(1).await;
+    let mut conn = env.store.connection();
+    let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await.expect("TIME");
+    let now = secs * 1000 + micros / 1000;
+    let minute = 60_000;
+    let _: () = redis::cmd("RPUSH")
+        .arg(format!("{}:integration:{{bamboo:catalog}}:slots", env.prefix))
+        .arg(now - 30 * minute)
+        .arg(now - 60 * minute)
+        .query_async(&mut conn)
+        .await
+        .expect("RPUSH");
+    // A slot beyond max_wait would be a `Defer`: success means it ran within max_wait.
+    c.get("catalog", "/catalog")
+        .send()
+        .await
+        .expect("the catalog call runs on time");
+    env.cleanup().await;
 }

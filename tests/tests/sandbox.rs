@@ -436,3 +436,235 @@ async fn culm_run_with_sandbox_starts_it_on_the_configured_address() {
     exercise_child(child, &format!("http://127.0.0.1:{port}")).await;
     env.cleanup().await;
 }
+
+// --- Rate discipline of several `culm run` replicas, measured at the sandbox -----------
+
+/// Three `culm run` processes on `bamboo_orders`, pointed at `base`, each with `extra`
+/// variables; killed when dropped.
+fn bamboo_replicas(env: &TestEnv, base: &str, extra: &[(&str, &str)]) -> Vec<culm_tests::KillOnDrop> {
+    (0..3)
+        .map(|_| {
+            let mut c = Command::new(culm_bin());
+            c.current_dir(workspace_root())
+                .args(["run", "--no-scheduler", "--queues", "bamboo_orders"])
+                .env("CULM_REDIS_URL", culm_tests::redis_url())
+                .env("CULM__REDIS__KEY_PREFIX", &env.prefix)
+                .env("CULM__ADMIN__ENABLED", "false")
+                .env("CULM__INTEGRATIONS__BAMBOO__BASE_URL", format!("{base}/bamboo"))
+                .env("CULM_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            for (k, v) in extra {
+                c.env(k, v);
+            }
+            culm_tests::KillOnDrop(Some(c.spawn().expect("culm starts")))
+        })
+        .collect()
+}
+
+fn place_orders(n: usize) -> Vec<culm_core::EnqueueRequest> {
+    (0..n)
+        .map(|i| {
+            culm_core::EnqueueRequest::raw(
+                "bamboo.place_order",
+                json!({"order_id": format!("rate-{i}"), "sku": "AMAZON_US_25", "quantity": 1}),
+            )
+        })
+        .collect()
+}
+
+/// What the sandbox saw of `POST /bamboo/orders`: arrival times (ms) of accepted orders,
+/// distinct order ids accepted, and how many were refused with 429.
+struct OrderLog {
+    accepted: Vec<i64>,
+    distinct: usize,
+    refused: usize,
+}
+
+async fn order_log(client: &Client, base: &str) -> OrderLog {
+    let entries = log(client, base).await;
+    let orders = entries
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/bamboo/orders");
+    let accepted: Vec<&RecordedRequest> = orders.clone().filter(|r| r.status == 202).collect();
+    let distinct: std::collections::BTreeSet<&str> = accepted
+        .iter()
+        .filter_map(|r| r.body.as_ref()?.get("order_id")?.as_str())
+        .collect();
+    OrderLog {
+        accepted: accepted.iter().map(|r| at_ms(r)).collect(),
+        distinct: distinct.len(),
+        refused: orders.filter(|r| r.status == 429).count(),
+    }
+}
+
+/// Waits until the sandbox has accepted `orders` distinct orders.
+async fn all_accepted(client: &Client, base: &str, orders: usize) {
+    eventually(
+        Duration::from_secs(180),
+        "every order accepted by the sandbox",
+        || async { (order_log(client, base).await.distinct >= orders).then_some(()) },
+    )
+    .await;
+}
+
+/// Runs `orders` Bamboo orders through three replicas against a sandbox with `latency`
+/// and returns the sandbox's view once every order was accepted.
+async fn three_replicas_place(latency: Duration, extra: &[(&str, &str)], orders: usize) -> OrderLog {
+    let env = TestEnv::new(|_| {}).await;
+    let (sandbox, base) = start(Options {
+        latency,
+        fail_rate: 0.0,
+    })
+    .await;
+    env.store.enqueue(place_orders(orders)).await.expect("enqueue");
+    let replicas = bamboo_replicas(&env, &base, extra);
+    let client = Client::new();
+    all_accepted(&client, &base, orders).await;
+    let seen = order_log(&client, &base).await;
+    drop(replicas);
+    sandbox.shutdown().await;
+    env.cleanup().await;
+    seen
+}
+
+/// No window of one second (closed, as Bamboo counts) holds more than two accepted orders.
+fn assert_two_per_second(accepted: &[i64]) {
+    let mut t = accepted.to_vec();
+    t.sort_unstable();
+    for w in t.windows(3) {
+        assert!(w[2] - w[0] > 1000, "three accepted orders within one second: {w:?}");
+    }
+    let tightest = t.windows(3).map(|w| w[2] - w[0]).min().unwrap_or(0);
+    eprintln!("tightest 3 accepted orders: {tightest} ms apart (limit: more than 1000)");
+}
+
+/// Issue 16: a slow partner (answers slower than the client timeout) is still never sent
+/// more than its limit: every send, retries of timed-out sends included, takes a slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_never_exceed_bamboos_limit_when_it_is_slower_than_the_timeout() {
+    let seen = three_replicas_place(
+        Duration::from_millis(100),
+        &[("CULM__INTEGRATIONS__BAMBOO__TIMEOUT", "100ms")],
+        40,
+    )
+    .await;
+    eprintln!(
+        "slow partner: {} accepted sends for {} orders, {} refused",
+        seen.accepted.len(),
+        seen.distinct,
+        seen.refused
+    );
+    assert_eq!(
+        seen.refused, 0,
+        "the sandbox refused {} order requests with 429",
+        seen.refused
+    );
+    assert_two_per_second(&seen.accepted);
+}
+
+/// Issue 16: at normal latency three replicas use at least 95 % of Bamboo's 2/s (the span
+/// of the accepted orders against the shortest span the limit allows), with no 429.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_use_at_least_95_percent_of_bamboos_limit() {
+    let orders = 40;
+    let seen = three_replicas_place(Duration::from_millis(20), &[], orders).await;
+    assert_eq!(
+        seen.refused, 0,
+        "the sandbox refused {} order requests with 429",
+        seen.refused
+    );
+    assert_two_per_second(&seen.accepted);
+    let mut t = seen.accepted.clone();
+    t.sort_unstable();
+    // At most 2 per closed second: n orders need more than (n / 2 - 1) seconds.
+    let minimum = (orders as f64 / 2.0 - 1.0) * 1000.0;
+    let span = (t[orders - 1] - t[0]) as f64;
+    let utilisation = minimum / span;
+    eprintln!(
+        "normal latency: {orders} orders in {span} ms, minimum {minimum} ms: utilisation {:.1} %",
+        utilisation * 100.0
+    );
+    assert!(
+        utilisation >= 0.95,
+        "utilisation {:.1} % of the allowed rate",
+        utilisation * 100.0
+    );
+}
+
+/// Issue 16: Bamboo answers 429 to everything for 10 s. The first 429 halves the shared
+/// rate, so every replica slows down (the three together send no more than the adaptive
+/// 1 per window, not 2 after every Retry-After); afterwards the rate recovers to 2/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_outage_lowers_the_shared_rate_for_every_replica_and_it_recovers() {
+    let env = TestEnv::new(|_| {}).await;
+    let (sandbox, base) = start(Options {
+        latency: Duration::from_millis(20),
+        fail_rate: 0.0,
+    })
+    .await;
+    let orders = 50;
+    env.store.enqueue(place_orders(orders)).await.expect("enqueue");
+    let replicas = bamboo_replicas(&env, &base, &[("CULM__INTEGRATION_DEFAULTS__RECOVER_AFTER", "2s")]);
+    let client = Client::new();
+    eventually(Duration::from_secs(60), "the first orders accepted", || async {
+        (order_log(&client, &base).await.distinct >= 6).then_some(())
+    })
+    .await;
+    let outage = client
+        .post(format!("{base}/_sandbox/outage"))
+        .json(&json!({"integration": "bamboo", "status": 429, "ms": 10_000}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(outage.status(), StatusCode::NO_CONTENT);
+    all_accepted(&client, &base, orders).await;
+    let entries = log(&client, &base).await;
+    let sends: Vec<(i64, u16)> = entries
+        .iter()
+        .filter(|r| r.method == "POST" && r.path == "/bamboo/orders")
+        .map(|r| (at_ms(r), r.status))
+        .collect();
+    let refused: Vec<i64> = sends.iter().filter(|s| s.1 == 429).map(|s| s.0).collect();
+    let (first, last) = (refused[0], refused[refused.len() - 1]);
+    // Slots reserved before the first 429 reached the limiter (up to max_wait = 2 s ahead,
+    // plus the 429's own latency) are sent as reserved; from then on the lowered rate
+    // allows one send per window (1 s + guard).
+    let from = first + 2_100;
+    let during = sends.iter().filter(|s| s.0 > from && s.0 <= last).count();
+    let allowed = (last - from) / 1000 + 1;
+    eprintln!(
+        "429 outage: {} sends refused over {} ms; {during} sends in the {} ms from 2.1 s after the first 429 (1 per window allows {allowed})",
+        refused.len(),
+        last - first,
+        last - from
+    );
+    assert!(
+        during as i64 <= allowed,
+        "{during} sends in {} ms: more than 1 per window",
+        last - from
+    );
+    // Recovered: after the outage three accepted orders fit within 1.5 s again (2/s; at
+    // the lowered 1/s they would span more than 2 s).
+    let after: Vec<i64> = sends.iter().filter(|s| s.0 > last && s.1 == 202).map(|s| s.0).collect();
+    let fastest = after.windows(3).map(|w| w[2] - w[0]).min().unwrap_or(i64::MAX);
+    eprintln!(
+        "after the outage: {} accepted, tightest 3 within {fastest} ms",
+        after.len()
+    );
+    assert!(
+        fastest < 1500,
+        "the rate did not recover to 2/s: {fastest} ms for 3 orders"
+    );
+    assert_two_per_second(&sends.iter().filter(|s| s.1 == 202).map(|s| s.0).collect::<Vec<_>>());
+    let mut conn = env.store.connection();
+    let lowered: bool = redis::cmd("EXISTS")
+        .arg(format!("{}:integration:{{bamboo:place_order}}:rate", env.prefix))
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert!(!lowered, "the adaptive rate is back at the configured limit");
+    drop(replicas);
+    sandbox.shutdown().await;
+    env.cleanup().await;
+}

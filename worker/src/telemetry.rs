@@ -237,6 +237,8 @@ pub use culm_jobs::http::metrics::BREAKER_STATE as INTEGRATION_BREAKER_STATE;
 pub use culm_jobs::http::metrics::BREAKER_TRANSITIONS as INTEGRATION_BREAKER_TRANSITIONS;
 /// Latency of one upstream attempt (`integration`, `endpoint`).
 pub use culm_jobs::http::metrics::DURATION as INTEGRATION_DURATION;
+/// An endpoint's rate in force, requests per second (`integration`, `endpoint`).
+pub use culm_jobs::http::metrics::EFFECTIVE_RATE as INTEGRATION_EFFECTIVE_RATE;
 /// Rate-limit waits, deferrals and upstream push-backs (`integration`, `endpoint`, `action`).
 pub use culm_jobs::http::metrics::RATE_LIMITED as INTEGRATION_RATE_LIMITED;
 /// Upstream responses (`integration`, `endpoint`, `status` or `transport`/`timeout`).

@@ -22,6 +22,9 @@ pub const INTEGRATIONS: [&str; 13] = [
     "sftp",
 ];
 
+/// The largest `guard` accepted: it covers jitter, not a slower rate (lower `rate` for that).
+pub const MAX_GUARD: Duration = Duration::from_secs(1);
+
 /// `[integration_defaults]`: applied to every integration that does not set its own value.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -35,11 +38,17 @@ pub struct IntegrationDefaults {
     /// Longest a job waits in-process for a rate-limit slot; beyond it the job is deferred.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
-    /// Fraction added to every limit's emission interval, so that arrivals (not only
-    /// departures) respect the upstream's limit despite network and scheduling jitter.
-    pub headroom: f64,
+    /// Added to every limit's window (`per`), so that arrivals at the upstream (not only
+    /// departures) respect its limit despite network and scheduling jitter: an absolute
+    /// guard sized from measured jitter, not a fraction of the period.
+    #[serde(with = "humantime_serde")]
+    pub guard: Duration,
     /// Extra attempts for transient transport errors inside one call (backon, jittered).
     pub transport_retries: usize,
+    /// After a 429 halved an endpoint's shared rate, each `recover_after` without a 429
+    /// (at least the limit's `per`) adds a tenth of the configured rate back.
+    #[serde(with = "humantime_serde")]
+    pub recover_after: Duration,
     /// Deferral after a 429/503 that carries no usable `Retry-After`.
     #[serde(with = "humantime_serde")]
     pub default_retry_after: Duration,
@@ -72,13 +81,11 @@ pub struct LimitConfig {
     /// The period of `rate`.
     #[serde(with = "humantime_serde")]
     pub per: Duration,
-    /// Requests that may go back to back before spacing applies (default 1: evenly spaced).
-    #[serde(default = "one")]
-    pub burst: u32,
-}
-
-fn one() -> u32 {
-    1
+    /// Most requests sent back to back (default `rate`: the window alone applies, as the
+    /// upstream counts). Lower values spread requests: any `burst + 1` consecutive
+    /// requests span at least `burst * per / rate` plus the guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 /// `[integrations.<name>]`: unset values come from `[integration_defaults]`.
@@ -100,12 +107,15 @@ pub struct IntegrationConfig {
     /// Overrides `integration_defaults.max_wait`.
     #[serde(default, with = "humantime_serde")]
     pub max_wait: Option<Duration>,
-    /// Overrides `integration_defaults.headroom`.
-    #[serde(default)]
-    pub headroom: Option<f64>,
+    /// Overrides `integration_defaults.guard`.
+    #[serde(default, with = "humantime_serde")]
+    pub guard: Option<Duration>,
     /// Overrides `integration_defaults.transport_retries`.
     #[serde(default)]
     pub transport_retries: Option<usize>,
+    /// Overrides `integration_defaults.recover_after`.
+    #[serde(default, with = "humantime_serde")]
+    pub recover_after: Option<Duration>,
     /// Overrides `integration_defaults.default_retry_after`.
     #[serde(default, with = "humantime_serde")]
     pub default_retry_after: Option<Duration>,
@@ -132,10 +142,12 @@ pub struct IntegrationSettings {
     pub connect_timeout: Duration,
     /// Longest in-process wait for a rate-limit slot.
     pub max_wait: Duration,
-    /// Emission-interval headroom.
-    pub headroom: f64,
+    /// Added to every limit's window against arrival jitter.
+    pub guard: Duration,
     /// Extra attempts for transient transport errors.
     pub transport_retries: usize,
+    /// Quiet period per recovery step of the adaptive rate.
+    pub recover_after: Duration,
     /// Deferral for a 429/503 without `Retry-After`.
     pub default_retry_after: Duration,
     /// When the integration's circuit breaker opens and how long it stays open.
@@ -154,8 +166,9 @@ impl IntegrationSettings {
             timeout: c.timeout.unwrap_or(d.timeout),
             connect_timeout: c.connect_timeout.unwrap_or(d.connect_timeout),
             max_wait: c.max_wait.unwrap_or(d.max_wait),
-            headroom: c.headroom.unwrap_or(d.headroom),
+            guard: c.guard.unwrap_or(d.guard),
             transport_retries: c.transport_retries.unwrap_or(d.transport_retries),
+            recover_after: c.recover_after.unwrap_or(d.recover_after),
             default_retry_after: c.default_retry_after.unwrap_or(d.default_retry_after),
             breaker: c.breaker.unwrap_or(d.breaker),
             limits: c.limits.iter().map(|l| (l.endpoint.clone(), l.clone())).collect(),
@@ -182,7 +195,7 @@ pub fn validate(
         "integration_defaults",
         d.timeout,
         d.connect_timeout,
-        d.headroom,
+        d.guard,
         &d.breaker,
     )?;
     for (name, c) in configs {
@@ -209,12 +222,13 @@ pub fn validate(
             ));
         }
         let s = IntegrationSettings::resolve(name, c, d);
-        check_common(&key, s.timeout, s.connect_timeout, s.headroom, &s.breaker)?;
+        check_common(&key, s.timeout, s.connect_timeout, s.guard, &s.breaker)?;
         for (i, l) in c.limits.iter().enumerate() {
-            if l.endpoint.is_empty() || l.rate == 0 || l.per.is_zero() || l.burst == 0 {
+            if l.endpoint.is_empty() || l.rate == 0 || l.per.is_zero() || l.burst.is_some_and(|b| b == 0 || b > l.rate)
+            {
                 return Err((
                     format!("{key}.limits[{i}]"),
-                    "needs a non-empty endpoint, rate >= 1, per > 0 and burst >= 1".into(),
+                    "needs a non-empty endpoint, rate >= 1, per > 0 and burst between 1 and rate".into(),
                 ));
             }
             if c.limits[..i].iter().any(|o| o.endpoint == l.endpoint) {
@@ -232,14 +246,17 @@ fn check_common(
     key: &str,
     timeout: Duration,
     connect: Duration,
-    headroom: f64,
+    guard: Duration,
     b: &BreakerConfig,
 ) -> Result<(), (String, String)> {
     if timeout.is_zero() || connect.is_zero() {
         return Err((format!("{key}.timeout"), "timeouts must be above zero".into()));
     }
-    if !(0.0..=1.0).contains(&headroom) {
-        return Err((format!("{key}.headroom"), "must be between 0.0 and 1.0".into()));
+    if guard > MAX_GUARD {
+        return Err((
+            format!("{key}.guard"),
+            format!("must be at most {MAX_GUARD:?} (it covers network jitter, e.g. \"25ms\")"),
+        ));
     }
     if b.failure_threshold == 0 || b.half_open_probes == 0 || b.open_for.is_zero() {
         return Err((

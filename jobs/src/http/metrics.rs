@@ -11,6 +11,9 @@ pub const DURATION: &str = "culm_integration_request_duration_seconds";
 /// Rate-limit decisions that cost time (`integration`, `endpoint`, `action`: `waited`,
 /// `deferred`, `upstream` for a 429/503 Retry-After push-back).
 pub const RATE_LIMITED: &str = "culm_integration_rate_limited_total";
+/// The endpoint's effective rate in requests per second (`integration`, `endpoint`): the
+/// configured limit, or less while a 429 has lowered the shared adaptive rate.
+pub const EFFECTIVE_RATE: &str = "culm_integration_effective_rate";
 /// Breaker state (`integration`): 0 closed, 1 half-open, 2 open.
 pub const BREAKER_STATE: &str = "culm_integration_breaker_state";
 /// Breaker transitions (`integration`, `to`).
@@ -23,6 +26,10 @@ pub fn describe() {
     describe_counter!(REQUESTS, "Upstream responses by integration, endpoint and status.");
     describe_histogram!(DURATION, metrics::Unit::Seconds, "Latency of one upstream attempt.");
     describe_counter!(RATE_LIMITED, "Rate-limit waits, deferrals and upstream push-backs.");
+    describe_gauge!(
+        EFFECTIVE_RATE,
+        "Effective (adaptive) request rate per second, by endpoint."
+    );
     describe_gauge!(BREAKER_STATE, "Circuit breaker state: 0 closed, 1 half-open, 2 open.");
     describe_counter!(BREAKER_TRANSITIONS, "Circuit breaker transitions, by new state.");
     describe_counter!(BREAKER_REJECTED, "Calls refused (deferred) while the breaker was open.");
@@ -50,4 +57,8 @@ pub(crate) fn breaker_transition(integration: &str, to: &'static str, value: f64
 
 pub(crate) fn breaker_rejected(integration: &str) {
     counter!(BREAKER_REJECTED, "integration" => integration.to_owned()).increment(1);
+}
+
+pub(crate) fn effective_rate(integration: &str, endpoint: &str, per_second: f64) {
+    gauge!(EFFECTIVE_RATE, "integration" => integration.to_owned(), "endpoint" => endpoint.to_owned()).set(per_second);
 }

@@ -2,14 +2,17 @@
 //! circuit breaker → shared rate limiter → request with backon retries for transient
 //! transport errors → classification of the answer into a [`Reply`] or a [`JobError`].
 //!
-//! - **Rate limits** ([`limiter`]): a GCRA slot per integration and endpoint in Redis.
-//!   A slot within `max_wait` is waited for; a later one defers the job (no attempt spent).
+//! - **Rate limits** ([`limiter`]): a sliding window of send instants per integration and
+//!   endpoint in Redis; every send (transport retries included) takes its own slot. A slot
+//!   within `max_wait` is waited for; a later one defers the job (no attempt spent).
 //! - **Push-back**: 429, or 503 with `Retry-After`, defers the job by that long and
-//!   moves the endpoint's shared next slot past it, so no process calls sooner.
-//! - **Breaker** ([`breaker`]): per integration; while open, jobs are deferred.
+//!   moves the endpoint's shared next slot past it, so no process calls sooner; a 429 also
+//!   halves the endpoint's shared rate, which recovers step by step.
+//! - **Breaker** ([`breaker`]): per integration, shared by every process through Redis;
+//!   while open, jobs are deferred.
 //! - **Classification**: 2xx → [`Reply`]; 408, 409, 5xx, transport errors →
 //!   [`JobError::Retryable`]; other 4xx → [`JobError::Permanent`] with the upstream's message.
-//! - **Idempotency**: [`Call::idempotent`] sends `Idempotency-Key: <job id>`.
+//! - **Idempotency**: [`Call::idempotent`] sends `Idempotency-Key: <ctx.idempotency_key()>`.
 //! - **Credentials**: read once from the environment variable named in the config and sent
 //!   as a bearer token marked sensitive; never logged or printed.
 pub mod breaker;
@@ -18,7 +21,7 @@ pub mod conn;
 pub mod limiter;
 pub mod metrics;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::{BackoffBuilder, ExponentialBuilder};
 use breaker::Breaker;
 use config::IntegrationSettings;
 use conn::Conn;
@@ -144,6 +147,7 @@ impl Client {
         key_prefix: &str,
         api_key: Option<String>,
     ) -> Result<Self, BuildError> {
+        let redis: Conn = redis.into();
         let err = |message: String| BuildError {
             integration: settings.name.clone(),
             message,
@@ -169,8 +173,8 @@ impl Client {
         };
         Ok(Self {
             inner: Arc::new(Inner {
-                limiter: Limiter::new(redis.into(), key_prefix, &settings.name),
-                breaker: Breaker::new(&settings.name, settings.breaker),
+                breaker: Breaker::shared(&settings.name, settings.breaker, redis.clone(), key_prefix),
+                limiter: Limiter::new(redis, key_prefix, &settings.name),
                 settings,
                 http,
                 api_key,
@@ -258,6 +262,13 @@ pub fn parse_retry_after(v: &str) -> Option<Duration> {
     Some(Duration::from_millis(ms.unsigned_abs()))
 }
 
+/// Records `endpoint`'s effective rate (sends per `per`) as requests per second.
+fn effective_rate(name: &str, endpoint: &str, limit: Option<&config::LimitConfig>, rate: u32) {
+    if let Some(l) = limit.filter(|l| !l.per.is_zero()) {
+        metrics::effective_rate(name, endpoint, f64::from(rate) / l.per.as_secs_f64());
+    }
+}
+
 fn jitter(d: Duration) -> Duration {
     let cap = (d.as_millis() / 10).clamp(1, 250) as u64;
     d + Duration::from_millis(rand::rng().random_range(0..=cap))
@@ -303,11 +314,54 @@ impl Call {
         self
     }
 
-    /// For calls that move money or buy something: sends `Idempotency-Key: <job id>`
-    /// (the integrations/sandbox contract). The id is the same on every retry and
-    /// redelivery, so the upstream executes the call once.
+    /// For calls that move money or buy something: sends `Idempotency-Key:
+    /// <ctx.idempotency_key()>` (`culm-<job id>`, the integrations/sandbox contract). The
+    /// key is the same on every retry and redelivery, and a re-drive from the archive
+    /// (a new job id) keeps the original job's, so the upstream executes the call once.
     pub fn idempotent(self, ctx: &JobContext) -> Self {
-        self.idempotency_key(ctx.id.clone())
+        self.idempotency_key(ctx.idempotency_key())
+    }
+
+    /// Takes one send's slot and waits for it: the wait counts from when the limiter was
+    /// asked (the instant it computed on Redis's clock), not from when its answer arrived.
+    /// A slot beyond `max_wait` defers the job; on a transport retry (`retry`) it makes
+    /// the call retryable at that slot instead, since the upstream already failed it.
+    async fn reserve(&self, limit: Option<&config::LimitConfig>, retry: bool) -> Result<(), JobError> {
+        let inner = &self.client.inner;
+        let s = &inner.settings;
+        let (name, endpoint) = (s.name.as_str(), self.endpoint.as_str());
+        let asked = tokio::time::Instant::now();
+        let decided = inner
+            .limiter
+            .acquire(endpoint, limit, s.guard, s.max_wait, s.recover_after)
+            .await
+            .map(|d| {
+                effective_rate(name, endpoint, limit, d.rate);
+                d.slot
+            });
+        match decided {
+            Ok(Slot::Reserved(wait)) => {
+                if !wait.is_zero() {
+                    metrics::rate_limited(name, endpoint, "waited");
+                    tokio::time::sleep_until(asked + wait).await;
+                }
+                Ok(())
+            }
+            Ok(Slot::Busy(wait)) => {
+                metrics::rate_limited(name, endpoint, "deferred");
+                let message = format!("{name} {endpoint}: rate limit, next slot in {}ms", wait.as_millis());
+                if retry {
+                    return Err(JobError::Retryable {
+                        message: format!("{message} (after a transport error)"),
+                        after: Some(wait),
+                    });
+                }
+                // Come back when the slot is within reach of a short wait.
+                let back = wait.saturating_sub(s.max_wait / 2).max(Duration::from_millis(10));
+                Err(JobError::defer(jitter(back), message))
+            }
+            Err(e) => Err(JobError::retryable(format!("{name}: rate limiter unavailable: {e}"))),
+        }
     }
 
     /// Runs the call through breaker, limiter, retries and classification.
@@ -316,7 +370,7 @@ impl Call {
         let s = &inner.settings;
         let name = s.name.as_str();
         let endpoint = self.endpoint.as_str();
-        let permit = match inner.breaker.admit() {
+        let permit = match inner.breaker.admit().await {
             Ok(p) => p,
             Err(wait) => {
                 metrics::breaker_rejected(name);
@@ -327,26 +381,8 @@ impl Call {
             }
         };
         let limit = s.limit(endpoint);
-        match inner.limiter.acquire(endpoint, limit, s.headroom, s.max_wait).await {
-            Ok(Slot::Reserved(wait)) => {
-                if !wait.is_zero() {
-                    metrics::rate_limited(name, endpoint, "waited");
-                    tokio::time::sleep(wait).await;
-                }
-            }
-            Ok(Slot::Busy(wait)) => {
-                metrics::rate_limited(name, endpoint, "deferred");
-                // Come back when the slot is within reach of a short wait.
-                let back = wait.saturating_sub(s.max_wait / 2).max(Duration::from_millis(10));
-                return Err(JobError::defer(
-                    jitter(back),
-                    format!("{name} {endpoint}: rate limit, next slot in {}ms", wait.as_millis()),
-                ));
-            }
-            Err(e) => return Err(JobError::retryable(format!("{name}: rate limiter unavailable: {e}"))),
-        }
         let url = format!("{}{}", s.base_url, self.path);
-        let attempt = || {
+        let request = || {
             let mut rb = inner.http.request(self.method.clone(), &url);
             if !self.query.is_empty() {
                 rb = rb.query(&self.query);
@@ -360,39 +396,50 @@ impl Call {
             if let Some(k) = &inner.api_key {
                 rb = rb.header(header::AUTHORIZATION, k.clone());
             }
-            async move {
-                let start = Instant::now();
-                let res = rb.send().await;
-                let status = match &res {
-                    Ok(r) => r.status().as_u16().to_string(),
-                    Err(e) if e.is_timeout() => "timeout".to_owned(),
-                    Err(_) => "transport".to_owned(),
-                };
-                metrics::request(name, endpoint, status, start.elapsed().as_secs_f64());
-                res
-            }
+            rb
         };
-        let sent = attempt
-            .retry(
-                ExponentialBuilder::default()
-                    .with_jitter()
-                    .with_min_delay(Duration::from_millis(50))
-                    .with_max_delay(Duration::from_secs(1))
-                    .with_max_times(s.transport_retries),
-            )
-            .when(transient)
-            .notify(|e, d| tracing::debug!(integration = name, endpoint, "transient error, retrying in {d:?}: {e}"))
-            .await;
-        let resp = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                permit.failure();
-                // reqwest's message names the URL, never headers, so no credential leaks.
-                let what = if e.is_timeout() { "timed out" } else { "transport error" };
-                return Err(JobError::retryable(format!(
-                    "{name} {endpoint}: {what}: {}",
-                    e.without_url()
-                )));
+        // Every send takes its own slot: a retried send (and a timed-out one, which may
+        // have reached the upstream) counts against its limit like any other.
+        let mut backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_secs(1))
+            .with_max_times(s.transport_retries)
+            .build();
+        let mut retried = None;
+        let resp = loop {
+            if let Err(e) = self.reserve(limit, retried.is_some()).await {
+                if retried.is_some() {
+                    permit.failure().await;
+                }
+                return Err(e);
+            }
+            let start = Instant::now();
+            let res = request().send().await;
+            let status = match &res {
+                Ok(r) => r.status().as_u16().to_string(),
+                Err(e) if e.is_timeout() => "timeout".to_owned(),
+                Err(_) => "transport".to_owned(),
+            };
+            metrics::request(name, endpoint, status, start.elapsed().as_secs_f64());
+            match res {
+                Ok(r) => break r,
+                Err(e) => match backoff.next().filter(|_| transient(&e)) {
+                    Some(d) => {
+                        tracing::debug!(integration = name, endpoint, "transient error, retrying in {d:?}: {e}");
+                        retried = Some(e);
+                        tokio::time::sleep(d).await;
+                    }
+                    None => {
+                        permit.failure().await;
+                        // reqwest's message names the URL, never headers, so no credential leaks.
+                        let what = if e.is_timeout() { "timed out" } else { "transport error" };
+                        return Err(JobError::retryable(format!(
+                            "{name} {endpoint}: {what}: {}",
+                            e.without_url()
+                        )));
+                    }
+                },
             }
         };
         let status = resp.status();
@@ -404,7 +451,7 @@ impl Call {
         let body = match resp.bytes().await {
             Ok(b) => b,
             Err(e) => {
-                permit.failure();
+                permit.failure().await;
                 return Err(JobError::retryable(format!(
                     "{name} {endpoint}: reading the response failed: {}",
                     e.without_url()
@@ -413,7 +460,7 @@ impl Call {
         };
         let code = status.as_u16();
         if status.is_success() || self.accept.contains(&status.as_u16()) {
-            permit.success();
+            permit.success().await;
             let body = if body.is_empty() {
                 serde_json::Value::Null
             } else {
@@ -425,14 +472,19 @@ impl Call {
         let pushed_back = code == 429 || (code == 503 && retry_after.is_some());
         if pushed_back {
             if code == 503 {
-                permit.failure();
+                permit.failure().await;
             } else {
                 drop(permit);
             }
             let after = retry_after.unwrap_or(s.default_retry_after);
             metrics::rate_limited(name, endpoint, "upstream");
-            if let Err(e) = inner.limiter.push_back(endpoint, limit, s.headroom, after).await {
-                tracing::warn!(integration = name, endpoint, "could not slow the shared limiter: {e}");
+            match inner
+                .limiter
+                .push_back(endpoint, after, code == 429, limit, s.guard, s.recover_after)
+                .await
+            {
+                Ok(rate) => effective_rate(name, endpoint, limit, rate),
+                Err(e) => tracing::warn!(integration = name, endpoint, "could not slow the shared limiter: {e}"),
             }
             return Err(JobError::defer(
                 after,
@@ -441,11 +493,11 @@ impl Call {
         }
         let message = format!("{name} {endpoint}: HTTP {code}: {}", snippet(&body));
         if code == 408 || status.is_server_error() {
-            permit.failure();
+            permit.failure().await;
             return Err(JobError::Retryable { message, after: None });
         }
         // The upstream answered deliberately: it is healthy.
-        permit.success();
+        permit.success().await;
         if code == 409 {
             return Err(JobError::Retryable { message, after: None });
         }
@@ -467,16 +519,24 @@ mod tests {
     }
 
     #[test]
-    fn limits_are_spaced_with_headroom() {
+    fn limits_are_windows_widened_by_the_guard() {
         let l = config::LimitConfig {
             endpoint: "place_order".into(),
             rate: 2,
             per: Duration::from_secs(1),
-            burst: 1,
+            burst: None,
         };
-        assert_eq!(limiter::interval_ms(&l, 0.0), (500, 0));
-        assert_eq!(limiter::interval_ms(&l, 0.1), (550, 0));
-        let l = config::LimitConfig { burst: 3, ..l };
-        assert_eq!(limiter::interval_ms(&l, 0.0), (500, 1000));
+        assert_eq!(limiter::windows(&l, Duration::ZERO), (2, 1000, 2, 1000));
+        assert_eq!(limiter::windows(&l, Duration::from_millis(25)), (2, 1025, 2, 1025));
+        let l = config::LimitConfig { burst: Some(1), ..l };
+        assert_eq!(limiter::windows(&l, Duration::from_millis(25)), (2, 1025, 1, 525));
+        let catalog = config::LimitConfig {
+            endpoint: "catalog".into(),
+            rate: 2,
+            per: Duration::from_secs(3600),
+            burst: None,
+        };
+        // A call every 30 minutes fits 2/hour: the window is an hour plus the guard.
+        assert_eq!(limiter::windows(&catalog, Duration::from_millis(25)).1, 3_600_025);
     }
 }

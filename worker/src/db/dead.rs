@@ -156,7 +156,8 @@ impl Db {
 
     /// Re-drives an archived dead job. If Redis still holds it, it goes back on its queue
     /// under the same id with a fresh attempt budget; if Redis has let it go, a new job is
-    /// enqueued from the archived payload (idempotency key `redrive:<id>:<died_at ms>`).
+    /// enqueued from the archived payload (idempotency key `redrive:<origin>:<died_at ms>`,
+    /// `culm_core::redrive_key`; its handler's upstream idempotency key is the origin's).
     /// Returns the queue and the id that will run, or `None` when the archive has no such
     /// job awaiting re-drive.
     ///
@@ -168,7 +169,7 @@ impl Db {
         let redis = |e: crate::store::StoreError| DbError::Sql(sqlx::Error::Protocol(format!("re-drive of {id}: {e}")));
         let mut tx = self.pool().begin().await?;
         let row = sqlx::query(
-            "SELECT job, queue, payload, died_at FROM culm_dead_jobs WHERE job_id = $1 AND redriven_at IS NULL FOR UPDATE",
+            "SELECT job, queue, payload, idempotency_key, died_at FROM culm_dead_jobs WHERE job_id = $1 AND redriven_at IS NULL FOR UPDATE",
         )
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -202,7 +203,10 @@ impl Db {
             id.to_owned()
         } else {
             let mut req = EnqueueRequest::raw(job, payload).queue(queue.clone());
-            req.idempotency_key = Some(format!("redrive:{id}:{}", died.timestamp_millis()));
+            // The upstream key survives: a re-drive of a re-drive keeps the first job's id.
+            let key: Option<String> = row.try_get("idempotency_key")?;
+            let origin = key.as_deref().and_then(culm_core::redrive_origin).unwrap_or(id);
+            req.idempotency_key = Some(culm_core::redrive_key(origin, died.timestamp_millis()));
             let e = store
                 .enqueue(vec![req])
                 .await

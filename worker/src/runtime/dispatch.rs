@@ -104,6 +104,13 @@ impl Dispatcher {
             d.envelope.enqueued_at,
             self.enqueuer.clone(),
             self.deps.clone(),
+        )
+        .with_origin(
+            d.envelope
+                .idempotency_key
+                .as_deref()
+                .and_then(culm_core::redrive_origin)
+                .map(str::to_owned),
         );
         c.ran = true;
         c.started_at_us = chrono::Utc::now().timestamp_micros();

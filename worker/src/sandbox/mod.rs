@@ -145,6 +145,21 @@ struct Inner {
     limits: HashMap<Limited, SlidingWindow>,
     orders: HashMap<String, Order>,
     replays: HashMap<String, (u16, Value)>,
+    outage: Option<Outage>,
+}
+
+/// `POST /_sandbox/outage`: the integration answers `status` (with `Retry-After: 1`) to
+/// every request for `ms` milliseconds, e.g. Bamboo refusing everything with 429 for 10 s.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Outage {
+    /// The integration that is down (its path prefix).
+    pub integration: String,
+    /// The status it answers, e.g. 429 or 503.
+    pub status: u16,
+    /// How long, from now, in ms.
+    pub ms: i64,
+    #[serde(skip)]
+    until_ms: i64,
 }
 
 struct Shared {
@@ -163,6 +178,7 @@ pub fn router(options: Options) -> Router {
     Router::new()
         .route("/_sandbox/requests", get(list_requests).delete(clear_requests))
         .route("/_sandbox/reset", post(reset))
+        .route("/_sandbox/outage", post(outage))
         .fallback(handle)
         // File uploads (sftp) and bulk payloads (mailer) exceed axum's 2 MB default.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -264,6 +280,15 @@ async fn reset(State(s): State<Arc<Shared>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+async fn outage(State(s): State<Arc<Shared>>, Json(mut o): Json<Outage>) -> StatusCode {
+    if !(100..=599).contains(&o.status) || o.ms < 0 {
+        return StatusCode::BAD_REQUEST;
+    }
+    o.until_ms = s.clock.now_ms() + o.ms;
+    s.inner.lock().unwrap_or_else(PoisonError::into_inner).outage = Some(o);
+    StatusCode::NO_CONTENT
+}
+
 /// Headers whose values are credentials: recorded as `***`.
 fn is_secret(name: &str) -> bool {
     if name == "idempotency-key" {
@@ -331,6 +356,12 @@ async fn handle(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers:
         } else if delay.is_err() {
             delay = Ok(0);
             Answer::error(400, format!("{DELAY_HEADER} must be a whole number of milliseconds"))
+        } else if let Some(o) = inner
+            .outage
+            .as_ref()
+            .filter(|o| o.integration == integration && now_ms < o.until_ms)
+        {
+            Answer::error(o.status, format!("sandbox outage (/_sandbox/outage): {}", o.status)).header("retry-after", 1)
         } else if let Some(fail) = header(FAIL_HEADER) {
             injected(fail)
         } else if s.options.fail_rate > 0.0 && rand::random::<f64>() < s.options.fail_rate {
