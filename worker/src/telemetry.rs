@@ -6,6 +6,11 @@ use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gau
 
 /// Jobs stored (`queue`, `job`).
 pub const JOBS_ENQUEUED: &str = "culm_jobs_enqueued_total";
+/// Enqueues answered with an earlier job because their idempotency key (or id) was
+/// already stored (`queue`): the idempotency keys' use, next to their `idempotency_ttl`.
+pub const JOBS_DEDUPLICATED: &str = "culm_jobs_deduplicated_total";
+/// Schedules whose state was deleted because they left the catalog.
+pub const SCHEDULES_FORGOTTEN: &str = "culm_schedules_forgotten_total";
 /// Runs started (`queue`, `job`).
 pub const JOBS_STARTED: &str = "culm_jobs_started_total";
 /// Runs that succeeded (`queue`, `job`).
@@ -105,6 +110,14 @@ pub fn describe() {
     describe_counter!(ADMIN_REQUESTS, "Admin API requests.");
     describe_histogram!(ADMIN_DURATION, metrics::Unit::Seconds, "Admin API request latency.");
     describe_counter!(JOBS_ENQUEUED, "Jobs stored.");
+    describe_counter!(
+        JOBS_DEDUPLICATED,
+        "Enqueues answered with an earlier job (idempotency key or id already stored)."
+    );
+    describe_counter!(
+        SCHEDULES_FORGOTTEN,
+        "Schedules whose Redis state was deleted because they left the catalog."
+    );
     describe_counter!(JOBS_STARTED, "Job runs started.");
     describe_counter!(JOBS_SUCCEEDED, "Job runs that succeeded.");
     describe_counter!(JOBS_FAILED, "Job runs that failed.");
@@ -123,6 +136,16 @@ pub fn describe() {
         DEAD_TRIMMED,
         "Dead jobs deleted from Redis because they died longer than worker.dead_retention ago."
     );
+}
+
+/// An enqueue was answered with an earlier job.
+pub fn deduplicated(queue: &str) {
+    counter!(JOBS_DEDUPLICATED, "queue" => queue.to_owned()).increment(1);
+}
+
+/// Schedules left the catalog and their state was deleted.
+pub fn schedules_forgotten(n: usize) {
+    counter!(SCHEDULES_FORGOTTEN).increment(n as u64);
 }
 
 /// A job was stored.

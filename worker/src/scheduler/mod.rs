@@ -387,6 +387,7 @@ impl Scheduler {
             .schedule_forget(|name| catalog.get(name).is_some())
             .await?;
         if !gone.is_empty() {
+            crate::telemetry::schedules_forgotten(gone.len());
             tracing::info!(schedules = ?gone, "deleted the state of schedules no longer in the catalog");
         }
         Ok(gone)

@@ -295,6 +295,8 @@ impl Store {
                     let created = text(created) == "1";
                     if created {
                         telemetry::enqueued(queue, &reqs[i].job);
+                    } else {
+                        telemetry::deduplicated(queue);
                     }
                     out[i] = Some(Enqueued {
                         id: text(id),
