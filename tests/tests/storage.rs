@@ -303,3 +303,40 @@ async fn an_unreadable_error_history_does_not_fail_a_settlement_batch() {
     assert_eq!(st.errors.len(), 1, "the history starts over: {st:?}");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_tick_decision_reports_the_tick_it_fired() {
+    use culm_worker::store::{FireTick, Fired};
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_tick".into(), queue("batch", 1, 5_000, 1));
+    })
+    .await;
+    let now = now_ms();
+    let id = ulid::Ulid::new().to_string();
+    let envelope =
+        serde_json::json!({"job": "platform.noop", "payload": {}, "enqueued_at": now, "run_at": now}).to_string();
+    let tick = FireTick {
+        schedule: "t.resent",
+        queue: "t_tick",
+        tick_ms: Some(1_800_000_000_000),
+        claim: "t.resent:1800000000000",
+        skip_overlap: false,
+        claim_ttl_s: 60,
+        id: &id,
+        envelope: &envelope,
+    };
+    let first = env.store.schedule_fire(&tick).await.expect("fire");
+    assert!(matches!(&first, Fired::Fired(j) if *j == id), "{first:?}");
+    // The reply was lost; the scheduler sends the same call again.
+    let again = env.store.schedule_fire(&tick).await.expect("fire again");
+    assert!(
+        matches!(&again, Fired::Fired(j) if *j == id),
+        "a resent decision found its own claim and called it someone else's: {again:?}"
+    );
+    assert_eq!(
+        env.store.stats("t_tick").await.expect("stats").pending,
+        1,
+        "one job for the tick"
+    );
+    env.cleanup().await;
+}
