@@ -167,7 +167,27 @@ pub struct Record {
     pub started: Option<String>,
 }
 
+/// Whether `key` could be one of culm's own keys: a queue's (hash tag `{<prefix>:<queue>}`),
+/// the scheduler's or the ledger's (`{<prefix>}:schedules:…`, `…:ledger:…`), an
+/// integration limiter's or Bamboo's order records. The record jobs write wherever their
+/// payload says, so a caller must not be able to point them at those.
+fn culm_owned(key: &str) -> bool {
+    let queue_slot = key
+        .find('{')
+        .and_then(|open| key[open..].find('}').map(|close| &key[open + 1..open + close]))
+        .is_some_and(|tag| tag.contains(':'));
+    queue_slot
+        || [":schedules:", ":ledger:", ":integration:", ":bamboo:"]
+            .iter()
+            .any(|infix| key.contains(infix))
+}
+
 async fn record(ctx: &JobContext, set: &str, member: &str) -> Result<(), JobError> {
+    if culm_owned(set) {
+        return Err(JobError::permanent(format!(
+            "`{set}` names one of culm's own keys; record sets live outside them"
+        )));
+    }
     let runs_key = format!("{set}:runs");
     let mut pipe = redis::pipe();
     pipe.sadd(set, member).ignore().hincr(&runs_key, member, 1).ignore();
@@ -285,5 +305,28 @@ impl Job for Echo {
         Some(Echo {
             value: serde_json::json!({"greeting": "hello"}),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::culm_owned;
+
+    #[test]
+    fn record_sets_cannot_name_culms_own_keys() {
+        for owned in [
+            "{culm:galileo}:paused",
+            "{culm:q}:tick:s:1",
+            "{culm:q}:idem:k",
+            "{culm}:schedules:paused",
+            "{culm}:ledger:spill",
+            "culm:integration:{bamboo:place_order}:slots",
+            "culm:bamboo:order:42",
+        ] {
+            assert!(culm_owned(owned), "{owned}");
+        }
+        for free in ["culmtest-01h:recorded", "{culmtest-01h}:seen", "soak:recorded", "demo"] {
+            assert!(!culm_owned(free), "{free}");
+        }
     }
 }
