@@ -1,4 +1,4 @@
-//! What callers read back (issue 18): a done job's type, attempts, enqueue time and
+//! What callers read back: a done job's type, attempts, enqueue time and
 //! result without PostgreSQL; `?wait=` long-polls woken by the job's completion;
 //! cancelling a job that has not started; the job-type catalog with payload schemas.
 use culm_tests::{TestEnv, culm_bin, eventually, queue};
