@@ -292,3 +292,15 @@ pub fn sigterm_and_wait(child: &mut std::process::Child) -> std::process::ExitSt
     assert!(status.success(), "kill -TERM {} failed", child.id());
     child.wait().expect("wait")
 }
+
+/// Serves the admin API over `state` on an ephemeral loopback port, as `culm run` does.
+/// Returns its base URL (`http://127.0.0.1:<port>`) and the sender that stops it; dropping
+/// the sender stops it too.
+pub async fn serve_admin(state: culm_worker::admin::AdminState) -> (String, tokio::sync::watch::Sender<bool>) {
+    let (router, _) = culm_worker::admin::router(state);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(culm_worker::admin::serve(listener, router, stop_rx));
+    (base, stop)
+}

@@ -4,7 +4,7 @@
 use culm_core::{Job, JobContext, JobError, Outcome, Tier};
 use culm_tests::{TcpProxy, TestEnv, eventually, is, next_event, queue, redis_url};
 use culm_worker::{
-    admin::{self, AdminState, Token},
+    admin::{AdminState, Token},
     config::Scope,
     scheduler::{Scheduler, catalog::Catalog},
     store::{Routing, Store},
@@ -55,11 +55,8 @@ impl Api {
         ];
         let catalog = Catalog::load("", env.store.registry(), &Routing::from_config(&env.config)).expect("catalog");
         let scheduler = Scheduler::new(store.clone(), catalog, &env.config);
-        let (router, _) = admin::router(AdminState::new(&env.config, store, tokens).with_scheduler(Some(scheduler)));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(admin::serve(listener, router, stop_rx));
+        let (base, stop) =
+            culm_tests::serve_admin(AdminState::new(&env.config, store, tokens).with_scheduler(Some(scheduler))).await;
         Api {
             base,
             http: Client::new(),

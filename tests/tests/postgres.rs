@@ -6,7 +6,7 @@ use culm_core::EnqueueRequest;
 use culm_tests::{KillOnDrop, TcpProxy, TestDb, TestEnv, eventually, is, ledger_for, next_event, queue};
 use culm_worker::runtime::JobEvent;
 use culm_worker::{
-    admin::{self, AdminState, Token},
+    admin::{AdminState, Token},
     config::{Config, Scope},
     db::{
         Db, DbError,
@@ -198,18 +198,15 @@ async fn a_job_failing_twice_then_succeeding_has_three_ledger_rows_and_status_fa
     assert!(env.store.status(&job.id).await.expect("status").is_none());
     let s = db.job_status(&job.id).await.expect("ledger status").expect("in ledger");
     assert_eq!((s.state.as_str(), s.attempts, s.errors.len()), ("done", 3, 2));
-    let (router, _) = admin::router(
+    let (base, _stop) = culm_tests::serve_admin(
         AdminState::new(
             &env.config,
             env.store.clone(),
             vec![Token::new("r", "reader-secret", vec![Scope::Read])],
         )
         .with_database(Some(db.clone())),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(admin::serve(listener, router, stop_rx));
+    )
+    .await;
     let resp = reqwest::Client::new()
         .get(format!("{base}/v1/jobs/{}", job.id))
         .bearer_auth("reader-secret")
@@ -445,12 +442,10 @@ async fn readyz_names_postgres_when_it_is_down() {
     let env = env(&tdb.via(&proxy)).await;
     Db::ensure_database(&env.config.database).await.expect("create");
     let db = Db::connect(&env.config.database).await.expect("connect");
-    let (router, _) =
-        admin::router(AdminState::new(&env.config, env.store.clone(), vec![]).with_database(Some(db.clone())));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let base = format!("http://{}", listener.local_addr().expect("addr"));
-    let (_stop, stop_rx) = watch::channel(false);
-    tokio::spawn(admin::serve(listener, router, stop_rx));
+    let (base, _stop) = culm_tests::serve_admin(
+        AdminState::new(&env.config, env.store.clone(), vec![]).with_database(Some(db.clone())),
+    )
+    .await;
     assert_eq!(
         reqwest::get(format!("{base}/readyz")).await.expect("readyz").status(),
         reqwest::StatusCode::OK

@@ -3,7 +3,7 @@
 //! cancelling a job that has not started; the job-type catalog with payload schemas.
 use culm_tests::{TestEnv, culm_bin, eventually, queue};
 use culm_worker::{
-    admin::{self, AdminState, Token},
+    admin::{AdminState, Token},
     config::Scope,
 };
 use reqwest::{Client, StatusCode};
@@ -27,11 +27,7 @@ impl Api {
             TOKEN,
             vec![Scope::Admin, Scope::Enqueue, Scope::Read],
         )];
-        let (router, _) = admin::router(AdminState::new(&env.config, env.store.clone(), tokens));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
-        let (stop, stop_rx) = watch::channel(false);
-        tokio::spawn(admin::serve(listener, router, stop_rx));
+        let (base, stop) = culm_tests::serve_admin(AdminState::new(&env.config, env.store.clone(), tokens)).await;
         Api {
             base,
             http: Client::new(),
