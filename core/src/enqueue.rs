@@ -138,3 +138,21 @@ pub trait Enqueuer: Send + Sync + 'static {
     /// Validates every request, then stores all of them; on a validation error nothing is stored.
     fn enqueue_batch(&self, jobs: Vec<EnqueueRequest>) -> BoxFuture<'_, Result<Vec<Enqueued>, EnqueueError>>;
 }
+
+/// Checks a request's idempotency key. The key becomes part of a Redis key name
+/// (`…:idem:<key>`): printable ASCII only, so no key can carry a hash tag (`{…}`), a
+/// control character or whitespace that would make it address, or print like, another key.
+pub fn check_idempotency_key(key: &str) -> Result<(), EnqueueError> {
+    if valid_idempotency_key(key) {
+        return Ok(());
+    }
+    Err(EnqueueError::InvalidRequest {
+        field: "idempotency_key".into(),
+        message: "must be 1 to 200 printable ASCII characters, without spaces or braces".into(),
+    })
+}
+
+/// Whether `key` may be an idempotency key (see [`check_idempotency_key`]).
+pub fn valid_idempotency_key(key: &str) -> bool {
+    (1..=200).contains(&key.len()) && key.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+}

@@ -292,13 +292,8 @@ fn check(registry: &Registry, req: &EnqueueRequest) -> Result<(), EnqueueError> 
     let spec = registry
         .get(&req.job)
         .ok_or_else(|| EnqueueError::UnknownJob { job: req.job.clone() })?;
-    if let Some(k) = &req.idempotency_key
-        && (k.is_empty() || k.len() > 200)
-    {
-        return Err(EnqueueError::InvalidRequest {
-            field: "idempotency_key".into(),
-            message: "must be 1 to 200 bytes".into(),
-        });
+    if let Some(k) = &req.idempotency_key {
+        crate::check_idempotency_key(k)?;
     }
     spec.validate(&req.payload)
 }

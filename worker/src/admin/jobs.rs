@@ -278,7 +278,7 @@ fn batch_idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError
     let key = v
         .to_str()
         .ok()
-        .filter(|k| k.len() <= 180 && crate::store::valid_idempotency_key(k));
+        .filter(|k| k.len() <= 180 && culm_core::valid_idempotency_key(k));
     match key {
         Some(k) => Ok(Some(k.to_owned())),
         None => Err(ApiError::new(

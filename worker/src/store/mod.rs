@@ -28,7 +28,7 @@ pub use keys::{QueueKeys, SchedulerKeys};
 pub(crate) use queue::NewEnvelope;
 pub use queue::{
     Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, Finished, RESERVED_KEY_PREFIXES, Reaped,
-    reserved_idempotency_key, valid_idempotency_key,
+    reserved_idempotency_key,
 };
 pub use routing::{JobType, RetryView, Routing};
 pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState};

@@ -215,13 +215,8 @@ impl Store {
                 allowed: spec.allowed_tiers(),
             });
         }
-        if let Some(k) = &req.idempotency_key
-            && !valid_idempotency_key(k)
-        {
-            return Err(EnqueueError::InvalidRequest {
-                field: "idempotency_key".into(),
-                message: "must be 1 to 200 printable ASCII characters, without spaces or braces".into(),
-            });
+        if let Some(k) = &req.idempotency_key {
+            culm_core::check_idempotency_key(k)?;
         }
         spec.validate(&req.payload)?;
         Ok(q)
@@ -487,13 +482,6 @@ fn parse_token(v: &Value, id: &str) -> Result<u64, StoreError> {
         key: id.to_owned(),
         message: format!("lease token `{}` is not a number", text(v)),
     })
-}
-
-/// An idempotency key becomes part of a Redis key name (`…:idem:<key>`): printable ASCII
-/// only, so no key can carry a hash tag (`{…}`), a control character or whitespace that
-/// would make it address, or print like, another key.
-pub fn valid_idempotency_key(k: &str) -> bool {
-    (1..=200).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
 }
 
 /// Prefixes of the idempotency keys culm derives itself (the outbox relay's `outbox:<row
