@@ -53,7 +53,12 @@ impl Api {
             Token::new("reader", READER, vec![Scope::Read]),
             Token::new("enqueuer", ENQUEUER, vec![Scope::Enqueue]),
         ];
-        let catalog = Catalog::load("", env.store.registry(), &Routing::from_config(&env.config)).expect("catalog");
+        let catalog = Catalog::load(
+            "",
+            env.store.registry(),
+            &Routing::from_config(&env.config, env.store.registry()),
+        )
+        .expect("catalog");
         let scheduler = Scheduler::new(store.clone(), catalog, &env.config);
         let (base, stop) =
             culm_tests::serve_admin(AdminState::new(&env.config, store, tokens).with_scheduler(Some(scheduler))).await;

@@ -467,3 +467,83 @@ fn a_password_in_a_url_query_never_reaches_the_output() {
         assert!(!all.contains("s3cret"), "the password leaked: {all}");
     }
 }
+
+/// A job type's own retry policy and timeout win over its queue's: `[job_types]` in the
+/// configuration here (the job type's code sits between the two; the config tests check
+/// the whole order). Three job types in one queue, each under a different override.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_types_retry_policy_and_timeout_override_its_queues() {
+    use culm_core::RetryPolicy;
+    use culm_worker::config::{JobTypeConfig, RetryConfig};
+    let env = TestEnv::new(|c| {
+        // The queue: 5 attempts, backoff at most 100 ms, 5 s per attempt.
+        c.queues.insert("t_policy".into(), queue("batch", 4, 5_000, 5));
+        let mut over = |job: &str, retry: Option<RetryPolicy>, timeout: Option<Duration>| {
+            c.job_types.insert(
+                job.into(),
+                JobTypeConfig {
+                    retry: retry.map(RetryConfig),
+                    timeout,
+                },
+            );
+        };
+        // Explicit delays: three attempts in all.
+        static DELAYS: &[Duration] = &[Duration::from_millis(10), Duration::from_millis(20)];
+        over("platform.fail", Some(RetryPolicy::delays(DELAYS)), None);
+        // The seed's "3 retries, 30 s apart".
+        over(
+            "platform.panic",
+            Some(RetryPolicy::fixed(4, Duration::from_secs(30))),
+            None,
+        );
+        // An attempt may run 100 ms, not the queue's 5 s; one attempt only.
+        over(
+            "platform.sleep",
+            Some(RetryPolicy::fixed(1, Duration::from_secs(1))),
+            Some(Duration::from_millis(100)),
+        );
+    })
+    .await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_policy".into()]).expect("start");
+    let listed = env
+        .enqueue(EnqueueRequest::raw("platform.fail", json!({"times": 100})).queue("t_policy"))
+        .await;
+    let fixed = env
+        .enqueue(EnqueueRequest::raw("platform.panic", json!({})).queue("t_policy"))
+        .await;
+    let slow = env
+        .enqueue(EnqueueRequest::raw("platform.sleep", json!({"ms": 60_000})).queue("t_policy"))
+        .await;
+
+    // The three settle in any order: take each one's first final or retry event.
+    let (mut dead, mut retry, mut timed_out) = (None, None, None);
+    while dead.is_none() || retry.is_none() || timed_out.is_none() {
+        let e = next_event(&mut events, WAIT, |_| true).await;
+        if e.id == listed.id && is("dead", &e) {
+            dead = Some(e);
+        } else if e.id == fixed.id {
+            retry = retry.or(Some(e));
+        } else if e.id == slow.id {
+            timed_out = timed_out.or(Some(e));
+        }
+    }
+    let (Some(dead), Some(retry), Some(timed_out)) = (dead, retry, timed_out) else {
+        unreachable!("the loop ends once all three are in");
+    };
+    assert_eq!(
+        dead.attempt, 3,
+        "two listed delays: three attempts, not the queue's five"
+    );
+    assert!(dead.error.contains("attempt 3 of 3"), "{dead:?}");
+    match retry.kind {
+        // The queue's backoff would be at most 100 ms; the fixed policy waits 30 s.
+        AckKind::Retry { at } => assert!(at > now_ms() + 20_000, "retry in {} ms", at - now_ms()),
+        other => panic!("a panic under a fixed policy retries, got {other:?}"),
+    }
+    assert_eq!(timed_out.kind, AckKind::Dead, "{timed_out:?}");
+    assert!(timed_out.error.contains("timed out after 100ms"), "{timed_out:?}");
+    running.shutdown().await;
+    env.cleanup().await;
+}

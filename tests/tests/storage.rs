@@ -340,3 +340,58 @@ async fn a_resent_tick_decision_reports_the_tick_it_fired() {
     );
     env.cleanup().await;
 }
+
+/// A queue's `max_in_flight` caps the jobs leased at once, whichever process asks: the
+/// leases are the permits. A settlement that frees a permit while jobs wait publishes a
+/// wake-up, so processes the cap held back fetch again without polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_caps_leases_across_fetchers_and_a_freed_permit_wakes_them() {
+    use culm_worker::store::{Ack, AckBatch, AckKind};
+    use futures::StreamExt;
+    use std::{sync::Arc, time::Duration};
+    let env = TestEnv::new(|c| {
+        let mut q = queue("third_party", 10, 5_000, 3);
+        q.max_in_flight = Some(3);
+        c.queues.insert("t_cap".into(), q);
+    })
+    .await;
+    let reqs = (0..10)
+        .map(|_| culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({})).queue("t_cap"))
+        .collect();
+    env.store.enqueue(reqs).await.expect("enqueue");
+    let queue_name: Arc<str> = Arc::from("t_cap");
+    let lease = Duration::from_secs(60);
+    // One process asks for ten and gets three; a second one gets none.
+    let first = env.store.fetch(&queue_name, 10, lease).await.expect("fetch");
+    assert_eq!(first.jobs.len(), 3, "three permits");
+    let second = env.store.fetch(&queue_name, 10, lease).await.expect("fetch");
+    assert!(second.jobs.is_empty() && second.full, "the cap is reached: {second:?}");
+    let stats = env.store.stats("t_cap").await.expect("stats");
+    assert_eq!((stats.running, stats.pending, stats.max_in_flight), (3, 7, Some(3)));
+
+    let client = redis::Client::open(culm_tests::redis_url()).expect("client");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub
+        .subscribe(env.store.wake_channel("t_cap"))
+        .await
+        .expect("subscribe");
+    let d = &first.jobs[0];
+    let done = Ack {
+        id: d.id.clone(),
+        token: d.token,
+        kind: AckKind::Done,
+        error: String::new(),
+        expired_only: false,
+        finished: None,
+    };
+    let applied = env.store.ack("t_cap", &AckBatch::first(), &[done]).await.expect("ack");
+    assert_eq!(applied, vec![true]);
+    let mut messages = pubsub.on_message();
+    tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("a freed permit publishes a wake-up")
+        .expect("message");
+    let third = env.store.fetch(&queue_name, 10, lease).await.expect("fetch");
+    assert_eq!(third.jobs.len(), 1, "one permit came back");
+    env.cleanup().await;
+}

@@ -15,8 +15,9 @@ mod validate;
 pub use defaults::DEFAULT_TOML;
 pub use load::{ConfigError, Loader};
 pub use schema::{
-    AdminConfig, Config, DatabaseConfig, LedgerConfig, OutboxConfig, QueueConfig, QueueDefaults, QueueSettings,
-    RedisConfig, RedisMode, RetryConfig, SandboxConfig, SchedulerConfig, Scope, SpillPolicy, TokenConfig, WorkerConfig,
+    AdminConfig, Config, DatabaseConfig, JobPolicy, JobTypeConfig, LedgerConfig, OutboxConfig, PolicySource,
+    QueueConfig, QueueDefaults, QueueSettings, RedisConfig, RedisMode, RetryConfig, SandboxConfig, SchedulerConfig,
+    Scope, SpillPolicy, TokenConfig, WorkerConfig,
 };
 
 /// `url` with any password replaced by `***`, for logs and errors.

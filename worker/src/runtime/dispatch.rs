@@ -71,7 +71,7 @@ impl Dispatcher {
             attempt: d.attempt,
             token: d.token,
             job: d.envelope.job.clone(),
-            verdict: settle::decide(s, d.attempt, RunEnd::Succeeded),
+            verdict: settle::decide(&s.policy.retry, d.attempt, RunEnd::Succeeded),
             ran: false,
             follow_ups: Vec::new(),
             summary: None,
@@ -84,7 +84,7 @@ impl Dispatcher {
         };
         let Some(spec) = self.registry.get(&d.envelope.job) else {
             c.job = "unknown".into();
-            c.verdict = settle::decide(s, d.attempt, RunEnd::UnknownJob);
+            c.verdict = settle::decide(&s.policy.retry, d.attempt, RunEnd::UnknownJob);
             c.verdict.error = format!(
                 "unknown job type `{}`: this binary has no handler for it",
                 d.envelope.job
@@ -92,6 +92,7 @@ impl Dispatcher {
             c.payload = Some(d.envelope.payload);
             return c;
         };
+        let policy = s.policy(spec.name);
         let due = d.envelope.run_at.max(d.envelope.enqueued_at);
         let wait_s = (now_ms() - due).max(0) as f64 / 1000.0;
         telemetry::started(&s.name, s.tier.as_str(), spec.name, wait_s);
@@ -100,7 +101,7 @@ impl Dispatcher {
             d.envelope.job.clone(),
             s.name.clone(),
             d.attempt,
-            s.retry.max_attempts,
+            policy.retry.max_attempts,
             d.envelope.enqueued_at,
             self.enqueuer.clone(),
             self.deps.clone(),
@@ -116,10 +117,10 @@ impl Dispatcher {
         c.started_at_us = chrono::Utc::now().timestamp_micros();
         let start = Instant::now();
         let run = AssertUnwindSafe(spec.run(d.envelope.payload.get(), ctx)).catch_unwind();
-        let result = tokio::time::timeout(s.timeout, run).await;
+        let result = tokio::time::timeout(policy.timeout, run).await;
         c.duration = start.elapsed();
         let end = match result {
-            Err(_) => RunEnd::TimedOut(s.timeout),
+            Err(_) => RunEnd::TimedOut(policy.timeout),
             Ok(Err(panic)) => RunEnd::Panicked(panic_message(panic.as_ref())),
             Ok(Ok(RunResult::BadPayload(reason))) => RunEnd::BadPayload(reason),
             Ok(Ok(RunResult::Finished(Ok(outcome)))) => {
@@ -133,7 +134,7 @@ impl Dispatcher {
             }
             Ok(Ok(RunResult::Finished(Err(e)))) => RunEnd::Failed(e),
         };
-        c.verdict = settle::decide(s, d.attempt, end);
+        c.verdict = settle::decide(&policy.retry, d.attempt, end);
         match &c.verdict.kind {
             crate::store::AckKind::Done => tracing::debug!("done"),
             crate::store::AckKind::Defer { at } => {

@@ -19,7 +19,7 @@ use crate::{
     store::{Ack, AckKind, Corrupt, Expired, Finished},
     telemetry,
 };
-use culm_core::{EnqueueRequest, JobError, now_ms};
+use culm_core::{EnqueueRequest, JobError, RetryPolicy, now_ms};
 use serde_json::value::RawValue;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::broadcast;
@@ -151,9 +151,9 @@ fn after(d: Duration) -> i64 {
 
 /// The retry budget: another attempt after backoff (at least `at_least`, an upstream's
 /// `Retry-After`), or the dead-letter set once `attempt` was the last.
-pub(super) fn retry_or_dead(s: &QueueSettings, attempt: u32, error: String, at_least: Option<Duration>) -> Verdict {
-    if s.retry.allows_retry_after(attempt) {
-        let backoff = s.retry.backoff(attempt).max(at_least.unwrap_or_default());
+pub(super) fn retry_or_dead(retry: &RetryPolicy, attempt: u32, error: String, at_least: Option<Duration>) -> Verdict {
+    if retry.allows_retry_after(attempt) {
+        let backoff = retry.backoff(attempt).max(at_least.unwrap_or_default());
         Verdict {
             kind: AckKind::Retry { at: after(backoff) },
             error,
@@ -162,14 +162,14 @@ pub(super) fn retry_or_dead(s: &QueueSettings, attempt: u32, error: String, at_l
     } else {
         Verdict {
             kind: AckKind::Dead,
-            error: format!("{error} (attempt {attempt} of {}, giving up)", s.retry.max_attempts),
+            error: format!("{error} (attempt {attempt} of {}, giving up)", retry.max_attempts),
             ended: telemetry::Ended::Dead,
         }
     }
 }
 
-/// The fate of a run that ended as `end`.
-pub(super) fn decide(s: &QueueSettings, attempt: u32, end: RunEnd) -> Verdict {
+/// The fate of a run that ended as `end`, under its job type's retry policy.
+pub(super) fn decide(retry: &RetryPolicy, attempt: u32, end: RunEnd) -> Verdict {
     let dead = |error: String| Verdict {
         kind: AckKind::Dead,
         error,
@@ -181,7 +181,7 @@ pub(super) fn decide(s: &QueueSettings, attempt: u32, end: RunEnd) -> Verdict {
             error: String::new(),
             ended: telemetry::Ended::Succeeded,
         },
-        RunEnd::Failed(JobError::Retryable { message, after }) => retry_or_dead(s, attempt, message, after),
+        RunEnd::Failed(JobError::Retryable { message, after }) => retry_or_dead(retry, attempt, message, after),
         RunEnd::Failed(JobError::Permanent(message)) => dead(message),
         RunEnd::Failed(JobError::Defer { after: d, reason }) => Verdict {
             kind: AckKind::Defer { at: after(d) },
@@ -189,17 +189,20 @@ pub(super) fn decide(s: &QueueSettings, attempt: u32, end: RunEnd) -> Verdict {
             ended: telemetry::Ended::Deferred,
         },
         RunEnd::TimedOut(limit) => retry_or_dead(
-            s,
+            retry,
             attempt,
             format!("timed out after {}", humantime::format_duration(limit)),
             None,
         ),
-        RunEnd::Panicked(message) => retry_or_dead(s, attempt, format!("handler panicked: {message}"), None),
+        RunEnd::Panicked(message) => retry_or_dead(retry, attempt, format!("handler panicked: {message}"), None),
         RunEnd::BadPayload(reason) => dead(reason),
         RunEnd::UnknownJob => dead("unknown job type: this binary has no handler for it".to_owned()),
-        RunEnd::FollowUpsFailed { storage: true, error } => {
-            retry_or_dead(s, attempt, format!("enqueueing follow-up jobs failed: {error}"), None)
-        }
+        RunEnd::FollowUpsFailed { storage: true, error } => retry_or_dead(
+            retry,
+            attempt,
+            format!("enqueueing follow-up jobs failed: {error}"),
+            None,
+        ),
         RunEnd::FollowUpsFailed { storage: false, error } => dead(format!("a follow-up job was rejected: {error}")),
     }
 }
@@ -256,7 +259,8 @@ impl Settlement {
 
 /// The fate of a lease the reaper found expired.
 pub(super) fn expired(s: &QueueSettings, e: Expired) -> Settlement {
-    let (kind, error) = if !e.confirmed && e.orphaned < s.retry.max_attempts {
+    let retry = &s.policy(e.envelope.as_ref().map_or("", |env| env.job.as_str())).retry;
+    let (kind, error) = if !e.confirmed && e.orphaned < retry.max_attempts {
         (
             AckKind::Defer { at: now_ms() },
             format!(
@@ -269,7 +273,7 @@ pub(super) fn expired(s: &QueueSettings, e: Expired) -> Settlement {
             "lease expired: the worker running attempt {} stopped responding",
             e.attempt
         );
-        let v = retry_or_dead(s, e.attempt, error, None);
+        let v = retry_or_dead(retry, e.attempt, error, None);
         // A reaped job has already waited a whole lease: no backoff on top.
         let kind = match v.kind {
             AckKind::Retry { .. } => AckKind::Retry { at: now_ms() },

@@ -27,6 +27,7 @@ impl Store {
             name: s.name.clone(),
             tier: s.tier,
             concurrency: s.concurrency,
+            max_in_flight: s.max_in_flight,
             pending: n(0),
             scheduled: n(1),
             running: n(2),

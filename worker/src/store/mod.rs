@@ -86,6 +86,8 @@ pub struct QueueStats {
     pub tier: Tier,
     /// Pool size per process.
     pub concurrency: u32,
+    /// Jobs running at once across every process (`max_in_flight`), if capped.
+    pub max_in_flight: Option<u32>,
     /// Due, waiting for a worker.
     pub pending: u64,
     /// Waiting for their time (delayed, retry backoff, deferred).
@@ -334,7 +336,7 @@ impl Store {
                 handler_conn: std::sync::OnceLock::new(),
                 pubsub,
                 prefix: config.redis.key_prefix.clone(),
-                routing: Routing::from_config(config),
+                routing: Routing::from_config(config, &registry),
                 registry,
                 idempotency_ttl_s: config.worker.idempotency_ttl.as_secs().max(1),
                 done_retention: config.worker.done_retention,

@@ -88,6 +88,9 @@ pub struct Fetched {
     pub corrupt: Vec<Corrupt>,
     /// The queue is paused: nothing was leased.
     pub paused: bool,
+    /// The queue's `max_in_flight` jobs are leased already: nothing was leased. An
+    /// acknowledgement that frees a permit while jobs wait publishes a wake-up.
+    pub full: bool,
     /// When the earliest scheduled job falls due, ms.
     pub next_due: Option<i64>,
 }
@@ -316,10 +319,13 @@ impl Store {
             .arg(count)
             .arg(millis(lease_ttl))
             .arg(PROMOTE_CHUNK)
+            .arg(self.max_in_flight(queue))
             .invoke_async(&mut conn)
             .await?;
+        let status = v.first().map(text);
         let mut out = Fetched {
-            paused: v.first().map(text).as_deref() == Some("paused"),
+            paused: status.as_deref() == Some("paused"),
+            full: status.as_deref() == Some("full"),
             next_due: v.get(1).map(text).and_then(|s| s.parse::<f64>().ok()).map(|f| f as i64),
             jobs: Vec::with_capacity(v.len().saturating_sub(2) / 4),
             corrupt: Vec::new(),
@@ -348,6 +354,11 @@ impl Store {
         Ok(out)
     }
 
+    /// The queue's cap on jobs leased at once across processes; 0 for none.
+    fn max_in_flight(&self, queue: &str) -> u32 {
+        self.settings(queue).ok().and_then(|s| s.max_in_flight).unwrap_or(0)
+    }
+
     /// Applies a batch of acknowledgements in one round trip. Says, per ack, whether it
     /// applied; one that did not was fenced off (its lease had moved on, or it was a
     /// replay of an ack already applied).
@@ -359,7 +370,8 @@ impl Store {
         let mut inv = keys.invoke(&ACK);
         inv.key(keys.acker(&batch.acker))
             .arg(self.inner.done_retention)
-            .arg(batch.seq);
+            .arg(batch.seq)
+            .arg(u8::from(self.max_in_flight(queue) > 0));
         // Retry and defer times go as delays from now, so the script places them on
         // Redis's clock and a worker's clock skew cannot stretch or shrink a backoff.
         let now = now_ms();
