@@ -22,6 +22,10 @@ pub struct EnqueueRequest {
     /// returns the first job's id and stores nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Not started by this time (ms since the epoch), the job is not run at all: it ends
+    /// in state `expired` (Celery's `expires`). Applies to every attempt, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
 }
 
 impl EnqueueRequest {
@@ -43,7 +47,20 @@ impl EnqueueRequest {
             queue: None,
             run_at_ms: None,
             idempotency_key: None,
+            expires_at_ms: None,
         }
+    }
+
+    /// Not run at all unless started within `ttl` from now (the job ends `expired`).
+    pub fn expires_in(mut self, ttl: Duration) -> Self {
+        self.expires_at_ms = Some(now_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2));
+        self
+    }
+
+    /// Not run at all unless started by `at_ms` (ms since the epoch).
+    pub fn expires_at_ms(mut self, at_ms: i64) -> Self {
+        self.expires_at_ms = Some(at_ms);
+        self
     }
 
     /// Sends the job to `queue` instead of its default.

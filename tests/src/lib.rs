@@ -179,6 +179,7 @@ pub fn is(kind: &str, e: &JobEvent) -> bool {
             | ("dead", AckKind::Dead)
             | ("retry", AckKind::Retry { .. })
             | ("defer", AckKind::Defer { .. })
+            | ("expired", AckKind::Expired)
     )
 }
 

@@ -238,6 +238,24 @@ async fn bad_enqueues_get_the_right_status_and_name_the_field() {
             Some("run_at"),
         ),
         (
+            json!({"job": "platform.noop", "expires_at": "soon"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("expires_at"),
+        ),
+        (
+            json!({"job": "platform.noop", "expires_at": "2020-01-01T00:00:00Z"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("expires_at"),
+        ),
+        (
+            json!({"job": "platform.noop", "expires_at": "2099-01-01T00:00:00Z", "expires_in_ms": 1000}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("expires_at"),
+        ),
+        (
             json!({"job": "platform.noop", "delay_ms": -5}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",

@@ -547,3 +547,92 @@ async fn a_job_types_retry_policy_and_timeout_override_its_queues() {
     running.shutdown().await;
     env.cleanup().await;
 }
+
+/// Celery's `expires`: a job not started by its `expires_at` is not run at all and ends
+/// `expired` (not dead): neither its first attempt nor a retry starts late. A job whose
+/// expiry is still ahead runs as usual, and one that would expire before it may run is
+/// refused at enqueue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_not_started_by_its_expiry_is_not_run_and_ends_expired() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_expiry".into(), queue("batch", 2, 5_000, 100));
+    })
+    .await;
+    let set = env.key("ran");
+    env.store.pause("t_expiry").await.expect("pause");
+    let stale = env
+        .enqueue(
+            EnqueueRequest::raw("platform.record", json!({"set": set}))
+                .queue("t_expiry")
+                .expires_in(Duration::from_millis(300)),
+        )
+        .await;
+    let fresh = env
+        .enqueue(
+            EnqueueRequest::raw("platform.record", json!({"set": set}))
+                .queue("t_expiry")
+                .expires_in(Duration::from_secs(3600)),
+        )
+        .await;
+    // Fails every attempt; its expiry ends the retries instead of the attempt budget.
+    let failing = env
+        .enqueue(
+            EnqueueRequest::raw("platform.fail", json!({"times": 1000}))
+                .queue("t_expiry")
+                .expires_in(Duration::from_secs(1)),
+        )
+        .await;
+    let stale_expires = now_ms() + 300;
+    // The paused queue keeps the stale job waiting past its expiry.
+    eventually(WAIT, "the stale job's expiry passes", || async {
+        (now_ms() > stale_expires).then_some(())
+    })
+    .await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_expiry".into()]).expect("start");
+    env.store.resume("t_expiry").await.expect("resume");
+
+    let (mut expired, mut done, mut failing_end) = (None, None, None);
+    while expired.is_none() || done.is_none() || failing_end.is_none() {
+        let e = next_event(&mut events, WAIT, |_| true).await;
+        if e.id == stale.id {
+            expired = Some(e);
+        } else if e.id == fresh.id {
+            done = Some(e);
+        } else if e.id == failing.id && !is("retry", &e) {
+            failing_end = Some(e);
+        }
+    }
+    let (Some(expired), Some(done), Some(failing_end)) = (expired, done, failing_end) else {
+        unreachable!("the loop ends once all three are in");
+    };
+    assert_eq!(expired.kind, AckKind::Expired, "{expired:?}");
+    assert!(expired.error.contains("expired at"), "{expired:?}");
+    assert_eq!(done.kind, AckKind::Done, "{done:?}");
+    assert_eq!(
+        env.members(&set).await,
+        vec![fresh.id.clone()],
+        "only the fresh job ran"
+    );
+    assert_eq!(failing_end.kind, AckKind::Expired, "{failing_end:?}");
+    assert!(failing_end.attempt > 1, "it retried until it expired: {failing_end:?}");
+
+    let status = env.store.status(&stale.id).await.expect("status").expect("known");
+    assert_eq!(status.state, JobState::Expired);
+    assert!(env.store.dead_list("t_expiry", 10).await.expect("dead").is_empty());
+
+    let refused = env
+        .store
+        .enqueue(vec![
+            EnqueueRequest::raw("platform.noop", json!({}))
+                .queue("t_expiry")
+                .delay(Duration::from_secs(60))
+                .expires_in(Duration::from_secs(1)),
+        ])
+        .await
+        .expect_err("expires before it may run");
+    assert!(refused.to_string().contains("expires_at"), "{refused}");
+    running.shutdown().await;
+    env.cleanup().await;
+}

@@ -31,6 +31,13 @@ pub struct EnqueueBody {
     /// A repeated key (within the idempotency TTL) returns the first job's id.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Not started within this many milliseconds from now, the job is not run at all
+    /// and ends `expired` (Celery's `expires`).
+    #[serde(default)]
+    pub expires_in_ms: Option<u64>,
+    /// Not started by this time (RFC 3339), the job is not run at all and ends `expired`.
+    #[serde(default)]
+    pub expires_at: Option<String>,
 }
 
 fn empty_object() -> Value {

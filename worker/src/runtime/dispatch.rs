@@ -82,6 +82,12 @@ impl Dispatcher {
             idempotency_key: d.envelope.idempotency_key.clone(),
             payload: None,
         };
+        // Celery's `expires`: an attempt that would start too late does not start at all,
+        // whether it is the first or a retry. The job ends `expired`, not dead.
+        if let Some(expires_at) = d.envelope.expires_at.filter(|&at| at <= now_ms()) {
+            c.verdict = settle::expired_before_start(expires_at, d.attempt);
+            return c;
+        }
         let Some(spec) = self.registry.get(&d.envelope.job) else {
             c.job = "unknown".into();
             c.verdict = settle::decide(&s.policy.retry, d.attempt, RunEnd::UnknownJob);

@@ -86,6 +86,7 @@ fn finished(c: &Completion) -> String {
         enqueued_at: c.enqueued_at_ms,
         result: c.result.clone(),
         cancelled: false,
+        expired: c.verdict.kind == AckKind::Expired,
     };
     serde_json::to_string(&f).unwrap_or_default()
 }
@@ -168,6 +169,20 @@ pub(super) fn retry_or_dead(retry: &RetryPolicy, attempt: u32, error: String, at
     }
 }
 
+/// An attempt that would start after the job's `expires_at`: it does not run, and the job
+/// ends `expired` (final, not dead-lettered: nothing failed).
+pub(super) fn expired_before_start(expires_at: i64, attempt: u32) -> Verdict {
+    Verdict {
+        kind: AckKind::Expired,
+        error: format!(
+            "expired at {} before attempt {attempt} could start",
+            culm_core::time::to_rfc3339(expires_at).unwrap_or_else(|| expires_at.to_string())
+        ),
+        // Unused: the completion says it did not run, so no run outcome is counted.
+        ended: telemetry::Ended::Succeeded,
+    }
+}
+
 /// The fate of a run that ended as `end`, under its job type's retry policy.
 pub(super) fn decide(retry: &RetryPolicy, attempt: u32, end: RunEnd) -> Verdict {
     let dead = |error: String| Verdict {
@@ -212,7 +227,7 @@ impl Settlement {
     pub(super) fn from_run(c: Completion) -> Self {
         Settlement {
             ack: Ack {
-                finished: matches!(c.verdict.kind, AckKind::Done).then(|| finished(&c)),
+                finished: matches!(c.verdict.kind, AckKind::Done | AckKind::Expired).then(|| finished(&c)),
                 id: c.id,
                 token: c.token,
                 kind: c.verdict.kind,
@@ -324,6 +339,7 @@ pub(super) fn record(shared: &Recorder, batch: &mut [Settlement], applied: &[boo
             match (p.source, &p.ack.kind) {
                 (Source::Reaper, kind) => telemetry::reaped(queue, &p.job, *kind == AckKind::Dead),
                 (Source::Run, AckKind::Dead) if p.ended.is_none() => telemetry::dead_without_run(queue, &p.job),
+                (_, AckKind::Expired) => telemetry::expired(queue, &p.job),
                 _ => {}
             }
             if p.ack.kind == AckKind::Dead {
@@ -359,6 +375,7 @@ fn ledger_row(shared: &Recorder, p: &mut Settlement, applied: bool, finished_at_
         AckKind::Retry { at } => (RunOutcome::FailedWillRetry, Some(at)),
         AckKind::Defer { at } => (RunOutcome::Deferred, Some(at)),
         AckKind::Dead => (RunOutcome::Dead, None),
+        AckKind::Expired => (RunOutcome::Expired, None),
     };
     // Only a dead-lettering that took effect reaches the archive.
     let dead = (outcome == RunOutcome::Dead).then(|| DeadInfo {

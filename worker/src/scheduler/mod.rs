@@ -249,6 +249,7 @@ impl Scheduler {
             enqueued_at: now,
             run_at: now,
             idempotency_key: Some(&origin),
+            expires_at: None,
         })
         .map_err(|e| SchedulerError::Encode {
             schedule: s.name.clone(),

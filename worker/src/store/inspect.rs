@@ -195,6 +195,8 @@ impl Store {
             let fin = v.get(5).and_then(|f| serde_json::from_str::<Finished>(&text(f)).ok());
             if fin.as_ref().is_some_and(|f| f.cancelled) {
                 state = JobState::Cancelled;
+            } else if fin.as_ref().is_some_and(|f| f.expired) {
+                state = JobState::Expired;
             }
             let attempts = match &fin {
                 Some(f) => f.attempts,

@@ -161,6 +161,8 @@ pub enum JobState {
     Dead,
     /// Cancelled before it ran (`POST /v1/jobs/{id}/cancel`).
     Cancelled,
+    /// Not run: its `expires_at` passed before an attempt could start.
+    Expired,
 }
 
 impl JobState {
@@ -173,10 +175,11 @@ impl JobState {
             JobState::Done => "done",
             JobState::Dead => "dead",
             JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
         }
     }
 
-    /// Final: done, dead or cancelled (what a long-poll waits for).
+    /// Final: done, dead, cancelled or expired (what a long-poll waits for).
     pub fn is_final(self) -> bool {
         !self.is_live()
     }
@@ -198,6 +201,7 @@ impl std::str::FromStr for JobState {
             JobState::Done,
             JobState::Dead,
             JobState::Cancelled,
+            JobState::Expired,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -218,7 +222,7 @@ pub struct JobStatus {
     pub id: String,
     /// Queue.
     pub queue: String,
-    /// pending | scheduled | running | done | dead | cancelled
+    /// pending | scheduled | running | done | dead | cancelled | expired
     pub state: JobState,
     /// Job type (absent for a done job once its `result_ttl` passed).
     pub job: Option<String>,

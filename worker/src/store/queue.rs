@@ -39,6 +39,8 @@ pub(crate) struct NewEnvelope<'a> {
     pub(crate) run_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) idempotency_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) expires_at: Option<i64>,
 }
 
 /// A stored job as read back.
@@ -53,6 +55,9 @@ pub struct Envelope {
     pub run_at: i64,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Not started by then (ms), the job is not run: it ends `expired`.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
 }
 
 /// A job handed to a worker under a lease.
@@ -108,6 +113,8 @@ pub enum AckKind {
         at: i64,
     },
     Dead,
+    /// Not run: its `expires_at` passed before this attempt could start. Final.
+    Expired,
 }
 
 /// One acknowledgement, fenced by the token of the lease it settles.
@@ -139,6 +146,9 @@ pub struct Finished {
     /// Cancelled before it ran (`POST /v1/jobs/{id}/cancel`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
+    /// Not run: its `expires_at` passed before an attempt could start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
 }
 
 /// Names one batch of acknowledgements: the pool instance that sends it and a number
@@ -221,6 +231,16 @@ impl Store {
         if let Some(k) = &req.idempotency_key {
             culm_core::check_idempotency_key(k)?;
         }
+        if let Some(expires) = req.expires_at_ms {
+            // A job that could never start is refused rather than stored to expire.
+            let earliest = req.run_at_ms.unwrap_or(0).max(now_ms());
+            if expires <= earliest {
+                return Err(EnqueueError::InvalidRequest {
+                    field: "expires_at".into(),
+                    message: "the job would expire before it may run".into(),
+                });
+            }
+        }
         spec.validate(&req.payload)?;
         Ok(q)
     }
@@ -267,6 +287,7 @@ impl Store {
                         enqueued_at: now,
                         run_at: run_at.max(now),
                         idempotency_key: r.idempotency_key.as_deref(),
+                        expires_at: r.expires_at_ms,
                     })
                     .map_err(|e| EnqueueError::Storage(e.to_string()))?;
                     inv.arg(ulid::Ulid::new().to_string())
@@ -377,7 +398,8 @@ impl Store {
         let now = now_ms();
         for a in acks {
             let (kind, delay) = match a.kind {
-                AckKind::Done => ("done", 0),
+                // An expired job ends like a done one (its `finished` entry says expired).
+                AckKind::Done | AckKind::Expired => ("done", 0),
                 AckKind::Retry { at } => ("retry", (at - now).max(0)),
                 AckKind::Defer { at } => ("defer", (at - now).max(0)),
                 AckKind::Dead => ("dead", 0),
