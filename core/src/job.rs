@@ -38,6 +38,10 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// How long one attempt may run, wherever it runs; `None` takes its queue's
     /// timeout. A `[job_types.<name>] timeout` in the configuration overrides this.
     const TIMEOUT: Option<Duration> = None;
+    /// Every job of this type is unique by payload for at most this long: while one with
+    /// an equal payload is pending, scheduled or running in its queue, enqueueing another
+    /// returns that job's id. A request may give its own `unique_key` or `unique_for`.
+    const UNIQUE_FOR: Option<Duration> = None;
 
     /// The handler. Return [`Outcome::done`] (optionally with follow-up jobs), or an error
     /// classified as retryable, permanent or deferred. Never block on another job.

@@ -34,6 +34,8 @@ pub struct JobSpec {
     pub retry: Option<RetryPolicy>,
     /// The job type's own attempt timeout ([`Job::TIMEOUT`]), over its queue's.
     pub timeout: Option<Duration>,
+    /// Uniqueness by payload of every job of this type ([`Job::UNIQUE_FOR`]).
+    pub unique_for: Option<Duration>,
     validate: Validate,
     run: ErasedRun,
 }
@@ -140,6 +142,9 @@ impl Registry {
         if J::RETRY.as_ref().is_some_and(|r| r.max_attempts == 0) {
             return Err(RegistryError::BadPolicy(J::NAME, "RETRY must allow at least 1 attempt"));
         }
+        if J::UNIQUE_FOR.is_some_and(|t| t.is_zero()) {
+            return Err(RegistryError::BadPolicy(J::NAME, "UNIQUE_FOR must be above zero"));
+        }
         if J::TIMEOUT.is_some_and(|t| t.is_zero()) {
             return Err(RegistryError::BadPolicy(J::NAME, "TIMEOUT must be above zero"));
         }
@@ -169,6 +174,7 @@ impl Registry {
                 schema: J::schema(),
                 retry: J::RETRY,
                 timeout: J::TIMEOUT,
+                unique_for: J::UNIQUE_FOR,
                 validate: validate_as::<J>,
                 run,
             },

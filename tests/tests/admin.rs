@@ -238,6 +238,18 @@ async fn bad_enqueues_get_the_right_status_and_name_the_field() {
             Some("run_at"),
         ),
         (
+            json!({"job": "platform.noop", "unique_key": "has space"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("unique_key"),
+        ),
+        (
+            json!({"job": "platform.noop", "unique_for_ms": 0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("unique_for_ms"),
+        ),
+        (
             json!({"job": "platform.noop", "expires_at": "soon"}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",

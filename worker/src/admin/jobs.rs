@@ -47,6 +47,8 @@ fn to_request(b: EnqueueBody) -> Result<EnqueueRequest, ApiError> {
         .field("idempotency_key"));
     }
     req.idempotency_key = b.idempotency_key;
+    req.unique_key = b.unique_key;
+    req.unique_for_ms = b.unique_for_ms;
     match (b.expires_in_ms, b.expires_at) {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(

@@ -38,6 +38,15 @@ pub struct EnqueueBody {
     /// Not started by this time (RFC 3339), the job is not run at all and ends `expired`.
     #[serde(default)]
     pub expires_at: Option<String>,
+    /// While a job enqueued with this key (in its queue) is pending, scheduled or
+    /// running, this request returns that job's id (200, `created: false`) and stores
+    /// nothing; accepted again once it has finished.
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    /// Unique for at most this long, ms; without `unique_key`, unique by job type and
+    /// payload. Default with `unique_key`: `worker.idempotency_ttl`.
+    #[serde(default)]
+    pub unique_for_ms: Option<u64>,
 }
 
 fn empty_object() -> Value {

@@ -231,6 +231,20 @@ impl Store {
         if let Some(k) = &req.idempotency_key {
             culm_core::check_idempotency_key(k)?;
         }
+        if let Some(k) = &req.unique_key
+            && !culm_core::valid_idempotency_key(k)
+        {
+            return Err(EnqueueError::InvalidRequest {
+                field: "unique_key".into(),
+                message: "must be 1 to 200 printable ASCII characters, without spaces or braces".into(),
+            });
+        }
+        if req.unique_for_ms == Some(0) {
+            return Err(EnqueueError::InvalidRequest {
+                field: "unique_for_ms".into(),
+                message: "must be above zero".into(),
+            });
+        }
         if let Some(expires) = req.expires_at_ms {
             // A job that could never start is refused rather than stored to expire.
             let earliest = req.run_at_ms.unwrap_or(0).max(now_ms());
@@ -280,6 +294,10 @@ impl Store {
                     if let Some(k) = &r.idempotency_key {
                         inv.key(keys.idem(k));
                     }
+                    let unique = self.uniqueness(r);
+                    if let Some((k, _)) = &unique {
+                        inv.key(keys.unique(k));
+                    }
                     let run_at = r.run_at_ms.unwrap_or(now);
                     let env = serde_json::to_string(&NewEnvelope {
                         job: &r.job,
@@ -293,7 +311,8 @@ impl Store {
                     inv.arg(ulid::Ulid::new().to_string())
                         .arg(run_at)
                         .arg(env)
-                        .arg(r.idempotency_key.as_deref().unwrap_or(""));
+                        .arg(r.idempotency_key.as_deref().unwrap_or(""))
+                        .arg(unique.map_or(0, |(_, ttl_ms)| ttl_ms));
                 }
             }
             let mut conn = self.inner.conn.clone();
@@ -373,6 +392,29 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// The uniqueness key of a request and how long it holds at most (ms), if it asks
+    /// for uniqueness or its job type does. Without a `unique_key` the key is the job
+    /// type and a SHA-256 of the payload with its object keys sorted, so two payloads
+    /// that differ only in key order are the same job.
+    fn uniqueness(&self, r: &EnqueueRequest) -> Option<(String, u64)> {
+        let by_type = self.inner.registry.get(&r.job).and_then(|s| s.unique_for);
+        if r.unique_key.is_none() && r.unique_for_ms.is_none() && by_type.is_none() {
+            return None;
+        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let ttl = r
+            .unique_for_ms
+            .or(by_type.map(ms))
+            .unwrap_or(self.inner.idempotency_ttl_s.saturating_mul(1000));
+        let key = r.unique_key.clone().unwrap_or_else(|| {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(canonical_json(&r.payload).as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{}:{hex}", r.job)
+        });
+        Some((key, ttl.max(1)))
     }
 
     /// The queue's cap on jobs leased at once across processes; 0 for none.
@@ -527,4 +569,20 @@ pub const RESERVED_KEY_PREFIXES: [&str; 3] = ["outbox:", "redrive:", "batch:"];
 /// A caller's idempotency key that uses a prefix culm reserves for its own keys.
 pub fn reserved_idempotency_key(k: &str) -> bool {
     RESERVED_KEY_PREFIXES.iter().any(|p| k.starts_with(p))
+}
+
+/// `v` as JSON with every object's keys sorted, whatever order it was built in.
+fn canonical_json(v: &serde_json::Value) -> String {
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<_> = m.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(v).to_string()
 }
