@@ -243,17 +243,19 @@ impl Scheduler {
         let now = now_ms();
         // The job shows where it came from; the claim itself is in the tick namespace.
         let origin = format!("schedule:{claim}");
-        let env = serde_json::to_string(&crate::store::NewEnvelope {
+        let env = crate::store::NewEnvelope {
             job: &s.job,
-            payload: &s.payload,
+            payload: Some(&s.payload),
             enqueued_at: now,
             run_at: now,
             idempotency_key: Some(&origin),
-            expires_at: None,
-        })
-        .map_err(|e| SchedulerError::Encode {
+            compress_above: self.inner.store.compress_above(),
+            ..Default::default()
+        }
+        .to_json()
+        .map_err(|message| SchedulerError::Encode {
             schedule: s.name.clone(),
-            message: e.to_string(),
+            message,
         })?;
         let fired = self
             .inner
