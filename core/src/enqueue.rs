@@ -1,5 +1,5 @@
 //! Enqueue requests and the [`Enqueuer`] seam through which handlers add jobs.
-use crate::{Job, Tier, now_ms};
+use crate::{Job, Tier, TraceContext, now_ms};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -22,6 +22,11 @@ pub struct EnqueueRequest {
     /// returns the first job's id and stores nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The W3C trace context the job continues (stored only when present). Set from the
+    /// caller's headers by the admin API and the outbox; jobs enqueued from a handler get
+    /// the run's context when they have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 impl EnqueueRequest {
@@ -43,6 +48,7 @@ impl EnqueueRequest {
             queue: None,
             run_at_ms: None,
             idempotency_key: None,
+            trace: None,
         }
     }
 
@@ -67,6 +73,12 @@ impl EnqueueRequest {
     /// Sets the idempotency key.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the trace context the job continues.
+    pub fn trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
         self
     }
 }

@@ -16,7 +16,8 @@ pub use defaults::DEFAULT_TOML;
 pub use load::{ConfigError, Loader};
 pub use schema::{
     AdminConfig, Config, DatabaseConfig, LedgerConfig, OutboxConfig, QueueConfig, QueueDefaults, QueueSettings,
-    RedisConfig, RedisMode, RetryConfig, SandboxConfig, SchedulerConfig, Scope, SpillPolicy, TokenConfig, WorkerConfig,
+    RedisConfig, RedisMode, RetryConfig, SandboxConfig, SchedulerConfig, Scope, SpillPolicy, TelemetryConfig,
+    TokenConfig, WorkerConfig,
 };
 
 /// `url` with any password replaced by `***`, for logs and errors.

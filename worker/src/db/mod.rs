@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "superseded runs",
         include_str!("../../../migrations/0002_superseded_runs.sql"),
     ),
+    (
+        3,
+        "outbox traceparent",
+        include_str!("../../../migrations/0003_outbox_traceparent.sql"),
+    ),
 ];
 
 /// The embedded migrations as an sqlx migrator.

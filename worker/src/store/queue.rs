@@ -11,7 +11,7 @@ use super::{
     text,
 };
 use crate::{config::QueueSettings, telemetry};
-use culm_core::{EnqueueError, EnqueueRequest, Enqueued, now_ms};
+use culm_core::{EnqueueError, EnqueueRequest, Enqueued, TraceContext, now_ms};
 use futures::future::try_join_all;
 use redis::Value;
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,9 @@ pub(crate) struct NewEnvelope<'a> {
     pub(crate) run_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) idempotency_key: Option<&'a str>,
+    /// Only jobs that carry a trace context store one: no field, no bytes, otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) trace: Option<&'a TraceContext>,
 }
 
 /// A stored job as read back.
@@ -53,6 +56,9 @@ pub struct Envelope {
     pub run_at: i64,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// The W3C trace context of whatever enqueued the job; each attempt continues it.
+    #[serde(default)]
+    pub trace: Option<TraceContext>,
 }
 
 /// A job handed to a worker under a lease.
@@ -264,6 +270,7 @@ impl Store {
                         enqueued_at: now,
                         run_at: run_at.max(now),
                         idempotency_key: r.idempotency_key.as_deref(),
+                        trace: r.trace.as_ref(),
                     })
                     .map_err(|e| EnqueueError::Storage(e.to_string()))?;
                     inv.arg(ulid::Ulid::new().to_string())
