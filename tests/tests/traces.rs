@@ -404,3 +404,113 @@ async fn an_unreachable_collector_changes_nothing_but_the_dropped_span_count() {
     assert!(dropped >= 1.0);
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn with_export_off_the_callers_context_is_stored_and_sent_unchanged() {
+    use culm_worker::admin::{AdminState, Token};
+    use culm_worker::config::Scope;
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+
+    // This test process installs no exporter: the context passes through as sent.
+    let upstream = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({ "id": "x" })))
+        .mount(&upstream)
+        .await;
+    let env = TestEnv::new(|c| {
+        for name in ["galileo", "unit21"] {
+            let i = c.integrations.get_mut(name).expect("integration configured");
+            i.base_url = format!("{}/{name}", upstream.uri());
+        }
+    })
+    .await;
+    let (base, _stop) = culm_tests::serve_admin(AdminState::new(
+        &env.config,
+        env.store.clone(),
+        vec![Token::new("t", TOKEN, vec![Scope::Enqueue, Scope::Read])],
+    ))
+    .await;
+    let caller = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
+    let http = reqwest::Client::new();
+    let enqueue = |headers: Vec<(&'static str, String)>, authorization_id: &'static str| {
+        let mut req = http
+            .post(format!("{base}/v1/jobs"))
+            .bearer_auth(TOKEN)
+            .json(&json!({ "job": "galileo.process_authorization", "payload": {
+                "authorization_id": authorization_id, "account_id": "acc_1", "amount_cents": 100, "merchant": "Shop" } }));
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move {
+            let resp = req.send().await.expect("enqueue");
+            assert_eq!(resp.status(), 201);
+            let v: Value = resp.json().await.expect("json");
+            v["id"].as_str().expect("id").to_owned()
+        }
+    };
+    let traced = enqueue(
+        vec![
+            ("traceparent", caller.clone()),
+            ("tracestate", "vendor=opaque".into()),
+            ("baggage", "customer=c42".into()),
+        ],
+        "auth_traced",
+    )
+    .await;
+    // An invalid traceparent is ignored (the W3C rule), never a reason to refuse the job.
+    let untraced = enqueue(vec![("traceparent", "00-not-a-trace".into())], "auth_plain").await;
+
+    // Stored only when present: the untraced job's envelope has no trace field at all.
+    let body = |id: String| {
+        let mut conn = env.store.connection();
+        let key = format!("{{{}:galileo}}:jobs", env.prefix);
+        async move {
+            let v: String = redis::cmd("HGET")
+                .arg(key)
+                .arg(id)
+                .query_async(&mut conn)
+                .await
+                .expect("envelope");
+            serde_json::from_str::<Value>(&v).expect("json")
+        }
+    };
+    let stored = body(traced.clone()).await;
+    assert_eq!(
+        stored["trace"],
+        json!({ "traceparent": caller, "tracestate": "vendor=opaque", "baggage": "customer=c42" })
+    );
+    assert!(body(untraced.clone()).await.get("trace").is_none());
+
+    let rt = env.runtime();
+    let running = rt
+        .start(&["galileo".to_owned(), "unit21".to_owned()])
+        .expect("start");
+    // Both jobs and their follow-ups (unit21.send_event) call the upstream.
+    let requests = eventually(WAIT, "four upstream calls", || async {
+        let r = upstream.received_requests().await.unwrap_or_default();
+        (r.len() == 4).then_some(r)
+    })
+    .await;
+    running.shutdown().await;
+    let header = |r: &wiremock::Request, name: &str| {
+        r.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let body_has = |r: &wiremock::Request, what: &str| String::from_utf8_lossy(&r.body).contains(what);
+    for r in &requests {
+        // The traced authorization and its follow-up (whose event id names it) carry the
+        // caller's context exactly; the untraced pair carries none.
+        if body_has(r, "auth_traced") {
+            assert_eq!(header(r, "traceparent").as_deref(), Some(caller.as_str()), "{r:?}");
+            assert_eq!(header(r, "tracestate").as_deref(), Some("vendor=opaque"));
+            assert_eq!(header(r, "baggage").as_deref(), Some("customer=c42"));
+        } else {
+            assert!(body_has(r, "auth_plain"), "{r:?}");
+            assert_eq!(header(r, "traceparent"), None, "{r:?}");
+        }
+    }
+    assert_eq!(requests.iter().filter(|r| body_has(r, "auth_traced")).count(), 2);
+    env.cleanup().await;
+}
