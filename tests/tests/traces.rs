@@ -482,9 +482,7 @@ async fn with_export_off_the_callers_context_is_stored_and_sent_unchanged() {
     assert!(body(untraced.clone()).await.get("trace").is_none());
 
     let rt = env.runtime();
-    let running = rt
-        .start(&["galileo".to_owned(), "unit21".to_owned()])
-        .expect("start");
+    let running = rt.start(&["galileo".to_owned(), "unit21".to_owned()]).expect("start");
     // Both jobs and their follow-ups (unit21.send_event) call the upstream.
     let requests = eventually(WAIT, "four upstream calls", || async {
         let r = upstream.received_requests().await.unwrap_or_default();
@@ -492,12 +490,8 @@ async fn with_export_off_the_callers_context_is_stored_and_sent_unchanged() {
     })
     .await;
     running.shutdown().await;
-    let header = |r: &wiremock::Request, name: &str| {
-        r.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header =
+        |r: &wiremock::Request, name: &str| r.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let body_has = |r: &wiremock::Request, what: &str| String::from_utf8_lossy(&r.body).contains(what);
     for r in &requests {
         // The traced authorization and its follow-up (whose event id names it) carry the
@@ -512,5 +506,45 @@ async fn with_export_off_the_callers_context_is_stored_and_sent_unchanged() {
         }
     }
     assert_eq!(requests.iter().filter(|r| body_has(r, "auth_traced")).count(), 2);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_schedule_tick_starts_a_new_trace_that_its_job_continues() {
+    let env = TestEnv::new(|_| {}).await;
+    let (collector, otlp) = Collector::start().await;
+    let culm = Culm::start(&env, "platform", &otlp).await;
+    let resp = culm
+        .http
+        .post(format!("{}/v1/schedules/platform.heartbeat/trigger", culm.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("trigger");
+    assert!(resp.status().is_success(), "{:?}", resp.text().await);
+    let outcome: Value = resp.json().await.expect("json");
+    let id = outcome["job_id"].as_str().expect("job id").to_owned();
+    let spans = eventually(WAIT, "the tick's job ran and its span is exported", || async {
+        let spans = collector.spans();
+        spans
+            .iter()
+            .any(|s| s.name == "culm.job" && s.attr("job_id") == id)
+            .then_some(spans)
+    })
+    .await;
+    let tick = spans
+        .iter()
+        .find(|s| s.name == "culm.schedule" && s.attr("job_id") == id)
+        .expect("tick span");
+    assert_eq!(tick.parent, "", "a tick is the root of its trace");
+    assert_eq!(tick.attr("schedule"), "platform.heartbeat");
+    let run = spans
+        .iter()
+        .find(|s| s.name == "culm.job" && s.attr("job_id") == id)
+        .expect("run span");
+    assert_eq!(
+        (run.trace_id.as_str(), run.parent.as_str()),
+        (tick.trace_id.as_str(), tick.span_id.as_str())
+    );
     env.cleanup().await;
 }
