@@ -692,6 +692,66 @@ mod tests {
         assert!(e.to_string().contains("http/protobuf"), "{e}");
     }
 
+    /// Log lines captured in memory.
+    #[derive(Clone, Default)]
+    struct Lines(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn json_lines_inside_a_traced_job_lead_with_its_ids_with_export_off() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry().with(CarriedIds).with(
+            tracing_subscriber::fmt::layer()
+                .json()
+                .event_format(WithTraceIds(
+                    tracing_subscriber::fmt::format()
+                        .json()
+                        .flatten_event(true)
+                        .with_current_span(true),
+                ))
+                .with_writer(move || writer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("outside any job");
+            let span = tracing::info_span!(
+                "job",
+                job_id = "01J",
+                trace_id = tracing::field::Empty,
+                span_id = tracing::field::Empty
+            );
+            span.record("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736");
+            span.record("span_id", "00f067aa0ba902b7");
+            let _in_job = span.enter();
+            tracing::info!("inside the job");
+            tracing::info_span!("integration_call").in_scope(|| tracing::warn!("inside a call"));
+        });
+        let text = String::from_utf8(lines.0.lock().expect("lock").clone()).expect("utf-8");
+        let parsed: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+            .collect();
+        assert_eq!(parsed.len(), 3, "{text}");
+        assert!(parsed[0].get("trace_id").is_none(), "{text}");
+        for line in &text.lines().collect::<Vec<_>>()[1..] {
+            assert!(
+                line.starts_with(r#"{"trace_id":"4bf92f3577b34da6a3ce929d0e0e4736","span_id":"00f067aa0ba902b7","#),
+                "{line}"
+            );
+        }
+        assert_eq!(parsed[1]["message"], "inside the job");
+    }
+
     #[test]
     fn a_stored_context_round_trips_through_opentelemetry() {
         let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

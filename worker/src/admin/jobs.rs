@@ -69,8 +69,12 @@ fn caller_trace(headers: &HeaderMap) -> Option<TraceContext> {
     TraceContext::from_headers(h("traceparent"), h("tracestate"), h("baggage"))
 }
 
-/// The span of one enqueue request (`culm.enqueue`), a child of the caller's context.
+/// The span of one enqueue request (`culm.enqueue`), a child of the caller's context;
+/// none with export off.
 fn enqueue_span(route: &'static str, caller: Option<&TraceContext>, jobs: usize) -> tracing::Span {
+    if !crate::otel::enabled() {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "enqueue",
         otel.name = "culm.enqueue",

@@ -70,9 +70,27 @@ impl Service<Task<Delivery>> for Dispatcher {
 
 /// The span of one attempt (`culm.job` in traces): a child of the context stored with the
 /// job, so every attempt, retry and deferral of a job lands in its enqueuer's trace. With
-/// export off it carries the stored ids for log lines.
+/// export off it is the plain log span, carrying the stored ids (if any) for log lines:
+/// the attributes only traces read cost nothing then.
 fn attempt_span(d: &Delivery, tier: &'static str) -> tracing::Span {
     use tracing::field::Empty;
+    if !otel::enabled() {
+        let span = tracing::info_span!(
+            "job",
+            job_id = %d.id,
+            job = %d.envelope.job,
+            queue = %d.queue,
+            attempt = d.attempt,
+            token = d.token,
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        if let Some(t) = &d.envelope.trace {
+            span.record("trace_id", t.trace_id());
+            span.record("span_id", t.span_id());
+        }
+        return span;
+    }
     let span = tracing::info_span!(
         "job",
         otel.name = "culm.job",
@@ -88,20 +106,16 @@ fn attempt_span(d: &Delivery, tier: &'static str) -> tracing::Span {
         outcome = Empty,
         otel.status_code = Empty,
         otel.status_description = Empty,
-        trace_id = Empty,
-        span_id = Empty,
     );
-    if otel::enabled() {
-        otel::set_parent(&span, d.envelope.trace.as_ref());
-    } else if let Some(t) = &d.envelope.trace {
-        span.record("trace_id", t.trace_id());
-        span.record("span_id", t.span_id());
-    }
+    otel::set_parent(&span, d.envelope.trace.as_ref());
     span
 }
 
-/// Records how the attempt ended on its span.
+/// Records how the attempt ended on its span (exported spans only).
 fn record_outcome(verdict: &settle::Verdict) {
+    if !otel::enabled() {
+        return;
+    }
     let span = tracing::Span::current();
     let outcome = match verdict.kind {
         AckKind::Done => "done",
@@ -154,7 +168,9 @@ impl Dispatcher {
         };
         let due = d.envelope.run_at.max(d.envelope.enqueued_at);
         let wait_ms = (now_ms() - due).max(0);
-        tracing::Span::current().record("wait_ms", wait_ms);
+        if otel::enabled() {
+            tracing::Span::current().record("wait_ms", wait_ms);
+        }
         telemetry::started(&s.name, s.tier.as_str(), spec.name, wait_ms as f64 / 1000.0);
         let ctx = JobContext::new(
             d.id.clone(),
