@@ -119,7 +119,7 @@ struct Culm {
 }
 
 impl Culm {
-    async fn start(env: &TestEnv, queues: &str, otlp: &str) -> Culm {
+    async fn start(env: &TestEnv, queues: &str, otlp: &str, log_filter: &str) -> Culm {
         let (admin_port, sandbox_port) = (free_port(), free_port());
         let sandbox = format!("http://127.0.0.1:{sandbox_port}");
         let log = std::env::temp_dir().join(format!("{}-culm.log", env.prefix));
@@ -148,7 +148,7 @@ impl Culm {
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
             .env("OTEL_SERVICE_NAME", "culm-under-test")
             .env("OTEL_TRACES_SAMPLER", "parentbased_always_on")
-            .env("CULM_LOG", "info")
+            .env("CULM_LOG", log_filter)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("log file"));
         let culm = Culm {
@@ -238,7 +238,7 @@ impl Culm {
 async fn a_callers_trace_runs_through_every_attempt_follow_up_and_partner_call() {
     let env = TestEnv::new(|_| {}).await;
     let (collector, otlp) = Collector::start().await;
-    let culm = Culm::start(&env, "galileo,unit21", &otlp).await;
+    let culm = Culm::start(&env, "galileo,unit21", &otlp, "info").await;
     let caller = format!("00-{TRACE_ID}-{CALLER_SPAN}-01");
 
     // Galileo answers 503 (Retry-After: 1) until the first call has been refused, so the
@@ -377,7 +377,7 @@ async fn an_unreachable_collector_changes_nothing_but_the_dropped_span_count() {
     let env = TestEnv::new(|_| {}).await;
     // Nothing listens there: every export fails at once.
     let nowhere = format!("http://127.0.0.1:{}", free_port());
-    let culm = Culm::start(&env, "platform", &nowhere).await;
+    let culm = Culm::start(&env, "platform", &nowhere, "info").await;
     let mut ids = Vec::new();
     for i in 0..20 {
         let tp = format!("00-{TRACE_ID}-{:016x}-01", i + 1);
@@ -513,7 +513,8 @@ async fn with_export_off_the_callers_context_is_stored_and_sent_unchanged() {
 async fn a_schedule_tick_starts_a_new_trace_that_its_job_continues() {
     let env = TestEnv::new(|_| {}).await;
     let (collector, otlp) = Collector::start().await;
-    let culm = Culm::start(&env, "platform", &otlp).await;
+    // Spans do not depend on the log filter.
+    let culm = Culm::start(&env, "platform", &otlp, "warn").await;
     let resp = culm
         .http
         .post(format!("{}/v1/schedules/platform.heartbeat/trigger", culm.admin))

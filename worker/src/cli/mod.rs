@@ -126,16 +126,50 @@ pub fn init_logging(format: LogFormat, telemetry: &crate::config::TelemetryConfi
     let settings = TraceSettings::resolve(telemetry, |k| std::env::var(k).ok())?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CULM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,apalis_core=warn"));
-    let subscriber = tracing_subscriber::registry().with(filter);
-    let (export, spans) = match &settings {
-        Some(s) => {
-            let (export, layer) = Export::start(s)?;
-            (Some(export), Some(layer))
-        }
-        None => (None, None),
-    };
     let json = format == LogFormat::Json;
-    let lines = match format {
+    let export = match &settings {
+        // Export off: one global filter, as before tracing existed.
+        None => {
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(json.then_some(CarriedIds))
+                .with(log_lines(format))
+                .init();
+            None
+        }
+        // Export on: the log filter applies to log lines only, so `CULM_LOG=warn` does
+        // not switch off culm's spans; exported spans are culm's own, at info and above.
+        Some(s) => {
+            let (export, spans) = Export::start(s)?;
+            let culm_spans = tracing_subscriber::filter::Targets::new()
+                .with_target("culm_worker", tracing::Level::INFO)
+                .with_target("culm_jobs", tracing::Level::INFO)
+                .with_target("culm_core", tracing::Level::INFO);
+            tracing_subscriber::registry()
+                .with(spans.with_filter(culm_spans))
+                .with(log_lines(format).with_filter(filter))
+                .init();
+            Some(export)
+        }
+    };
+    if let Some(s) = &settings {
+        tracing::info!(
+            url = %crate::config::redact_url(&s.traces_url),
+            sampler = %s.sampler.0,
+            ratio = s.sampler.1,
+            "exporting spans over OTLP/HTTP"
+        );
+    }
+    Ok(export)
+}
+
+/// The log lines layer: human, or JSON led by the trace and span ids.
+fn log_lines<S>(format: LogFormat) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
+    match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .event_format(WithTraceIds(
@@ -150,21 +184,7 @@ pub fn init_logging(format: LogFormat, telemetry: &crate::config::TelemetryConfi
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .boxed(),
-    };
-    subscriber
-        .with(spans)
-        .with(json.then_some(CarriedIds))
-        .with(lines)
-        .init();
-    if let Some(s) = &settings {
-        tracing::info!(
-            url = %crate::config::redact_url(&s.traces_url),
-            sampler = %s.sampler.0,
-            ratio = s.sampler.1,
-            "exporting spans over OTLP/HTTP"
-        );
     }
-    Ok(export)
 }
 
 /// Parses the command line's configuration, sets up logging and runs the command.
