@@ -123,7 +123,8 @@ pub async fn scope<F: Future>(ctx: Option<TraceContext>, f: F) -> F::Output {
 
 /// The trace context to pass on from here: the current span's when spans are exported
 /// (keeping the run's baggage), else the running job's stored context, else `None`.
-/// Integration calls send it as headers; jobs enqueued from a handler store it.
+/// Integration calls send its traceparent and tracestate; jobs enqueued from a handler
+/// store all of it.
 pub fn current() -> Option<TraceContext> {
     let run = RUN.try_with(Clone::clone).ok().flatten();
     match SPAN_SOURCE.get().and_then(|source| source()) {

@@ -499,7 +499,8 @@ async fn with_export_off_the_callers_context_is_stored_and_sent_unchanged() {
         if body_has(r, "auth_traced") {
             assert_eq!(header(r, "traceparent").as_deref(), Some(caller.as_str()), "{r:?}");
             assert_eq!(header(r, "tracestate").as_deref(), Some("vendor=opaque"));
-            assert_eq!(header(r, "baggage").as_deref(), Some("customer=c42"));
+            // Baggage is the caller's data: kept with the job, never sent to a partner.
+            assert_eq!(header(r, "baggage"), None);
         } else {
             assert!(body_has(r, "auth_plain"), "{r:?}");
             assert_eq!(header(r, "traceparent"), None, "{r:?}");

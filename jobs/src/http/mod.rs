@@ -15,7 +15,8 @@
 //! - **Idempotency**: [`Call::idempotent`] sends `Idempotency-Key: <ctx.idempotency_key()>`.
 //! - **Tracing**: every call is a client span (integration, endpoint, status, transport
 //!   retries, whether the limiter made it wait or deferred it) and sends the W3C
-//!   `traceparent` (`tracestate`, `baggage`) of `culm_core::trace::current`.
+//!   `traceparent` and `tracestate` of `culm_core::trace::current` (never `baggage`,
+//!   which may carry the caller's data, to a third party).
 //! - **Credentials**: read once from the environment variable named in the config and sent
 //!   as a bearer token marked sensitive; never logged or printed.
 pub mod breaker;
@@ -440,13 +441,12 @@ impl Call {
             if let Some(k) = &inner.api_key {
                 rb = rb.header(header::AUTHORIZATION, k.clone());
             }
+            // Baggage stays inside: it is the caller's own key-value data (customer ids,
+            // feature flags) and partners are third parties; the trace ids are not data.
             if let Some(t) = &trace {
                 rb = rb.header("traceparent", &t.traceparent);
                 if let Some(v) = &t.tracestate {
                     rb = rb.header("tracestate", v);
-                }
-                if let Some(v) = &t.baggage {
-                    rb = rb.header("baggage", v);
                 }
             }
             rb

@@ -109,7 +109,7 @@ impl From<Enqueued> for EnqueuedView {
     params(
         ("traceparent" = Option<String>, Header, description = "W3C trace context: stored with the job, continued by its attempts, follow-ups and partner calls; an invalid value is ignored"),
         ("tracestate" = Option<String>, Header, description = "W3C trace state, kept with the traceparent (at most 512 characters)"),
-        ("baggage" = Option<String>, Header, description = "W3C baggage, kept with the traceparent and sent on partner calls (at most 8192 bytes)"),
+        ("baggage" = Option<String>, Header, description = "W3C baggage, kept with the job and its follow-ups, never sent to partners (at most 8192 bytes)"),
     ),
     responses(
         (status = 201, description = "Enqueued", body = EnqueuedView),
