@@ -126,15 +126,30 @@ pub fn init_logging(format: LogFormat, telemetry: &crate::config::TelemetryConfi
     let settings = TraceSettings::resolve(telemetry, |k| std::env::var(k).ok())?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CULM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,apalis_core=warn"));
-    let json = format == LogFormat::Json;
     let export = match &settings {
-        // Export off: one global filter, as before tracing existed.
+        // Export off: the same subscriber as before tracing existed (one global filter,
+        // static dispatch), so jobs pay nothing for it; JSON lines still carry a job's
+        // stored trace ids.
         None => {
-            tracing_subscriber::registry()
-                .with(filter)
-                .with(json.then_some(CarriedIds))
-                .with(log_lines(format))
-                .init();
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            match format {
+                LogFormat::Json => builder
+                    .json()
+                    .event_format(WithTraceIds(
+                        tracing_subscriber::fmt::format()
+                            .json()
+                            .flatten_event(true)
+                            .with_current_span(true),
+                    ))
+                    .finish()
+                    .with(CarriedIds)
+                    .init(),
+                LogFormat::Human => builder
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .init(),
+            }
             None
         }
         // Export on: the log filter applies to log lines only, so `CULM_LOG=warn` does
