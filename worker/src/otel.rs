@@ -711,17 +711,18 @@ mod tests {
         use tracing_subscriber::layer::SubscriberExt;
         let lines = Lines::default();
         let writer = lines.clone();
-        let subscriber = tracing_subscriber::registry().with(CarriedIds).with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .event_format(WithTraceIds(
-                    tracing_subscriber::fmt::format()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(true),
-                ))
-                .with_writer(move || writer.clone()),
-        );
+        // Composed as `culm --log-format json` composes it with export off.
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .json()
+            .event_format(WithTraceIds(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            ))
+            .finish()
+            .with(CarriedIds);
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!("outside any job");
             let span = tracing::info_span!(
