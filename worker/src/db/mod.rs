@@ -34,9 +34,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/0002_superseded_runs.sql"),
     ),
     (
-        3,
+        4,
         "outbox traceparent",
-        include_str!("../../../migrations/0003_outbox_traceparent.sql"),
+        include_str!("../../../migrations/0004_outbox_traceparent.sql"),
     ),
 ];
 

@@ -40,7 +40,7 @@ INSERT = (
     "INSERT INTO culm_outbox (job, payload, queue, run_at, idempotency_key) "
     "VALUES (%s, %s::jsonb, %s, %s, %s) RETURNING id"
 )
-# With a trace context (culm's schema version 3 and later): the relay stores it with the job.
+# With a trace context (culm's schema version 4 and later): the relay stores it with the job.
 INSERT_TRACED = (
     "INSERT INTO culm_outbox (job, payload, queue, run_at, idempotency_key, traceparent) "
     "VALUES (%s, %s::jsonb, %s, %s, %s, %s) RETURNING id"
