@@ -7,7 +7,7 @@
 //! dropped and counted (`culm_trace_spans_dropped_total`), and so are the spans of an
 //! export that fails. With export off no layer is installed and spans cost what they
 //! cost before; a job's stored trace context is still passed on (`culm_core::trace`).
-use crate::config::TelemetryConfig;
+use crate::config::{TRACE_SAMPLERS as SAMPLERS, TelemetryConfig};
 use culm_core::TraceContext;
 use opentelemetry::{
     Context,
@@ -69,15 +69,6 @@ pub struct TraceSettings {
     pub export_interval: Duration,
     pub export_timeout: Duration,
 }
-
-const SAMPLERS: &[&str] = &[
-    "always_on",
-    "always_off",
-    "traceidratio",
-    "parentbased_always_on",
-    "parentbased_always_off",
-    "parentbased_traceidratio",
-];
 
 impl TraceSettings {
     /// The settings, or `None` when export is off. `env` reads a variable (the process
@@ -751,6 +742,21 @@ mod tests {
             );
         }
         assert_eq!(parsed[1]["message"], "inside the job");
+    }
+
+    #[test]
+    fn bad_telemetry_keys_name_the_layer_and_the_key() {
+        for (var, value, key) in [
+            ("CULM__TELEMETRY__SAMPLER", "sometimes", "telemetry.sampler"),
+            ("CULM__TELEMETRY__SAMPLER_RATIO", "1.5", "telemetry.sampler_ratio"),
+            ("CULM__TELEMETRY__ENDPOINT", "collector:4318", "telemetry.endpoint"),
+            ("CULM__TELEMETRY__BATCH_SIZE", "100000", "telemetry.batch_size"),
+        ] {
+            let e = crate::config::Loader::new(None, None)
+                .load_from([(var.to_owned(), value.to_owned())])
+                .expect_err("refused");
+            assert!(e.to_string().contains(var) && e.to_string().contains(key), "{var}: {e}");
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod validate;
 
 pub use defaults::DEFAULT_TOML;
 pub use load::{ConfigError, Loader};
+pub use schema::TRACE_SAMPLERS;
 pub use schema::{
     AdminConfig, Config, DatabaseConfig, LedgerConfig, OutboxConfig, QueueConfig, QueueDefaults, QueueSettings,
     RedisConfig, RedisMode, RetryConfig, SandboxConfig, SchedulerConfig, Scope, SpillPolicy, TelemetryConfig,

@@ -47,6 +47,16 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
 }
 
+/// The samplers `telemetry.sampler` and `OTEL_TRACES_SAMPLER` may name.
+pub const TRACE_SAMPLERS: &[&str] = &[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
 /// `[telemetry]`: span export over OTLP/HTTP. The standard `OTEL_*` variables override
 /// these keys (`otel::TraceSettings::resolve`).
 #[derive(Debug, Clone, Deserialize)]
