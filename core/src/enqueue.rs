@@ -22,6 +22,20 @@ pub struct EnqueueRequest {
     /// returns the first job's id and stores nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// Not started by this time (ms since the epoch), the job is not run at all: it ends
+    /// in state `expired` (Celery's `expires`). Applies to every attempt, retries included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<i64>,
+    /// While a job enqueued with this key (in the same queue) is pending, scheduled or
+    /// running, another enqueue with it returns that job's id and stores nothing; once
+    /// it has finished, the key is free again. `None` with `unique_for_ms` set: the key is
+    /// the job type and a hash of the payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_key: Option<String>,
+    /// How long the uniqueness holds at most, ms, even if the job is still live (default:
+    /// the job type's `UNIQUE_FOR`, else `worker.idempotency_ttl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unique_for_ms: Option<u64>,
     /// The W3C trace context the job continues (stored only when present). Set from the
     /// caller's headers by the admin API and the outbox; jobs enqueued from a handler get
     /// the run's context when they have none.
@@ -48,8 +62,37 @@ impl EnqueueRequest {
             queue: None,
             run_at_ms: None,
             idempotency_key: None,
+            expires_at_ms: None,
+            unique_key: None,
+            unique_for_ms: None,
             trace: None,
         }
+    }
+
+    /// Unique by payload: while a job of this type with an equal payload is pending,
+    /// scheduled or running in the queue (for at most `ttl`), enqueueing another returns
+    /// its id instead.
+    pub fn unique_for(mut self, ttl: Duration) -> Self {
+        self.unique_for_ms = Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Unique by `key` instead of the payload (see [`EnqueueRequest::unique_for`]).
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Not run at all unless started within `ttl` from now (the job ends `expired`).
+    pub fn expires_in(mut self, ttl: Duration) -> Self {
+        self.expires_at_ms = Some(now_ms() + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2));
+        self
+    }
+
+    /// Not run at all unless started by `at_ms` (ms since the epoch).
+    pub fn expires_at_ms(mut self, at_ms: i64) -> Self {
+        self.expires_at_ms = Some(at_ms);
+        self
     }
 
     /// Sends the job to `queue` instead of its default.

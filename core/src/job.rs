@@ -1,7 +1,7 @@
 //! The [`Job`] trait: one typed payload, its routing, and its handler.
-use crate::{JobContext, JobError, Outcome, Tier};
+use crate::{JobContext, JobError, Outcome, RetryPolicy, Tier};
 use serde::{Serialize, de::DeserializeOwned};
-use std::future::Future;
+use std::{future::Future, time::Duration};
 
 /// A job type. The struct is the payload (serialised as JSON); the associated constants
 /// are its routing, declared next to it so a reader sees where it runs; `run` is the handler.
@@ -32,6 +32,16 @@ pub trait Job: Serialize + DeserializeOwned + Send + Sync + 'static {
     const TIERS: &'static [Tier];
     /// A short description, shown by `culm check` and the admin API.
     const DESCRIPTION: &'static str = "";
+    /// How this job type is retried, wherever it runs; `None` takes its queue's policy.
+    /// A `[job_types.<name>] retry` in the worker's configuration overrides this.
+    const RETRY: Option<RetryPolicy> = None;
+    /// How long one attempt may run, wherever it runs; `None` takes its queue's
+    /// timeout. A `[job_types.<name>] timeout` in the configuration overrides this.
+    const TIMEOUT: Option<Duration> = None;
+    /// Every job of this type is unique by payload for at most this long: while one with
+    /// an equal payload is pending, scheduled or running in its queue, enqueueing another
+    /// returns that job's id. A request may give its own `unique_key` or `unique_for`.
+    const UNIQUE_FOR: Option<Duration> = None;
 
     /// The handler. Return [`Outcome::done`] (optionally with follow-up jobs), or an error
     /// classified as retryable, permanent or deferred. Never block on another job.

@@ -29,7 +29,7 @@ pub use error_path::field_path;
 pub use job::{Job, schema_of};
 pub use outcome::{JobError, Outcome, key_follow_ups};
 pub use registry::{JobSpec, Registry, RegistryError, RunResult};
-pub use retry::RetryPolicy;
+pub use retry::{Backoff, RetryPolicy};
 pub use tier::{Tier, UnknownTier};
 pub use trace::TraceContext;
 

@@ -1,7 +1,7 @@
 //! The registry: job type name → routing, payload validation and erased handler.
-use crate::{EnqueueError, Job, JobContext, JobError, Outcome, Tier};
+use crate::{EnqueueError, Job, JobContext, JobError, Outcome, RetryPolicy, Tier};
 use futures::{FutureExt, future::BoxFuture};
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 /// What running a stored job produced.
 #[derive(Debug)]
@@ -30,6 +30,12 @@ pub struct JobSpec {
     pub example: Option<serde_json::Value>,
     /// JSON Schema of the payload ([`Job::schema`]), if the job type provides one.
     pub schema: Option<serde_json::Value>,
+    /// The job type's own retry policy ([`Job::RETRY`]), over its queue's.
+    pub retry: Option<RetryPolicy>,
+    /// The job type's own attempt timeout ([`Job::TIMEOUT`]), over its queue's.
+    pub timeout: Option<Duration>,
+    /// Uniqueness by payload of every job of this type ([`Job::UNIQUE_FOR`]).
+    pub unique_for: Option<Duration>,
     validate: Validate,
     run: ErasedRun,
 }
@@ -79,6 +85,9 @@ pub enum RegistryError {
     /// than 100: names travel into stored envelopes, metric labels, the ledger and URLs.
     #[error("job type `{0}`: names use only a-z, 0-9, _ and . (at most 100 characters)")]
     BadName(&'static str),
+    /// A job type's own `RETRY` allows no attempt, or its `TIMEOUT` is zero.
+    #[error("job type `{0}`: {1}")]
+    BadPolicy(&'static str, &'static str),
 }
 
 fn valid_job_name(name: &str) -> bool {
@@ -130,6 +139,15 @@ impl Registry {
         if self.specs.contains_key(J::NAME) {
             return Err(RegistryError::Duplicate(J::NAME));
         }
+        if J::RETRY.as_ref().is_some_and(|r| r.max_attempts == 0) {
+            return Err(RegistryError::BadPolicy(J::NAME, "RETRY must allow at least 1 attempt"));
+        }
+        if J::UNIQUE_FOR.is_some_and(|t| t.is_zero()) {
+            return Err(RegistryError::BadPolicy(J::NAME, "UNIQUE_FOR must be above zero"));
+        }
+        if J::TIMEOUT.is_some_and(|t| t.is_zero()) {
+            return Err(RegistryError::BadPolicy(J::NAME, "TIMEOUT must be above zero"));
+        }
         let run: ErasedRun = Arc::new(|payload: &str, ctx: JobContext| {
             let mut de = serde_json::Deserializer::from_str(payload);
             match serde_path_to_error::deserialize::<_, J>(&mut de) {
@@ -154,6 +172,9 @@ impl Registry {
                 description: J::DESCRIPTION,
                 example,
                 schema: J::schema(),
+                retry: J::RETRY,
+                timeout: J::TIMEOUT,
+                unique_for: J::UNIQUE_FOR,
                 validate: validate_as::<J>,
                 run,
             },

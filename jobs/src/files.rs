@@ -7,7 +7,8 @@ use crate::{
     job,
     support::{BATCH, REPORTING, done, fan_out, follow, seg},
 };
-use culm_core::{JobError, Outcome, Registry, RegistryError};
+use culm_core::{JobError, Outcome, Registry, RegistryError, RetryPolicy};
+use std::time::Duration;
 
 /// Registers the file, report and statement job types.
 pub fn register(r: &mut Registry) -> Result<(), RegistryError> {
@@ -23,6 +24,9 @@ job! {
     /// Uploads a generated file to a partner's drop.
     UploadFile = "ftp.upload_file" in "ftp" for BATCH;
     "Upload a file to a partner drop.";
+    // A partner's file server that refuses an upload is usually restarting: three more
+    // tries, 30 s apart, then a person looks at the dead letter.
+    retry RetryPolicy::fixed(4, Duration::from_secs(30));
     {
         /// Destination path at the provider.
         remote_path: String,
@@ -43,6 +47,9 @@ job! {
     /// Picks up Galileo's daily report files of a day (empty: latest).
     FetchGalileoReports = "ftp.fetch_galileo_reports" in "ftp" for BATCH;
     "Pick up Galileo's report files.";
+    // Galileo's files land late on some days: look again after 5, 15 and 30 minutes.
+    retry RetryPolicy::delays(&[Duration::from_secs(300), Duration::from_secs(900), Duration::from_secs(1800)]);
+    timeout Duration::from_secs(120);
     {
         /// Day, `YYYY-MM-DD`.
         #[serde(default)]

@@ -85,6 +85,8 @@ macro_rules! job {
         $(#[$meta:meta])*
         $ty:ident = $name:literal in $queue:literal for $tiers:expr;
         $desc:literal;
+        $(retry $retry:expr;)?
+        $(timeout $timeout:expr;)?
         { $($(#[$fmeta:meta])* $field:ident : $fty:ty),* $(,)? }
         example $example:expr;
         |$this:ident, $ctx:ident| $body:block
@@ -101,6 +103,8 @@ macro_rules! job {
             const QUEUE: &'static str = $queue;
             const TIERS: &'static [culm_core::Tier] = $tiers;
             const DESCRIPTION: &'static str = $desc;
+            $(const RETRY: Option<culm_core::RetryPolicy> = Some($retry);)?
+            $(const TIMEOUT: Option<std::time::Duration> = Some($timeout);)?
             #[allow(unused_variables, reason = "handler bodies that ignore the payload or the context")]
             async fn run(self, $ctx: culm_core::JobContext) -> Result<culm_core::Outcome, culm_core::JobError> {
                 let $this = self;

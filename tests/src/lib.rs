@@ -1,7 +1,7 @@
 //! Test support: each test gets its own Redis key prefix, its own config and, when it
 //! needs PostgreSQL, its own database ([`TestDb`]); it starts culm in-process or as a
 //! child `culm` binary, and waits on conditions or job events instead of sleeping.
-use culm_core::{EnqueueRequest, Enqueued};
+use culm_core::{EnqueueRequest, Enqueued, RetryPolicy};
 use culm_worker::{
     config::{Config, QueueConfig, RetryConfig},
     runtime::{JobEvent, Runtime},
@@ -46,11 +46,12 @@ pub fn queue(tier: &str, concurrency: u32, timeout_ms: u64, max_attempts: u32) -
         tier: tier.parse().expect("valid tier"),
         concurrency,
         timeout: Some(Duration::from_millis(timeout_ms)),
-        retry: Some(RetryConfig {
+        max_in_flight: None,
+        retry: Some(RetryConfig(RetryPolicy::exponential(
             max_attempts,
-            backoff_base: Duration::from_millis(20),
-            backoff_cap: Duration::from_millis(100),
-        }),
+            Duration::from_millis(20),
+            Duration::from_millis(100),
+        ))),
         result_ttl: None,
         description: String::new(),
     }
@@ -178,6 +179,7 @@ pub fn is(kind: &str, e: &JobEvent) -> bool {
             | ("dead", AckKind::Dead)
             | ("retry", AckKind::Retry { .. })
             | ("defer", AckKind::Defer { .. })
+            | ("expired", AckKind::Expired)
     )
 }
 

@@ -53,7 +53,12 @@ impl Api {
             Token::new("reader", READER, vec![Scope::Read]),
             Token::new("enqueuer", ENQUEUER, vec![Scope::Enqueue]),
         ];
-        let catalog = Catalog::load("", env.store.registry(), &Routing::from_config(&env.config)).expect("catalog");
+        let catalog = Catalog::load(
+            "",
+            env.store.registry(),
+            &Routing::from_config(&env.config, env.store.registry()),
+        )
+        .expect("catalog");
         let scheduler = Scheduler::new(store.clone(), catalog, &env.config);
         let (base, stop) =
             culm_tests::serve_admin(AdminState::new(&env.config, store, tokens).with_scheduler(Some(scheduler))).await;
@@ -231,6 +236,36 @@ async fn bad_enqueues_get_the_right_status_and_name_the_field() {
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
             Some("run_at"),
+        ),
+        (
+            json!({"job": "platform.noop", "unique_key": "has space"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("unique_key"),
+        ),
+        (
+            json!({"job": "platform.noop", "unique_for_ms": 0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("unique_for_ms"),
+        ),
+        (
+            json!({"job": "platform.noop", "expires_at": "soon"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("expires_at"),
+        ),
+        (
+            json!({"job": "platform.noop", "expires_at": "2020-01-01T00:00:00Z"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("expires_at"),
+        ),
+        (
+            json!({"job": "platform.noop", "expires_at": "2099-01-01T00:00:00Z", "expires_in_ms": 1000}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("expires_at"),
         ),
         (
             json!({"job": "platform.noop", "delay_ms": -5}),

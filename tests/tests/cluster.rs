@@ -377,7 +377,7 @@ async fn jobs_in_several_queues_on_a_three_node_cluster_all_finish() {
             ),
         )],
         env.store.registry(),
-        &Routing::from_config(&env.config),
+        &Routing::from_config(&env.config, env.store.registry()),
     )
     .expect("catalog");
     let store = Store::connect(&env.config, env.store.registry().clone())

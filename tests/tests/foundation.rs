@@ -467,3 +467,172 @@ fn a_password_in_a_url_query_never_reaches_the_output() {
         assert!(!all.contains("s3cret"), "the password leaked: {all}");
     }
 }
+
+/// A job type's own retry policy and timeout win over its queue's: `[job_types]` in the
+/// configuration here (the job type's code sits between the two; the config tests check
+/// the whole order). Three job types in one queue, each under a different override.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_types_retry_policy_and_timeout_override_its_queues() {
+    use culm_core::RetryPolicy;
+    use culm_worker::config::{JobTypeConfig, RetryConfig};
+    let env = TestEnv::new(|c| {
+        // The queue: 5 attempts, backoff at most 100 ms, 5 s per attempt.
+        c.queues.insert("t_policy".into(), queue("batch", 4, 5_000, 5));
+        let mut over = |job: &str, retry: Option<RetryPolicy>, timeout: Option<Duration>| {
+            c.job_types.insert(
+                job.into(),
+                JobTypeConfig {
+                    retry: retry.map(RetryConfig),
+                    timeout,
+                },
+            );
+        };
+        // Explicit delays: three attempts in all.
+        static DELAYS: &[Duration] = &[Duration::from_millis(10), Duration::from_millis(20)];
+        over("platform.fail", Some(RetryPolicy::delays(DELAYS)), None);
+        // The seed's "3 retries, 30 s apart".
+        over(
+            "platform.panic",
+            Some(RetryPolicy::fixed(4, Duration::from_secs(30))),
+            None,
+        );
+        // An attempt may run 100 ms, not the queue's 5 s; one attempt only.
+        over(
+            "platform.sleep",
+            Some(RetryPolicy::fixed(1, Duration::from_secs(1))),
+            Some(Duration::from_millis(100)),
+        );
+    })
+    .await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_policy".into()]).expect("start");
+    let listed = env
+        .enqueue(EnqueueRequest::raw("platform.fail", json!({"times": 100})).queue("t_policy"))
+        .await;
+    let fixed = env
+        .enqueue(EnqueueRequest::raw("platform.panic", json!({})).queue("t_policy"))
+        .await;
+    let slow = env
+        .enqueue(EnqueueRequest::raw("platform.sleep", json!({"ms": 60_000})).queue("t_policy"))
+        .await;
+
+    // The three settle in any order: take each one's first final or retry event.
+    let (mut dead, mut retry, mut timed_out) = (None, None, None);
+    while dead.is_none() || retry.is_none() || timed_out.is_none() {
+        let e = next_event(&mut events, WAIT, |_| true).await;
+        if e.id == listed.id && is("dead", &e) {
+            dead = Some(e);
+        } else if e.id == fixed.id {
+            retry = retry.or(Some(e));
+        } else if e.id == slow.id {
+            timed_out = timed_out.or(Some(e));
+        }
+    }
+    let (Some(dead), Some(retry), Some(timed_out)) = (dead, retry, timed_out) else {
+        unreachable!("the loop ends once all three are in");
+    };
+    assert_eq!(
+        dead.attempt, 3,
+        "two listed delays: three attempts, not the queue's five"
+    );
+    assert!(dead.error.contains("attempt 3 of 3"), "{dead:?}");
+    match retry.kind {
+        // The queue's backoff would be at most 100 ms; the fixed policy waits 30 s.
+        AckKind::Retry { at } => assert!(at > now_ms() + 20_000, "retry in {} ms", at - now_ms()),
+        other => panic!("a panic under a fixed policy retries, got {other:?}"),
+    }
+    assert_eq!(timed_out.kind, AckKind::Dead, "{timed_out:?}");
+    assert!(timed_out.error.contains("timed out after 100ms"), "{timed_out:?}");
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+/// Celery's `expires`: a job not started by its `expires_at` is not run at all and ends
+/// `expired` (not dead): neither its first attempt nor a retry starts late. A job whose
+/// expiry is still ahead runs as usual, and one that would expire before it may run is
+/// refused at enqueue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_not_started_by_its_expiry_is_not_run_and_ends_expired() {
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_expiry".into(), queue("batch", 2, 5_000, 100));
+    })
+    .await;
+    let set = env.key("ran");
+    env.store.pause("t_expiry").await.expect("pause");
+    let stale = env
+        .enqueue(
+            EnqueueRequest::raw("platform.record", json!({"set": set}))
+                .queue("t_expiry")
+                .expires_in(Duration::from_millis(300)),
+        )
+        .await;
+    let fresh = env
+        .enqueue(
+            EnqueueRequest::raw("platform.record", json!({"set": set}))
+                .queue("t_expiry")
+                .expires_in(Duration::from_secs(3600)),
+        )
+        .await;
+    // Fails every attempt; its expiry ends the retries instead of the attempt budget.
+    let failing = env
+        .enqueue(
+            EnqueueRequest::raw("platform.fail", json!({"times": 1000}))
+                .queue("t_expiry")
+                .expires_in(Duration::from_secs(1)),
+        )
+        .await;
+    let stale_expires = now_ms() + 300;
+    // The paused queue keeps the stale job waiting past its expiry.
+    eventually(WAIT, "the stale job's expiry passes", || async {
+        (now_ms() > stale_expires).then_some(())
+    })
+    .await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_expiry".into()]).expect("start");
+    env.store.resume("t_expiry").await.expect("resume");
+
+    let (mut expired, mut done, mut failing_end) = (None, None, None);
+    while expired.is_none() || done.is_none() || failing_end.is_none() {
+        let e = next_event(&mut events, WAIT, |_| true).await;
+        if e.id == stale.id {
+            expired = Some(e);
+        } else if e.id == fresh.id {
+            done = Some(e);
+        } else if e.id == failing.id && !is("retry", &e) {
+            failing_end = Some(e);
+        }
+    }
+    let (Some(expired), Some(done), Some(failing_end)) = (expired, done, failing_end) else {
+        unreachable!("the loop ends once all three are in");
+    };
+    assert_eq!(expired.kind, AckKind::Expired, "{expired:?}");
+    assert!(expired.error.contains("expired at"), "{expired:?}");
+    assert_eq!(done.kind, AckKind::Done, "{done:?}");
+    assert_eq!(
+        env.members(&set).await,
+        vec![fresh.id.clone()],
+        "only the fresh job ran"
+    );
+    assert_eq!(failing_end.kind, AckKind::Expired, "{failing_end:?}");
+    assert!(failing_end.attempt > 1, "it retried until it expired: {failing_end:?}");
+
+    let status = env.store.status(&stale.id).await.expect("status").expect("known");
+    assert_eq!(status.state, JobState::Expired);
+    assert!(env.store.dead_list("t_expiry", 10).await.expect("dead").is_empty());
+
+    let refused = env
+        .store
+        .enqueue(vec![
+            EnqueueRequest::raw("platform.noop", json!({}))
+                .queue("t_expiry")
+                .delay(Duration::from_secs(60))
+                .expires_in(Duration::from_secs(1)),
+        ])
+        .await
+        .expect_err("expires before it may run");
+    assert!(refused.to_string().contains("expires_at"), "{refused}");
+    running.shutdown().await;
+    env.cleanup().await;
+}

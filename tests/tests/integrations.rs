@@ -6,6 +6,7 @@ use culm_jobs::http::{
     Client,
     breaker::BreakerState,
     config::{BreakerConfig, IntegrationSettings, LimitConfig},
+    conn::Conn,
 };
 use culm_tests::TestEnv;
 use std::time::Duration;
@@ -485,7 +486,7 @@ fn path_regex_salesforce() -> wiremock::matchers::PathRegexMatcher {
 fn the_catalog_covers_every_family_with_examples_and_banking_stays_critical() {
     let registry = culm_jobs::registry().expect("registry");
     let config = Config::defaults().expect("defaults");
-    let problems = Routing::from_config(&config).problems(&registry);
+    let problems = Routing::from_config(&config, &registry).problems(&registry);
     assert!(problems.is_empty(), "{problems:?}");
     for family in [
         "galileo.",
@@ -532,7 +533,8 @@ fn the_catalog_covers_every_family_with_examples_and_banking_stays_critical() {
 fn the_shipped_schedules_validate_with_at_least_60_enabled() {
     let registry = culm_jobs::registry().expect("registry");
     let config = Config::defaults().expect("defaults");
-    let catalog = Catalog::load("", &registry, &Routing::from_config(&config)).unwrap_or_else(|e| panic!("{e}"));
+    let catalog =
+        Catalog::load("", &registry, &Routing::from_config(&config, &registry)).unwrap_or_else(|e| panic!("{e}"));
     let enabled = catalog.iter().filter(|s| s.enabled).count();
     assert!(enabled >= 60, "only {enabled} enabled schedules");
 }
@@ -599,7 +601,7 @@ fn bad_integration_settings_name_their_key() {
     load("CULM__INTEGRATIONS__DING__TIMEOUT", "5s").expect("an override loads");
 }
 
-/// Issue 16: `ctx.idempotency_key()` and `Call::idempotent()` are one key, and a re-drive
+/// `ctx.idempotency_key()` and `Call::idempotent()` are one key, and a re-drive
 /// from the archive (a new job, enqueued with `culm_core::redrive_key` as `dead_redrive`
 /// does) sends the original job's key, so a re-driven payment cannot pay twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -639,7 +641,7 @@ async fn a_redriven_job_keeps_the_original_upstream_idempotency_key() {
     env.cleanup().await;
 }
 
-/// Issue 16: the breaker is shared through Redis. One replica's failures open it for every
+/// The breaker is shared through Redis. One replica's failures open it for every
 /// replica (the others defer without making their own failing calls), and half-open lets
 /// one probe through in total, not one per replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -689,7 +691,99 @@ async fn one_replicas_failures_open_the_breaker_for_every_replica() {
     env.cleanup().await;
 }
 
-/// Issue 16: the catalog sync every 30 minutes fits Bamboo's 2 calls an hour and fires on
+/// While Redis is unreachable the breaker is this process's own: its failures still open
+/// it (the third call is deferred without reaching the upstream) though no other replica
+/// hears of them. Once Redis answers again the shared state rules once more. The
+/// endpoint has no configured limit, so the unreachable limiter does not stop the calls
+/// (one with a limit is refused instead: see the next test).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_falls_back_to_the_process_while_redis_is_unreachable() {
+    use culm_tests::faults::FaultProxy;
+    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+    let env = TestEnv::new(|_| {}).await;
+    let (server, s) = failing_unit21(&env, Duration::from_secs(30)).await;
+    let redis_addr = culm_tests::redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = FaultProxy::start(&redis_addr).await;
+    let cut_off = {
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1);
+        let cm = ConnectionManager::new_with_config(redis::Client::open(proxy.url()).expect("url"), cfg)
+            .await
+            .expect("connects through the proxy");
+        Client::new(s.clone(), Conn::Manager(cm), &env.prefix, None).expect("client builds")
+    };
+    let other = client(&env, s, None);
+    proxy.cut();
+    for _ in 0..2 {
+        let e = cut_off.post("events", "/events").send().await.expect_err("500");
+        assert!(matches!(e, JobError::Retryable { .. }), "{e:?}");
+    }
+    assert_eq!(cut_off.breaker().state(), BreakerState::Open);
+    let e = cut_off.post("events", "/events").send().await.expect_err("open");
+    assert!(
+        matches!(e, JobError::Defer { ref reason, .. } if reason.contains("circuit breaker open")),
+        "the process's own breaker defers without calling: {e:?}"
+    );
+    server.verify().await;
+    Mock::given(path("/unit21/events"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&server)
+        .await;
+    // The shared state never heard of those failures: a replica that reaches Redis calls.
+    assert_eq!(
+        other.post("events", "/events").send().await.expect("called").status,
+        200
+    );
+    // Redis is back: the cut-off process follows the shared (closed) state again.
+    proxy.restore();
+    let reply = culm_tests::eventually(Duration::from_secs(10), "the shared breaker again", || {
+        let c = cut_off.clone();
+        async move { c.post("events", "/events").send().await.ok() }
+    })
+    .await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(cut_off.breaker().state(), BreakerState::Closed);
+    env.cleanup().await;
+}
+
+/// An endpoint with a configured limit is never called while the shared limiter cannot
+/// be asked: the call fails retryable and the upstream sees nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_limited_endpoint_is_not_called_while_redis_is_unreachable() {
+    use culm_tests::faults::FaultProxy;
+    let env = TestEnv::new(|_| {}).await;
+    let server = MockServer::start().await;
+    Mock::given(path("/bamboo/orders"))
+        .respond_with(ResponseTemplate::new(202))
+        .expect(0)
+        .mount(&server)
+        .await;
+    let s = settings(&env, "bamboo", &server, |_| {});
+    let redis_addr = culm_tests::redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = FaultProxy::start(&redis_addr).await;
+    let cm = redis::aio::ConnectionManager::new(redis::Client::open(proxy.url()).expect("url"))
+        .await
+        .expect("connects through the proxy");
+    let c = Client::new(s, Conn::Manager(cm), &env.prefix, None).expect("client builds");
+    proxy.cut();
+    let e = c.post("place_order", "/orders").send().await.expect_err("refused");
+    assert!(
+        matches!(e, JobError::Retryable { ref message, .. } if message.contains("rate limiter unavailable")),
+        "{e:?}"
+    );
+    server.verify().await;
+    env.cleanup().await;
+}
+
+/// The catalog sync every 30 minutes fits Bamboo's 2 calls an hour and fires on
 /// time. The two previous calls were 30 and 60 minutes ago (on Redis's clock): the next
 /// slot is within `max_wait` (the window is an hour plus the guard), not deferred. With
 /// GCRA and 10 % headroom it was 3 minutes away, and every run drifted.

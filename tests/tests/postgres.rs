@@ -90,7 +90,8 @@ async fn migrations_apply_from_zero_are_idempotent_and_refuse_a_newer_schema() {
     // A fresh database with migrate_on_start off: refused, naming the command.
     let e = db.prepare(false).await.expect_err("schema behind");
     assert!(e.to_string().contains("culm migrate"), "{e}");
-    assert_eq!(db.migrate().await.expect("first migrate"), vec![1, 2, 4]);
+    let every: Vec<i64> = (1..=culm_worker::db::latest_version()).collect();
+    assert_eq!(db.migrate().await.expect("first migrate"), every);
     assert_eq!(db.migrate().await.expect("second migrate"), Vec::<i64>::new());
     db.prepare(false).await.expect("schema current");
     for table in ["culm_job_runs", "culm_dead_jobs", "culm_outbox"] {
@@ -1035,5 +1036,45 @@ async fn replaying_a_spilled_dead_row_keeps_a_redrive_and_never_moves_the_archiv
     replay().await;
     assert_eq!(archived().await, (later, false, None, 4));
     env.cleanup().await;
+    db.pool().close().await;
+}
+
+/// A job whose `expires_at` passed before it could start leaves one ledger row with
+/// outcome `expired` (the schema accepts it), and once Redis forgets the job its status
+/// from the ledger still says `expired`.
+#[tokio::test]
+async fn an_expired_job_is_in_the_ledger_as_expired() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    env.store.pause("t_q").await.expect("pause");
+    let job = env
+        .enqueue(
+            EnqueueRequest::raw("platform.noop", json!({}))
+                .queue("t_q")
+                .expires_in(Duration::from_millis(200)),
+        )
+        .await;
+    let expires = culm_core::now_ms() + 200;
+    eventually(WAIT, "the expiry passes", || async {
+        (culm_core::now_ms() > expires).then_some(())
+    })
+    .await;
+    let rt = env.runtime().with_ledger(ledger);
+    let mut events = rt.events();
+    let running = rt.start(&["t_q".to_owned()]).expect("start");
+    env.store.resume("t_q").await.expect("resume");
+    next_event(&mut events, WAIT, |e| e.id == job.id && is("expired", e)).await;
+    running.shutdown().await;
+    writer.shutdown(Duration::from_secs(10)).await;
+    let rows: Vec<(i32, String)> = sqlx::query_as("SELECT attempt, outcome FROM culm_job_runs WHERE job_id = $1")
+        .bind(&job.id)
+        .fetch_all(db.pool())
+        .await
+        .expect("ledger rows");
+    assert_eq!(rows, vec![(1, "expired".to_owned())]);
+    env.cleanup().await;
+    let s = db.job_status(&job.id).await.expect("ledger status").expect("in ledger");
+    assert_eq!(s.state.as_str(), "expired");
     db.pool().close().await;
 }

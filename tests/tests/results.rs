@@ -249,6 +249,15 @@ async fn job_types_list_every_type_with_its_policy_and_payload_schema_also_in_op
         types.iter().all(|t| t["payload_schema"].is_object()),
         "a job type without a schema"
     );
+    // A job type's own policy, and where it comes from.
+    let upload = types
+        .iter()
+        .find(|t| t["name"] == "ftp.upload_file")
+        .expect("ftp.upload_file");
+    assert_eq!(upload["retry"]["backoff"], "fixed", "{upload}");
+    assert_eq!(upload["retry"]["delays_ms"], serde_json::json!([30_000]), "{upload}");
+    assert_eq!(upload["retry"]["source"], "job_type", "{upload}");
+    assert_eq!(sleep["retry"]["source"], "queue_defaults", "{sleep}");
     let doc: Value = api
         .http
         .get(format!("{}/openapi.json", api.base))
@@ -259,6 +268,25 @@ async fn job_types_list_every_type_with_its_policy_and_payload_schema_also_in_op
         .await
         .expect("json");
     let schemas = &doc["components"]["schemas"];
+    // Every schema the document refers to is in it.
+    fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                    out.push(r);
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(&doc, &mut found);
+    for r in found {
+        let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
+        assert!(schemas[name].is_object(), "{r} is referred to but not defined");
+    }
     assert!(
         schemas["payload.platform.sleep"]["properties"]["ms"].is_object(),
         "{schemas}"

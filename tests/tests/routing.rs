@@ -23,7 +23,7 @@ fn banking_jobs_outside_critical_and_undeclared_queues_are_named() {
     let mut registry = Registry::new();
     registry.register::<CardLoad>().expect("register");
     let config = Config::defaults().expect("defaults");
-    let mut routing = Routing::from_config(&config);
+    let mut routing = Routing::from_config(&config, &registry);
     assert!(routing.problems(&registry).is_empty());
 
     routing.routes.insert("test.card_load".into(), "unit21".into());
@@ -49,5 +49,8 @@ fn banking_jobs_outside_critical_and_undeclared_queues_are_named() {
 fn the_shipped_catalog_routes_cleanly() {
     let registry = culm_jobs::registry().expect("registry");
     let config = Config::defaults().expect("defaults");
-    assert_eq!(Routing::from_config(&config).problems(&registry), Vec::<String>::new());
+    assert_eq!(
+        Routing::from_config(&config, &registry).problems(&registry),
+        Vec::<String>::new()
+    );
 }

@@ -1,7 +1,7 @@
 //! The integration sandbox: Bamboo's real limits with 429 + Retry-After, the
 //! request log with millisecond arrival times, failure injection, and clearing the log.
 use culm_tests::{TestEnv, culm_bin, eventually, workspace_root};
-use culm_worker::sandbox::{Options, RecordedRequest, Sandbox, SandboxError};
+use culm_worker::sandbox::{Inflight, Options, RecordedRequest, Sandbox, SandboxError};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 use std::{
@@ -439,27 +439,28 @@ async fn culm_run_with_sandbox_starts_it_on_the_configured_address() {
 
 // --- Rate discipline of several `culm run` replicas, measured at the sandbox -----------
 
-/// Three `culm run` processes on `bamboo_orders`, pointed at `base`, each with `extra`
-/// variables; killed when dropped.
+/// A `culm run` process on `bamboo_orders`, pointed at `base`, with `extra` variables;
+/// SIGKILLed when dropped.
+fn bamboo_replica(env: &TestEnv, base: &str, extra: &[(&str, &str)]) -> culm_tests::KillOnDrop {
+    let mut c = Command::new(culm_bin());
+    c.current_dir(workspace_root())
+        .args(["run", "--no-scheduler", "--queues", "bamboo_orders"])
+        .env("CULM_REDIS_URL", culm_tests::redis_url())
+        .env("CULM__REDIS__KEY_PREFIX", &env.prefix)
+        .env("CULM__ADMIN__ENABLED", "false")
+        .env("CULM__INTEGRATIONS__BAMBOO__BASE_URL", format!("{base}/bamboo"))
+        .env("CULM_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    culm_tests::KillOnDrop(Some(c.spawn().expect("culm starts")))
+}
+
+/// Three of [`bamboo_replica`].
 fn bamboo_replicas(env: &TestEnv, base: &str, extra: &[(&str, &str)]) -> Vec<culm_tests::KillOnDrop> {
-    (0..3)
-        .map(|_| {
-            let mut c = Command::new(culm_bin());
-            c.current_dir(workspace_root())
-                .args(["run", "--no-scheduler", "--queues", "bamboo_orders"])
-                .env("CULM_REDIS_URL", culm_tests::redis_url())
-                .env("CULM__REDIS__KEY_PREFIX", &env.prefix)
-                .env("CULM__ADMIN__ENABLED", "false")
-                .env("CULM__INTEGRATIONS__BAMBOO__BASE_URL", format!("{base}/bamboo"))
-                .env("CULM_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            for (k, v) in extra {
-                c.env(k, v);
-            }
-            culm_tests::KillOnDrop(Some(c.spawn().expect("culm starts")))
-        })
-        .collect()
+    (0..3).map(|_| bamboo_replica(env, base, extra)).collect()
 }
 
 fn place_orders(n: usize) -> Vec<culm_core::EnqueueRequest> {
@@ -539,7 +540,7 @@ fn assert_two_per_second(accepted: &[i64]) {
     eprintln!("tightest 3 accepted orders: {tightest} ms apart (limit: more than 1000)");
 }
 
-/// Issue 16: a slow partner (answers slower than the client timeout) is still never sent
+/// A slow partner (answers slower than the client timeout) is still never sent
 /// more than its limit: every send, retries of timed-out sends included, takes a slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_never_exceed_bamboos_limit_when_it_is_slower_than_the_timeout() {
@@ -563,7 +564,7 @@ async fn three_replicas_never_exceed_bamboos_limit_when_it_is_slower_than_the_ti
     assert_two_per_second(&seen.accepted);
 }
 
-/// Issue 16: at normal latency three replicas use at least 95 % of Bamboo's 2/s (the span
+/// At normal latency three replicas use at least 95 % of Bamboo's 2/s (the span
 /// of the accepted orders against the shortest span the limit allows), with no 429.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_use_at_least_95_percent_of_bamboos_limit() {
@@ -592,7 +593,7 @@ async fn three_replicas_use_at_least_95_percent_of_bamboos_limit() {
     );
 }
 
-/// Issue 16: Bamboo answers 429 to everything for 10 s. The first 429 halves the shared
+/// Bamboo answers 429 to everything for 10 s. The first 429 halves the shared
 /// rate, so every replica slows down (the three together send no more than the adaptive
 /// 1 per window, not 2 after every Retry-After); afterwards the rate recovers to 2/s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -665,6 +666,97 @@ async fn a_429_outage_lowers_the_shared_rate_for_every_replica_and_it_recovers()
         .expect("EXISTS");
     assert!(!lowered, "the adaptive rate is back at the configured limit");
     drop(replicas);
+    sandbox.shutdown().await;
+    env.cleanup().await;
+}
+
+/// Requests Bamboo is answering now, and the most at once since the last reset.
+async fn bamboo_inflight(client: &Client, base: &str) -> Inflight {
+    let all: std::collections::BTreeMap<String, Inflight> = client
+        .get(format!("{base}/_sandbox/inflight"))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("JSON");
+    all.get("bamboo").copied().unwrap_or_default()
+}
+
+/// Waits until `bamboo_orders` holds no job: every order placed, polled and recorded.
+async fn bamboo_orders_drained(env: &TestEnv) {
+    eventually(Duration::from_secs(180), "bamboo_orders drained", || async {
+        let s = env.store.stats("bamboo_orders").await.expect("stats");
+        (s.pending + s.scheduled + s.running == 0).then_some(())
+    })
+    .await;
+}
+
+/// `max_in_flight = 5` on `bamboo_orders` (the seed's "five consumers") holds across
+/// three replicas, each at concurrency 5 (15 slots), counted as requests Bamboo is
+/// answering at once. Then a replica holding every permit is SIGKILLed: its permits come
+/// back when its leases expire, and two new replicas finish the work.
+///
+/// Answers take 1 to 3 s, so without the cap the replicas would have about 8 requests
+/// open at once (orders and polls at 2/s each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_holds_across_replicas_and_a_killed_holders_permits_come_back() {
+    let env = TestEnv::new(|_| {}).await;
+    let (sandbox, base) = start(Options {
+        latency: Duration::from_secs(2),
+        fail_rate: 0.0,
+    })
+    .await;
+    let extra = [
+        ("CULM__INTEGRATIONS__BAMBOO__TIMEOUT", "10s"),
+        ("CULM__WORKER__LEASE_TTL", "6s"),
+        ("CULM__WORKER__LEASE_EXTEND_INTERVAL", "2s"),
+        ("CULM__WORKER__REAP_INTERVAL", "1s"),
+    ];
+    let client = Client::new();
+    let first = 12;
+    env.store.enqueue(place_orders(first)).await.expect("enqueue");
+    let mut replicas = bamboo_replicas(&env, &base, &extra);
+    all_accepted(&client, &base, first).await;
+    bamboo_orders_drained(&env).await;
+    let shared = bamboo_inflight(&client, &base).await;
+    eprintln!(
+        "three replicas, 15 slots: at most {} Bamboo requests at once",
+        shared.peak
+    );
+    assert!(shared.peak <= 5, "{} requests at once over a cap of 5", shared.peak);
+
+    // One replica alone takes every permit; then it is SIGKILLed with all five held.
+    let holder = replicas.remove(0);
+    for r in replicas {
+        r.sigterm();
+    }
+    let more = 10;
+    let orders: Vec<_> = place_orders(first + more).split_off(first);
+    env.store.enqueue(orders).await.expect("enqueue");
+    eventually(
+        Duration::from_secs(60),
+        "the lone replica holds all five permits",
+        || async {
+            let s = env.store.stats("bamboo_orders").await.expect("stats");
+            (s.running == 5).then_some(())
+        },
+    )
+    .await;
+    let _others = [bamboo_replica(&env, &base, &extra), bamboo_replica(&env, &base, &extra)];
+    drop(holder);
+    let reset = client
+        .delete(format!("{base}/_sandbox/inflight"))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(reset.status(), StatusCode::NO_CONTENT);
+    // Only if the dead holder's permits come back can the new replicas finish.
+    all_accepted(&client, &base, first + more).await;
+    bamboo_orders_drained(&env).await;
+    let after = bamboo_inflight(&client, &base).await;
+    eprintln!("after the SIGKILL: at most {} Bamboo requests at once", after.peak);
+    assert!(after.peak <= 5, "{} requests at once over a cap of 5", after.peak);
     sandbox.shutdown().await;
     env.cleanup().await;
 }

@@ -23,7 +23,7 @@ fn catalog(env: &TestEnv, toml: &str) -> Catalog {
     Catalog::from_sources(
         &[("schedules/test.toml".into(), toml.into())],
         env.store.registry(),
-        &Routing::from_config(&env.config),
+        &Routing::from_config(&env.config, env.store.registry()),
     )
     .expect("test catalog is valid")
 }
@@ -73,7 +73,7 @@ impl culm_core::Job for CardLoad {
 fn a_banking_schedule_routed_outside_critical_is_named() {
     let mut registry = culm_core::Registry::new();
     registry.register::<CardLoad>().expect("register");
-    let routing = Routing::from_config(&Config::defaults().expect("defaults"));
+    let routing = Routing::from_config(&Config::defaults().expect("defaults"), &registry);
     let toml = r#"
 [[schedule]]
 name = "galileo.reconcile"
@@ -106,7 +106,7 @@ description = "misrouted, as in the seeds"
 fn every_shipped_schedule_parses_and_routes() {
     let registry = culm_jobs::registry().expect("registry");
     let config = Config::defaults().expect("defaults");
-    let routing = Routing::from_config(&config);
+    let routing = Routing::from_config(&config, &registry);
     let catalog = match Catalog::load("", &registry, &routing) {
         Ok(c) => c,
         Err(CatalogError::Invalid(p)) => panic!(
@@ -391,7 +391,7 @@ async fn culm_schedules_lists_the_catalog_and_check_names_bad_schedules() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON array");
     let registry = Arc::new(culm_jobs::registry().expect("registry"));
-    let shipped = Catalog::load("", &registry, &Routing::from_config(&env.config)).expect("valid");
+    let shipped = Catalog::load("", &registry, &Routing::from_config(&env.config, &registry)).expect("valid");
     assert_eq!(list.len(), shipped.len());
     for s in &list {
         for key in ["name", "cron", "timezone", "job", "queue", "enabled", "next_fire_times"] {
@@ -497,7 +497,7 @@ fn the_readme_schedule_example_is_valid() {
         .expect("a TOML example");
     let mut registry = culm_core::Registry::new();
     registry.register::<SyncCatalog>().expect("register");
-    let routing = Routing::from_config(&Config::defaults().expect("defaults"));
+    let routing = Routing::from_config(&Config::defaults().expect("defaults"), &registry);
     let catalog = Catalog::from_sources(&[("README.md".into(), example.into())], &registry, &routing)
         .unwrap_or_else(|e| panic!("{e}"));
     let s = catalog.get("bamboo.catalog_sync").expect("the example schedule");

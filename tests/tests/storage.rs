@@ -15,6 +15,13 @@ fn push_script() -> Script {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_push_stores_the_job_once() {
+    // Once as a plain job, once holding a uniqueness key: a replay finds its own id.
+    for unique in [false, true] {
+        replayed_push(unique).await;
+    }
+}
+
+async fn replayed_push(unique: bool) {
     let env = TestEnv::new(|c| {
         c.queues.insert("t_push".into(), queue("critical", 1, 5_000, 1));
     })
@@ -27,6 +34,9 @@ async fn a_replayed_push_stores_the_job_once() {
     for k in env.store.keys("t_push").fixed() {
         invoke.key(k);
     }
+    if unique {
+        invoke.key(env.store.keys("t_push").unique("acct-1"));
+    }
     invoke
         .arg(now)
         .arg(3600)
@@ -34,7 +44,8 @@ async fn a_replayed_push_stores_the_job_once() {
         .arg(&id)
         .arg(now)
         .arg(envelope.to_string())
-        .arg("");
+        .arg("")
+        .arg(if unique { 60_000 } else { 0 });
     let mut c = env.store.connection();
     let first: Vec<redis::Value> = invoke.invoke_async(&mut c).await.expect("push");
     assert_eq!(first.len(), 2);
@@ -338,5 +349,157 @@ async fn a_resent_tick_decision_reports_the_tick_it_fired() {
         1,
         "one job for the tick"
     );
+    env.cleanup().await;
+}
+
+/// A queue's `max_in_flight` caps the jobs leased at once, whichever process asks: the
+/// leases are the permits. A settlement that frees a permit while jobs wait publishes a
+/// wake-up, so processes the cap held back fetch again without polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_caps_leases_across_fetchers_and_a_freed_permit_wakes_them() {
+    use culm_worker::store::{Ack, AckBatch, AckKind};
+    use futures::StreamExt;
+    use std::{sync::Arc, time::Duration};
+    let env = TestEnv::new(|c| {
+        let mut q = queue("third_party", 10, 5_000, 3);
+        q.max_in_flight = Some(3);
+        c.queues.insert("t_cap".into(), q);
+    })
+    .await;
+    let reqs = (0..10)
+        .map(|_| culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({})).queue("t_cap"))
+        .collect();
+    env.store.enqueue(reqs).await.expect("enqueue");
+    let queue_name: Arc<str> = Arc::from("t_cap");
+    let lease = Duration::from_secs(60);
+    // One process asks for ten and gets three; a second one gets none.
+    let first = env.store.fetch(&queue_name, 10, lease).await.expect("fetch");
+    assert_eq!(first.jobs.len(), 3, "three permits");
+    let second = env.store.fetch(&queue_name, 10, lease).await.expect("fetch");
+    assert!(second.jobs.is_empty() && second.full, "the cap is reached: {second:?}");
+    let stats = env.store.stats("t_cap").await.expect("stats");
+    assert_eq!((stats.running, stats.pending, stats.max_in_flight), (3, 7, Some(3)));
+
+    let client = redis::Client::open(culm_tests::redis_url()).expect("client");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    pubsub
+        .subscribe(env.store.wake_channel("t_cap"))
+        .await
+        .expect("subscribe");
+    let d = &first.jobs[0];
+    let done = Ack {
+        id: d.id.clone(),
+        token: d.token,
+        kind: AckKind::Done,
+        error: String::new(),
+        expired_only: false,
+        finished: None,
+    };
+    let applied = env.store.ack("t_cap", &AckBatch::first(), &[done]).await.expect("ack");
+    assert_eq!(applied, vec![true]);
+    let mut messages = pubsub.on_message();
+    tokio::time::timeout(Duration::from_secs(10), messages.next())
+        .await
+        .expect("a freed permit publishes a wake-up")
+        .expect("message");
+    let third = env.store.fetch(&queue_name, 10, lease).await.expect("fetch");
+    assert_eq!(third.jobs.len(), 1, "one permit came back");
+    env.cleanup().await;
+}
+
+/// Uniqueness: while a job holding a key is pending, scheduled or running, enqueueing
+/// another with the key returns the first job's id; once it is done (or dead) the key is
+/// free. Without a key, the job type and payload are the key (object key order aside).
+/// An idempotency key on a request that hit a unique job names that job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_job_is_returned_while_live_and_its_key_frees_when_it_finishes() {
+    use culm_core::EnqueueRequest;
+    use culm_worker::store::{Ack, AckBatch, AckKind};
+    use serde_json::json;
+    use std::{sync::Arc, time::Duration};
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_unique".into(), queue("batch", 10, 5_000, 3));
+    })
+    .await;
+    let req = |ms: u64| EnqueueRequest::raw("platform.sleep", json!({"ms": ms})).queue("t_unique");
+    let first = env.enqueue(req(1).unique_key("acct-1")).await;
+    assert!(first.created);
+    let again = env.enqueue(req(2).unique_key("acct-1")).await;
+    assert_eq!((again.id.as_str(), again.created), (first.id.as_str(), false));
+    let other_key = env.enqueue(req(1).unique_key("acct-2")).await;
+    assert!(other_key.created);
+
+    // Running: still held.
+    let queue_name: Arc<str> = Arc::from("t_unique");
+    let f = env
+        .store
+        .fetch(&queue_name, 10, Duration::from_secs(30))
+        .await
+        .expect("fetch");
+    let held = f.jobs.iter().find(|d| d.id == first.id).expect("first is running");
+    assert_eq!(env.enqueue(req(3).unique_key("acct-1")).await.id, first.id);
+    // An idempotency key sent with a request that resolved to the live job names it.
+    let idem = env
+        .enqueue(req(3).unique_key("acct-1").idempotency_key("order-9"))
+        .await;
+    assert_eq!((idem.id.as_str(), idem.created), (first.id.as_str(), false));
+    assert_eq!(env.enqueue(req(4).idempotency_key("order-9")).await.id, first.id);
+
+    // Done: the key is free again.
+    let done = Ack {
+        id: held.id.clone(),
+        token: held.token,
+        kind: AckKind::Done,
+        error: String::new(),
+        expired_only: false,
+        finished: None,
+    };
+    assert_eq!(
+        env.store
+            .ack("t_unique", &AckBatch::first(), &[done])
+            .await
+            .expect("ack"),
+        vec![true]
+    );
+    let after = env.enqueue(req(5).unique_key("acct-1")).await;
+    assert!(after.created && after.id != first.id, "{after:?}");
+
+    // Dead: free as well.
+    let d = f.jobs.iter().find(|d| d.id == other_key.id).expect("other is running");
+    let dead = Ack {
+        id: d.id.clone(),
+        token: d.token,
+        kind: AckKind::Dead,
+        error: "gave up".into(),
+        expired_only: false,
+        finished: None,
+    };
+    assert_eq!(
+        env.store
+            .ack("t_unique", &AckBatch::first(), &[dead])
+            .await
+            .expect("ack"),
+        vec![true]
+    );
+    assert!(env.enqueue(req(1).unique_key("acct-2")).await.created);
+
+    // By payload: equal payloads (keys in any order) are one job; another payload is not.
+    let by_payload = |payload: serde_json::Value| {
+        EnqueueRequest::raw("platform.record", payload)
+            .queue("t_unique")
+            .unique_for(Duration::from_secs(3600))
+    };
+    let a = env.enqueue(by_payload(json!({"set": "s", "tag": "t"}))).await;
+    let b = env.enqueue(by_payload(json!({"tag": "t", "set": "s"}))).await;
+    let c = env.enqueue(by_payload(json!({"set": "s", "tag": "u"}))).await;
+    assert_eq!((b.id.as_str(), b.created), (a.id.as_str(), false));
+    assert!(c.created);
+
+    let bad = env
+        .store
+        .enqueue(vec![req(1).unique_key("has space")])
+        .await
+        .expect_err("refused");
+    assert!(bad.to_string().contains("unique_key"), "{bad}");
     env.cleanup().await;
 }

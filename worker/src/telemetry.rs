@@ -21,6 +21,8 @@ pub const JOBS_FAILED: &str = "culm_jobs_failed_total";
 pub const JOBS_RETRIED: &str = "culm_jobs_retried_total";
 /// Runs deferred without spending an attempt (`queue`, `job`).
 pub const JOBS_DEFERRED: &str = "culm_jobs_deferred_total";
+/// Jobs not run because their `expires_at` had passed (`queue`, `job`).
+pub const JOBS_EXPIRED: &str = "culm_jobs_expired_total";
 /// Jobs moved to the dead letters (`queue`, `job`).
 pub const JOBS_DEAD: &str = "culm_jobs_dead_lettered_total";
 /// Run time of a job (`queue`, `job`).
@@ -124,6 +126,7 @@ pub fn describe() {
     describe_counter!(JOBS_FAILED, "Job runs that failed.");
     describe_counter!(JOBS_RETRIED, "Failed runs scheduled for another attempt.");
     describe_counter!(JOBS_DEFERRED, "Runs deferred without spending an attempt.");
+    describe_counter!(JOBS_EXPIRED, "Jobs not run because their expires_at had passed.");
     describe_counter!(JOBS_DEAD, "Jobs moved to the dead letters.");
     describe_histogram!(JOB_DURATION, metrics::Unit::Seconds, "Job run time.");
     describe_histogram!(JOB_WAIT, metrics::Unit::Seconds, "Time from due to start.");
@@ -193,6 +196,11 @@ pub fn finished(queue: &str, job: &str, ended: Option<Ended>, secs: f64) {
             counter!(JOBS_DEAD, "queue" => q, "job" => j).increment(1);
         }
     }
+}
+
+/// A job was not run because its `expires_at` had passed.
+pub fn expired(queue: &str, job: &str) {
+    counter!(JOBS_EXPIRED, "queue" => queue.to_owned(), "job" => job.to_owned()).increment(1);
 }
 
 /// A job was dead-lettered without running (unknown type, corrupt body).

@@ -370,6 +370,18 @@ impl Call {
                 let back = wait.saturating_sub(s.max_wait / 2).max(Duration::from_millis(10));
                 Err(JobError::defer(jitter(back), message))
             }
+            // Without a configured limit the shared state only carries an upstream's
+            // Retry-After: losing it for a Redis outage is safer than failing every call
+            // (the breaker, on this process's own state meanwhile, still guards the
+            // upstream). A configured limit is never risked.
+            Err(e) if limit.is_none() => {
+                tracing::warn!(
+                    integration = name,
+                    endpoint,
+                    "shared limiter unreachable; this endpoint has no configured limit, calling anyway: {e}"
+                );
+                Ok(())
+            }
             Err(e) => Err(JobError::retryable(format!("{name}: rate limiter unavailable: {e}"))),
         }
     }

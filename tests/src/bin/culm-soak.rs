@@ -319,12 +319,13 @@ async fn soak(opts: Opts, procs: &mut Processes) -> Result<String> {
         QueueConfig {
             tier: culm_core::Tier::Batch,
             concurrency: o.concurrency,
+            max_in_flight: None,
             timeout: None,
-            retry: Some(RetryConfig {
-                max_attempts: 25,
-                backoff_base: Duration::from_millis(100),
-                backoff_cap: Duration::from_secs(1),
-            }),
+            retry: Some(RetryConfig(culm_core::RetryPolicy::exponential(
+                25,
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+            ))),
             result_ttl: None,
             description: String::new(),
         },

@@ -18,6 +18,19 @@ use culm_core::{EnqueueRequest, Enqueued, TraceContext};
 use std::time::Duration;
 use tracing::Instrument;
 
+/// A request field holding an RFC 3339 time, as ms since the epoch.
+fn rfc3339_ms(value: &str, field: &str) -> Result<i64, ApiError> {
+    let t = chrono::DateTime::parse_from_rfc3339(value).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            format!("{field} must be an RFC 3339 time such as 2026-11-23T17:00:00Z: {e}"),
+        )
+        .field(field)
+    })?;
+    Ok(t.timestamp_millis())
+}
+
 fn to_request(b: EnqueueBody) -> Result<EnqueueRequest, ApiError> {
     let mut req = EnqueueRequest::raw(b.job, b.payload);
     req.queue = b.queue;
@@ -35,6 +48,21 @@ fn to_request(b: EnqueueBody) -> Result<EnqueueRequest, ApiError> {
         .field("idempotency_key"));
     }
     req.idempotency_key = b.idempotency_key;
+    req.unique_key = b.unique_key;
+    req.unique_for_ms = b.unique_for_ms;
+    match (b.expires_in_ms, b.expires_at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request",
+                "give expires_in_ms or expires_at, not both",
+            )
+            .field("expires_at"));
+        }
+        (Some(ms), None) => req = req.expires_in(Duration::from_millis(ms)),
+        (None, Some(at)) => req = req.expires_at_ms(rfc3339_ms(&at, "expires_at")?),
+        (None, None) => {}
+    }
     match (b.delay_ms, b.run_at) {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(
@@ -45,17 +73,7 @@ fn to_request(b: EnqueueBody) -> Result<EnqueueRequest, ApiError> {
             .field("run_at"));
         }
         (Some(ms), None) => req = req.delay(Duration::from_millis(ms)),
-        (None, Some(at)) => {
-            let t = chrono::DateTime::parse_from_rfc3339(&at).map_err(|e| {
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_request",
-                    format!("run_at must be an RFC 3339 time such as 2026-11-23T17:00:00Z: {e}"),
-                )
-                .field("run_at")
-            })?;
-            req = req.at_ms(t.timestamp_millis());
-        }
+        (None, Some(at)) => req = req.at_ms(rfc3339_ms(&at, "run_at")?),
         (None, None) => {}
     }
     Ok(req)

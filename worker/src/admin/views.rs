@@ -31,6 +31,22 @@ pub struct EnqueueBody {
     /// A repeated key (within the idempotency TTL) returns the first job's id.
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Not started within this many milliseconds from now, the job is not run at all
+    /// and ends `expired` (Celery's `expires`).
+    #[serde(default)]
+    pub expires_in_ms: Option<u64>,
+    /// Not started by this time (RFC 3339), the job is not run at all and ends `expired`.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// While a job enqueued with this key (in its queue) is pending, scheduled or
+    /// running, this request returns that job's id (200, `created: false`) and stores
+    /// nothing; accepted again once it has finished.
+    #[serde(default)]
+    pub unique_key: Option<String>,
+    /// Unique for at most this long, ms; without `unique_key`, unique by job type and
+    /// payload. Default with `unique_key`: `worker.idempotency_ttl`.
+    #[serde(default)]
+    pub unique_for_ms: Option<u64>,
 }
 
 fn empty_object() -> Value {

@@ -111,6 +111,7 @@ impl Bench {
             QueueConfig {
                 tier: Tier::Batch,
                 concurrency,
+                max_in_flight: None,
                 timeout: Some(Duration::from_secs(60)),
                 retry: None,
                 result_ttl: None,
@@ -127,6 +128,7 @@ impl Bench {
                 QueueConfig {
                     tier,
                     concurrency,
+                    max_in_flight: None,
                     timeout: Some(Duration::from_secs(60)),
                     retry: None,
                     result_ttl: None,

@@ -39,7 +39,7 @@ pub enum JobsCommand {
 
 /// `culm jobs [--json]`: every job type with its queue, tiers, policy and payload schema.
 pub(super) fn list(config: &Config, registry: &culm_core::Registry, json: bool) -> Result<ExitCode> {
-    let types = crate::store::Routing::from_config(config).job_types(registry);
+    let types = crate::store::Routing::from_config(config, registry).job_types(registry);
     if json {
         println!(
             "{}",

@@ -10,15 +10,16 @@ pub(super) async fn list(store: Store, json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
         println!(
-            "{:<16} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}  PAUSED",
-            "QUEUE", "TIER", "CONC", "PENDING", "SCHEDULED", "RUNNING", "DEAD"
+            "{:<16} {:<12} {:>6} {:>6} {:>10} {:>10} {:>8} {:>8}  PAUSED",
+            "QUEUE", "TIER", "CONC", "CAP", "PENDING", "SCHEDULED", "RUNNING", "DEAD"
         );
         for s in stats {
             println!(
-                "{:<16} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}  {}",
+                "{:<16} {:<12} {:>6} {:>6} {:>10} {:>10} {:>8} {:>8}  {}",
                 s.name,
                 s.tier.as_str(),
                 s.concurrency,
+                s.max_in_flight.map_or_else(|| "-".to_owned(), |c| c.to_string()),
                 s.pending,
                 s.scheduled,
                 s.running,

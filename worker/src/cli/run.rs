@@ -63,7 +63,7 @@ pub fn select_queues(config: &Config, queues: &[String], tiers: &[Tier]) -> Resu
 
 /// `culm run`: serves until SIGTERM/SIGINT, then drains.
 pub(super) async fn run(config: Config, registry: Arc<Registry>, args: RunArgs) -> Result<ExitCode> {
-    let problems = Routing::from_config(&config).problems(&registry);
+    let problems = Routing::from_config(&config, &registry).problems(&registry);
     if !problems.is_empty() {
         bail!(
             "refusing to start, routing is invalid:\n  - {}",

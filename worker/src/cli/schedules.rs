@@ -14,12 +14,12 @@ use std::{process::ExitCode, sync::Arc};
 /// The schedule catalog `[scheduler] dir` names (or the embedded one), validated against
 /// the registry and the routing.
 pub(super) fn load_schedules(config: &Config, registry: &Registry) -> Result<Catalog, CatalogError> {
-    Catalog::load(&config.scheduler.dir, registry, &Routing::from_config(config))
+    Catalog::load(&config.scheduler.dir, registry, &Routing::from_config(config, registry))
 }
 
 /// `culm check`: routing and schedules; lists every problem, then fails.
 pub(super) fn check(config: &Config, registry: &Registry) -> Result<ExitCode> {
-    let mut problems = Routing::from_config(config).problems(registry);
+    let mut problems = Routing::from_config(config, registry).problems(registry);
     // Every schedule file, schedule and key at fault is listed, not just the first.
     let schedules = match load_schedules(config, registry) {
         Ok(c) => c.len(),

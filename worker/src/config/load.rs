@@ -128,8 +128,13 @@ fn merge_into(
         } else {
             format!("{prefix}.{k}")
         };
+        // A retry policy that names its `backoff` is a new policy, not an adjustment of
+        // the fields of the one below (whose shape may differ).
+        let replaces = k == "retry" && matches!(&v, toml::Value::Table(s) if s.contains_key("backoff"));
         match (dst.get_mut(&k), v) {
-            (Some(toml::Value::Table(d)), toml::Value::Table(s)) => merge_into(d, s, &path, origin, origins),
+            (Some(toml::Value::Table(d)), toml::Value::Table(s)) if !replaces => {
+                merge_into(d, s, &path, origin, origins)
+            }
             (_, v) => {
                 record_origins(&v, &path, origin, origins);
                 dst.insert(k, v);
@@ -255,6 +260,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PolicySource;
     use culm_core::Tier;
 
     fn vars(v: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -329,7 +335,7 @@ mod tests {
         let c = Loader::new(None, None)
             .load_from(vars(&[("CULM__QUEUES__DING__RESULT_TTL", "2h")]))
             .expect("loads");
-        let q = c.queue_settings();
+        let q = c.queue_settings(&culm_core::Registry::new());
         assert_eq!(q["ding"].result_ttl, std::time::Duration::from_secs(7200));
         assert_eq!(q["galileo"].result_ttl, c.queue_defaults.result_ttl);
         assert_eq!(q["galileo"].result_max_bytes, 65536);
@@ -337,6 +343,130 @@ mod tests {
             .load_from(vars(&[("CULM__QUEUES__DING__RESULT_TTL", "5s")]))
             .expect_err("too short");
         assert!(e.to_string().contains("queues.ding.result_ttl"), "{e}");
+    }
+
+    #[test]
+    fn retry_policies_take_three_shapes_and_bad_ones_name_the_key() {
+        use culm_core::{Backoff, RetryPolicy};
+        use std::time::Duration;
+        let c = Loader::new(None, None)
+            .load_from(vars(&[
+                (
+                    "CULM__QUEUES__DING__RETRY",
+                    r#"{ backoff = "fixed", max_attempts = 4, delay = "30s" }"#,
+                ),
+                (
+                    "CULM__QUEUES__KARD__RETRY",
+                    r#"{ backoff = "delays", delays = ["1s", "1m"] }"#,
+                ),
+            ]))
+            .expect("loads");
+        let q = c.queue_settings(&culm_core::Registry::new());
+        assert_eq!(q["ding"].policy.retry, RetryPolicy::fixed(4, Duration::from_secs(30)));
+        assert_eq!(q["kard"].policy.retry.max_attempts, 3);
+        assert_eq!(
+            q["kard"].policy.retry.backoff,
+            Backoff::Delays(vec![Duration::from_secs(1), Duration::from_secs(60)].into())
+        );
+        assert_eq!(q["galileo"].policy.retry.kind(), "exponential");
+        // A layer without `backoff` adjusts the policy below it; one with it replaces it.
+        let c = Loader::new(None, None)
+            .load_from(vars(&[("CULM__QUEUES__GALILEO__RETRY__MAX_ATTEMPTS", "3")]))
+            .expect("loads");
+        let galileo = &c.queue_settings(&culm_core::Registry::new())["galileo"].policy.retry;
+        assert_eq!(
+            *galileo,
+            RetryPolicy::exponential(3, Duration::from_millis(500), Duration::from_secs(120))
+        );
+        for (value, says) in [
+            (r#"{ backoff = "fixed", max_attempts = 4 }"#, "`delay` is required"),
+            (
+                r#"{ backoff = "fixed", max_attempts = 4, delay = "1s", backoff_cap = "1m" }"#,
+                "`backoff_cap` does not apply",
+            ),
+            (r#"{ backoff = "delays", delays = [] }"#, "at least one delay"),
+            (
+                r#"{ backoff = "delays", delays = ["1s", "2s"], max_attempts = 2 }"#,
+                "allows 1",
+            ),
+            (r#"{ backoff = "linear", max_attempts = 2 }"#, "linear"),
+            (
+                r#"{ max_attempts = 3, backoff_base = "1m", backoff_cap = "1s" }"#,
+                "must not be below",
+            ),
+            (
+                r#"{ max_attempts = 0, backoff_base = "1s", backoff_cap = "1s" }"#,
+                "at least 1",
+            ),
+        ] {
+            let e = Loader::new(None, None)
+                .load_from(vars(&[("CULM__QUEUES__DING__RETRY", value)]))
+                .expect_err(value);
+            let e = e.to_string();
+            assert!(e.contains("queues.ding.retry") && e.contains(says), "{value}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_job_types_policy_and_timeout_override_its_code_and_its_queue() {
+        use culm_core::RetryPolicy;
+        use std::time::Duration;
+        let registry = culm_jobs::registry().expect("registry");
+        let c = Loader::new(None, None)
+            .load_from(vars(&[
+                ("CULM__QUEUES__FTP__TIMEOUT", "7m"),
+                ("CULM__JOB_TYPES__FTP.UPLOAD_FILE__TIMEOUT", "9s"),
+                (
+                    "CULM__JOB_TYPES__REPORTS.GENERATE__RETRY",
+                    r#"{ backoff = "fixed", max_attempts = 2, delay = "5s" }"#,
+                ),
+            ]))
+            .expect("loads");
+        let q = c.queue_settings(&registry);
+        // Code (Job::RETRY) over the queue; configuration over code.
+        let upload = q["ftp"].policy("ftp.upload_file");
+        assert_eq!(upload.retry, RetryPolicy::fixed(4, Duration::from_secs(30)));
+        assert_eq!(upload.retry_source, PolicySource::JobType);
+        assert_eq!(
+            (upload.timeout, upload.timeout_source),
+            (Duration::from_secs(9), PolicySource::JobTypeConfig)
+        );
+        let fetch = q["ftp"].policy("ftp.fetch_galileo_reports");
+        assert_eq!(
+            (fetch.timeout, fetch.timeout_source),
+            (Duration::from_secs(120), PolicySource::JobType)
+        );
+        assert_eq!(fetch.retry.kind(), "delays");
+        let report = q["reports"].policy("reports.generate");
+        assert_eq!(report.retry, RetryPolicy::fixed(2, Duration::from_secs(5)));
+        assert_eq!(report.retry_source, PolicySource::JobTypeConfig);
+        // A job type with nothing of its own runs under its queue's settings.
+        let other = q["ftp"].policy("platform.noop");
+        assert_eq!(
+            (other.timeout, other.timeout_source),
+            (Duration::from_secs(420), PolicySource::Queue)
+        );
+        assert_eq!(other.retry_source, PolicySource::QueueDefaults);
+        let c = Loader::new(None, None)
+            .load_from(vars(&[("CULM__JOB_TYPES__FTP.UPLAOD_FILE__TIMEOUT", "9s")]))
+            .expect("loads");
+        let problems = crate::store::Routing::from_config(&c, &registry).problems(&registry);
+        assert!(problems.iter().any(|p| p.contains("`ftp.uplaod_file`")), "{problems:?}");
+
+        let e = Loader::new(None, None)
+            .load_from(vars(&[("CULM__JOB_TYPES__FTP.UPLOAD_FILE__TIMEOUT", "0s")]))
+            .expect_err("zero timeout");
+        assert!(e.to_string().contains("job_types.ftp.upload_file.timeout"), "{e}");
+    }
+
+    #[test]
+    fn a_global_cap_of_zero_is_refused() {
+        let c = Loader::new(None, None).load_from(vars(&[])).expect("defaults");
+        assert_eq!(c.queues["bamboo_orders"].max_in_flight, Some(5));
+        let e = Loader::new(None, None)
+            .load_from(vars(&[("CULM__QUEUES__BAMBOO_ORDERS__MAX_IN_FLIGHT", "0")]))
+            .expect_err("zero cap");
+        assert!(e.to_string().contains("queues.bamboo_orders.max_in_flight"), "{e}");
     }
 
     #[test]

@@ -16,9 +16,9 @@ pub use defaults::DEFAULT_TOML;
 pub use load::{ConfigError, Loader};
 pub use schema::TRACE_SAMPLERS;
 pub use schema::{
-    AdminConfig, Config, DatabaseConfig, LedgerConfig, OutboxConfig, QueueConfig, QueueDefaults, QueueSettings,
-    RedisConfig, RedisMode, RetryConfig, SandboxConfig, SchedulerConfig, Scope, SpillPolicy, TelemetryConfig,
-    TokenConfig, WorkerConfig,
+    AdminConfig, Config, DatabaseConfig, JobPolicy, JobTypeConfig, LedgerConfig, OutboxConfig, PolicySource,
+    QueueConfig, QueueDefaults, QueueSettings, RedisConfig, RedisMode, RetryConfig, SandboxConfig, SchedulerConfig,
+    Scope, SpillPolicy, TelemetryConfig, TokenConfig, WorkerConfig,
 };
 
 /// `url` with any password replaced by `***`, for logs and errors.

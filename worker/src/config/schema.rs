@@ -7,7 +7,7 @@ use super::{
     defaults::{builtin, builtin_duration},
     redact_url,
 };
-use culm_core::{RetryPolicy, Tier};
+use culm_core::{Backoff, Registry, RetryPolicy, Tier};
 use serde::{Deserialize, Serialize};
 use std::{collections::BTreeMap, time::Duration};
 
@@ -28,6 +28,9 @@ pub struct Config {
     /// Job type → queue overrides.
     #[serde(default)]
     pub routes: BTreeMap<String, String>,
+    /// Per job type retry policy and timeout, over the job type's own and its queue's.
+    #[serde(default)]
+    pub job_types: BTreeMap<String, JobTypeConfig>,
     /// The admin HTTP API and metrics endpoint.
     pub admin: AdminConfig,
     /// Where schedule files come from and how long a tick's claim lasts.
@@ -426,28 +429,144 @@ pub struct WorkerConfig {
     pub result_max_bytes: usize,
 }
 
-/// A retry policy as written in TOML.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryConfig {
-    /// Attempts in all, the first included; 1 never retries.
-    pub max_attempts: u32,
-    /// Backoff after the first failure; it doubles per attempt, with full jitter.
-    #[serde(with = "humantime_serde")]
-    pub backoff_base: Duration,
-    /// The doubling stops here.
-    #[serde(with = "humantime_serde")]
-    pub backoff_cap: Duration,
+/// A retry policy as written in TOML, checked as it is read (the error names the key):
+/// `{ max_attempts = 5, backoff_base = "1s", backoff_cap = "10m" }` (exponential, the
+/// default `backoff`), `{ backoff = "fixed", max_attempts = 4, delay = "30s" }`, or
+/// `{ backoff = "delays", delays = ["1m", "5m", "30m"] }` (`max_attempts` defaults to one
+/// more than the delays; a larger one repeats the last delay).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawRetry")]
+pub struct RetryConfig(pub RetryPolicy);
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum BackoffKind {
+    #[default]
+    Exponential,
+    Fixed,
+    Delays,
 }
 
-impl From<RetryConfig> for RetryPolicy {
-    fn from(r: RetryConfig) -> Self {
-        RetryPolicy {
-            max_attempts: r.max_attempts,
-            backoff_base: r.backoff_base,
-            backoff_cap: r.backoff_cap,
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    #[serde(default)]
+    backoff: BackoffKind,
+    max_attempts: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_base: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    backoff_cap: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    delay: Option<Duration>,
+    delays: Option<Vec<humantime_serde::Serde<Duration>>>,
+}
+
+impl TryFrom<RawRetry> for RetryConfig {
+    type Error = String;
+
+    fn try_from(r: RawRetry) -> Result<Self, String> {
+        let kind = match r.backoff {
+            BackoffKind::Exponential => "exponential",
+            BackoffKind::Fixed => "fixed",
+            BackoffKind::Delays => "delays",
+        };
+        let unused = |field: &str, set: bool| -> Result<(), String> {
+            if set {
+                return Err(format!("`{field}` does not apply to backoff = \"{kind}\""));
+            }
+            Ok(())
+        };
+        let required = |field: &str| format!("`{field}` is required with backoff = \"{kind}\"");
+        let policy = match r.backoff {
+            BackoffKind::Exponential => {
+                unused("delay", r.delay.is_some())?;
+                unused("delays", r.delays.is_some())?;
+                let base = r.backoff_base.ok_or_else(|| required("backoff_base"))?;
+                let cap = r.backoff_cap.ok_or_else(|| required("backoff_cap"))?;
+                if cap < base {
+                    return Err("`backoff_cap` must not be below `backoff_base`".into());
+                }
+                RetryPolicy::exponential(r.max_attempts.ok_or_else(|| required("max_attempts"))?, base, cap)
+            }
+            BackoffKind::Fixed => {
+                unused("backoff_base", r.backoff_base.is_some())?;
+                unused("backoff_cap", r.backoff_cap.is_some())?;
+                unused("delays", r.delays.is_some())?;
+                RetryPolicy::fixed(
+                    r.max_attempts.ok_or_else(|| required("max_attempts"))?,
+                    r.delay.ok_or_else(|| required("delay"))?,
+                )
+            }
+            BackoffKind::Delays => {
+                unused("backoff_base", r.backoff_base.is_some())?;
+                unused("backoff_cap", r.backoff_cap.is_some())?;
+                unused("delay", r.delay.is_some())?;
+                let delays: Vec<Duration> = r
+                    .delays
+                    .ok_or_else(|| required("delays"))?
+                    .into_iter()
+                    .map(humantime_serde::Serde::into_inner)
+                    .collect();
+                if delays.is_empty() {
+                    return Err("`delays` must list at least one delay".into());
+                }
+                let listed = u32::try_from(delays.len()).unwrap_or(u32::MAX).saturating_add(1);
+                let max_attempts = r.max_attempts.unwrap_or(listed);
+                if max_attempts < listed {
+                    return Err(format!(
+                        "`delays` lists {} retries but `max_attempts` = {max_attempts} allows {}",
+                        delays.len(),
+                        max_attempts.saturating_sub(1)
+                    ));
+                }
+                RetryPolicy {
+                    max_attempts,
+                    backoff: Backoff::Delays(delays.into()),
+                }
+            }
+        };
+        if policy.max_attempts == 0 {
+            return Err("`max_attempts` must be at least 1".into());
         }
+        Ok(RetryConfig(policy))
     }
+}
+
+/// `[job_types.<name>]`: what the configuration says about one job type, over what the
+/// job type says in code (`Job::RETRY`, `Job::TIMEOUT`) and over its queue's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobTypeConfig {
+    /// How long one attempt may run.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// How the job type is retried.
+    #[serde(default)]
+    pub retry: Option<RetryConfig>,
+}
+
+/// Where a job type's retry policy or timeout came from, most specific first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicySource {
+    /// `[job_types.<name>]` in the configuration.
+    JobTypeConfig,
+    /// The job type's code (`Job::RETRY`, `Job::TIMEOUT`).
+    JobType,
+    /// `[queues.<name>]`.
+    Queue,
+    /// `[queue_defaults]`.
+    QueueDefaults,
+}
+
+/// The retry policy and timeout one job type runs under in one queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPolicy {
+    pub retry: RetryPolicy,
+    pub retry_source: PolicySource,
+    pub timeout: Duration,
+    pub timeout_source: PolicySource,
 }
 
 /// `[queue_defaults]`
@@ -457,6 +576,7 @@ pub struct QueueDefaults {
     /// How long one attempt may run before it counts as failed.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// How jobs are retried where neither the queue nor the job type says.
     pub retry: RetryConfig,
     /// How long a done job's type, attempts, enqueue time and result stay readable.
     #[serde(with = "humantime_serde")]
@@ -471,6 +591,10 @@ pub struct QueueConfig {
     pub tier: Tier,
     /// Worker pool size (jobs run at once per process).
     pub concurrency: u32,
+    /// Jobs of this queue running at once across every process (none: only each
+    /// process's `concurrency` bounds it). Every replica must set the same value.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
     /// How long one attempt may run (default: `queue_defaults.timeout`).
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
@@ -492,9 +616,13 @@ pub struct QueueSettings {
     pub tier: Tier,
     /// Jobs run at once per process.
     pub concurrency: u32,
-    /// How long one attempt may run.
-    pub timeout: Duration,
-    pub retry: RetryPolicy,
+    /// Jobs run at once across every process (the leases in Redis), if capped.
+    pub max_in_flight: Option<u32>,
+    /// The queue's own retry policy and timeout (for job types that set neither).
+    pub policy: JobPolicy,
+    /// Job types with a retry policy or timeout of their own (in code or in
+    /// `[job_types]`), resolved against this queue; most queues have none.
+    pub job_policies: BTreeMap<String, JobPolicy>,
     /// How long a done job's summary and result stay in Redis.
     pub result_ttl: Duration,
     /// Largest result kept, bytes (`worker.result_max_bytes`).
@@ -503,23 +631,77 @@ pub struct QueueSettings {
     pub description: String,
 }
 
+impl QueueSettings {
+    /// The retry policy and timeout of `job` in this queue.
+    pub fn policy(&self, job: &str) -> &JobPolicy {
+        if self.job_policies.is_empty() {
+            return &self.policy;
+        }
+        self.job_policies.get(job).unwrap_or(&self.policy)
+    }
+}
+
 impl Config {
-    /// Every declared queue with defaults applied, by name.
-    pub fn queue_settings(&self) -> BTreeMap<String, QueueSettings> {
+    /// Every declared queue with defaults applied, by name, with the retry policies and
+    /// timeouts of `registry`'s job types. Most specific first: `[job_types.<name>]`,
+    /// then the job type's code, then `[queues.<name>]`, then `[queue_defaults]`.
+    pub fn queue_settings(&self, registry: &Registry) -> BTreeMap<String, QueueSettings> {
         self.queues
             .iter()
             .map(|(name, q)| {
+                let policy = JobPolicy {
+                    retry: q.retry.as_ref().unwrap_or(&self.queue_defaults.retry).0.clone(),
+                    retry_source: if q.retry.is_some() {
+                        PolicySource::Queue
+                    } else {
+                        PolicySource::QueueDefaults
+                    },
+                    timeout: q.timeout.unwrap_or(self.queue_defaults.timeout),
+                    timeout_source: if q.timeout.is_some() {
+                        PolicySource::Queue
+                    } else {
+                        PolicySource::QueueDefaults
+                    },
+                };
                 let s = QueueSettings {
                     name: name.clone(),
                     tier: q.tier,
                     concurrency: q.concurrency,
-                    timeout: q.timeout.unwrap_or(self.queue_defaults.timeout),
-                    retry: q.retry.unwrap_or(self.queue_defaults.retry).into(),
+                    max_in_flight: q.max_in_flight,
+                    job_policies: self.job_policies(registry, &policy),
+                    policy,
                     result_ttl: q.result_ttl.unwrap_or(self.queue_defaults.result_ttl),
                     result_max_bytes: self.worker.result_max_bytes,
                     description: q.description.clone(),
                 };
                 (name.clone(), s)
+            })
+            .collect()
+    }
+
+    /// The job types that override `queue`'s policy or timeout, resolved against it.
+    fn job_policies(&self, registry: &Registry, queue: &JobPolicy) -> BTreeMap<String, JobPolicy> {
+        registry
+            .iter()
+            .filter_map(|spec| {
+                let config = self.job_types.get(spec.name);
+                let (retry, retry_source) = match (config.and_then(|c| c.retry.as_ref()), &spec.retry) {
+                    (Some(r), _) => (r.0.clone(), PolicySource::JobTypeConfig),
+                    (None, Some(r)) => (r.clone(), PolicySource::JobType),
+                    (None, None) => (queue.retry.clone(), queue.retry_source),
+                };
+                let (timeout, timeout_source) = match (config.and_then(|c| c.timeout), spec.timeout) {
+                    (Some(t), _) => (t, PolicySource::JobTypeConfig),
+                    (None, Some(t)) => (t, PolicySource::JobType),
+                    (None, None) => (queue.timeout, queue.timeout_source),
+                };
+                let policy = JobPolicy {
+                    retry,
+                    retry_source,
+                    timeout,
+                    timeout_source,
+                };
+                (policy != *queue).then(|| (spec.name.to_owned(), policy))
             })
             .collect()
     }

@@ -1,6 +1,6 @@
 //! Checks the values serde cannot: ranges, relations between keys, address syntax.
 //! Each check returns the offending key, so the loader can name the layer that set it.
-use super::{Config, DatabaseConfig, RedisMode, RetryConfig};
+use super::{Config, DatabaseConfig, RedisMode};
 use std::time::Duration;
 
 /// Rejects impossible values; returns the offending key and why.
@@ -82,7 +82,6 @@ pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
         return Err(("queues".into(), "declare at least one queue".into()));
     }
     validate_database(&c.database)?;
-    check_retry("queue_defaults.retry", &c.queue_defaults.retry)?;
     culm_jobs::http::config::validate(&c.integration_defaults, &c.integrations)?;
     // A done id also stops a resent push (after a lost reply) from storing the job again
     // (push.lua), so `done` keeps ids at least a minute whatever the result TTL.
@@ -118,14 +117,22 @@ pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
                 "must be between 1 and 10000".into(),
             ));
         }
+        if q.max_in_flight == Some(0) {
+            return Err((
+                format!("queues.{name}.max_in_flight"),
+                "must be at least 1 (leave it out for no global cap)".into(),
+            ));
+        }
         if q.timeout.is_some_and(|t| t.is_zero()) {
             return Err((format!("queues.{name}.timeout"), "must be above zero".into()));
         }
-        if let Some(r) = &q.retry {
-            check_retry(&format!("queues.{name}.retry"), r)?;
-        }
         if q.result_ttl.is_some_and(|t| t < min_result_ttl) {
             return Err((format!("queues.{name}.result_ttl"), "must be at least 1m".into()));
+        }
+    }
+    for (name, j) in &c.job_types {
+        if j.timeout.is_some_and(|t| t.is_zero()) {
+            return Err((format!("job_types.{name}.timeout"), "must be above zero".into()));
         }
     }
     Ok(())
@@ -200,16 +207,6 @@ fn validate_database(d: &DatabaseConfig) -> Result<(), (String, String)> {
     }
     if d.outbox.batch == 0 {
         return Err(("database.outbox.batch".into(), "must be at least 1".into()));
-    }
-    Ok(())
-}
-
-fn check_retry(key: &str, r: &RetryConfig) -> Result<(), (String, String)> {
-    if r.max_attempts == 0 {
-        return Err((format!("{key}.max_attempts"), "must be at least 1".into()));
-    }
-    if r.backoff_cap < r.backoff_base {
-        return Err((format!("{key}.backoff_cap"), "must not be below backoff_base".into()));
     }
     Ok(())
 }

@@ -34,6 +34,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../../../migrations/0002_superseded_runs.sql"),
     ),
     (
+        3,
+        "expired runs",
+        include_str!("../../../migrations/0003_expired_runs.sql"),
+    ),
+    (
         4,
         "outbox traceparent",
         include_str!("../../../migrations/0004_outbox_traceparent.sql"),
@@ -296,6 +301,7 @@ impl Db {
         let state = match outcome.as_str() {
             "succeeded" => JobState::Done,
             "dead" => JobState::Dead,
+            "expired" => JobState::Expired,
             _ => JobState::Scheduled,
         };
         let mut errors = Vec::new();

@@ -135,6 +135,6 @@ async fn enqueue_follow_ups(shared: &PoolShared, c: &mut Completion) {
             error: e.to_string(),
         },
     };
-    c.verdict = settle::decide(&shared.settings, c.attempt, failed);
+    c.verdict = settle::decide(&shared.settings.policy(&c.job).retry, c.attempt, failed);
     tracing::warn!(job_id = %c.id, job = %c.job, "{}", c.verdict.error);
 }

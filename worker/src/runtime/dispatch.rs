@@ -122,6 +122,7 @@ fn record_outcome(verdict: &settle::Verdict) {
         AckKind::Retry { .. } => "retry",
         AckKind::Defer { .. } => "deferred",
         AckKind::Dead => "dead",
+        AckKind::Expired => "expired",
     };
     span.record("outcome", outcome);
     if matches!(verdict.kind, AckKind::Retry { .. } | AckKind::Dead) {
@@ -144,7 +145,7 @@ impl Dispatcher {
             attempt: d.attempt,
             token: d.token,
             job: d.envelope.job.clone(),
-            verdict: settle::decide(s, d.attempt, RunEnd::Succeeded),
+            verdict: settle::decide(&s.policy.retry, d.attempt, RunEnd::Succeeded),
             ran: false,
             follow_ups: Vec::new(),
             summary: None,
@@ -156,9 +157,15 @@ impl Dispatcher {
             payload: None,
             trace: None,
         };
+        // Celery's `expires`: an attempt that would start too late does not start at all,
+        // whether it is the first or a retry. The job ends `expired`, not dead.
+        if let Some(expires_at) = d.envelope.expires_at.filter(|&at| at <= now_ms()) {
+            c.verdict = settle::expired_before_start(expires_at, d.attempt);
+            return c;
+        }
         let Some(spec) = self.registry.get(&d.envelope.job) else {
             c.job = "unknown".into();
-            c.verdict = settle::decide(s, d.attempt, RunEnd::UnknownJob);
+            c.verdict = settle::decide(&s.policy.retry, d.attempt, RunEnd::UnknownJob);
             c.verdict.error = format!(
                 "unknown job type `{}`: this binary has no handler for it",
                 d.envelope.job
@@ -166,6 +173,7 @@ impl Dispatcher {
             c.payload = Some(d.envelope.payload);
             return c;
         };
+        let policy = s.policy(spec.name);
         let due = d.envelope.run_at.max(d.envelope.enqueued_at);
         let wait_ms = (now_ms() - due).max(0);
         if otel::enabled() {
@@ -177,7 +185,7 @@ impl Dispatcher {
             d.envelope.job.clone(),
             s.name.clone(),
             d.attempt,
-            s.retry.max_attempts,
+            policy.retry.max_attempts,
             d.envelope.enqueued_at,
             self.enqueuer.clone(),
             self.deps.clone(),
@@ -200,10 +208,10 @@ impl Dispatcher {
             trace => culm_core::trace::scope(trace, handler).boxed(),
         };
         let run = AssertUnwindSafe(handler).catch_unwind();
-        let result = tokio::time::timeout(s.timeout, run).await;
+        let result = tokio::time::timeout(policy.timeout, run).await;
         c.duration = start.elapsed();
         let end = match result {
-            Err(_) => RunEnd::TimedOut(s.timeout),
+            Err(_) => RunEnd::TimedOut(policy.timeout),
             Ok(Err(panic)) => RunEnd::Panicked(panic_message(panic.as_ref())),
             Ok(Ok(RunResult::BadPayload(reason))) => RunEnd::BadPayload(reason),
             Ok(Ok(RunResult::Finished(Ok(outcome)))) => {
@@ -221,7 +229,7 @@ impl Dispatcher {
             }
             Ok(Ok(RunResult::Finished(Err(e)))) => RunEnd::Failed(e),
         };
-        c.verdict = settle::decide(s, d.attempt, end);
+        c.verdict = settle::decide(&policy.retry, d.attempt, end);
         match &c.verdict.kind {
             AckKind::Done => tracing::debug!("done"),
             AckKind::Defer { at } => {

@@ -101,7 +101,7 @@ impl Runtime {
         if queues.is_empty() {
             return Err(RuntimeError::NothingSelected);
         }
-        let all = self.config.queue_settings();
+        let all = self.config.queue_settings(self.store.registry());
         let (stop, stop_rx) = watch::channel(false);
         let (finish, finish_rx) = watch::channel(false);
         let (abort, abort_rx) = watch::channel(false);

@@ -137,8 +137,10 @@ pub(super) async fn fetch_loop(
             }
             Ok(f) => {
                 error_backoff = Duration::from_millis(50);
+                // Paused or at the queue's global cap, a due job cannot be taken either:
+                // the wake-up of a resume or of a freed permit ends the wait.
                 let mut wait = shared.worker.idle_poll_interval;
-                if let Some(due) = f.next_due.filter(|_| !f.paused) {
+                if let Some(due) = f.next_due.filter(|_| !f.paused && !f.full) {
                     wait = wait.min(Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0).max(1)));
                 }
                 tokio::select! {

@@ -19,7 +19,7 @@ use crate::{
     store::{Ack, AckKind, Corrupt, Expired, Finished},
     telemetry,
 };
-use culm_core::{EnqueueRequest, JobError, now_ms};
+use culm_core::{EnqueueRequest, JobError, RetryPolicy, now_ms};
 use serde_json::value::RawValue;
 use std::{sync::Arc, time::Duration};
 use tokio::sync::broadcast;
@@ -88,6 +88,7 @@ fn finished(c: &Completion) -> String {
         enqueued_at: c.enqueued_at_ms,
         result: c.result.clone(),
         cancelled: false,
+        expired: c.verdict.kind == AckKind::Expired,
     };
     serde_json::to_string(&f).unwrap_or_default()
 }
@@ -153,9 +154,9 @@ fn after(d: Duration) -> i64 {
 
 /// The retry budget: another attempt after backoff (at least `at_least`, an upstream's
 /// `Retry-After`), or the dead-letter set once `attempt` was the last.
-pub(super) fn retry_or_dead(s: &QueueSettings, attempt: u32, error: String, at_least: Option<Duration>) -> Verdict {
-    if s.retry.allows_retry_after(attempt) {
-        let backoff = s.retry.backoff(attempt).max(at_least.unwrap_or_default());
+pub(super) fn retry_or_dead(retry: &RetryPolicy, attempt: u32, error: String, at_least: Option<Duration>) -> Verdict {
+    if retry.allows_retry_after(attempt) {
+        let backoff = retry.backoff(attempt).max(at_least.unwrap_or_default());
         Verdict {
             kind: AckKind::Retry { at: after(backoff) },
             error,
@@ -164,14 +165,28 @@ pub(super) fn retry_or_dead(s: &QueueSettings, attempt: u32, error: String, at_l
     } else {
         Verdict {
             kind: AckKind::Dead,
-            error: format!("{error} (attempt {attempt} of {}, giving up)", s.retry.max_attempts),
+            error: format!("{error} (attempt {attempt} of {}, giving up)", retry.max_attempts),
             ended: telemetry::Ended::Dead,
         }
     }
 }
 
-/// The fate of a run that ended as `end`.
-pub(super) fn decide(s: &QueueSettings, attempt: u32, end: RunEnd) -> Verdict {
+/// An attempt that would start after the job's `expires_at`: it does not run, and the job
+/// ends `expired` (final, not dead-lettered: nothing failed).
+pub(super) fn expired_before_start(expires_at: i64, attempt: u32) -> Verdict {
+    Verdict {
+        kind: AckKind::Expired,
+        error: format!(
+            "expired at {} before attempt {attempt} could start",
+            culm_core::time::to_rfc3339(expires_at).unwrap_or_else(|| expires_at.to_string())
+        ),
+        // Unused: the completion says it did not run, so no run outcome is counted.
+        ended: telemetry::Ended::Succeeded,
+    }
+}
+
+/// The fate of a run that ended as `end`, under its job type's retry policy.
+pub(super) fn decide(retry: &RetryPolicy, attempt: u32, end: RunEnd) -> Verdict {
     let dead = |error: String| Verdict {
         kind: AckKind::Dead,
         error,
@@ -183,7 +198,7 @@ pub(super) fn decide(s: &QueueSettings, attempt: u32, end: RunEnd) -> Verdict {
             error: String::new(),
             ended: telemetry::Ended::Succeeded,
         },
-        RunEnd::Failed(JobError::Retryable { message, after }) => retry_or_dead(s, attempt, message, after),
+        RunEnd::Failed(JobError::Retryable { message, after }) => retry_or_dead(retry, attempt, message, after),
         RunEnd::Failed(JobError::Permanent(message)) => dead(message),
         RunEnd::Failed(JobError::Defer { after: d, reason }) => Verdict {
             kind: AckKind::Defer { at: after(d) },
@@ -191,17 +206,20 @@ pub(super) fn decide(s: &QueueSettings, attempt: u32, end: RunEnd) -> Verdict {
             ended: telemetry::Ended::Deferred,
         },
         RunEnd::TimedOut(limit) => retry_or_dead(
-            s,
+            retry,
             attempt,
             format!("timed out after {}", humantime::format_duration(limit)),
             None,
         ),
-        RunEnd::Panicked(message) => retry_or_dead(s, attempt, format!("handler panicked: {message}"), None),
+        RunEnd::Panicked(message) => retry_or_dead(retry, attempt, format!("handler panicked: {message}"), None),
         RunEnd::BadPayload(reason) => dead(reason),
         RunEnd::UnknownJob => dead("unknown job type: this binary has no handler for it".to_owned()),
-        RunEnd::FollowUpsFailed { storage: true, error } => {
-            retry_or_dead(s, attempt, format!("enqueueing follow-up jobs failed: {error}"), None)
-        }
+        RunEnd::FollowUpsFailed { storage: true, error } => retry_or_dead(
+            retry,
+            attempt,
+            format!("enqueueing follow-up jobs failed: {error}"),
+            None,
+        ),
         RunEnd::FollowUpsFailed { storage: false, error } => dead(format!("a follow-up job was rejected: {error}")),
     }
 }
@@ -211,7 +229,7 @@ impl Settlement {
     pub(super) fn from_run(c: Completion) -> Self {
         Settlement {
             ack: Ack {
-                finished: matches!(c.verdict.kind, AckKind::Done).then(|| finished(&c)),
+                finished: matches!(c.verdict.kind, AckKind::Done | AckKind::Expired).then(|| finished(&c)),
                 id: c.id,
                 token: c.token,
                 kind: c.verdict.kind,
@@ -258,7 +276,8 @@ impl Settlement {
 
 /// The fate of a lease the reaper found expired.
 pub(super) fn expired(s: &QueueSettings, e: Expired) -> Settlement {
-    let (kind, error) = if !e.confirmed && e.orphaned < s.retry.max_attempts {
+    let retry = &s.policy(e.envelope.as_ref().map_or("", |env| env.job.as_str())).retry;
+    let (kind, error) = if !e.confirmed && e.orphaned < retry.max_attempts {
         (
             AckKind::Defer { at: now_ms() },
             format!(
@@ -271,7 +290,7 @@ pub(super) fn expired(s: &QueueSettings, e: Expired) -> Settlement {
             "lease expired: the worker running attempt {} stopped responding",
             e.attempt
         );
-        let v = retry_or_dead(s, e.attempt, error, None);
+        let v = retry_or_dead(retry, e.attempt, error, None);
         // A reaped job has already waited a whole lease: no backoff on top.
         let kind = match v.kind {
             AckKind::Retry { .. } => AckKind::Retry { at: now_ms() },
@@ -322,6 +341,7 @@ pub(super) fn record(shared: &Recorder, batch: &mut [Settlement], applied: &[boo
             match (p.source, &p.ack.kind) {
                 (Source::Reaper, kind) => telemetry::reaped(queue, &p.job, *kind == AckKind::Dead),
                 (Source::Run, AckKind::Dead) if p.ended.is_none() => telemetry::dead_without_run(queue, &p.job),
+                (_, AckKind::Expired) => telemetry::expired(queue, &p.job),
                 _ => {}
             }
             if p.ack.kind == AckKind::Dead {
@@ -357,6 +377,7 @@ fn ledger_row(shared: &Recorder, p: &mut Settlement, applied: bool, finished_at_
         AckKind::Retry { at } => (RunOutcome::FailedWillRetry, Some(at)),
         AckKind::Defer { at } => (RunOutcome::Deferred, Some(at)),
         AckKind::Dead => (RunOutcome::Dead, None),
+        AckKind::Expired => (RunOutcome::Expired, None),
     };
     // Only a dead-lettering that took effect reaches the archive.
     let dead = (outcome == RunOutcome::Dead).then(|| DeadInfo {

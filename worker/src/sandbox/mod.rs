@@ -146,6 +146,44 @@ struct Inner {
     orders: HashMap<String, Order>,
     replays: HashMap<String, (u16, Value)>,
     outage: Option<Outage>,
+    inflight: BTreeMap<String, Inflight>,
+}
+
+/// Requests of one integration being answered (arrived, answer not yet sent, latency
+/// included): how many now, and the most at once since the last reset. What a partner
+/// sees of a global concurrency cap.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Inflight {
+    pub now: u32,
+    pub peak: u32,
+}
+
+/// Counts one request in flight until dropped, so an answer abandoned because its client
+/// went away (a SIGKILLed worker) is counted out as well.
+struct InflightGuard {
+    shared: Arc<Shared>,
+    integration: String,
+}
+
+impl InflightGuard {
+    fn enter(shared: &Arc<Shared>, inner: &mut Inner, integration: &str) -> Self {
+        let c = inner.inflight.entry(integration.to_owned()).or_default();
+        c.now += 1;
+        c.peak = c.peak.max(c.now);
+        InflightGuard {
+            shared: shared.clone(),
+            integration: integration.to_owned(),
+        }
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        let mut inner = self.shared.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = inner.inflight.get_mut(&self.integration) {
+            c.now = c.now.saturating_sub(1);
+        }
+    }
 }
 
 /// `POST /_sandbox/outage`: the integration answers `status` (with `Retry-After: 1`) to
@@ -179,6 +217,7 @@ pub fn router(options: Options) -> Router {
         .route("/_sandbox/requests", get(list_requests).delete(clear_requests))
         .route("/_sandbox/reset", post(reset))
         .route("/_sandbox/outage", post(outage))
+        .route("/_sandbox/inflight", get(list_inflight).delete(reset_inflight))
         .fallback(handle)
         // File uploads (sftp) and bulk payloads (mailer) exceed axum's 2 MB default.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -274,10 +313,32 @@ async fn clear_requests(State(s): State<Arc<Shared>>) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-/// Clears the log, the rate-limit windows, Bamboo orders and idempotent replays.
+/// Clears the log, the rate-limit windows, Bamboo orders and idempotent replays, and
+/// restarts the in-flight peaks from the requests being answered now.
 async fn reset(State(s): State<Arc<Shared>>) -> StatusCode {
-    *s.inner.lock().unwrap_or_else(PoisonError::into_inner) = Inner::default();
+    let mut inner = s.inner.lock().unwrap_or_else(PoisonError::into_inner);
+    let inflight = std::mem::take(&mut inner.inflight);
+    *inner = Inner::default();
+    inner.inflight = inflight;
+    restart_peaks(&mut inner);
     StatusCode::NO_CONTENT
+}
+
+/// `GET /_sandbox/inflight`: requests being answered per integration, and the peak.
+async fn list_inflight(State(s): State<Arc<Shared>>) -> Json<BTreeMap<String, Inflight>> {
+    Json(s.inner.lock().unwrap_or_else(PoisonError::into_inner).inflight.clone())
+}
+
+/// `DELETE /_sandbox/inflight`: every peak restarts from the requests in flight now.
+async fn reset_inflight(State(s): State<Arc<Shared>>) -> StatusCode {
+    restart_peaks(&mut s.inner.lock().unwrap_or_else(PoisonError::into_inner));
+    StatusCode::NO_CONTENT
+}
+
+fn restart_peaks(inner: &mut Inner) {
+    for c in inner.inflight.values_mut() {
+        c.peak = c.now;
+    }
 }
 
 async fn outage(State(s): State<Arc<Shared>>, Json(mut o): Json<Outage>) -> StatusCode {
@@ -342,8 +403,11 @@ async fn handle(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers:
     };
 
     // Decide and record atomically, so the log's order and times match the limits.
-    let answer = {
+    let (answer, _inflight) = {
         let mut inner = s.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let inflight = INTEGRATIONS
+            .contains(&integration.as_str())
+            .then(|| InflightGuard::enter(&s, &mut inner, &integration));
         let now_ms = s.clock.now_ms();
         let answer = if !INTEGRATIONS.contains(&integration.as_str()) {
             Answer::error(
@@ -392,7 +456,7 @@ async fn handle(State(s): State<Arc<Shared>>, method: Method, uri: Uri, headers:
             headers: recorded_headers(&headers),
             body: request_body.clone(),
         });
-        answer
+        (answer, inflight)
     };
 
     let latency = jittered(s.options.latency) + Duration::from_millis(delay.unwrap_or(0));

@@ -263,6 +263,7 @@ impl Scheduler {
             enqueued_at: now,
             run_at: now,
             idempotency_key: Some(&origin),
+            expires_at: None,
             trace: trace.as_ref(),
         })
         .map_err(|e| SchedulerError::Encode {

@@ -27,6 +27,7 @@ impl Store {
             name: s.name.clone(),
             tier: s.tier,
             concurrency: s.concurrency,
+            max_in_flight: s.max_in_flight,
             pending: n(0),
             scheduled: n(1),
             running: n(2),
@@ -194,6 +195,8 @@ impl Store {
             let fin = v.get(5).and_then(|f| serde_json::from_str::<Finished>(&text(f)).ok());
             if fin.as_ref().is_some_and(|f| f.cancelled) {
                 state = JobState::Cancelled;
+            } else if fin.as_ref().is_some_and(|f| f.expired) {
+                state = JobState::Expired;
             }
             let attempts = match &fin {
                 Some(f) => f.attempts,

@@ -145,6 +145,10 @@ impl QueueKeys {
     pub fn idem(&self, key: &str) -> String {
         self.key(&format!("idem:{key}"))
     }
+    /// String: the live job holding a uniqueness key (stale once that job finished).
+    pub fn unique(&self, key: &str) -> String {
+        self.key(&format!("unique:{key}"))
+    }
     /// String: an acker's last batch and its answer.
     pub fn acker(&self, acker: &str) -> String {
         self.key(&format!("acker:{acker}"))

@@ -86,6 +86,8 @@ pub struct QueueStats {
     pub tier: Tier,
     /// Pool size per process.
     pub concurrency: u32,
+    /// Jobs running at once across every process (`max_in_flight`), if capped.
+    pub max_in_flight: Option<u32>,
     /// Due, waiting for a worker.
     pub pending: u64,
     /// Waiting for their time (delayed, retry backoff, deferred).
@@ -159,6 +161,8 @@ pub enum JobState {
     Dead,
     /// Cancelled before it ran (`POST /v1/jobs/{id}/cancel`).
     Cancelled,
+    /// Not run: its `expires_at` passed before an attempt could start.
+    Expired,
 }
 
 impl JobState {
@@ -171,10 +175,11 @@ impl JobState {
             JobState::Done => "done",
             JobState::Dead => "dead",
             JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
         }
     }
 
-    /// Final: done, dead or cancelled (what a long-poll waits for).
+    /// Final: done, dead, cancelled or expired (what a long-poll waits for).
     pub fn is_final(self) -> bool {
         !self.is_live()
     }
@@ -196,6 +201,7 @@ impl std::str::FromStr for JobState {
             JobState::Done,
             JobState::Dead,
             JobState::Cancelled,
+            JobState::Expired,
         ]
         .into_iter()
         .find(|st| st.as_str() == s)
@@ -216,7 +222,7 @@ pub struct JobStatus {
     pub id: String,
     /// Queue.
     pub queue: String,
-    /// pending | scheduled | running | done | dead | cancelled
+    /// pending | scheduled | running | done | dead | cancelled | expired
     pub state: JobState,
     /// Job type (absent for a done job once its `result_ttl` passed).
     pub job: Option<String>,
@@ -334,7 +340,7 @@ impl Store {
                 handler_conn: std::sync::OnceLock::new(),
                 pubsub,
                 prefix: config.redis.key_prefix.clone(),
-                routing: Routing::from_config(config),
+                routing: Routing::from_config(config, &registry),
                 registry,
                 idempotency_ttl_s: config.worker.idempotency_ttl.as_secs().max(1),
                 done_retention: config.worker.done_retention,

@@ -39,6 +39,8 @@ pub(crate) struct NewEnvelope<'a> {
     pub(crate) run_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) idempotency_key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) expires_at: Option<i64>,
     /// Only jobs that carry a trace context store one: no field, no bytes, otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) trace: Option<&'a TraceContext>,
@@ -56,6 +58,9 @@ pub struct Envelope {
     pub run_at: i64,
     #[serde(default)]
     pub idempotency_key: Option<String>,
+    /// Not started by then (ms), the job is not run: it ends `expired`.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
     /// The W3C trace context of whatever enqueued the job; each attempt continues it.
     #[serde(default)]
     pub trace: Option<TraceContext>,
@@ -94,6 +99,9 @@ pub struct Fetched {
     pub corrupt: Vec<Corrupt>,
     /// The queue is paused: nothing was leased.
     pub paused: bool,
+    /// The queue's `max_in_flight` jobs are leased already: nothing was leased. An
+    /// acknowledgement that frees a permit while jobs wait publishes a wake-up.
+    pub full: bool,
     /// When the earliest scheduled job falls due, ms.
     pub next_due: Option<i64>,
 }
@@ -111,6 +119,8 @@ pub enum AckKind {
         at: i64,
     },
     Dead,
+    /// Not run: its `expires_at` passed before this attempt could start. Final.
+    Expired,
 }
 
 /// One acknowledgement, fenced by the token of the lease it settles.
@@ -142,6 +152,9 @@ pub struct Finished {
     /// Cancelled before it ran (`POST /v1/jobs/{id}/cancel`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
+    /// Not run: its `expires_at` passed before an attempt could start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expired: bool,
 }
 
 /// Names one batch of acknowledgements: the pool instance that sends it and a number
@@ -224,6 +237,30 @@ impl Store {
         if let Some(k) = &req.idempotency_key {
             culm_core::check_idempotency_key(k)?;
         }
+        if let Some(k) = &req.unique_key
+            && !culm_core::valid_idempotency_key(k)
+        {
+            return Err(EnqueueError::InvalidRequest {
+                field: "unique_key".into(),
+                message: "must be 1 to 200 printable ASCII characters, without spaces or braces".into(),
+            });
+        }
+        if req.unique_for_ms == Some(0) {
+            return Err(EnqueueError::InvalidRequest {
+                field: "unique_for_ms".into(),
+                message: "must be above zero".into(),
+            });
+        }
+        if let Some(expires) = req.expires_at_ms {
+            // A job that could never start is refused rather than stored to expire.
+            let earliest = req.run_at_ms.unwrap_or(0).max(now_ms());
+            if expires <= earliest {
+                return Err(EnqueueError::InvalidRequest {
+                    field: "expires_at".into(),
+                    message: "the job would expire before it may run".into(),
+                });
+            }
+        }
         spec.validate(&req.payload)?;
         Ok(q)
     }
@@ -263,6 +300,10 @@ impl Store {
                     if let Some(k) = &r.idempotency_key {
                         inv.key(keys.idem(k));
                     }
+                    let unique = self.uniqueness(r);
+                    if let Some((k, _)) = &unique {
+                        inv.key(keys.unique(k));
+                    }
                     let run_at = r.run_at_ms.unwrap_or(now);
                     let env = serde_json::to_string(&NewEnvelope {
                         job: &r.job,
@@ -270,13 +311,15 @@ impl Store {
                         enqueued_at: now,
                         run_at: run_at.max(now),
                         idempotency_key: r.idempotency_key.as_deref(),
+                        expires_at: r.expires_at_ms,
                         trace: r.trace.as_ref(),
                     })
                     .map_err(|e| EnqueueError::Storage(e.to_string()))?;
                     inv.arg(ulid::Ulid::new().to_string())
                         .arg(run_at)
                         .arg(env)
-                        .arg(r.idempotency_key.as_deref().unwrap_or(""));
+                        .arg(r.idempotency_key.as_deref().unwrap_or(""))
+                        .arg(unique.map_or(0, |(_, ttl_ms)| ttl_ms));
                 }
             }
             let mut conn = self.inner.conn.clone();
@@ -323,10 +366,13 @@ impl Store {
             .arg(count)
             .arg(millis(lease_ttl))
             .arg(PROMOTE_CHUNK)
+            .arg(self.max_in_flight(queue))
             .invoke_async(&mut conn)
             .await?;
+        let status = v.first().map(text);
         let mut out = Fetched {
-            paused: v.first().map(text).as_deref() == Some("paused"),
+            paused: status.as_deref() == Some("paused"),
+            full: status.as_deref() == Some("full"),
             next_due: v.get(1).map(text).and_then(|s| s.parse::<f64>().ok()).map(|f| f as i64),
             jobs: Vec::with_capacity(v.len().saturating_sub(2) / 4),
             corrupt: Vec::new(),
@@ -355,6 +401,34 @@ impl Store {
         Ok(out)
     }
 
+    /// The uniqueness key of a request and how long it holds at most (ms), if it asks
+    /// for uniqueness or its job type does. Without a `unique_key` the key is the job
+    /// type and a SHA-256 of the payload with its object keys sorted, so two payloads
+    /// that differ only in key order are the same job.
+    fn uniqueness(&self, r: &EnqueueRequest) -> Option<(String, u64)> {
+        let by_type = self.inner.registry.get(&r.job).and_then(|s| s.unique_for);
+        if r.unique_key.is_none() && r.unique_for_ms.is_none() && by_type.is_none() {
+            return None;
+        }
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let ttl = r
+            .unique_for_ms
+            .or(by_type.map(ms))
+            .unwrap_or(self.inner.idempotency_ttl_s.saturating_mul(1000));
+        let key = r.unique_key.clone().unwrap_or_else(|| {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(canonical_json(&r.payload).as_bytes());
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{}:{hex}", r.job)
+        });
+        Some((key, ttl.max(1)))
+    }
+
+    /// The queue's cap on jobs leased at once across processes; 0 for none.
+    fn max_in_flight(&self, queue: &str) -> u32 {
+        self.settings(queue).ok().and_then(|s| s.max_in_flight).unwrap_or(0)
+    }
+
     /// Applies a batch of acknowledgements in one round trip. Says, per ack, whether it
     /// applied; one that did not was fenced off (its lease had moved on, or it was a
     /// replay of an ack already applied).
@@ -366,13 +440,15 @@ impl Store {
         let mut inv = keys.invoke(&ACK);
         inv.key(keys.acker(&batch.acker))
             .arg(self.inner.done_retention)
-            .arg(batch.seq);
+            .arg(batch.seq)
+            .arg(u8::from(self.max_in_flight(queue) > 0));
         // Retry and defer times go as delays from now, so the script places them on
         // Redis's clock and a worker's clock skew cannot stretch or shrink a backoff.
         let now = now_ms();
         for a in acks {
             let (kind, delay) = match a.kind {
-                AckKind::Done => ("done", 0),
+                // An expired job ends like a done one (its `finished` entry says expired).
+                AckKind::Done | AckKind::Expired => ("done", 0),
                 AckKind::Retry { at } => ("retry", (at - now).max(0)),
                 AckKind::Defer { at } => ("defer", (at - now).max(0)),
                 AckKind::Dead => ("dead", 0),
@@ -500,4 +576,20 @@ pub const RESERVED_KEY_PREFIXES: [&str; 3] = ["outbox:", "redrive:", "batch:"];
 /// A caller's idempotency key that uses a prefix culm reserves for its own keys.
 pub fn reserved_idempotency_key(k: &str) -> bool {
     RESERVED_KEY_PREFIXES.iter().any(|p| k.starts_with(p))
+}
+
+/// `v` as JSON with every object's keys sorted, whatever order it was built in.
+fn canonical_json(v: &serde_json::Value) -> String {
+    fn sorted(v: &serde_json::Value) -> serde_json::Value {
+        match v {
+            serde_json::Value::Object(m) => {
+                let mut entries: Vec<_> = m.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k.clone(), sorted(v))).collect())
+            }
+            serde_json::Value::Array(a) => serde_json::Value::Array(a.iter().map(sorted).collect()),
+            other => other.clone(),
+        }
+    }
+    sorted(v).to_string()
 }

@@ -1,7 +1,7 @@
 //! Which queue each job type goes to, and the check that every job type can be routed
 //! to a declared queue of a tier it may run in.
-use crate::config::{Config, QueueSettings};
-use culm_core::Registry;
+use crate::config::{Config, JobPolicy, JobTypeConfig, PolicySource, QueueSettings};
+use culm_core::{Backoff, Registry};
 use std::collections::BTreeMap;
 
 /// Queue names, their settings and job routing overrides.
@@ -11,14 +11,18 @@ pub struct Routing {
     pub queues: BTreeMap<String, QueueSettings>,
     /// Job type → queue overrides.
     pub routes: BTreeMap<String, String>,
+    /// Job types given a retry policy or timeout in `[job_types]`.
+    pub job_types: BTreeMap<String, JobTypeConfig>,
 }
 
 impl Routing {
-    /// From configuration.
-    pub fn from_config(c: &Config) -> Self {
+    /// From configuration, with the retry policies and timeouts `registry`'s job types
+    /// declare.
+    pub fn from_config(c: &Config, registry: &Registry) -> Self {
         Self {
-            queues: c.queue_settings(),
+            queues: c.queue_settings(registry),
             routes: c.routes.clone(),
+            job_types: c.job_types.clone(),
         }
     }
 
@@ -26,6 +30,13 @@ impl Routing {
     /// they may not run in, and overrides naming unknown job types.
     pub fn problems(&self, registry: &Registry) -> Vec<String> {
         let mut out = Vec::new();
+        for job in self.job_types.keys() {
+            if registry.get(job).is_none() {
+                out.push(format!(
+                    "[job_types] names job type `{job}`, which this binary does not know"
+                ));
+            }
+        }
         for job in self.routes.keys() {
             if registry.get(job).is_none() {
                 out.push(format!(
@@ -68,9 +79,11 @@ pub struct JobType {
     pub queue: String,
     /// Tiers whose queues may run it.
     pub tiers: Vec<String>,
-    /// How long one attempt may run, ms (the queue's `timeout`).
+    /// How long one attempt may run, ms.
     pub timeout_ms: u64,
-    /// The queue's retry policy.
+    /// Where the timeout is set (absent when the queue is not declared).
+    pub timeout_source: Option<PolicySource>,
+    /// The retry policy it runs under.
     pub retry: RetryView,
     /// How long a finished job's result and summary are kept, ms (the queue's `result_ttl`).
     pub result_ttl_ms: u64,
@@ -82,15 +95,44 @@ pub struct JobType {
     pub example: Option<serde_json::Value>,
 }
 
-/// A queue's retry policy.
-#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+/// A job type's retry policy.
+#[derive(Debug, Clone, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct RetryView {
     /// Attempts including the first; after the last the job is dead-lettered.
     pub max_attempts: u32,
-    /// Backoff before the second attempt (before jitter), ms.
+    /// `exponential` (full jitter), `fixed` or `delays`.
+    pub backoff: String,
+    /// The shortest wait between attempts, ms (exponential: before jitter).
     pub backoff_base_ms: u64,
-    /// Upper bound of one backoff, ms.
+    /// The longest wait between attempts, ms.
     pub backoff_cap_ms: u64,
+    /// The waits after the first, second, … failure, ms (`fixed` and `delays`; the last
+    /// repeats); empty for exponential backoff.
+    pub delays_ms: Vec<u64>,
+    /// Where the policy is set (absent when the queue is not declared).
+    pub source: Option<PolicySource>,
+}
+
+impl RetryView {
+    fn of(p: &JobPolicy) -> Self {
+        let (base, cap, delays) = match &p.retry.backoff {
+            Backoff::Exponential { base, cap } => (ms(*base), ms(*cap), Vec::new()),
+            Backoff::Fixed(d) => (ms(*d), ms(*d), vec![ms(*d)]),
+            Backoff::Delays(list) => {
+                let delays: Vec<u64> = list.iter().map(|d| ms(*d)).collect();
+                let (lo, hi) = (delays.iter().min(), delays.iter().max());
+                (lo.copied().unwrap_or(0), hi.copied().unwrap_or(0), delays)
+            }
+        };
+        RetryView {
+            max_attempts: p.retry.max_attempts,
+            backoff: p.retry.kind().to_owned(),
+            backoff_base_ms: base,
+            backoff_cap_ms: cap,
+            delays_ms: delays,
+            source: Some(p.retry_source),
+        }
+    }
 }
 
 fn ms(d: std::time::Duration) -> u64 {
@@ -107,17 +149,15 @@ impl Routing {
             .map(|spec| {
                 let queue = self.routes.get(spec.name).map(String::as_str).unwrap_or(spec.queue);
                 let q = self.queues.get(queue);
+                let policy = q.map(|q| q.policy(spec.name));
                 JobType {
                     name: spec.name.to_owned(),
                     description: spec.description.to_owned(),
                     queue: queue.to_owned(),
                     tiers: spec.tiers.iter().map(|t| t.as_str().to_owned()).collect(),
-                    timeout_ms: q.map(|q| ms(q.timeout)).unwrap_or(0),
-                    retry: RetryView {
-                        max_attempts: q.map(|q| q.retry.max_attempts).unwrap_or(0),
-                        backoff_base_ms: q.map(|q| ms(q.retry.backoff_base)).unwrap_or(0),
-                        backoff_cap_ms: q.map(|q| ms(q.retry.backoff_cap)).unwrap_or(0),
-                    },
+                    timeout_ms: policy.map(|p| ms(p.timeout)).unwrap_or(0),
+                    timeout_source: policy.map(|p| p.timeout_source),
+                    retry: policy.map(RetryView::of).unwrap_or_default(),
                     result_ttl_ms: q.map(|q| ms(q.result_ttl)).unwrap_or(0),
                     payload_schema: spec.schema.clone(),
                     example: spec.example.clone(),

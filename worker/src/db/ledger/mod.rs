@@ -48,6 +48,8 @@ pub enum RunOutcome {
     /// It finished, but its lease had expired and been taken over (the job was delivered
     /// again), so its outcome was not applied.
     Superseded,
+    /// It was not run: its `expires_at` had passed when the attempt would have started.
+    Expired,
 }
 
 impl RunOutcome {
@@ -59,6 +61,7 @@ impl RunOutcome {
             RunOutcome::Dead => "dead",
             RunOutcome::Deferred => "deferred",
             RunOutcome::Superseded => "superseded",
+            RunOutcome::Expired => "expired",
         }
     }
 }

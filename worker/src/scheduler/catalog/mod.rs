@@ -238,7 +238,7 @@ mod tests {
 
     fn load(text: &str) -> Result<Catalog, CatalogError> {
         let registry = culm_jobs::registry().expect("registry");
-        let routing = Routing::from_config(&Config::defaults().expect("defaults"));
+        let routing = Routing::from_config(&Config::defaults().expect("defaults"), &registry);
         Catalog::from_sources(&[("schedules/t.toml".into(), text.into())], &registry, &routing)
     }
 

@@ -1,5 +1,7 @@
 -- Record outcomes of a batch of runs. KEYS: the queue's, then the acker's key
--- (`…:acker:<acker>`). ARGV: done_retention, batch, then per run: id, token, kind,
+-- (`…:acker:<acker>`). ARGV: done_retention, batch, capped ('1' when the queue has a
+-- max_in_flight: a batch that ends leases while jobs wait wakes the processes the cap
+-- held back), then per run: id, token, kind,
 -- delay_ms (retry/defer: how long from now, on Redis's clock), error, finished (done:
 -- the JSON kept in `finished` for status readers: job type, attempts, enqueue time and
 -- result; '' otherwise).
@@ -18,6 +20,7 @@ local now = redis_now()
 local keep = tonumber(ARGV[1])
 local K_ACKER = KEYS[QUEUE_KEYS + 1]
 local batch = ARGV[2] .. ':'
+local capped = ARGV[3] == '1'
 local last = redis.call('GET', K_ACKER)
 if last and string.sub(last, 1, #batch) == batch then return string.sub(last, #batch + 1) end
 local applied = {}
@@ -28,7 +31,7 @@ local wake = false
 -- batch allows: settling the common case (done) costs one command per run (the read)
 -- plus a handful per batch.
 local fields = {}
-for i = 3, #ARGV, 6 do fields[#fields + 1] = ARGV[i] .. ':t' end
+for i = 4, #ARGV, 6 do fields[#fields + 1] = ARGV[i] .. ':t' end
 local current = {}
 for from = 1, #fields, 1000 do
   local got = redis.call('HMGET', K_ATTEMPTS, unpack(fields, from, math.min(from + 999, #fields)))
@@ -42,7 +45,7 @@ local done_scores = {}  -- ZADD arguments for the done set
 local finished_fields = {} -- HSET arguments for the finished hash
 local final = {}        -- ids that reached done or dead: published once
 local n = 0
-for i = 3, #ARGV, 6 do
+for i = 4, #ARGV, 6 do
   n = n + 1
   local id, token, kind, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
   local at = now + tonumber(ARGV[i + 3])
@@ -134,6 +137,7 @@ if finished > 0 then
     end
   end
 end
+if capped and #ended > 0 and not wake then wake = redis.call('LLEN', K_READY) > 0 end
 if wake then redis.call('PUBLISH', K_WAKE, '1') end
 if #final > 0 then redis.call('PUBLISH', K_SETTLED, table.concat(final, ',')) end
 local answer = table.concat(applied)

@@ -1,13 +1,18 @@
--- Fetch up to `count` jobs and lease them. ARGV: count, lease_ttl_ms, promote_chunk.
+-- Fetch up to `count` jobs and lease them. ARGV: count, lease_ttl_ms, promote_chunk,
+-- max_in_flight (0: no cap across processes).
 -- First promotes due scheduled jobs in one bounded chunk (never an unbounded unpack).
+-- A queue's leases are its permits: with a cap, at most max_in_flight jobs are leased at
+-- once, whichever processes hold them, and a dead holder's permits come back when the
+-- reaper hands its expired leases out again.
 -- Each lease gets a token from the queue's counter, so no two leases of a queue ever
 -- share one, whatever happens to the attempt budget.
--- Returns: status ('ok'|'paused'), next scheduled run_at ('' if none), then
+-- Returns: status ('ok'|'paused'|'full': the cap is reached), next scheduled run_at ('' if none), then
 -- id, attempt, token, envelope per job.
 local count = tonumber(ARGV[1])
 local now = redis_now()
 local deadline = now + tonumber(ARGV[2])
 local chunk = tonumber(ARGV[3])
+local cap = tonumber(ARGV[4])
 local due = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', now, 'LIMIT', 0, chunk)
 if #due > 0 then
   redis.call('RPUSH', K_READY, unpack(due))
@@ -17,6 +22,11 @@ local nxt = earliest_scheduled()
 local next_due = ''
 if nxt then next_due = tostring(nxt) end
 if redis.call('EXISTS', K_PAUSED) == 1 then return { 'paused', next_due } end
+if cap > 0 and count > 0 then
+  local room = cap - redis.call('ZCARD', K_LEASES)
+  if room <= 0 then return { 'full', next_due } end
+  if room < count then count = room end
+end
 local out = { 'ok', next_due }
 if count <= 0 then return out end
 -- `count` is at most a pool's free slots; chunks keep every unpack far below Lua's limit.

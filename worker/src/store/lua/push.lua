@@ -1,14 +1,19 @@
 -- Enqueue a batch into one or more queues, all or nothing. KEYS: per queue in the batch,
--- its fixed keys (common.lua), then the idempotency key (`…:idem:<key>`) of each of its
--- jobs that has one, in job order. ARGV: now_ms, idempotency_ttl_s, then per queue (in
--- KEYS order) the number of its jobs, then per job: id, run_at_ms, envelope, idem_key
--- ('' = none).
+-- its fixed keys (common.lua), then per job in job order its idempotency key
+-- (`…:idem:<key>`) if it has one and its uniqueness key (`…:unique:<key>`) if it has one.
+-- ARGV: now_ms, idempotency_ttl_s, then per queue (in KEYS order) the number of its
+-- jobs, then per job: id, run_at_ms, envelope, idem_key ('' = none), unique_ttl_ms (0 =
+-- not unique).
+-- Uniqueness: the key names the job that took it; while that job is live (its body is
+-- stored and it is not dead) a push with the key answers that job's id. A done,
+-- cancelled, expired or dead holder no longer counts, so nothing has to clear the key
+-- when a job finishes; its TTL bounds how long a live holder keeps it.
 -- Cluster mode sends one queue per call (a script touches one slot); standalone and
 -- Sentinel send a whole batch in one call, so either every job is stored or none is.
 -- Redis does not roll back a script that fails halfway, so every key's kind is checked
 -- before the first write.
 -- Due jobs go straight to the ready list; only future ones enter the scheduled set.
--- Returns per job: id (the earlier one on an idempotency hit), created (1/0).
+-- Returns per job: id (the earlier one on an idempotency or uniqueness hit), created (1/0).
 -- A replayed push finds its ids already written and answers created = 0 for them.
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
@@ -18,57 +23,75 @@ local function holds_kind(key, kind)
   return t == 'none' or t == kind
 end
 
--- Calls f(n, i, idem) for each queue, with its keys named (queue_group): n its jobs, i
--- the ARGV index of its count, idem(j) the idempotency key of its job j (0-based) or nil.
+local STRIDE = 5        -- ARGV per job
+
+-- Calls f(n, i, idem, uniq) for each queue, with its keys named (queue_group): n its
+-- jobs, i the ARGV index of its count, idem(j) and uniq(j) the idempotency and
+-- uniqueness keys of its job j (0-based) or nil.
 local function each_queue(f)
   local o, i = 0, 3
   while i <= #ARGV do
     local n = tonumber(ARGV[i])
     queue_group(o)
-    local idem_keys, next_key = {}, o + QUEUE_KEYS + 1
+    local idem_keys, unique_keys, next_key = {}, {}, o + QUEUE_KEYS + 1
     for j = 0, n - 1 do
-      if ARGV[i + 1 + j * 4 + 3] ~= '' then
+      local at = i + 1 + j * STRIDE
+      if ARGV[at + 3] ~= '' then
         idem_keys[j] = KEYS[next_key]
         next_key = next_key + 1
       end
+      if ARGV[at + 4] ~= '0' then
+        unique_keys[j] = KEYS[next_key]
+        next_key = next_key + 1
+      end
     end
-    local r = f(n, i, function(j) return idem_keys[j] end)
+    local r = f(n, i, function(j) return idem_keys[j] end, function(j) return unique_keys[j] end)
     if r then return r end
     o = next_key - 1
-    i = i + 1 + n * 4
+    i = i + 1 + n * STRIDE
   end
 end
 
 -- Check every key first.
-local bad = each_queue(function(n, _, idem)
+local bad = each_queue(function(n, _, idem, uniq)
   if not (holds_kind(K_READY, 'list') and holds_kind(K_SCHEDULED, 'zset')
-      and holds_kind(K_JOBS, 'hash') and holds_kind(K_DONE, 'zset')) then
+      and holds_kind(K_JOBS, 'hash') and holds_kind(K_DONE, 'zset') and holds_kind(K_DEAD, 'zset')) then
     return redis.error_reply('WRONGTYPE a key of ' .. K_READY .. '\'s queue holds the wrong kind of value; nothing was stored')
   end
   for j = 0, n - 1 do
-    local k = idem(j)
-    if k and not holds_kind(k, 'string') then
-      return redis.error_reply('WRONGTYPE idempotency key ' .. k .. ' holds the wrong kind of value; nothing was stored')
+    for _, k in ipairs({ idem(j) or false, uniq(j) or false }) do
+      if k and not holds_kind(k, 'string') then
+        return redis.error_reply('WRONGTYPE key ' .. k .. ' holds the wrong kind of value; nothing was stored')
+      end
     end
   end
 end)
 if bad then return bad end
 
 local out = {}
-each_queue(function(n, i, idem)
+each_queue(function(n, i, idem, uniq)
   local was_empty = redis.call('LLEN', K_READY) == 0
   local earliest = earliest_scheduled()
   local wake = false
   local due = {}          -- ids due now, pushed to ready in one command
   for j = 0, n - 1 do
-    local at = i + 1 + j * 4
+    local at = i + 1 + j * STRIDE
     local id, run_at, env = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
     local existing = false
-    local k = idem(j)
-    if k then
-      existing = redis.call('GET', k)
-      if not existing then redis.call('SET', k, id, 'EX', ttl) end
+    local k, u = idem(j), uniq(j)
+    if k then existing = redis.call('GET', k) end
+    if not existing and u then
+      local holder = redis.call('GET', u)
+      -- The holder still counts while pending, scheduled or running; a replayed push
+      -- finds its own id here and answers it like any repeat.
+      if holder and redis.call('HEXISTS', K_JOBS, holder) == 1 and not redis.call('ZSCORE', K_DEAD, holder) then
+        existing = holder
+      else
+        redis.call('SET', u, id, 'PX', ARGV[at + 4])
+      end
     end
+    -- The idempotency key names whichever job the request resolved to.
+    if k and redis.call('EXISTS', k) == 0 then redis.call('SET', k, existing or id, 'EX', ttl) end
     -- Safe to run twice with the same arguments (a client resends a command whose
     -- reply it lost): an id is written at most once. An id recently done, or a body
     -- that exists, means this push already happened.
