@@ -114,6 +114,83 @@ async fn a_result_over_the_limit_is_dropped_and_the_job_is_still_done() {
     env.cleanup().await;
 }
 
+/// A payload and a result over `worker.compress_above` are stored compressed (much
+/// smaller in Redis) and read back unchanged: the handler gets the payload, status
+/// readers the result, the dead-letter list the payload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_payloads_and_results_are_stored_compressed_and_read_back_unchanged() {
+    let env = env(|c| c.worker.compress_above = 1024).await;
+    let api = Api::start(&env).await;
+    // A statement-like value: many similar lines.
+    let lines: Vec<Value> = (0..400)
+        .map(|i| json!({"date": "2026-11-20", "merchant": "AMAZON MKTPLACE", "amount_cents": i, "currency": "USD"}))
+        .collect();
+    let value = json!({"account": "acct-42", "lines": lines});
+    let plain_len = value.to_string().len();
+    let id = api
+        .enqueue(json!({"job": "platform.echo", "queue": "t_res", "payload": {"value": value}}))
+        .await;
+    let mut conn = env.store.connection();
+    let stored: String = redis::cmd("HGET")
+        .arg(env.store.keys("t_res").jobs())
+        .arg(&id)
+        .query_async(&mut conn)
+        .await
+        .expect("stored body");
+    assert!(
+        stored.contains("payload_z") && !stored.contains("AMAZON"),
+        "{stored:.200}"
+    );
+    assert!(
+        stored.len() * 5 < plain_len,
+        "{} bytes stored for {plain_len}",
+        stored.len()
+    );
+
+    let running = env.runtime().start(&["t_res".into()]).expect("start");
+    let (_, b) = api.get(&format!("/v1/jobs/{id}?wait=20s")).await;
+    assert_eq!(b["state"], "done", "{b}");
+    assert_eq!(
+        b["result"], value,
+        "the handler saw the payload, and the result reads back"
+    );
+    let finished: String = redis::cmd("HGET")
+        .arg(env.store.keys("t_res").finished())
+        .arg(&id)
+        .query_async(&mut conn)
+        .await
+        .expect("finished entry");
+    assert!(
+        finished.contains("result_z") && !finished.contains("AMAZON"),
+        "{finished:.200}"
+    );
+
+    // A compressed job that dies keeps its payload readable in the dead letters.
+    let fail = env
+        .store
+        .enqueue(vec![
+            culm_core::EnqueueRequest::raw("platform.fail_permanently", json!({"reason": "x".repeat(3000)}))
+                .queue("t_res"),
+        ])
+        .await
+        .expect("enqueue")
+        .remove(0);
+    eventually(WAIT, "dead-lettered", || async {
+        let dead = env.store.dead_list("t_res", 10).await.expect("dead list");
+        dead.into_iter().find(|d| d.id == fail.id)
+    })
+    .await;
+    let dead = env.store.dead_list("t_res", 10).await.expect("dead list");
+    let payload = serde_json::to_value(&dead[0]).expect("json");
+    assert_eq!(
+        payload["payload"]["reason"].as_str().map(str::len),
+        Some(3000),
+        "{payload:.300}"
+    );
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_poll_is_woken_by_completion_and_otherwise_answers_when_the_wait_ends() {
     let env = env(|_| {}).await;

@@ -23,7 +23,8 @@ use std::{
 /// Options of `culm bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Run one scenario: baseline, throughput, latency, isolation, http, backlog or memory
+    /// Run one scenario: baseline, throughput, latency, isolation, http, backlog, memory
+    /// or compression
     /// (default: all).
     #[arg(long)]
     pub scenario: Option<String>,
@@ -251,6 +252,9 @@ pub async fn run(config: Config, registry: Arc<Registry>, args: BenchArgs) -> Re
         }
         if wants("memory") {
             print(&bench.memory(args.jobs).await?, args.json);
+        }
+        if wants("compression") {
+            print(&bench.compression(args.jobs.min(10_000)).await?, args.json);
         }
         Ok::<(), anyhow::Error>(())
     }

@@ -383,6 +383,68 @@ impl Bench {
         }))
     }
 
+    /// Redis memory of `jobs` statement-like payloads (~16 KB of JSON each: a month of
+    /// card transactions) stored as is and compressed (`worker.compress_above`), with
+    /// the enqueue rate of each; both copies are deleted afterwards.
+    pub(super) async fn compression(&self, jobs: usize) -> Result<Value> {
+        let lines: Vec<Value> = (0..150)
+            .map(|i| {
+                const MERCHANTS: [&str; 4] = [
+                    "AMAZON MKTPLACE PMTS",
+                    "UBER *TRIP",
+                    "STARBUCKS STORE 01234",
+                    "SHELL OIL 5744",
+                ];
+                const MCCS: [&str; 4] = ["5942", "4121", "5814", "5541"];
+                json!({
+                    "posted_at": format!("2026-11-{:02}T{:02}:{:02}:00Z", 1 + i % 28, i % 24, i % 60),
+                    "merchant": MERCHANTS[i % 4],
+                    "mcc": MCCS[i % 4],
+                    "amount_cents": (i * 137) % 9_000 + 99,
+                    "currency": "USD",
+                    "auth_code": format!("{:06}", (i * 7919) % 1_000_000),
+                    "status": "settled",
+                })
+            })
+            .collect();
+        let payload = json!({"value": {"account_id": "acct_000042", "period": "2026-11", "lines": lines}});
+        let payload_bytes = payload.to_string().len();
+        let mut out = json!({
+            "scenario": "compression", "jobs": jobs, "payload_bytes": payload_bytes,
+            "compress_above": self.config.worker.compress_above,
+        });
+        for (label, above) in [("plain", 0), ("compressed", self.config.worker.compress_above.max(1))] {
+            let mut config = self.config.clone();
+            config.worker.compress_above = above;
+            let store = Store::connect(&config, self.store.registry().clone()).await?;
+            let req = || EnqueueRequest::raw("platform.echo", payload.clone()).queue(QUEUE);
+            let start = Instant::now();
+            for from in (0..jobs).step_by(100) {
+                let n = (jobs - from).min(100);
+                store.enqueue((0..n).map(|_| req()).collect()).await?;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let mut c = store.connection();
+            let bytes: u64 = redis::cmd("MEMORY")
+                .arg("USAGE")
+                .arg(store.keys(QUEUE).jobs())
+                .arg("SAMPLES")
+                .arg(0)
+                .query_async(&mut c)
+                .await?;
+            self.purge(QUEUE).await?;
+            if let Some(o) = out.as_object_mut() {
+                o.insert(
+                    format!("{label}_mb"),
+                    json!((bytes as f64 / 1e6 * 100.0).round() / 100.0),
+                );
+                o.insert(format!("{label}_bytes_per_job"), json!(bytes / jobs.max(1) as u64));
+                o.insert(format!("{label}_enqueue_per_s"), json!((jobs as f64 / secs).round()));
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) async fn baseline(&self, n: usize) -> Result<Value> {
         let key = format!("{}:baseline", self.prefix);
         let mut c = self.store.connection();

@@ -427,6 +427,9 @@ pub struct WorkerConfig {
     pub ack_batch_max: usize,
     /// Largest handler result kept, in bytes of JSON; a larger one is dropped and logged.
     pub result_max_bytes: usize,
+    /// Payloads and results larger than this (bytes of JSON) are stored zstd-compressed;
+    /// 0 stores everything as is.
+    pub compress_above: usize,
 }
 
 /// A retry policy as written in TOML, checked as it is read (the error names the key):
@@ -627,6 +630,8 @@ pub struct QueueSettings {
     pub result_ttl: Duration,
     /// Largest result kept, bytes (`worker.result_max_bytes`).
     pub result_max_bytes: usize,
+    /// Results larger than this are stored compressed (`worker.compress_above`).
+    pub compress_above: usize,
     /// What the queue carries, for `culm queues` and the admin API.
     pub description: String,
 }
@@ -672,6 +677,7 @@ impl Config {
                     policy,
                     result_ttl: q.result_ttl.unwrap_or(self.queue_defaults.result_ttl),
                     result_max_bytes: self.worker.result_max_bytes,
+                    compress_above: self.worker.compress_above,
                     description: q.description.clone(),
                 };
                 (name.clone(), s)

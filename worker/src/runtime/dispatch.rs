@@ -150,6 +150,7 @@ impl Dispatcher {
             follow_ups: Vec::new(),
             summary: None,
             result: None,
+            result_z: None,
             duration: Duration::ZERO,
             started_at_us: 0,
             enqueued_at_ms: d.envelope.enqueued_at,
@@ -225,6 +226,19 @@ impl Dispatcher {
                     c.trace = otel::context_to_store(&tracing::Span::current(), d.envelope.trace.clone());
                 }
                 c.result = outcome.result.and_then(|r| bounded_result(&r, s.result_max_bytes));
+                if let Some(r) = c
+                    .result
+                    .as_ref()
+                    .filter(|r| s.compress_above > 0 && r.get().len() > s.compress_above)
+                {
+                    match crate::store::compress(r.get()) {
+                        Ok(z) => {
+                            c.result_z = Some(z);
+                            c.result = None;
+                        }
+                        Err(e) => tracing::warn!("result kept uncompressed: {e}"),
+                    }
+                }
                 RunEnd::Succeeded
             }
             Ok(Ok(RunResult::Finished(Err(e)))) => RunEnd::Failed(e),

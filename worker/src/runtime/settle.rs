@@ -59,6 +59,8 @@ pub struct Completion {
     pub summary: Option<String>,
     /// The handler's JSON result, at most `worker.result_max_bytes`.
     pub result: Option<Box<serde_json::value::RawValue>>,
+    /// Instead of `result`, one over `worker.compress_above` bytes, compressed.
+    pub result_z: Option<String>,
     pub duration: Duration,
     /// When the handler started, µs since the epoch (0 if it never started).
     pub started_at_us: i64,
@@ -87,6 +89,7 @@ fn finished(c: &Completion) -> String {
         attempts: c.attempt,
         enqueued_at: c.enqueued_at_ms,
         result: c.result.clone(),
+        result_z: c.result_z.clone(),
         cancelled: false,
         expired: c.verdict.kind == AckKind::Expired,
     };

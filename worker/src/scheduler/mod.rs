@@ -257,18 +257,20 @@ impl Scheduler {
         );
         crate::otel::set_parent(&span, None);
         let trace = crate::otel::context_to_store(&span, None);
-        let env = serde_json::to_string(&crate::store::NewEnvelope {
+        let env = crate::store::NewEnvelope {
             job: &s.job,
-            payload: &s.payload,
+            payload: Some(&s.payload),
             enqueued_at: now,
             run_at: now,
             idempotency_key: Some(&origin),
-            expires_at: None,
             trace: trace.as_ref(),
-        })
-        .map_err(|e| SchedulerError::Encode {
+            compress_above: self.inner.store.compress_above(),
+            ..Default::default()
+        }
+        .to_json()
+        .map_err(|message| SchedulerError::Encode {
             schedule: s.name.clone(),
-            message: e.to_string(),
+            message,
         })?;
         let fired = self
             .inner

@@ -16,7 +16,9 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+mod compress;
 pub mod conn;
+pub(crate) use compress::compress;
 mod inspect;
 pub mod keys;
 mod queue;
@@ -265,6 +267,8 @@ struct Inner {
     routing: Routing,
     registry: Arc<Registry>,
     idempotency_ttl_s: u64,
+    /// Payloads and results larger than this (bytes of JSON) are stored compressed.
+    compress_above: usize,
     done_retention: u64,
     dead_retention: std::time::Duration,
 }
@@ -343,6 +347,7 @@ impl Store {
                 routing: Routing::from_config(config, &registry),
                 registry,
                 idempotency_ttl_s: config.worker.idempotency_ttl.as_secs().max(1),
+                compress_above: config.worker.compress_above,
                 done_retention: config.worker.done_retention,
                 dead_retention: config.worker.dead_retention,
             }),
@@ -391,6 +396,11 @@ impl Store {
             RedisConn::Cluster(c) => deps.with(c.clone()),
             RedisConn::Sentinel(s) => deps.with(s.current()),
         }
+    }
+
+    /// Payloads and results larger than this (bytes of JSON) are stored compressed.
+    pub(crate) fn compress_above(&self) -> usize {
+        self.inner.compress_above
     }
 
     /// The key names of `queue`.

@@ -30,24 +30,93 @@ fn millis(d: Duration) -> i64 {
 }
 
 /// How a job is stored in the `jobs` hash (what [`Envelope`] reads back); the scheduler
-/// writes the same shape when it fires a tick.
-#[derive(Serialize)]
+/// writes the same shape when it fires a tick. Serialize it with [`NewEnvelope::to_json`].
+#[derive(Serialize, Clone, Default)]
 pub(crate) struct NewEnvelope<'a> {
     pub(crate) job: &'a str,
-    pub(crate) payload: &'a serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) payload: Option<&'a serde_json::Value>,
+    /// A payload over `compress_above` bytes, compressed (set by `to_json`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) payload_z: Option<String>,
     pub(crate) enqueued_at: i64,
     pub(crate) run_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) idempotency_key: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) expires_at: Option<i64>,
+    /// Payloads larger than this (bytes of JSON) are stored compressed; 0 never.
+    #[serde(skip)]
+    pub(crate) compress_above: usize,
     /// Only jobs that carry a trace context store one: no field, no bytes, otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) trace: Option<&'a TraceContext>,
 }
 
-/// A stored job as read back.
+impl NewEnvelope<'_> {
+    /// The stored JSON: as is, or with a payload over `compress_above` bytes compressed
+    /// into `payload_z`. A small job pays one length comparison.
+    pub(crate) fn to_json(&self) -> Result<String, String> {
+        let plain = serde_json::to_string(self).map_err(|e| e.to_string())?;
+        if self.compress_above == 0 || plain.len() <= self.compress_above {
+            return Ok(plain);
+        }
+        let payload = serde_json::to_string(&self.payload).map_err(|e| e.to_string())?;
+        if payload.len() <= self.compress_above {
+            return Ok(plain);
+        }
+        let packed = NewEnvelope {
+            payload: None,
+            payload_z: Some(super::compress::compress(&payload)?),
+            ..self.clone()
+        };
+        serde_json::to_string(&packed).map_err(|e| e.to_string())
+    }
+}
+
+/// An envelope as stored: the payload either as JSON or compressed.
+#[derive(Deserialize)]
+struct StoredEnvelope {
+    job: String,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    payload_z: Option<String>,
+    enqueued_at: i64,
+    run_at: i64,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    expires_at: Option<i64>,
+    #[serde(default)]
+    trace: Option<TraceContext>,
+}
+
+impl TryFrom<StoredEnvelope> for Envelope {
+    type Error = String;
+
+    fn try_from(s: StoredEnvelope) -> Result<Self, String> {
+        let payload = match (s.payload, s.payload_z) {
+            (Some(p), None) => p,
+            (None, Some(z)) => super::compress::decompress(&z)?,
+            (Some(_), Some(_)) => return Err("both `payload` and `payload_z`".into()),
+            (None, None) => return Err("missing field `payload`".into()),
+        };
+        Ok(Envelope {
+            job: s.job,
+            payload,
+            enqueued_at: s.enqueued_at,
+            run_at: s.run_at,
+            idempotency_key: s.idempotency_key,
+            expires_at: s.expires_at,
+            trace: s.trace,
+        })
+    }
+}
+
+/// A stored job as read back (a compressed payload already decompressed).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "StoredEnvelope")]
 pub struct Envelope {
     pub job: String,
     /// Raw JSON payload, deserialized by the handler's registration when it runs.
@@ -142,6 +211,7 @@ pub struct Ack {
 /// What a done (or cancelled) job leaves for status readers once its body is deleted:
 /// stored as JSON in the queue's `finished` hash, one `HSET` per acknowledged batch.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(try_from = "StoredFinished")]
 pub struct Finished {
     pub job: String,
     pub attempts: u32,
@@ -149,12 +219,51 @@ pub struct Finished {
     /// The handler's result, already bounded by `worker.result_max_bytes`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Box<RawValue>>,
+    /// A result over `worker.compress_above` bytes, compressed, instead of `result`
+    /// (always `None` once read back: reading decompresses it into `result`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_z: Option<String>,
     /// Cancelled before it ran (`POST /v1/jobs/{id}/cancel`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
     /// Not run: its `expires_at` passed before an attempt could start.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub expired: bool,
+}
+
+#[derive(Deserialize)]
+struct StoredFinished {
+    job: String,
+    attempts: u32,
+    enqueued_at: i64,
+    #[serde(default)]
+    result: Option<Box<RawValue>>,
+    #[serde(default)]
+    result_z: Option<String>,
+    #[serde(default)]
+    cancelled: bool,
+    #[serde(default)]
+    expired: bool,
+}
+
+impl TryFrom<StoredFinished> for Finished {
+    type Error = String;
+
+    fn try_from(s: StoredFinished) -> Result<Self, String> {
+        let result = match s.result_z {
+            Some(z) => Some(super::compress::decompress(&z)?),
+            None => s.result,
+        };
+        Ok(Finished {
+            job: s.job,
+            attempts: s.attempts,
+            enqueued_at: s.enqueued_at,
+            result,
+            result_z: None,
+            cancelled: s.cancelled,
+            expired: s.expired,
+        })
+    }
 }
 
 /// Names one batch of acknowledgements: the pool instance that sends it and a number
@@ -305,16 +414,19 @@ impl Store {
                         inv.key(keys.unique(k));
                     }
                     let run_at = r.run_at_ms.unwrap_or(now);
-                    let env = serde_json::to_string(&NewEnvelope {
+                    let env = NewEnvelope {
                         job: &r.job,
-                        payload: &r.payload,
+                        payload: Some(&r.payload),
                         enqueued_at: now,
                         run_at: run_at.max(now),
                         idempotency_key: r.idempotency_key.as_deref(),
                         expires_at: r.expires_at_ms,
                         trace: r.trace.as_ref(),
-                    })
-                    .map_err(|e| EnqueueError::Storage(e.to_string()))?;
+                        compress_above: self.inner.compress_above,
+                        ..NewEnvelope::default()
+                    }
+                    .to_json()
+                    .map_err(EnqueueError::Storage)?;
                     inv.arg(ulid::Ulid::new().to_string())
                         .arg(run_at)
                         .arg(env)
