@@ -109,7 +109,9 @@ impl JobContext {
 
     /// Enqueues jobs now (for fan-out inside a long handler). Prefer returning follow-ups
     /// from [`crate::Outcome::then`] when the jobs should only exist if this one succeeds.
-    pub async fn enqueue(&self, jobs: Vec<EnqueueRequest>) -> Result<Vec<Enqueued>, EnqueueError> {
+    /// Each job without a trace context of its own continues this run's trace.
+    pub async fn enqueue(&self, mut jobs: Vec<EnqueueRequest>) -> Result<Vec<Enqueued>, EnqueueError> {
+        crate::trace::inherit(&mut jobs, crate::trace::current());
         self.enqueuer.enqueue_batch(jobs).await
     }
 

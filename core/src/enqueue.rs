@@ -1,5 +1,5 @@
 //! Enqueue requests and the [`Enqueuer`] seam through which handlers add jobs.
-use crate::{Job, Tier, now_ms};
+use crate::{Job, Tier, TraceContext, now_ms};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -36,6 +36,11 @@ pub struct EnqueueRequest {
     /// the job type's `UNIQUE_FOR`, else `worker.idempotency_ttl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unique_for_ms: Option<u64>,
+    /// The W3C trace context the job continues (stored only when present). Set from the
+    /// caller's headers by the admin API and the outbox; jobs enqueued from a handler get
+    /// the run's context when they have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 impl EnqueueRequest {
@@ -60,6 +65,7 @@ impl EnqueueRequest {
             expires_at_ms: None,
             unique_key: None,
             unique_for_ms: None,
+            trace: None,
         }
     }
 
@@ -110,6 +116,12 @@ impl EnqueueRequest {
     /// Sets the idempotency key.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the trace context the job continues.
+    pub fn trace(mut self, trace: Option<TraceContext>) -> Self {
+        self.trace = trace;
         self
     }
 }

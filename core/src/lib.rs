@@ -21,6 +21,7 @@ mod retry;
 pub mod testing;
 mod tier;
 pub mod time;
+pub mod trace;
 
 pub use context::{Deps, JobContext, redrive_key, redrive_origin};
 pub use enqueue::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer, check_idempotency_key, valid_idempotency_key};
@@ -30,6 +31,7 @@ pub use outcome::{JobError, Outcome, key_follow_ups};
 pub use registry::{JobSpec, Registry, RegistryError, RunResult};
 pub use retry::{Backoff, RetryPolicy};
 pub use tier::{Tier, UnknownTier};
+pub use trace::TraceContext;
 
 /// Milliseconds since the Unix epoch, the time unit culm stores everywhere.
 pub fn now_ms() -> i64 {

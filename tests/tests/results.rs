@@ -137,20 +137,33 @@ async fn large_payloads_and_results_are_stored_compressed_and_read_back_unchange
         .query_async(&mut conn)
         .await
         .expect("stored body");
-    assert!(stored.contains("payload_z") && !stored.contains("AMAZON"), "{stored:.200}");
-    assert!(stored.len() * 5 < plain_len, "{} bytes stored for {plain_len}", stored.len());
+    assert!(
+        stored.contains("payload_z") && !stored.contains("AMAZON"),
+        "{stored:.200}"
+    );
+    assert!(
+        stored.len() * 5 < plain_len,
+        "{} bytes stored for {plain_len}",
+        stored.len()
+    );
 
     let running = env.runtime().start(&["t_res".into()]).expect("start");
     let (_, b) = api.get(&format!("/v1/jobs/{id}?wait=20s")).await;
     assert_eq!(b["state"], "done", "{b}");
-    assert_eq!(b["result"], value, "the handler saw the payload, and the result reads back");
+    assert_eq!(
+        b["result"], value,
+        "the handler saw the payload, and the result reads back"
+    );
     let finished: String = redis::cmd("HGET")
         .arg(env.store.keys("t_res").finished())
         .arg(&id)
         .query_async(&mut conn)
         .await
         .expect("finished entry");
-    assert!(finished.contains("result_z") && !finished.contains("AMAZON"), "{finished:.200}");
+    assert!(
+        finished.contains("result_z") && !finished.contains("AMAZON"),
+        "{finished:.200}"
+    );
 
     // A compressed job that dies keeps its payload readable in the dead letters.
     let fail = env
@@ -169,7 +182,11 @@ async fn large_payloads_and_results_are_stored_compressed_and_read_back_unchange
     .await;
     let dead = env.store.dead_list("t_res", 10).await.expect("dead list");
     let payload = serde_json::to_value(&dead[0]).expect("json");
-    assert_eq!(payload["payload"]["reason"].as_str().map(str::len), Some(3000), "{payload:.300}");
+    assert_eq!(
+        payload["payload"]["reason"].as_str().map(str::len),
+        Some(3000),
+        "{payload:.300}"
+    );
     running.shutdown().await;
     env.cleanup().await;
 }

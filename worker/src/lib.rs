@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod examples;
 pub mod integrations;
+pub mod otel;
 pub mod runtime;
 pub mod sandbox;
 pub mod scheduler;

@@ -79,6 +79,7 @@ pub fn install() -> metrics_exporter_prometheus::PrometheusHandle {
             }
             describe();
             describe_scheduler();
+            describe_traces();
             culm_jobs::http::metrics::describe();
             describe_postgres();
             handle
@@ -338,4 +339,28 @@ pub fn outbox_relayed(enqueued: u64, rejected: u64) {
 /// An outbox relay step failed.
 pub fn outbox_error() {
     counter!(OUTBOX_ERRORS).increment(1);
+}
+
+/// Spans sent to the OTLP collector.
+pub const TRACE_SPANS_EXPORTED: &str = "culm_trace_spans_exported_total";
+/// Spans never sent (`reason`: `queue_full`, the export queue was full; `export_failed`,
+/// the collector refused or could not be reached; `stopped`, ended after shutdown).
+pub const TRACE_SPANS_DROPPED: &str = "culm_trace_spans_dropped_total";
+
+fn describe_traces() {
+    describe_counter!(TRACE_SPANS_EXPORTED, "Spans sent to the OTLP collector");
+    describe_counter!(
+        TRACE_SPANS_DROPPED,
+        "Spans never sent, by reason (queue_full, export_failed, stopped)"
+    );
+}
+
+/// `n` spans were exported.
+pub fn trace_spans_exported(n: u64) {
+    counter!(TRACE_SPANS_EXPORTED).increment(n);
+}
+
+/// `n` spans were dropped for `reason`.
+pub fn trace_spans_dropped(reason: &'static str, n: u64) {
+    counter!(TRACE_SPANS_DROPPED, "reason" => reason).increment(n);
 }

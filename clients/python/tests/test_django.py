@@ -131,3 +131,20 @@ def test_settings_client_and_culm_check(django_db: str) -> None:
     call_command("culm_check")
     with pytest.raises(CommandError, match="galileo.card_load"):
         call_command("culm_check", "galileo.card_load")
+
+
+def test_the_outbox_row_carries_the_trace_context_to_the_job(django_db: str, server, client: culm.Client) -> None:
+    from django.db import transaction
+
+    from culm.django import enqueue_on_commit
+    from test_trace import envelope
+
+    key = culm.new_idempotency_key()
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with transaction.atomic():
+        enqueue_on_commit("platform.noop", delay=3600, idempotency_key=key, traceparent=traceparent)
+    relayed(django_db, key)
+    # The relay stored the job under the key; the same key names it.
+    ref = client.enqueue("platform.noop", idempotency_key=key)
+    assert not ref.created
+    assert envelope(server, "platform", ref.id)["trace"] == {"traceparent": traceparent}

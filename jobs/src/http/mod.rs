@@ -13,6 +13,10 @@
 //! - **Classification**: 2xx → [`Reply`]; 408, 409, 5xx, transport errors →
 //!   [`JobError::Retryable`]; other 4xx → [`JobError::Permanent`] with the upstream's message.
 //! - **Idempotency**: [`Call::idempotent`] sends `Idempotency-Key: <ctx.idempotency_key()>`.
+//! - **Tracing**: every call is a client span (integration, endpoint, status, transport
+//!   retries, whether the limiter made it wait or deferred it) and sends the W3C
+//!   `traceparent` and `tracestate` of `culm_core::trace::current` (never `baggage`,
+//!   which may carry the caller's data, to a third party).
 //! - **Credentials**: read once from the environment variable named in the config and sent
 //!   as a bearer token marked sensitive; never logged or printed.
 pub mod breaker;
@@ -35,6 +39,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+use tracing::Instrument;
 
 /// Every configured integration's client, by name. Built once by the worker and handed
 /// to handlers through `Deps`; cheap to clone.
@@ -343,12 +348,17 @@ impl Call {
             Ok(Slot::Reserved(wait)) => {
                 if !wait.is_zero() {
                     metrics::rate_limited(name, endpoint, "waited");
+                    tracing::Span::current().record("rate_limiter", "waited");
                     tokio::time::sleep_until(asked + wait).await;
                 }
                 Ok(())
             }
             Ok(Slot::Busy(wait)) => {
                 metrics::rate_limited(name, endpoint, "deferred");
+                tracing::Span::current().record("rate_limiter", "deferred");
+                if !retry {
+                    tracing::Span::current().record("deferred_by", "rate_limiter");
+                }
                 let message = format!("{name} {endpoint}: rate limit, next slot in {}ms", wait.as_millis());
                 if retry {
                     return Err(JobError::Retryable {
@@ -376,8 +386,40 @@ impl Call {
         }
     }
 
-    /// Runs the call through breaker, limiter, retries and classification.
+    /// Runs the call through breaker, limiter, retries and classification, in a client
+    /// span (`<integration> <endpoint>` in traces) whose context goes out as `traceparent`.
     pub async fn send(self) -> Result<Reply, JobError> {
+        use tracing::field::Empty;
+        let name = self.client.inner.settings.name.as_str();
+        let span = tracing::info_span!(
+            "integration_call",
+            otel.name = %format_args!("{name} {}", self.endpoint),
+            otel.kind = "client",
+            integration = name,
+            endpoint = %self.endpoint,
+            http.request.method = %self.method,
+            http.response.status_code = Empty,
+            retries = 0u32,
+            rate_limiter = Empty,
+            deferred_by = Empty,
+            outcome = Empty,
+            otel.status_code = Empty,
+        );
+        let result = self.send_traced(&span).instrument(span.clone()).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(JobError::Defer { .. }) => "deferred",
+            Err(JobError::Retryable { .. }) => "retryable",
+            Err(JobError::Permanent(_)) => "permanent",
+        };
+        span.record("outcome", outcome);
+        if !matches!(result, Ok(_) | Err(JobError::Defer { .. })) {
+            span.record("otel.status_code", "error");
+        }
+        result
+    }
+
+    async fn send_traced(self, span: &tracing::Span) -> Result<Reply, JobError> {
         let inner = self.client.inner.clone();
         let s = &inner.settings;
         let name = s.name.as_str();
@@ -386,6 +428,7 @@ impl Call {
             Ok(p) => p,
             Err(wait) => {
                 metrics::breaker_rejected(name);
+                span.record("deferred_by", "breaker");
                 return Err(JobError::defer(
                     jitter(wait),
                     format!("{name}: circuit breaker open, calls paused"),
@@ -394,6 +437,8 @@ impl Call {
         };
         let limit = s.limit(endpoint);
         let url = format!("{}{}", s.base_url, self.path);
+        // This call's span when spans are exported, else the job's stored context.
+        let trace = culm_core::trace::current();
         let request = || {
             let mut rb = inner.http.request(self.method.clone(), &url);
             if !self.query.is_empty() {
@@ -408,6 +453,14 @@ impl Call {
             if let Some(k) = &inner.api_key {
                 rb = rb.header(header::AUTHORIZATION, k.clone());
             }
+            // Baggage stays inside: it is the caller's own key-value data (customer ids,
+            // feature flags) and partners are third parties; the trace ids are not data.
+            if let Some(t) = &trace {
+                rb = rb.header("traceparent", &t.traceparent);
+                if let Some(v) = &t.tracestate {
+                    rb = rb.header("tracestate", v);
+                }
+            }
             rb
         };
         // Every send takes its own slot: a retried send (and a timed-out one, which may
@@ -419,6 +472,7 @@ impl Call {
             .with_max_times(s.transport_retries)
             .build();
         let mut retried = None;
+        let mut retries = 0u32;
         let resp = loop {
             if let Err(e) = self.reserve(limit, retried.is_some()).await {
                 if retried.is_some() {
@@ -440,6 +494,8 @@ impl Call {
                     Some(d) => {
                         tracing::debug!(integration = name, endpoint, "transient error, retrying in {d:?}: {e}");
                         retried = Some(e);
+                        retries += 1;
+                        span.record("retries", retries);
                         tokio::time::sleep(d).await;
                     }
                     None => {
@@ -455,6 +511,7 @@ impl Call {
             }
         };
         let status = resp.status();
+        span.record("http.response.status_code", status.as_u16());
         let retry_after = resp
             .headers()
             .get(header::RETRY_AFTER)
@@ -490,6 +547,7 @@ impl Call {
             }
             let after = retry_after.unwrap_or(s.default_retry_after);
             metrics::rate_limited(name, endpoint, "upstream");
+            span.record("deferred_by", "upstream");
             match inner
                 .limiter
                 .push_back(endpoint, after, code == 429, limit, s.guard, s.recover_after)

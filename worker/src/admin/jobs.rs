@@ -14,8 +14,9 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use culm_core::{EnqueueRequest, Enqueued};
+use culm_core::{EnqueueRequest, Enqueued, TraceContext};
 use std::time::Duration;
+use tracing::Instrument;
 
 /// A request field holding an RFC 3339 time, as ms since the epoch.
 fn rfc3339_ms(value: &str, field: &str) -> Result<i64, ApiError> {
@@ -78,6 +79,39 @@ fn to_request(b: EnqueueBody) -> Result<EnqueueRequest, ApiError> {
     Ok(req)
 }
 
+/// The caller's W3C trace context (`traceparent`, `tracestate`, `baggage` headers). An
+/// invalid `traceparent` is ignored, as the W3C recommendation asks: a tracing header
+/// never costs a caller its job.
+fn caller_trace(headers: &HeaderMap) -> Option<TraceContext> {
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    TraceContext::from_headers(h("traceparent"), h("tracestate"), h("baggage"))
+}
+
+/// The span of one enqueue request (`culm.enqueue`), a child of the caller's context;
+/// none with export off.
+fn enqueue_span(route: &'static str, caller: Option<&TraceContext>, jobs: usize) -> tracing::Span {
+    if !crate::otel::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        "enqueue",
+        otel.name = "culm.enqueue",
+        otel.kind = "producer",
+        route,
+        jobs,
+        job_id = tracing::field::Empty,
+    );
+    crate::otel::set_parent(&span, caller);
+    span
+}
+
+/// Stores with each job the context its runs continue: the enqueue span's with export
+/// on, else the caller's as sent.
+fn attach_trace(span: &tracing::Span, caller: Option<TraceContext>, reqs: &mut [EnqueueRequest]) {
+    let ctx = crate::otel::context_to_store(span, caller);
+    culm_core::trace::inherit(reqs, ctx);
+}
+
 impl From<Enqueued> for EnqueuedView {
     fn from(e: Enqueued) -> Self {
         EnqueuedView {
@@ -90,6 +124,11 @@ impl From<Enqueued> for EnqueuedView {
 
 /// Enqueue one job.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", request_body = EnqueueBody,
+    params(
+        ("traceparent" = Option<String>, Header, description = "W3C trace context: stored with the job, continued by its attempts, follow-ups and partner calls; an invalid value is ignored"),
+        ("tracestate" = Option<String>, Header, description = "W3C trace state, kept with the traceparent (at most 512 characters)"),
+        ("baggage" = Option<String>, Header, description = "W3C baggage, kept with the job and its follow-ups, never sent to partners (at most 8192 bytes)"),
+    ),
     responses(
         (status = 201, description = "Enqueued", body = EnqueuedView),
         (status = 200, description = "Idempotency key matched an earlier job; nothing stored", body = EnqueuedView),
@@ -108,10 +147,15 @@ pub(super) async fn enqueue_one(
 ) -> Result<Response, ApiError> {
     let b: EnqueueBody = read_json(&state, &headers, body).await?;
     let req = to_request(b)?;
-    let mut done = state.store().enqueue(vec![req]).await?;
+    let caller = caller_trace(&headers);
+    let span = enqueue_span("/v1/jobs", caller.as_ref(), 1);
+    let mut reqs = vec![req];
+    attach_trace(&span, caller, &mut reqs);
+    let mut done = state.store().enqueue(reqs).instrument(span.clone()).await?;
     let e = done
         .pop()
         .ok_or_else(|| ApiError::internal("enqueue returned no result"))?;
+    span.record("job_id", e.id.as_str());
     let status = if e.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(EnqueuedView::from(e))).into_response())
 }
@@ -123,7 +167,10 @@ pub(super) async fn enqueue_one(
 /// only what the first try did not, and answers with the same ids.
 #[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", request_body = BatchBody,
     params(("Idempotency-Key" = Option<String>, Header,
-        description = "Makes retries safe: each job without its own idempotency_key gets `batch:<key>:<index>`")),
+        description = "Makes retries safe: each job without its own idempotency_key gets `batch:<key>:<index>`"),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context, stored with every job of the batch; an invalid value is ignored"),
+        ("tracestate" = Option<String>, Header, description = "W3C trace state, kept with the traceparent"),
+        ("baggage" = Option<String>, Header, description = "W3C baggage, kept with the traceparent")),
     responses(
         (status = 201, description = "Enqueued (ids in request order)", body = BatchView),
         (status = 200, description = "Every job matched an earlier idempotency key", body = BatchView),
@@ -166,7 +213,10 @@ pub(super) async fn enqueue_batch(
             .map_err(|e| ApiError::from(e).within(&format!("jobs[{i}]")))?;
         reqs.push(req);
     }
-    let done = state.store().enqueue(reqs).await?;
+    let caller = caller_trace(&headers);
+    let span = enqueue_span("/v1/jobs/batch", caller.as_ref(), reqs.len());
+    attach_trace(&span, caller, &mut reqs);
+    let done = state.store().enqueue(reqs).instrument(span).await?;
     let any_created = done.iter().any(|e| e.created) || done.is_empty();
     let jobs = done.into_iter().map(EnqueuedView::from).collect();
     let status = if any_created {

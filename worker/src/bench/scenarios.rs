@@ -389,7 +389,12 @@ impl Bench {
     pub(super) async fn compression(&self, jobs: usize) -> Result<Value> {
         let lines: Vec<Value> = (0..150)
             .map(|i| {
-                const MERCHANTS: [&str; 4] = ["AMAZON MKTPLACE PMTS", "UBER *TRIP", "STARBUCKS STORE 01234", "SHELL OIL 5744"];
+                const MERCHANTS: [&str; 4] = [
+                    "AMAZON MKTPLACE PMTS",
+                    "UBER *TRIP",
+                    "STARBUCKS STORE 01234",
+                    "SHELL OIL 5744",
+                ];
                 const MCCS: [&str; 4] = ["5942", "4121", "5814", "5541"];
                 json!({
                     "posted_at": format!("2026-11-{:02}T{:02}:{:02}:00Z", 1 + i % 28, i % 24, i % 60),
@@ -429,7 +434,10 @@ impl Bench {
                 .await?;
             self.purge(QUEUE).await?;
             if let Some(o) = out.as_object_mut() {
-                o.insert(format!("{label}_mb"), json!((bytes as f64 / 1e6 * 100.0).round() / 100.0));
+                o.insert(
+                    format!("{label}_mb"),
+                    json!((bytes as f64 / 1e6 * 100.0).round() / 100.0),
+                );
                 o.insert(format!("{label}_bytes_per_job"), json!(bytes / jobs.max(1) as u64));
                 o.insert(format!("{label}_enqueue_per_s"), json!((jobs as f64 / secs).round()));
             }

@@ -15,7 +15,12 @@ pub use jobs::{EnqueueArgs, JobsCommand};
 pub use run::{RunArgs, select_queues};
 pub use sandbox::SandboxArgs;
 
-use crate::{config::Loader, db::services::connect_optional, store::Store};
+use crate::{
+    config::Loader,
+    db::services::connect_optional,
+    otel::{CarriedIds, Export, TraceSettings, WithTraceIds},
+    store::Store,
+};
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use signals::listen_for_shutdown;
@@ -106,9 +111,11 @@ pub enum Command {
     Sandbox(SandboxArgs),
 }
 
-/// Sets up logging, and logs panics as one error line instead of a stderr backtrace
-/// (a panicking handler is an ordinary failed attempt).
-pub fn init_logging(format: LogFormat) {
+/// Sets up logging (and span export when `[telemetry]` turns it on), and logs panics
+/// as one error line instead of a stderr backtrace (a panicking handler is an ordinary
+/// failed attempt). Returns the running export, to be shut down at exit.
+pub fn init_logging(format: LogFormat, telemetry: &crate::config::TelemetryConfig) -> Result<Option<Export>> {
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
     std::panic::set_hook(Box::new(|info| {
         let location = info
             .location()
@@ -116,22 +123,99 @@ pub fn init_logging(format: LogFormat) {
             .unwrap_or_default();
         tracing::error!(%location, "panic: {}", info.payload_as_str().unwrap_or("non-string panic payload"));
     }));
+    let settings = TraceSettings::resolve(telemetry, |k| std::env::var(k).ok())?;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CULM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,apalis_core=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let export = match &settings {
+        // Export off: the same subscriber as before tracing existed (one global filter,
+        // static dispatch), so jobs pay nothing for it; JSON lines still carry a job's
+        // stored trace ids.
+        None => {
+            let builder = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            match format {
+                LogFormat::Json => builder
+                    .json()
+                    .event_format(WithTraceIds(
+                        tracing_subscriber::fmt::format()
+                            .json()
+                            .flatten_event(true)
+                            .with_current_span(true),
+                    ))
+                    .finish()
+                    .with(CarriedIds)
+                    .init(),
+                LogFormat::Human => builder
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .init(),
+            }
+            None
+        }
+        // Export on: the log filter applies to log lines only, so `CULM_LOG=warn` does
+        // not switch off culm's spans; exported spans are culm's own, at info and above.
+        Some(s) => {
+            let (export, spans) = Export::start(s)?;
+            let culm_spans = tracing_subscriber::filter::Targets::new()
+                .with_target("culm_worker", tracing::Level::INFO)
+                .with_target("culm_jobs", tracing::Level::INFO)
+                .with_target("culm_core", tracing::Level::INFO);
+            tracing_subscriber::registry()
+                .with(spans.with_filter(culm_spans))
+                .with(log_lines(format).with_filter(filter))
+                .init();
+            Some(export)
+        }
+    };
+    if let Some(s) = &settings {
+        tracing::info!(
+            url = %crate::config::redact_url(&s.traces_url),
+            sampler = %s.sampler.0,
+            ratio = s.sampler.1,
+            "exporting spans over OTLP/HTTP"
+        );
+    }
+    Ok(export)
+}
+
+/// The log lines layer: human, or JSON led by the trace and span ids.
+fn log_lines<S>(format: LogFormat) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::Layer;
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
-        LogFormat::Human => builder
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .event_format(WithTraceIds(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true),
+            ))
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Human => tracing_subscriber::fmt::layer()
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .init(),
+            .with_writer(std::io::stderr)
+            .boxed(),
     }
 }
 
-/// Runs the parsed command line.
-pub async fn main(cli: Cli) -> Result<ExitCode> {
+/// Parses the command line's configuration, sets up logging and runs the command.
+pub async fn start(cli: Cli) -> Result<ExitCode> {
     let config = Loader::new(cli.config_dir.clone(), cli.env.clone()).load()?;
+    let export = init_logging(cli.log_format, &config.telemetry)?;
+    let result = main(cli, config).await;
+    if let Some(export) = export {
+        // Sending the last spans blocks (up to the export timeout): not on a runtime thread.
+        let _ = tokio::task::spawn_blocking(move || export.shutdown()).await;
+    }
+    result
+}
+
+/// Runs the parsed command line.
+pub async fn main(cli: Cli, config: crate::config::Config) -> Result<ExitCode> {
     let registry = Arc::new(culm_jobs::registry().context("building the job registry")?);
     match cli.command {
         Command::Check => schedules::check(&config, &registry),

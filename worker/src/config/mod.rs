@@ -14,10 +14,11 @@ mod validate;
 
 pub use defaults::DEFAULT_TOML;
 pub use load::{ConfigError, Loader};
+pub use schema::TRACE_SAMPLERS;
 pub use schema::{
     AdminConfig, Config, DatabaseConfig, JobPolicy, JobTypeConfig, LedgerConfig, OutboxConfig, PolicySource,
     QueueConfig, QueueDefaults, QueueSettings, RedisConfig, RedisMode, RetryConfig, SandboxConfig, SchedulerConfig,
-    Scope, SpillPolicy, TokenConfig, WorkerConfig,
+    Scope, SpillPolicy, TelemetryConfig, TokenConfig, WorkerConfig,
 };
 
 /// `url` with any password replaced by `***`, for logs and errors.

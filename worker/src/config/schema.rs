@@ -45,6 +45,62 @@ pub struct Config {
     /// The local integration sandbox (`culm sandbox`, `culm run --sandbox`).
     #[serde(default)]
     pub sandbox: SandboxConfig,
+    /// Trace export (OTLP) and its sampling.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// The samplers `telemetry.sampler` and `OTEL_TRACES_SAMPLER` may name.
+pub const TRACE_SAMPLERS: &[&str] = &[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
+/// `[telemetry]`: span export over OTLP/HTTP. The standard `OTEL_*` variables override
+/// these keys (`otel::TraceSettings::resolve`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Export spans.
+    pub traces: bool,
+    /// OTLP/HTTP base URL; spans go to `<endpoint>/v1/traces`.
+    pub endpoint: String,
+    /// `service.name` of every span.
+    pub service_name: String,
+    /// Sampler, named as `OTEL_TRACES_SAMPLER` names them.
+    pub sampler: String,
+    /// The ratio of the `traceidratio` samplers, 0.0 to 1.0.
+    pub sampler_ratio: f64,
+    /// Finished spans waiting for export; more are dropped (and counted).
+    pub queue_size: usize,
+    /// Spans per export request.
+    pub batch_size: usize,
+    /// Longest a finished span waits before its batch is sent.
+    #[serde(with = "humantime_serde")]
+    pub export_interval: Duration,
+    /// Longest one export request may take.
+    #[serde(with = "humantime_serde")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            traces: builtin("telemetry.traces"),
+            endpoint: builtin("telemetry.endpoint"),
+            service_name: builtin("telemetry.service_name"),
+            sampler: builtin("telemetry.sampler"),
+            sampler_ratio: builtin("telemetry.sampler_ratio"),
+            queue_size: builtin("telemetry.queue_size"),
+            batch_size: builtin("telemetry.batch_size"),
+            export_interval: builtin_duration("telemetry.export_interval"),
+            export_timeout: builtin_duration("telemetry.export_timeout"),
+        }
+    }
 }
 
 /// `[sandbox]`

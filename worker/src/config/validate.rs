@@ -98,6 +98,7 @@ pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
     if c.scheduler.claim_ttl < Duration::from_secs(60) {
         return Err(("scheduler.claim_ttl".into(), "must be at least 1m".into()));
     }
+    validate_telemetry(&c.telemetry)?;
     for (name, q) in &c.queues {
         if name.is_empty()
             || name.len() > 64
@@ -133,6 +134,43 @@ pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
         if j.timeout.is_some_and(|t| t.is_zero()) {
             return Err((format!("job_types.{name}.timeout"), "must be above zero".into()));
         }
+    }
+    Ok(())
+}
+
+/// `[telemetry]` as the files and `CULM__TELEMETRY__*` set it (the `OTEL_*` variables
+/// are checked when export starts, naming the variable).
+fn validate_telemetry(t: &super::TelemetryConfig) -> Result<(), (String, String)> {
+    if !super::TRACE_SAMPLERS.contains(&t.sampler.as_str()) {
+        return Err((
+            "telemetry.sampler".into(),
+            format!(
+                "unknown sampler `{}`; one of {}",
+                t.sampler,
+                super::TRACE_SAMPLERS.join(", ")
+            ),
+        ));
+    }
+    if !(0.0..=1.0).contains(&t.sampler_ratio) {
+        return Err(("telemetry.sampler_ratio".into(), "must be between 0.0 and 1.0".into()));
+    }
+    if !(t.endpoint.starts_with("http://") || t.endpoint.starts_with("https://")) {
+        return Err((
+            "telemetry.endpoint".into(),
+            "must be an http:// or https:// URL (the collector's OTLP/HTTP receiver)".into(),
+        ));
+    }
+    if t.queue_size == 0 || t.batch_size == 0 || t.batch_size > t.queue_size {
+        return Err((
+            "telemetry.batch_size".into(),
+            "must be at least 1 and at most telemetry.queue_size".into(),
+        ));
+    }
+    if t.export_interval.is_zero() || t.export_timeout.is_zero() {
+        return Err((
+            "telemetry.export_interval".into(),
+            "export_interval and export_timeout must be above zero".into(),
+        ));
     }
     Ok(())
 }

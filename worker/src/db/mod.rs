@@ -38,6 +38,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "expired runs",
         include_str!("../../../migrations/0003_expired_runs.sql"),
     ),
+    (
+        4,
+        "outbox traceparent",
+        include_str!("../../../migrations/0004_outbox_traceparent.sql"),
+    ),
 ];
 
 /// The embedded migrations as an sqlx migrator.

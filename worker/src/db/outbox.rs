@@ -7,10 +7,11 @@
 //! idempotency key (its own, or `outbox:<id>`), so a relay that dies after the push but
 //! before the commit hands the row to the next relay, whose push is a no-op. Relays sleep
 //! until a `NOTIFY culm_outbox` (sent by an insert trigger on commit) or `poll_interval`.
+//! A row's optional `traceparent` is stored with its job, which continues the writer's trace.
 use super::Db;
 use crate::{config::OutboxConfig, store::Store, telemetry};
 use chrono::{DateTime, Utc};
-use culm_core::{EnqueueError, EnqueueRequest};
+use culm_core::{EnqueueError, EnqueueRequest, TraceContext};
 use sqlx::{Row, postgres::PgListener};
 use std::time::Duration;
 use tokio::{sync::watch, task::JoinHandle};
@@ -42,7 +43,7 @@ pub enum RelayError {
 pub async fn relay_once(db: &Db, store: &Store, batch: usize) -> Result<Relayed, RelayError> {
     let mut tx = db.pool().begin().await?;
     let rows = sqlx::query(
-        "SELECT id, job, payload, queue, run_at, idempotency_key FROM culm_outbox \
+        "SELECT id, job, payload, queue, run_at, idempotency_key, traceparent FROM culm_outbox \
          WHERE rejected_at IS NULL AND available_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
     )
     .bind(i64::try_from(batch).unwrap_or(i64::MAX))
@@ -61,6 +62,9 @@ pub async fn relay_once(db: &Db, store: &Store, batch: usize) -> Result<Relayed,
         let mut req = EnqueueRequest::raw(r.try_get::<String, _>("job")?, r.try_get("payload")?);
         req.queue = r.try_get("queue")?;
         req.run_at_ms = run_at.map(|t| t.timestamp_millis());
+        // An invalid traceparent is ignored (the W3C rule), never a reason to reject the row.
+        let traceparent: Option<String> = r.try_get("traceparent")?;
+        req.trace = TraceContext::from_headers(traceparent.as_deref(), None, None);
         if let Some(k) = key.as_deref().filter(|k| crate::store::reserved_idempotency_key(k)) {
             rejected.push((
                 id,

@@ -126,6 +126,7 @@ where
 async fn enqueue_follow_ups(shared: &PoolShared, c: &mut Completion) {
     let mut jobs = std::mem::take(&mut c.follow_ups);
     culm_core::key_follow_ups(&c.id, &mut jobs);
+    culm_core::trace::inherit(&mut jobs, c.trace.take());
     let failed = match shared.store.enqueue(jobs).await {
         Ok(_) => return,
         Err(EnqueueError::Storage(error)) => RunEnd::FollowUpsFailed { storage: true, error },

@@ -2,7 +2,12 @@
 //! timeout, turns panics into failures, and hands how the run ended to
 //! [`settle`](super::settle), which decides what happens next, as a [`Completion`].
 use super::settle::{self, Completion, RunEnd};
-use crate::{config::QueueSettings, store::Delivery, telemetry};
+use crate::{
+    config::QueueSettings,
+    otel,
+    store::{AckKind, Delivery},
+    telemetry,
+};
 use apalis_core::task::Task;
 use culm_core::{Deps, Enqueuer, JobContext, Registry, RunResult, now_ms};
 use futures::{FutureExt, future::BoxFuture};
@@ -58,13 +63,82 @@ impl Service<Task<Delivery>> for Dispatcher {
     fn call(&mut self, task: Task<Delivery>) -> Self::Future {
         let d = task.args;
         let this = self.clone();
-        let span = tracing::info_span!("job", job_id = %d.id, job = %d.envelope.job, queue = %d.queue, attempt = d.attempt, token = d.token);
+        let span = attempt_span(&d, self.settings.tier.as_str());
         async move { Ok(this.run(d).await) }.instrument(span).boxed()
+    }
+}
+
+/// The span of one attempt (`culm.job` in traces): a child of the context stored with the
+/// job, so every attempt, retry and deferral of a job lands in its enqueuer's trace. With
+/// export off it is the plain log span, carrying the stored ids (if any) for log lines:
+/// the attributes only traces read cost nothing then.
+fn attempt_span(d: &Delivery, tier: &'static str) -> tracing::Span {
+    use tracing::field::Empty;
+    if !otel::enabled() {
+        let span = tracing::info_span!(
+            "job",
+            job_id = %d.id,
+            job = %d.envelope.job,
+            queue = %d.queue,
+            attempt = d.attempt,
+            token = d.token,
+            trace_id = Empty,
+            span_id = Empty,
+        );
+        if let Some(t) = &d.envelope.trace {
+            span.record("trace_id", t.trace_id());
+            span.record("span_id", t.span_id());
+        }
+        return span;
+    }
+    let span = tracing::info_span!(
+        "job",
+        otel.name = "culm.job",
+        otel.kind = "consumer",
+        job_id = %d.id,
+        job = %d.envelope.job,
+        queue = %d.queue,
+        tier,
+        attempt = d.attempt,
+        token = d.token,
+        enqueued_at_ms = d.envelope.enqueued_at,
+        wait_ms = Empty,
+        outcome = Empty,
+        otel.status_code = Empty,
+        otel.status_description = Empty,
+    );
+    otel::set_parent(&span, d.envelope.trace.as_ref());
+    span
+}
+
+/// Records how the attempt ended on its span (exported spans only).
+fn record_outcome(verdict: &settle::Verdict) {
+    if !otel::enabled() {
+        return;
+    }
+    let span = tracing::Span::current();
+    let outcome = match verdict.kind {
+        AckKind::Done => "done",
+        AckKind::Retry { .. } => "retry",
+        AckKind::Defer { .. } => "deferred",
+        AckKind::Dead => "dead",
+        AckKind::Expired => "expired",
+    };
+    span.record("outcome", outcome);
+    if matches!(verdict.kind, AckKind::Retry { .. } | AckKind::Dead) {
+        span.record("otel.status_code", "error");
+        span.record("otel.status_description", verdict.error.as_str());
     }
 }
 
 impl Dispatcher {
     async fn run(self, d: Delivery) -> Completion {
+        let c = self.run_inner(d).await;
+        record_outcome(&c.verdict);
+        c
+    }
+
+    async fn run_inner(self, d: Delivery) -> Completion {
         let s = &self.settings;
         let mut c = Completion {
             id: d.id.clone(),
@@ -82,6 +156,7 @@ impl Dispatcher {
             enqueued_at_ms: d.envelope.enqueued_at,
             idempotency_key: d.envelope.idempotency_key.clone(),
             payload: None,
+            trace: None,
         };
         // Celery's `expires`: an attempt that would start too late does not start at all,
         // whether it is the first or a retry. The job ends `expired`, not dead.
@@ -101,8 +176,11 @@ impl Dispatcher {
         };
         let policy = s.policy(spec.name);
         let due = d.envelope.run_at.max(d.envelope.enqueued_at);
-        let wait_s = (now_ms() - due).max(0) as f64 / 1000.0;
-        telemetry::started(&s.name, s.tier.as_str(), spec.name, wait_s);
+        let wait_ms = (now_ms() - due).max(0);
+        if otel::enabled() {
+            tracing::Span::current().record("wait_ms", wait_ms);
+        }
+        telemetry::started(&s.name, s.tier.as_str(), spec.name, wait_ms as f64 / 1000.0);
         let ctx = JobContext::new(
             d.id.clone(),
             d.envelope.job.clone(),
@@ -123,7 +201,14 @@ impl Dispatcher {
         c.ran = true;
         c.started_at_us = chrono::Utc::now().timestamp_micros();
         let start = Instant::now();
-        let run = AssertUnwindSafe(spec.run(d.envelope.payload.get(), ctx)).catch_unwind();
+        let handler = spec.run(d.envelope.payload.get(), ctx);
+        // The handler sees the stored context (`culm_core::trace::current`) for its partner
+        // calls and its enqueues; a job without one and no export skips the task-local.
+        let handler = match d.envelope.trace.clone() {
+            None if !otel::enabled() => handler,
+            trace => culm_core::trace::scope(trace, handler).boxed(),
+        };
+        let run = AssertUnwindSafe(handler).catch_unwind();
         let result = tokio::time::timeout(policy.timeout, run).await;
         c.duration = start.elapsed();
         let end = match result {
@@ -136,8 +221,16 @@ impl Dispatcher {
                     s
                 });
                 c.follow_ups = outcome.follow_ups;
+                if !c.follow_ups.is_empty() {
+                    // Follow-ups continue this attempt's trace.
+                    c.trace = otel::context_to_store(&tracing::Span::current(), d.envelope.trace.clone());
+                }
                 c.result = outcome.result.and_then(|r| bounded_result(&r, s.result_max_bytes));
-                if let Some(r) = c.result.as_ref().filter(|r| s.compress_above > 0 && r.get().len() > s.compress_above) {
+                if let Some(r) = c
+                    .result
+                    .as_ref()
+                    .filter(|r| s.compress_above > 0 && r.get().len() > s.compress_above)
+                {
                     match crate::store::compress(r.get()) {
                         Ok(z) => {
                             c.result_z = Some(z);
@@ -152,8 +245,8 @@ impl Dispatcher {
         };
         c.verdict = settle::decide(&policy.retry, d.attempt, end);
         match &c.verdict.kind {
-            crate::store::AckKind::Done => tracing::debug!("done"),
-            crate::store::AckKind::Defer { at } => {
+            AckKind::Done => tracing::debug!("done"),
+            AckKind::Defer { at } => {
                 tracing::info!("deferred until {at}: {}", c.verdict.error)
             }
             _ => tracing::warn!("{}", c.verdict.error),

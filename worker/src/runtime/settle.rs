@@ -69,6 +69,8 @@ pub struct Completion {
     pub idempotency_key: Option<String>,
     /// Moved out of the delivery after the run, for the dead-letter archive.
     pub payload: Option<Box<serde_json::value::RawValue>>,
+    /// The trace context follow-ups continue (set only when there are follow-ups).
+    pub trace: Option<culm_core::TraceContext>,
 }
 
 /// What recording a settlement needs of its pool: where rows, events and metrics go.

@@ -39,6 +39,7 @@ use tokio::{
     sync::{broadcast, watch},
     task::JoinHandle,
 };
+use tracing::Instrument;
 
 /// A scheduler failure.
 #[derive(Debug, thiserror::Error)]
@@ -243,12 +244,26 @@ impl Scheduler {
         let now = now_ms();
         // The job shows where it came from; the claim itself is in the tick namespace.
         let origin = format!("schedule:{claim}");
+        // Each tick starts a new trace (stored when sampled): its runs and follow-ups
+        // join it. With export off there is no trace to start.
+        let span = tracing::info_span!(
+            "schedule_tick",
+            otel.name = "culm.schedule",
+            otel.kind = "producer",
+            schedule = %s.name,
+            job = %s.job,
+            queue = %s.queue,
+            job_id = %id,
+        );
+        crate::otel::set_parent(&span, None);
+        let trace = crate::otel::context_to_store(&span, None);
         let env = crate::store::NewEnvelope {
             job: &s.job,
             payload: Some(&s.payload),
             enqueued_at: now,
             run_at: now,
             idempotency_key: Some(&origin),
+            trace: trace.as_ref(),
             compress_above: self.inner.store.compress_above(),
             ..Default::default()
         }
@@ -270,6 +285,7 @@ impl Scheduler {
                 id,
                 envelope: &env,
             })
+            .instrument(span)
             .await?;
         Ok(match fired {
             Fired::Fired(job_id) => {

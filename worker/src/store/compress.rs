@@ -34,7 +34,8 @@ mod tests {
 
     #[test]
     fn round_trips_and_shrinks_repetitive_json() {
-        let json = serde_json::json!({"lines": vec![serde_json::json!({"sku": "AMAZON_US_25", "qty": 1}); 500]}).to_string();
+        let json =
+            serde_json::json!({"lines": vec![serde_json::json!({"sku": "AMAZON_US_25", "qty": 1}); 500]}).to_string();
         let packed = compress(&json).expect("compress");
         assert!(packed.len() * 5 < json.len(), "{} → {}", json.len(), packed.len());
         assert_eq!(decompress(&packed).expect("decompress").get(), json);

@@ -16,8 +16,8 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
-pub mod conn;
 mod compress;
+pub mod conn;
 pub(crate) use compress::compress;
 mod inspect;
 pub mod keys;

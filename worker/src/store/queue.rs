@@ -11,7 +11,7 @@ use super::{
     text,
 };
 use crate::{config::QueueSettings, telemetry};
-use culm_core::{EnqueueError, EnqueueRequest, Enqueued, now_ms};
+use culm_core::{EnqueueError, EnqueueRequest, Enqueued, TraceContext, now_ms};
 use futures::future::try_join_all;
 use redis::Value;
 use serde::{Deserialize, Serialize};
@@ -48,6 +48,9 @@ pub(crate) struct NewEnvelope<'a> {
     /// Payloads larger than this (bytes of JSON) are stored compressed; 0 never.
     #[serde(skip)]
     pub(crate) compress_above: usize,
+    /// Only jobs that carry a trace context store one: no field, no bytes, otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) trace: Option<&'a TraceContext>,
 }
 
 impl NewEnvelope<'_> {
@@ -85,6 +88,8 @@ struct StoredEnvelope {
     idempotency_key: Option<String>,
     #[serde(default)]
     expires_at: Option<i64>,
+    #[serde(default)]
+    trace: Option<TraceContext>,
 }
 
 impl TryFrom<StoredEnvelope> for Envelope {
@@ -104,6 +109,7 @@ impl TryFrom<StoredEnvelope> for Envelope {
             run_at: s.run_at,
             idempotency_key: s.idempotency_key,
             expires_at: s.expires_at,
+            trace: s.trace,
         })
     }
 }
@@ -124,6 +130,9 @@ pub struct Envelope {
     /// Not started by then (ms), the job is not run: it ends `expired`.
     #[serde(default)]
     pub expires_at: Option<i64>,
+    /// The W3C trace context of whatever enqueued the job; each attempt continues it.
+    #[serde(default)]
+    pub trace: Option<TraceContext>,
 }
 
 /// A job handed to a worker under a lease.
@@ -412,6 +421,7 @@ impl Store {
                         run_at: run_at.max(now),
                         idempotency_key: r.idempotency_key.as_deref(),
                         expires_at: r.expires_at_ms,
+                        trace: r.trace.as_ref(),
                         compress_above: self.inner.compress_above,
                         ..NewEnvelope::default()
                     }

@@ -12,6 +12,7 @@ from typing import Any, Union
 
 import httpx
 
+from ._trace import trace_headers
 from .errors import JobTimeoutError, TransportError, from_response
 from .types import DeadJob, EnqueueSpec, Job, JobRef, JobType, Queue
 
@@ -184,17 +185,23 @@ class Client(_Base):
         delay: Delay | None = None,
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> JobRef:
-        """Enqueues one job. `delay` is seconds (or a timedelta); `run_at` a timezone-aware time."""
+        """Enqueues one job. `delay` is seconds (or a timedelta); `run_at` a timezone-aware time.
+        The job continues the current OpenTelemetry trace (or `traceparent`, when given)."""
         body = _body(job, payload, queue, delay, run_at, idempotency_key or new_idempotency_key())
-        return JobRef.from_json(self._request("POST", "/v1/jobs", json=body))
+        headers = trace_headers(traceparent)
+        return JobRef.from_json(self._request("POST", "/v1/jobs", json=body, headers=headers))
 
-    def enqueue_many(self, jobs: Iterable[JobLike], *, idempotency_key: str | None = None) -> list[JobRef]:
+    def enqueue_many(
+        self, jobs: Iterable[JobLike], *, idempotency_key: str | None = None, traceparent: str | None = None
+    ) -> list[JobRef]:
         """Enqueues jobs atomically (all or none, on standalone and Sentinel Redis). The
         batch carries an `Idempotency-Key` (generated when not given), so a retry stores
-        only what the first try did not and answers with the same ids."""
+        only what the first try did not and answers with the same ids. Every job continues
+        the current trace (or `traceparent`)."""
         body = {"jobs": [_spec_body(j) for j in jobs]}
-        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key(), **trace_headers(traceparent)}
         out = self._request("POST", "/v1/jobs/batch", json=body, headers=headers)
         return [JobRef.from_json(j) for j in out["jobs"]]
 
@@ -280,13 +287,17 @@ class AsyncClient(_Base):
         delay: Delay | None = None,
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
+        traceparent: str | None = None,
     ) -> JobRef:
         body = _body(job, payload, queue, delay, run_at, idempotency_key or new_idempotency_key())
-        return JobRef.from_json(await self._request("POST", "/v1/jobs", json=body))
+        headers = trace_headers(traceparent)
+        return JobRef.from_json(await self._request("POST", "/v1/jobs", json=body, headers=headers))
 
-    async def enqueue_many(self, jobs: Iterable[JobLike], *, idempotency_key: str | None = None) -> list[JobRef]:
+    async def enqueue_many(
+        self, jobs: Iterable[JobLike], *, idempotency_key: str | None = None, traceparent: str | None = None
+    ) -> list[JobRef]:
         body = {"jobs": [_spec_body(j) for j in jobs]}
-        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key()}
+        headers = {"Idempotency-Key": idempotency_key or new_idempotency_key(), **trace_headers(traceparent)}
         out = await self._request("POST", "/v1/jobs/batch", json=body, headers=headers)
         return [JobRef.from_json(j) for j in out["jobs"]]
 

@@ -30,6 +30,7 @@ from functools import lru_cache
 from typing import Any
 
 from .._client import Client, _delay_ms
+from .._trace import trace_headers
 
 __all__ = ["client", "enqueue_on_commit", "settings_dict", "used_job_names"]
 
@@ -38,6 +39,11 @@ _used: set[str] = set()
 INSERT = (
     "INSERT INTO culm_outbox (job, payload, queue, run_at, idempotency_key) "
     "VALUES (%s, %s::jsonb, %s, %s, %s) RETURNING id"
+)
+# With a trace context (culm's schema version 4 and later): the relay stores it with the job.
+INSERT_TRACED = (
+    "INSERT INTO culm_outbox (job, payload, queue, run_at, idempotency_key, traceparent) "
+    "VALUES (%s, %s::jsonb, %s, %s, %s, %s) RETURNING id"
 )
 
 
@@ -72,12 +78,14 @@ def enqueue_on_commit(
     run_at: datetime | None = None,
     idempotency_key: str | None = None,
     using: str | None = None,
+    traceparent: str | None = None,
 ) -> int:
     """Writes the job to `culm_outbox` in the current transaction of connection `using`
     (default `settings.CULM["DATABASE"]`, else `"default"`) and returns the row id. The
     job exists only if that transaction commits; culm's relay enqueues it once (key
     `idempotency_key`, default `outbox:<row id>`). Outside `transaction.atomic()`, the
-    row commits at once (Django's autocommit)."""
+    row commits at once (Django's autocommit). The row carries the current OpenTelemetry
+    trace context (or `traceparent`), which the job and its partner calls continue."""
     from django.db import connections
 
     if delay is not None and run_at is not None:
@@ -89,7 +97,12 @@ def enqueue_on_commit(
     alias = using or settings_dict().get("DATABASE", "default")
     _used.add(job)
     with connections[alias].cursor() as cur:
-        cur.execute(INSERT, [job, json.dumps(dict(payload or {})), queue, run_at, idempotency_key])
+        args = [job, json.dumps(dict(payload or {})), queue, run_at, idempotency_key]
+        tp = trace_headers(traceparent).get("traceparent")
+        if tp is None:
+            cur.execute(INSERT, args)
+        else:
+            cur.execute(INSERT_TRACED, [*args, tp])
         row = cur.fetchone()
     return int(row[0])
 
