@@ -434,6 +434,215 @@ async fn dead_letters_are_listed_retried_and_purged_over_http() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_counted_retried_and_purged_in_bulk_by_filter_or_selection() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let api = &api;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_batch".into(), "t_crit".into()]).expect("start");
+    let before = chrono::Utc::now().to_rfc3339();
+    let mut ids = Vec::new();
+    for (queue, reason) in [
+        ("t_batch", "Card Closed by issuer"),
+        ("t_batch", "card closed"),
+        ("t_batch", "upstream said no"),
+        ("t_crit", "card closed"),
+    ] {
+        let (_, body) = api
+            .post(
+                "/v1/jobs",
+                json!({"job": "platform.fail_permanently", "payload": {"reason": reason}, "queue": queue}),
+            )
+            .await;
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    for id in &ids {
+        next_event(&mut events, WAIT, |e| e.id == *id && is("dead", e)).await;
+    }
+    // Stopped, so what is re-driven stays pending where the test can see it.
+    running.shutdown().await;
+
+    let count = |q: String| async move {
+        let (s, b) = api.get(&format!("/v1/dead/count?{q}")).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b["count"].as_u64().expect("count")
+    };
+    assert_eq!(count("queue=t_batch&error=CARD%20closed".into()).await, 2);
+    assert_eq!(count("job=platform.fail_permanently&error=card".into()).await, 3);
+    assert_eq!(count(format!("until={}", before.replace('+', "%2B"))).await, 0);
+    assert_eq!(count("since=1h".into()).await, 4);
+    let (s, listed) = api.get("/v1/dead?error=card&limit=2").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(2));
+    let (s, b) = api.get("/v1/dead/count?since=last%20tuesday").await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::BAD_REQUEST, ("invalid_query", Some("since")))
+    );
+    let (s, b) = api.get("/v1/dead/count?queue=nope").await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::NOT_FOUND, "queue_not_found"));
+
+    // An empty body acts on nothing; a reader may not act.
+    let (s, b) = api.post("/v1/dead/retry", json!({})).await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::UNPROCESSABLE_ENTITY, ("invalid_request", Some("ids")))
+    );
+    let filter = json!({"all": true, "queue": "t_batch", "error": "card closed"});
+    let (s, _) = api
+        .call(Method::POST, "/v1/dead/retry", Some(READER), Some(filter.clone()))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, b) = api.post("/v1/dead/retry", filter.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        (b["matched"].as_u64(), b["applied"].as_u64()),
+        (Some(2), Some(2)),
+        "{b}"
+    );
+    let state = |id: String| async move { api.get(&format!("/v1/jobs/{id}")).await.1["state"].clone() };
+    assert_eq!(
+        [
+            state(ids[0].clone()).await,
+            state(ids[1].clone()).await,
+            state(ids[2].clone()).await,
+            state(ids[3].clone()).await
+        ],
+        [json!("pending"), json!("pending"), json!("dead"), json!("dead")]
+    );
+    let (_, again) = api.post("/v1/dead/retry", filter).await;
+    assert_eq!(again["matched"].as_u64(), Some(0), "{again}");
+
+    // A selection: unknown ids are counted as matched but not applied.
+    let (s, b) = api
+        .post("/v1/dead/purge", json!({"ids": [ids[3], "01NOSUCHJOB"]}))
+        .await;
+    assert_eq!(
+        (s, b["matched"].as_u64(), b["applied"].as_u64()),
+        (StatusCode::OK, Some(2), Some(1)),
+        "{b}"
+    );
+    let (s, b) = api
+        .post("/v1/dead/purge", json!({"ids": [ids[2]], "queue": "t_batch"}))
+        .await;
+    assert_eq!(
+        (s, error_code(&b).1),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("ids")),
+        "{b}"
+    );
+    let (s, b) = api.post("/v1/dead/purge", json!({"all": true})).await;
+    assert_eq!((s, b["applied"].as_u64()), (StatusCode::OK, Some(1)), "{b}");
+    assert_eq!(count(String::new()).await, 0);
+    assert_eq!(state(ids[3].clone()).await, json!(null));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_jobs_are_listed_by_state_page_by_page_with_a_cursor() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let api = &api;
+    let mut pending = Vec::new();
+    for i in 0..7 {
+        let job = if i % 3 == 0 {
+            "platform.fail_permanently"
+        } else {
+            "platform.noop"
+        };
+        let payload = if i % 3 == 0 { json!({"reason": "x"}) } else { json!({}) };
+        let (_, b) = api
+            .post("/v1/jobs", json!({"job": job, "payload": payload, "queue": "t_batch"}))
+            .await;
+        pending.push(b["id"].as_str().expect("id").to_owned());
+    }
+    // Three scheduled jobs due at the same millisecond: paging must not lose or repeat one.
+    let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (s, b) = api
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [
+                {"job": "platform.noop", "queue": "t_batch", "run_at": at},
+                {"job": "platform.noop", "queue": "t_batch", "run_at": at},
+                {"job": "platform.noop", "queue": "t_batch", "run_at": at},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let scheduled: Vec<String> = b["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["id"].as_str().expect("id").to_owned())
+        .collect();
+
+    // Follows cursors to the end; returns every id and how many pages it took.
+    let walk = |query: String| async move {
+        let (mut ids, mut pages, mut cursor) = (Vec::new(), 0, None::<String>);
+        loop {
+            let url = match &cursor {
+                Some(c) => format!("/v1/jobs?{query}&cursor={c}"),
+                None => format!("/v1/jobs?{query}"),
+            };
+            let (s, b) = api.get(&url).await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            pages += 1;
+            for j in b["jobs"].as_array().expect("jobs") {
+                ids.push(j["id"].as_str().expect("id").to_owned());
+            }
+            match b["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return (ids, pages),
+            }
+        }
+    };
+    assert_eq!(walk("queue=t_batch&limit=3".into()).await, (pending.clone(), 3));
+    let (got, _) = walk("queue=t_batch&state=scheduled&limit=2".into()).await;
+    let mut sorted = got.clone();
+    sorted.sort();
+    let mut want = scheduled.clone();
+    want.sort();
+    assert_eq!(sorted, want, "each scheduled job listed once: {got:?}");
+    let noops: Vec<String> = pending
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(walk("queue=t_batch&job=platform.noop&limit=2".into()).await.0, noops);
+
+    let (_, first) = api.get("/v1/jobs?queue=t_batch&limit=1").await;
+    let j = &first["jobs"][0];
+    assert_eq!(
+        (j["state"].as_str(), j["job"].as_str(), j["queue"].as_str()),
+        (Some("pending"), Some("platform.fail_permanently"), Some("t_batch")),
+        "{j}"
+    );
+    // A cancelled job leaves the pending list and shows among the cancelled.
+    let (s, _) = api.post(&format!("/v1/jobs/{}/cancel", pending[1]), json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (left, _) = walk("queue=t_batch".into()).await;
+    assert!(!left.contains(&pending[1]) && left.len() == 6, "{left:?}");
+    assert_eq!(
+        walk("queue=t_batch&state=cancelled".into()).await.0,
+        vec![pending[1].clone()]
+    );
+
+    for (query, status, field) in [
+        ("state=pending", StatusCode::BAD_REQUEST, Some("queue")),
+        ("queue=t_batch&state=sleeping", StatusCode::BAD_REQUEST, Some("state")),
+        ("queue=t_batch&cursor=zzz", StatusCode::BAD_REQUEST, Some("cursor")),
+        ("queue=t_batch&limit=many", StatusCode::BAD_REQUEST, Some("query")),
+        ("queue=nope", StatusCode::NOT_FOUND, None),
+    ] {
+        let (s, b) = api.get(&format!("/v1/jobs?{query}")).await;
+        assert_eq!((s, error_code(&b).1), (status, field), "{query}: {b}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_redis_when_it_is_unreachable() {
     let env = env().await;
     let target = redis_url()
@@ -504,6 +713,7 @@ async fn the_openapi_document_matches_the_routes_served() {
     documented.sort();
     let mut expected = vec![
         "POST /v1/jobs",
+        "GET /v1/jobs",
         "POST /v1/jobs/batch",
         "GET /v1/jobs/{id}",
         "POST /v1/jobs/{id}/cancel",
@@ -513,6 +723,9 @@ async fn the_openapi_document_matches_the_routes_served() {
         "POST /v1/queues/{name}/pause",
         "POST /v1/queues/{name}/resume",
         "GET /v1/dead",
+        "GET /v1/dead/count",
+        "POST /v1/dead/retry",
+        "POST /v1/dead/purge",
         "POST /v1/dead/{id}/retry",
         "DELETE /v1/dead/{id}",
         "GET /healthz",

@@ -3,10 +3,12 @@ use super::{
     AdminState, ApiError,
     error::ErrorBody,
     extract::{bad_query, read_json},
-    views::{BatchBody, BatchView, CancelView, EnqueueBody, EnqueuedView, JobQuery, JobTypesView},
+    views::{
+        BatchBody, BatchView, CancelView, EnqueueBody, EnqueuedView, JobPageView, JobQuery, JobTypesView, JobsQuery,
+    },
     wait::MAX_WAIT,
 };
-use crate::store::{Cancelled, JobState, JobStatus};
+use crate::store::{Cancelled, Cursor, JobState, JobStatus, ListJobs};
 use axum::{
     Json,
     body::Body,
@@ -208,6 +210,59 @@ pub(super) async fn get_job(
             return Ok(Json(s));
         }
     }
+}
+
+/// A queue's jobs in one state, a page at a time. Each page reads only itself (never the
+/// whole queue), so it answers as fast with a million pending jobs as with ten.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobsQuery),
+    responses(
+        (status = 200, body = JobPageView),
+        (status = 400, description = "A parameter is missing or malformed: `field` names it", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "Unknown queue", body = ErrorBody),
+    ))]
+pub(super) async fn list_jobs(
+    State(state): State<AdminState>,
+    query: Result<Query<JobsQuery>, QueryRejection>,
+) -> Result<Json<JobPageView>, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let bad = |field: &str, m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m).field(field);
+    let queue = q
+        .queue
+        .ok_or_else(|| bad("queue", "queue is required: the queue to list".into()))?;
+    state.known_queue(&queue)?;
+    let job_state = match q.state.as_deref() {
+        None => JobState::Pending,
+        Some(s) => s.parse::<JobState>().map_err(|m| {
+            bad(
+                "state",
+                format!("{m}: use pending, scheduled, running, dead, done or cancelled"),
+            )
+        })?,
+    };
+    let cursor = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(Cursor::decode(c).ok_or_else(|| {
+            bad(
+                "cursor",
+                format!("`{c}` is not a cursor; pass a page's next_cursor unchanged"),
+            )
+        })?),
+    };
+    let page = state
+        .store()
+        .list_jobs(&ListJobs {
+            queue: &queue,
+            state: job_state,
+            job: q.job.as_deref().filter(|j| !j.is_empty()),
+            limit: q.limit.unwrap_or(50).clamp(1, 500),
+            cursor,
+        })
+        .await?;
+    Ok(Json(JobPageView {
+        jobs: page.jobs,
+        next_cursor: page.next_cursor.map(Cursor::encode),
+    }))
 }
 
 async fn job_status(state: &AdminState, id: &str) -> Result<JobStatus, ApiError> {

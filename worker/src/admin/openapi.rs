@@ -44,10 +44,12 @@ pub(super) fn table(state: AdminState) -> (axum::Router<AdminState>, utoipa::ope
         .route_layer(guard(Scope::Enqueue));
     let read = OpenApiRouter::new()
         .routes(routes!(get_job))
+        .routes(routes!(list_jobs))
         .routes(routes!(list_job_types))
         .routes(routes!(list_queues))
         .routes(routes!(get_queue))
         .routes(routes!(list_dead))
+        .routes(routes!(count_dead))
         .routes(routes!(list_schedules))
         .routes(routes!(get_schedule))
         .route_layer(guard(Scope::Read));
@@ -56,6 +58,8 @@ pub(super) fn table(state: AdminState) -> (axum::Router<AdminState>, utoipa::ope
         .routes(routes!(resume_queue))
         .routes(routes!(retry_dead))
         .routes(routes!(purge_dead))
+        .routes(routes!(retry_dead_bulk))
+        .routes(routes!(purge_dead_bulk))
         .routes(routes!(trigger_schedule))
         .routes(routes!(pause_schedule))
         .routes(routes!(resume_schedule))

@@ -10,7 +10,7 @@ mod sandbox;
 mod schedules;
 pub mod signals;
 
-pub use dead::DeadCommand;
+pub use dead::{DeadCommand, DeadFilterArgs};
 pub use jobs::{EnqueueArgs, JobsCommand};
 pub use run::{RunArgs, select_queues};
 pub use sandbox::SandboxArgs;
@@ -81,8 +81,9 @@ pub enum Command {
     },
     /// Serve only the admin HTTP API and /metrics (no worker pools).
     Serve,
-    /// List job types (queue, tiers, retry policy, timeout, payload schema with --json),
-    /// or inspect one job by id (`culm jobs show ID`).
+    /// List job types (queue, tiers, retry policy, timeout, payload schema with --json);
+    /// inspect one job (`culm jobs show ID`), list a queue's jobs (`culm jobs list`) or
+    /// cancel one (`culm jobs cancel ID`).
     Jobs {
         /// Print JSON (what `GET /v1/job-types` answers).
         #[arg(long)]
@@ -152,10 +153,8 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
         Command::Resume { queue } => queues::resume(Store::connect(&config, registry).await?, &queue).await,
         Command::Dead { command } => {
             let store = Store::connect(&config, registry).await?;
-            match connect_optional(&config).await? {
-                Some(db) => dead::from_archive(store, db, command).await,
-                None => dead::from_redis(store, command).await,
-            }
+            let db = connect_optional(&config).await?;
+            dead::run(crate::dead_letters::DeadLetters::new(store, db), command).await
         }
         Command::Schedules { json } => schedules::list(config, registry, json).await,
         Command::Scheduler => {
@@ -169,6 +168,14 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
             command: Some(JobsCommand::Show { id }),
             ..
         } => jobs::show(&config, Store::connect(&config, registry).await?, &id).await,
+        Command::Jobs {
+            command: Some(JobsCommand::Cancel { id }),
+            ..
+        } => jobs::cancel(Store::connect(&config, registry).await?, &id).await,
+        Command::Jobs {
+            command: Some(command @ JobsCommand::List { .. }),
+            ..
+        } => jobs::list_jobs(Store::connect(&config, registry).await?, command).await,
         Command::Jobs { command: None, json } => jobs::list(&config, &registry, json),
     }
 }

@@ -16,14 +16,16 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+mod browse;
 pub mod conn;
 mod inspect;
 pub mod keys;
 mod queue;
 mod routing;
 mod schedules;
+pub use browse::{Cursor, JobPage, ListJobs, SCAN_BUDGET};
 pub use conn::{PubSubSource, RedisConn};
-pub use inspect::{Cancelled, queue_gauges};
+pub use inspect::{Cancelled, DeadFilter, DeadWindow, queue_gauges};
 pub use keys::{QueueKeys, SchedulerKeys};
 pub(crate) use queue::NewEnvelope;
 pub use queue::{
