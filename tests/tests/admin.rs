@@ -457,8 +457,11 @@ async fn dead_letters_are_counted_retried_and_purged_in_bulk_by_filter_or_select
             .await;
         ids.push(body["id"].as_str().expect("id").to_owned());
     }
-    for id in &ids {
-        next_event(&mut events, WAIT, |e| e.id == *id && is("dead", e)).await;
+    // Deaths arrive in any order: wait until every id has died.
+    let mut alive: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    while !alive.is_empty() {
+        let e = next_event(&mut events, WAIT, |e| alive.contains(&e.id) && is("dead", e)).await;
+        alive.remove(&e.id);
     }
     // Stopped, so what is re-driven stays pending where the test can see it.
     running.shutdown().await;
@@ -643,6 +646,61 @@ async fn a_queues_jobs_are_listed_by_state_page_by_page_with_a_cursor() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_replicas_are_listed_with_their_load_and_leave_when_they_stop() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let (s, b) = api.get("/v1/workers").await;
+    assert_eq!(
+        (s, b["workers"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0)),
+        "{b}"
+    );
+    let running = env
+        .runtime()
+        .start(&["t_batch".into(), "t_crit".into()])
+        .expect("start");
+    let w = eventually(WAIT, "the replica's heartbeat", || async {
+        let (_, b) = api.get("/v1/workers").await;
+        b["workers"].as_array().and_then(|w| w.first().cloned())
+    })
+    .await;
+    assert_eq!((w["busy"].as_u64(), w["capacity"].as_u64()), (Some(0), Some(6)), "{w}");
+    assert_eq!(w["version"].as_str(), Some(env!("CARGO_PKG_VERSION")));
+    let mut queues: Vec<&str> = w["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .filter_map(|q| q["queue"].as_str())
+        .collect();
+    queues.sort();
+    assert_eq!(queues, ["t_batch", "t_crit"]);
+    for field in ["id", "host", "started_at", "last_heartbeat"] {
+        assert!(w[field].as_str().is_some_and(|v| !v.is_empty()), "{field}: {w}");
+    }
+    running.shutdown().await;
+    let (_, b) = api.get("/v1/workers").await;
+    assert_eq!(
+        b["workers"].as_array().map(Vec::len),
+        Some(0),
+        "a clean shutdown leaves at once: {b}"
+    );
+
+    // A replica that stops heartbeating (SIGKILL) leaves when its entry expires.
+    let mut gone: culm_worker::store::WorkerInfo = serde_json::from_value(w).expect("worker info");
+    gone.id = "killed-1".into();
+    env.store
+        .heartbeat(&gone, Duration::from_millis(300))
+        .await
+        .expect("heartbeat");
+    assert_eq!(env.store.workers().await.expect("workers").len(), 1);
+    eventually(WAIT, "the expired replica to leave", || async {
+        env.store.workers().await.ok()?.is_empty().then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_redis_when_it_is_unreachable() {
     let env = env().await;
     let target = redis_url()
@@ -733,6 +791,7 @@ async fn the_openapi_document_matches_the_routes_served() {
         "GET /metrics",
         "GET /openapi.json",
         "GET /v1/schedules",
+        "GET /v1/workers",
         "GET /v1/schedules/{name}",
         "POST /v1/schedules/{name}/trigger",
         "POST /v1/schedules/{name}/pause",

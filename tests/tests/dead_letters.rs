@@ -39,8 +39,11 @@ async fn dead_jobs(env: &TestEnv, queue: &str, reasons: &[&str]) -> Vec<String> 
         .map(|r| EnqueueRequest::raw("platform.fail_permanently", json!({ "reason": r })).queue(queue))
         .collect();
     let ids = culm_tests::enqueue_ids(&env.store, reqs).await;
-    for id in &ids {
-        next_event(&mut events, WAIT, |e| e.id == *id && is("dead", e)).await;
+    // Deaths arrive in any order: wait until every id has died.
+    let mut alive: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    while !alive.is_empty() {
+        let e = next_event(&mut events, WAIT, |e| alive.contains(&e.id) && is("dead", e)).await;
+        alive.remove(&e.id);
     }
     running.shutdown().await;
     ids
@@ -113,8 +116,11 @@ async fn with_the_archive_bulk_retry_and_purge_reach_jobs_redis_has_let_go() {
         .map(|r| EnqueueRequest::raw("platform.fail_permanently", json!({ "reason": r })).queue("t_arch"))
         .collect();
     let ids = culm_tests::enqueue_ids(&env.store, reqs).await;
-    for id in &ids {
-        next_event(&mut events, WAIT, |e| e.id == *id && is("dead", e)).await;
+    // Deaths arrive in any order: wait until every id has died.
+    let mut alive: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    while !alive.is_empty() {
+        let e = next_event(&mut events, WAIT, |e| alive.contains(&e.id) && is("dead", e)).await;
+        alive.remove(&e.id);
     }
     running.shutdown().await;
     eventually(WAIT, "every dead job archived", || async {

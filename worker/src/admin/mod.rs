@@ -2,7 +2,7 @@
 //! letters, health and readiness probes, Prometheus `/metrics` and the OpenAPI document.
 //! Owns bearer-token authentication, the one error shape every endpoint answers with,
 //! and per-route request metrics. `openapi` holds the route table; the handlers live in
-//! one file per resource (`jobs`, `queues`, `dead`, `schedules`, `probes`) and call the
+//! one file per resource (`jobs`, `queues`, `dead`, `schedules`, `workers`, `probes`) and call the
 //! `Store`, the `Scheduler` and the `Db`; `views` and `extract` are what they share.
 mod auth;
 mod dead;
@@ -15,6 +15,7 @@ mod queues;
 mod schedules;
 mod views;
 mod wait;
+mod workers;
 
 pub use auth::{Token, TokenError, tokens_from_config};
 pub use error::ApiError;

@@ -1,6 +1,6 @@
 //! The route table. One table feeds both axum and the OpenAPI document, so every
 //! endpoint that is served is documented, with the scope that guards it.
-use super::{AdminState, dead::*, jobs::*, probes::*, queues::*, require, schedules::*};
+use super::{AdminState, dead::*, jobs::*, probes::*, queues::*, require, schedules::*, workers::*};
 use crate::config::Scope;
 use axum::middleware;
 use utoipa::{
@@ -52,6 +52,7 @@ pub(super) fn table(state: AdminState) -> (axum::Router<AdminState>, utoipa::ope
         .routes(routes!(count_dead))
         .routes(routes!(list_schedules))
         .routes(routes!(get_schedule))
+        .routes(routes!(list_workers))
         .route_layer(guard(Scope::Read));
     let admin = OpenApiRouter::new()
         .routes(routes!(pause_queue))

@@ -3,7 +3,7 @@
 //! (`JobStatus`, `QueueStats`, `DeadJob`, `ScheduleStatus`); these only wrap them.
 use crate::{
     scheduler::ScheduleStatus,
-    store::{DeadJob, JobState, JobStatus, JobType, QueueStats},
+    store::{DeadJob, JobState, JobStatus, JobType, QueueStats, WorkerInfo},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -211,6 +211,13 @@ pub struct JobPageView {
     /// Pass as `cursor` for the next page; absent at the end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+}
+
+/// The live `culm run` replicas.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkersView {
+    /// Most recently started first.
+    pub workers: Vec<WorkerInfo>,
 }
 
 /// Every job type this server knows.

@@ -62,6 +62,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the live `culm run` replicas: host, version, queues, busy/capacity, heartbeat.
+    Workers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect, retry and purge dead-lettered jobs.
     Dead {
         #[command(subcommand)]
@@ -149,6 +155,7 @@ pub async fn main(cli: Cli) -> Result<ExitCode> {
         }
         Command::Enqueue(args) => jobs::enqueue(Store::connect(&config, registry).await?, args).await,
         Command::Queues { json } => queues::list(Store::connect(&config, registry).await?, json).await,
+        Command::Workers { json } => queues::workers(Store::connect(&config, registry).await?, json).await,
         Command::Pause { queue } => queues::pause(Store::connect(&config, registry).await?, &queue).await,
         Command::Resume { queue } => queues::resume(Store::connect(&config, registry).await?, &queue).await,
         Command::Dead { command } => {

@@ -33,6 +33,11 @@ pub struct PoolShared {
 }
 
 impl PoolShared {
+    /// Leases this pool holds (its busy slots), for the replica's heartbeat.
+    pub(super) fn busy(&self) -> u32 {
+        u32::try_from((self.settings.concurrency as usize).saturating_sub(self.inflight.free())).unwrap_or(u32::MAX)
+    }
+
     pub(super) fn new(
         settings: Arc<QueueSettings>,
         store: Store,

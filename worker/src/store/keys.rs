@@ -206,6 +206,33 @@ impl SchedulerKeys {
     }
 }
 
+/// Keys of the process registry in the `{<prefix>}` slot: which `culm run` replicas are
+/// alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessKeys {
+    base: String,
+}
+
+impl ProcessKeys {
+    /// The registry's keys under `prefix`.
+    pub fn new(prefix: &str) -> ProcessKeys {
+        ProcessKeys {
+            base: format!("{{{prefix}}}"),
+        }
+    }
+
+    /// Zset: replica id → last heartbeat ms. Members whose `worker` key expired are
+    /// dropped by whoever lists them.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.base)
+    }
+
+    /// String: a replica's `WorkerInfo` JSON; expires unless its heartbeat renews it.
+    pub fn worker(&self, id: &str) -> String {
+        format!("{}:worker:{id}", self.base)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,10 +23,11 @@ pub mod keys;
 mod queue;
 mod routing;
 mod schedules;
+mod workers;
 pub use browse::{Cursor, JobPage, ListJobs, SCAN_BUDGET};
 pub use conn::{PubSubSource, RedisConn};
 pub use inspect::{Cancelled, DeadFilter, DeadWindow, queue_gauges};
-pub use keys::{QueueKeys, SchedulerKeys};
+pub use keys::{ProcessKeys, QueueKeys, SchedulerKeys};
 pub(crate) use queue::NewEnvelope;
 pub use queue::{
     Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, Finished, RESERVED_KEY_PREFIXES, Reaped,
@@ -34,6 +35,7 @@ pub use queue::{
 };
 pub use routing::{JobType, RetryView, Routing};
 pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState};
+pub use workers::{QueueLoad, WorkerInfo};
 
 /// A storage failure. Messages never contain credentials.
 #[derive(Debug, thiserror::Error)]
@@ -397,6 +399,11 @@ impl Store {
     /// The key names of the scheduler.
     pub fn scheduler_keys(&self) -> SchedulerKeys {
         SchedulerKeys::new(&self.inner.prefix)
+    }
+
+    /// The key names of the replica registry.
+    pub fn process_keys(&self) -> ProcessKeys {
+        ProcessKeys::new(&self.inner.prefix)
     }
 
     /// The queue's base key, `{prefix:queue}`.
