@@ -793,6 +793,7 @@ async fn the_openapi_document_matches_the_routes_served() {
         "GET /v1/schedules",
         "GET /v1/workers",
         "GET /v1/schedules/{name}",
+        "GET /v1/schedules/{name}/ticks",
         "POST /v1/schedules/{name}/trigger",
         "POST /v1/schedules/{name}/pause",
         "POST /v1/schedules/{name}/resume",
@@ -831,6 +832,16 @@ async fn schedules_are_listed_triggered_paused_and_resumed_over_http() {
         (StatusCode::OK, first["job"].clone()),
         "the triggered job is stored"
     );
+    let (s, ticks) = api.get(&format!("/v1/schedules/{name}/ticks")).await;
+    assert_eq!(s, StatusCode::OK, "{ticks}");
+    let last = &ticks["ticks"][0];
+    assert_eq!(
+        (last["outcome"].as_str(), last["job_id"].as_str(), last["tick"].clone()),
+        (Some("triggered"), Some(job_id), Value::Null),
+        "{ticks}"
+    );
+    let (s, b) = api.get("/v1/schedules/no.such/ticks").await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::NOT_FOUND, "schedule_not_found"));
 
     let (s, paused) = api.post(&format!("/v1/schedules/{name}/pause"), json!({})).await;
     assert_eq!((s, paused["paused"].clone()), (StatusCode::OK, json!(true)));

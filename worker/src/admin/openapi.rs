@@ -52,6 +52,7 @@ pub(super) fn table(state: AdminState) -> (axum::Router<AdminState>, utoipa::ope
         .routes(routes!(count_dead))
         .routes(routes!(list_schedules))
         .routes(routes!(get_schedule))
+        .routes(routes!(schedule_ticks))
         .routes(routes!(list_workers))
         .route_layer(guard(Scope::Read));
     let admin = OpenApiRouter::new()

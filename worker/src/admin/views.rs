@@ -2,7 +2,7 @@
 //! dead-letter and schedule state are the store's and the scheduler's own types
 //! (`JobStatus`, `QueueStats`, `DeadJob`, `ScheduleStatus`); these only wrap them.
 use crate::{
-    scheduler::ScheduleStatus,
+    scheduler::{ScheduleStatus, TickEntry},
     store::{DeadJob, JobState, JobStatus, JobType, QueueStats, WorkerInfo},
 };
 use serde::{Deserialize, Serialize};
@@ -174,6 +174,13 @@ pub struct HealthView {
 pub struct SchedulesView {
     /// Schedules in catalog order.
     pub schedules: Vec<ScheduleStatus>,
+}
+
+/// A schedule's tick history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TicksView {
+    /// Newest first.
+    pub ticks: Vec<TickEntry>,
 }
 
 /// Options of `GET /v1/jobs/{id}`.

@@ -194,6 +194,12 @@ impl SchedulerKeys {
         format!("{}:schedules:state:{name}", self.base)
     }
 
+    /// List: schedule `name`'s last ticks with their outcome, newest first (JSON entries,
+    /// bounded by `record.lua`).
+    pub fn ticks(&self, name: &str) -> String {
+        format!("{}:schedules:ticks:{name}", self.base)
+    }
+
     /// Hash: schedule name → paused-at ms.
     pub fn paused(&self) -> String {
         format!("{}:schedules:paused", self.base)

@@ -34,7 +34,7 @@ pub use queue::{
     reserved_idempotency_key,
 };
 pub use routing::{JobType, RetryView, Routing};
-pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState};
+pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState, TICK_HISTORY, TickRecord};
 pub use workers::{QueueLoad, WorkerInfo};
 
 /// A storage failure. Messages never contain credentials.
