@@ -178,6 +178,7 @@ pub fn is(kind: &str, e: &JobEvent) -> bool {
             | ("dead", AckKind::Dead)
             | ("retry", AckKind::Retry { .. })
             | ("defer", AckKind::Defer { .. })
+            | ("cancelled", AckKind::Cancelled)
     )
 }
 

@@ -284,29 +284,47 @@ fn job_not_found(id: &str) -> ApiError {
     )
 }
 
-/// Cancels a pending or scheduled job: it will not run. A running job is not
-/// interrupted (409), nor is a finished one changed; cancelling twice answers 200.
+/// Cancels a job. A pending or scheduled one will not run (200, state `cancelled`;
+/// cancelling twice answers 200). A running one's handler is told through its
+/// cancellation signal within one `lease_extend_interval` (202, state `running`): if it
+/// returns after seeing it, the job ends `cancelled`; if it ignores it, the job finishes
+/// normally. A done or dead job is not changed (409).
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "Cancelled", body = CancelView),
+        (status = 202, description = "Running: its handler was asked to stop", body = CancelView),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "No queue knows this id", body = ErrorBody),
-        (status = 409, description = "The job is running, done or dead: `field` is `state`", body = ErrorBody),
+        (status = 409, description = "The job is done or dead: `field` is `state`", body = ErrorBody),
     ))]
 pub(super) async fn cancel_job(
     State(state): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<CancelView>, ApiError> {
+) -> Result<(StatusCode, Json<CancelView>), ApiError> {
     match state.store().cancel(&id).await.map_err(ApiError::internal)? {
-        Cancelled::Cancelled { queue } => Ok(Json(CancelView {
-            id,
-            queue,
-            state: JobState::Cancelled,
-        })),
+        Cancelled::Cancelled { queue } => Ok((
+            StatusCode::OK,
+            Json(CancelView {
+                id,
+                queue,
+                state: JobState::Cancelled,
+            }),
+        )),
+        Cancelled::Requested { queue } => {
+            tracing::info!(job_id = %id, queue = %queue, "cancellation of a running job requested over the admin API");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(CancelView {
+                    id,
+                    queue,
+                    state: JobState::Running,
+                }),
+            ))
+        }
         Cancelled::Refused { state: s, .. } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_cancellable",
-            format!("job `{id}` is {s}; only pending and scheduled jobs can be cancelled"),
+            format!("job `{id}` is {s}; only pending, scheduled and running jobs can be cancelled"),
         )
         .field("state")),
         Cancelled::Unknown => Err(job_not_found(&id)),

@@ -239,6 +239,6 @@ pub struct JobTypesView {
 pub struct CancelView {
     pub id: String,
     pub queue: String,
-    /// `cancelled`.
+    /// `cancelled`; `running` when the job was running and its handler was asked to stop.
     pub state: JobState,
 }

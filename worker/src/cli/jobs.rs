@@ -201,8 +201,11 @@ pub(super) async fn list_jobs(store: Store, command: JobsCommand) -> Result<Exit
 pub(super) async fn cancel(store: Store, id: &str) -> Result<ExitCode> {
     match store.cancel(id).await? {
         Cancelled::Cancelled { queue } => println!("{id} cancelled on {queue}"),
+        Cancelled::Requested { queue } => println!(
+            "{id} is running on {queue}: its handler is asked to stop (it ends cancelled if it does, or finishes normally if it ignores the request)"
+        ),
         Cancelled::Refused { queue, state } => {
-            bail!("job `{id}` on {queue} is {state}; only pending and scheduled jobs can be cancelled")
+            bail!("job `{id}` on {queue} is {state}; only pending, scheduled and running jobs can be cancelled")
         }
         Cancelled::Unknown => bail!("no job `{id}` in any queue"),
     }

@@ -33,6 +33,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "superseded runs",
         include_str!("../../../migrations/0002_superseded_runs.sql"),
     ),
+    (
+        4,
+        "cancelled runs",
+        include_str!("../../../migrations/0004_cancelled_runs.sql"),
+    ),
 ];
 
 /// The embedded migrations as an sqlx migrator.
@@ -291,6 +296,7 @@ impl Db {
         let state = match outcome.as_str() {
             "succeeded" => JobState::Done,
             "dead" => JobState::Dead,
+            "cancelled" => JobState::Cancelled,
             _ => JobState::Scheduled,
         };
         let mut errors = Vec::new();

@@ -1,7 +1,10 @@
 //! The handler service: runs one delivery through its registered handler with the queue's
 //! timeout, turns panics into failures, and hands how the run ended to
 //! [`settle`](super::settle), which decides what happens next, as a [`Completion`].
-use super::settle::{self, Completion, RunEnd};
+use super::{
+    pool::PoolShared,
+    settle::{self, Completion, RunEnd},
+};
 use crate::{config::QueueSettings, store::Delivery, telemetry};
 use apalis_core::task::Task;
 use culm_core::{Deps, Enqueuer, JobContext, Registry, RunResult, now_ms};
@@ -37,6 +40,8 @@ pub struct Dispatcher {
     pub(super) settings: Arc<QueueSettings>,
     pub(super) enqueuer: Arc<dyn Enqueuer>,
     pub(super) deps: Deps,
+    /// The pool, for each run's cancellation signal.
+    pub(super) pool: Arc<PoolShared>,
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -95,6 +100,7 @@ impl Dispatcher {
         let due = d.envelope.run_at.max(d.envelope.enqueued_at);
         let wait_s = (now_ms() - due).max(0) as f64 / 1000.0;
         telemetry::started(&s.name, s.tier.as_str(), spec.name, wait_s);
+        let cancel = self.pool.cancellation(d.token);
         let ctx = JobContext::new(
             d.id.clone(),
             d.envelope.job.clone(),
@@ -111,7 +117,8 @@ impl Dispatcher {
                 .as_deref()
                 .and_then(culm_core::redrive_origin)
                 .map(str::to_owned),
-        );
+        )
+        .with_cancellation(cancel.clone());
         c.ran = true;
         c.started_at_us = chrono::Utc::now().timestamp_micros();
         let start = Instant::now();
@@ -133,9 +140,12 @@ impl Dispatcher {
             }
             Ok(Ok(RunResult::Finished(Err(e)))) => RunEnd::Failed(e),
         };
+        // However it returned, a handler that saw the cancellation stopped because of it.
+        let end = if cancel.observed() { RunEnd::Cancelled } else { end };
         c.verdict = settle::decide(s, d.attempt, end);
         match &c.verdict.kind {
             crate::store::AckKind::Done => tracing::debug!("done"),
+            crate::store::AckKind::Cancelled => tracing::info!("{}", c.verdict.error),
             crate::store::AckKind::Defer { at } => {
                 tracing::info!("deferred until {at}: {}", c.verdict.error)
             }

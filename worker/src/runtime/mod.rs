@@ -140,6 +140,7 @@ impl Runtime {
                 settings: settings.clone(),
                 enqueuer: Arc::new(self.store.clone()) as Arc<dyn Enqueuer>,
                 deps: self.deps.clone(),
+                pool: shared.clone(),
             };
             let worker = WorkerBuilder::new(format!("{name}@{worker_id}"))
                 .backend(backend)

@@ -33,6 +33,11 @@ pub struct PoolShared {
 }
 
 impl PoolShared {
+    /// The cancellation signal of the run holding `token`, for its `JobContext`.
+    pub(super) fn cancellation(&self, token: u64) -> culm_core::Cancellation {
+        self.inflight.cancellation(token)
+    }
+
     /// Leases this pool holds (its busy slots), for the replica's heartbeat.
     pub(super) fn busy(&self) -> u32 {
         u32::try_from((self.settings.concurrency as usize).saturating_sub(self.inflight.free())).unwrap_or(u32::MAX)
@@ -299,8 +304,15 @@ pub(super) async fn upkeep_loop(shared: Arc<PoolShared>, mut stop: watch::Receiv
 /// Extends every lease this process holds; false if Redis could not be reached.
 async fn extend_held(shared: &PoolShared) -> bool {
     let held = shared.inflight.held();
-    match shared.store.extend(&shared.queue, &held, shared.worker.lease_ttl).await {
-        Ok(lost) => {
+    match shared
+        .store
+        .extend_leases(&shared.queue, &held, shared.worker.lease_ttl)
+        .await
+    {
+        Ok(crate::store::Extended { lost, cancel }) => {
+            if !cancel.is_empty() && shared.inflight.cancel(&cancel) > 0 {
+                tracing::info!(queue = %shared.queue, jobs = %cancel.join(","), "cancellation requested: handlers told");
+            }
             for (id, token) in held.iter().filter(|(id, _)| lost.contains(id)) {
                 if shared.inflight.running(*token) {
                     tracing::warn!(queue = %shared.queue, job_id = %id, token, "lease lost: the job may be running elsewhere; this run's result will be ignored");

@@ -85,7 +85,7 @@ fn finished(c: &Completion) -> String {
         attempts: c.attempt,
         enqueued_at: c.enqueued_at_ms,
         result: c.result.clone(),
-        cancelled: false,
+        cancelled: c.verdict.kind == AckKind::Cancelled,
     };
     serde_json::to_string(&f).unwrap_or_default()
 }
@@ -129,6 +129,8 @@ pub(super) enum RunEnd {
     BadPayload(String),
     /// This binary has no handler for the job type.
     UnknownJob,
+    /// The handler returned after seeing an operator's cancellation.
+    Cancelled,
     /// The run succeeded but its follow-up jobs could not be stored (`storage`: Redis
     /// failed, so trying again may work) or were rejected.
     FollowUpsFailed {
@@ -195,6 +197,11 @@ pub(super) fn decide(s: &QueueSettings, attempt: u32, end: RunEnd) -> Verdict {
             None,
         ),
         RunEnd::Panicked(message) => retry_or_dead(s, attempt, format!("handler panicked: {message}"), None),
+        RunEnd::Cancelled => Verdict {
+            kind: AckKind::Cancelled,
+            error: "cancelled by an operator while running; the handler stopped".to_owned(),
+            ended: telemetry::Ended::Cancelled,
+        },
         RunEnd::BadPayload(reason) => dead(reason),
         RunEnd::UnknownJob => dead("unknown job type: this binary has no handler for it".to_owned()),
         RunEnd::FollowUpsFailed { storage: true, error } => {
@@ -209,7 +216,7 @@ impl Settlement {
     pub(super) fn from_run(c: Completion) -> Self {
         Settlement {
             ack: Ack {
-                finished: matches!(c.verdict.kind, AckKind::Done).then(|| finished(&c)),
+                finished: matches!(c.verdict.kind, AckKind::Done | AckKind::Cancelled).then(|| finished(&c)),
                 id: c.id,
                 token: c.token,
                 kind: c.verdict.kind,
@@ -355,6 +362,7 @@ fn ledger_row(shared: &Recorder, p: &mut Settlement, applied: bool, finished_at_
         AckKind::Retry { at } => (RunOutcome::FailedWillRetry, Some(at)),
         AckKind::Defer { at } => (RunOutcome::Deferred, Some(at)),
         AckKind::Dead => (RunOutcome::Dead, None),
+        AckKind::Cancelled => (RunOutcome::Cancelled, None),
     };
     // Only a dead-lettering that took effect reaches the archive.
     let dead = (outcome == RunOutcome::Dead).then(|| DeadInfo {

@@ -290,6 +290,9 @@ impl DeadFilter {
 pub enum Cancelled {
     /// The job was pending or scheduled and will not run.
     Cancelled { queue: String },
+    /// The job is running: its handler is told through its cancellation signal (within
+    /// one `lease_extend_interval`), and ends `cancelled` if it returns after seeing it.
+    Requested { queue: String },
     /// Too late (or never possible): the job is in this state.
     Refused { queue: String, state: JobState },
     /// No queue knows the id.
@@ -297,8 +300,9 @@ pub enum Cancelled {
 }
 
 impl Store {
-    /// Cancels a pending or scheduled job: one `cancel.lua` call per queue (pipelined),
-    /// O(1) each. A running, dead or finished job is refused with its state.
+    /// Cancels a pending or scheduled job, or asks a running one's handler to stop: one
+    /// `cancel.lua` call per queue (pipelined), O(1) each. A dead or finished job is
+    /// refused with its state.
     pub async fn cancel(&self, id: &str) -> Result<Cancelled, StoreError> {
         let calls = self.inner.routing.queues.keys().map(|q| {
             let mut conn = self.inner.conn.clone();
@@ -313,7 +317,7 @@ impl Store {
             let state = match answer.as_str() {
                 "" => continue,
                 "cancelled" => return Ok(Cancelled::Cancelled { queue }),
-                "running" => JobState::Running,
+                "cancelling" => return Ok(Cancelled::Requested { queue }),
                 "dead" => JobState::Dead,
                 _ => JobState::Done,
             };

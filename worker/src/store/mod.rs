@@ -30,8 +30,8 @@ pub use inspect::{Cancelled, DeadFilter, DeadWindow, queue_gauges};
 pub use keys::{ProcessKeys, QueueKeys, SchedulerKeys};
 pub(crate) use queue::NewEnvelope;
 pub use queue::{
-    Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, Finished, RESERVED_KEY_PREFIXES, Reaped,
-    reserved_idempotency_key,
+    Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Extended, Fetched, Finished, RESERVED_KEY_PREFIXES,
+    Reaped, reserved_idempotency_key,
 };
 pub use routing::{JobType, RetryView, Routing};
 pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState, TICK_HISTORY, TickRecord};

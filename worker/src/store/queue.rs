@@ -105,6 +105,18 @@ pub enum AckKind {
         at: i64,
     },
     Dead,
+    /// Its handler returned after seeing an operator's cancellation: final, like done
+    /// (its `finished` entry is marked cancelled), without its follow-ups.
+    Cancelled,
+}
+
+/// What extending a pool's leases found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extended {
+    /// Ids whose lease was lost (taken over, settled or purged).
+    pub lost: Vec<String>,
+    /// Ids still held here that an operator asked to cancel.
+    pub cancel: Vec<String>,
 }
 
 /// One acknowledgement, fenced by the token of the lease it settles.
@@ -365,7 +377,8 @@ impl Store {
         let now = now_ms();
         for a in acks {
             let (kind, delay) = match a.kind {
-                AckKind::Done => ("done", 0),
+                // A cancelled run is written like a done one; its `finished` entry says so.
+                AckKind::Done | AckKind::Cancelled => ("done", 0),
                 AckKind::Retry { at } => ("retry", (at - now).max(0)),
                 AckKind::Defer { at } => ("defer", (at - now).max(0)),
                 AckKind::Dead => ("dead", 0),
@@ -405,8 +418,18 @@ impl Store {
         held: &[(String, u64)],
         lease_ttl: Duration,
     ) -> Result<Vec<String>, StoreError> {
+        Ok(self.extend_leases(queue, held, lease_ttl).await?.lost)
+    }
+
+    /// [`Store::extend`], also reporting the held jobs an operator asked to cancel.
+    pub async fn extend_leases(
+        &self,
+        queue: &str,
+        held: &[(String, u64)],
+        lease_ttl: Duration,
+    ) -> Result<Extended, StoreError> {
         if held.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Extended::default());
         }
         let mut inv = self.keys(queue).invoke(&EXTEND);
         inv.arg(millis(lease_ttl));
@@ -414,7 +437,8 @@ impl Store {
             inv.arg(id).arg(*token);
         }
         let mut conn = self.inner.conn.clone();
-        Ok(inv.invoke_async(&mut conn).await?)
+        let (lost, cancel): (Vec<String>, Vec<String>) = inv.invoke_async(&mut conn).await?;
+        Ok(Extended { lost, cancel })
     }
 
     /// Finds up to 1,000 expired leases of `queue` without changing them. Reaping holds

@@ -58,6 +58,8 @@ for i = 3, #ARGV, 6 do
     settled[id] = true
     ended[#ended + 1] = id
     dropped[#dropped + 1] = id .. ':t'
+    -- A cancellation asked of this run ends with it.
+    dropped[#dropped + 1] = id .. ':c'
     if kind == 'done' then
       dropped[#dropped + 1] = id
       dropped[#dropped + 1] = id .. ':o'
