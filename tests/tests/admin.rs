@@ -1,7 +1,7 @@
 //! The admin HTTP API, served on an ephemeral port and driven by a real HTTP client:
 //! enqueue and its errors, auth and scopes, job state, pause/resume seen by a running
 //! worker, dead letters, readiness, /metrics and the OpenAPI document.
-use culm_core::{Job, JobContext, JobError, Outcome, Tier};
+use culm_core::{EnqueueRequest, Job, JobContext, JobError, Outcome, Tier};
 use culm_tests::{TcpProxy, TestEnv, eventually, is, next_event, queue, redis_url};
 use culm_worker::{
     admin::{AdminState, Token},
@@ -701,6 +701,88 @@ async fn live_replicas_are_listed_with_their_load_and_leave_when_they_stop() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_adds_its_batches_to_the_per_minute_history() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let api = &api;
+    // Two replicas of the same queue.
+    let (a, b) = (env.runtime(), env.runtime());
+    let mut events = a.events();
+    let mut events_b = b.events();
+    let runs = [
+        a.start(&["t_batch".into()]).expect("a"),
+        b.start(&["t_batch".into()]).expect("b"),
+    ];
+    let mut reqs: Vec<EnqueueRequest> = (0..20)
+        .map(|_| EnqueueRequest::raw("platform.noop", json!({})).queue("t_batch"))
+        .collect();
+    reqs.extend(
+        (0..3).map(|_| EnqueueRequest::raw("platform.fail_permanently", json!({"reason": "no"})).queue("t_batch")),
+    );
+    let ids = culm_tests::enqueue_ids(&env.store, reqs).await;
+    let mut left: std::collections::HashSet<String> = ids.into_iter().collect();
+    while !left.is_empty() {
+        let e = tokio::select! {
+            e = next_event(&mut events, WAIT, |e| left.contains(&e.id) && (is("done", e) || is("dead", e))) => e,
+            e = next_event(&mut events_b, WAIT, |e| left.contains(&e.id) && (is("done", e) || is("dead", e))) => e,
+        };
+        left.remove(&e.id);
+    }
+    for r in runs {
+        r.shutdown().await;
+    }
+    let sum = |b: &Value, field: &str| -> u64 {
+        b["queues"][0]["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .filter_map(|p| p[field].as_u64())
+            .sum()
+    };
+    let (s, h) = api.get("/v1/history?window=1h&queue=t_batch").await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    assert_eq!(
+        (sum(&h, "processed"), sum(&h, "failed"), sum(&h, "started")),
+        (20, 3, 23),
+        "{h}"
+    );
+    assert_eq!(h["queues"][0]["points"].as_array().map(Vec::len), Some(60));
+    let (_, all) = api.get("/v1/history?window=24h").await;
+    assert_eq!(
+        all["total"].as_array().map(Vec::len),
+        Some(144),
+        "a point per ten minutes"
+    );
+    let total: u64 = all["total"]
+        .as_array()
+        .expect("total")
+        .iter()
+        .filter_map(|p| p["processed"].as_u64())
+        .sum();
+    assert_eq!(total, 20);
+    let (s, b) = api.get("/v1/history?window=2h").await;
+    assert_eq!((s, error_code(&b).1), (StatusCode::BAD_REQUEST, Some("window")));
+    // The history expires: its hash (this hour's, or the last if the hour just turned)
+    // has a TTL of at most 25 hours.
+    let mut c = env.store.connection();
+    let hour = culm_core::now_ms().div_euclid(3_600_000);
+    let mut ttls = Vec::new();
+    for h in [hour - 1, hour] {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(env.store.keys("t_batch").history(h))
+            .query_async(&mut c)
+            .await
+            .expect("TTL");
+        ttls.push(ttl);
+    }
+    assert!(
+        ttls.iter().any(|t| (1..=90_000).contains(t)) && !ttls.contains(&-1),
+        "{ttls:?}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_redis_when_it_is_unreachable() {
     let env = env().await;
     let target = redis_url()
@@ -792,6 +874,7 @@ async fn the_openapi_document_matches_the_routes_served() {
         "GET /openapi.json",
         "GET /v1/schedules",
         "GET /v1/workers",
+        "GET /v1/history",
         "GET /v1/schedules/{name}",
         "GET /v1/schedules/{name}/ticks",
         "POST /v1/schedules/{name}/trigger",

@@ -2,12 +2,13 @@
 //! letters, health and readiness probes, Prometheus `/metrics` and the OpenAPI document.
 //! Owns bearer-token authentication, the one error shape every endpoint answers with,
 //! and per-route request metrics. `openapi` holds the route table; the handlers live in
-//! one file per resource (`jobs`, `queues`, `dead`, `schedules`, `workers`, `probes`) and call the
+//! one file per resource (`jobs`, `queues`, `history`, `dead`, `schedules`, `workers`, `probes`) and call the
 //! `Store`, the `Scheduler` and the `Db`; `views` and `extract` are what they share.
 mod auth;
 mod dead;
 mod error;
 mod extract;
+mod history;
 mod jobs;
 mod openapi;
 mod probes;

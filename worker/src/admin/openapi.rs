@@ -1,6 +1,6 @@
 //! The route table. One table feeds both axum and the OpenAPI document, so every
 //! endpoint that is served is documented, with the scope that guards it.
-use super::{AdminState, dead::*, jobs::*, probes::*, queues::*, require, schedules::*, workers::*};
+use super::{AdminState, dead::*, history::*, jobs::*, probes::*, queues::*, require, schedules::*, workers::*};
 use crate::config::Scope;
 use axum::middleware;
 use utoipa::{
@@ -54,6 +54,7 @@ pub(super) fn table(state: AdminState) -> (axum::Router<AdminState>, utoipa::ope
         .routes(routes!(get_schedule))
         .routes(routes!(schedule_ticks))
         .routes(routes!(list_workers))
+        .routes(routes!(get_history))
         .route_layer(guard(Scope::Read));
     let admin = OpenApiRouter::new()
         .routes(routes!(pause_queue))

@@ -3,7 +3,7 @@
 //! (`JobStatus`, `QueueStats`, `DeadJob`, `ScheduleStatus`); these only wrap them.
 use crate::{
     scheduler::{ScheduleStatus, TickEntry},
-    store::{DeadJob, JobState, JobStatus, JobType, QueueStats, WorkerInfo},
+    store::{DeadJob, JobState, JobStatus, JobType, MinuteStats, QueueStats, WorkerInfo},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -218,6 +218,38 @@ pub struct JobPageView {
     /// Pass as `cursor` for the next page; absent at the end.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+}
+
+/// Options of `GET /v1/history`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    /// `1h` (default; a point a minute) or `24h` (a point per ten minutes).
+    pub window: Option<String>,
+    /// Only this queue.
+    pub queue: Option<String>,
+}
+
+/// One queue's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueHistory {
+    pub queue: String,
+    pub tier: String,
+    /// Oldest first.
+    pub points: Vec<MinuteStats>,
+}
+
+/// Per-minute history over a window.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryView {
+    /// The window's length.
+    pub minutes: u32,
+    /// Minutes each point covers.
+    pub minutes_per_point: u32,
+    /// Summed over the queues, oldest first.
+    pub total: Vec<MinuteStats>,
+    /// Per queue, in name order.
+    pub queues: Vec<QueueHistory>,
 }
 
 /// The live `culm run` replicas.

@@ -83,6 +83,7 @@ impl Dispatcher {
             result: None,
             duration: Duration::ZERO,
             started_at_us: 0,
+            wait_ms: None,
             enqueued_at_ms: d.envelope.enqueued_at,
             idempotency_key: d.envelope.idempotency_key.clone(),
             payload: None,
@@ -98,7 +99,9 @@ impl Dispatcher {
             return c;
         };
         let due = d.envelope.run_at.max(d.envelope.enqueued_at);
-        let wait_s = (now_ms() - due).max(0) as f64 / 1000.0;
+        let wait_ms = (now_ms() - due).max(0);
+        c.wait_ms = u64::try_from(wait_ms).ok();
+        let wait_s = wait_ms as f64 / 1000.0;
         telemetry::started(&s.name, s.tier.as_str(), spec.name, wait_s);
         let cancel = self.pool.cancellation(d.token);
         let ctx = JobContext::new(

@@ -8,7 +8,7 @@ use super::{
 use crate::{
     config::{QueueSettings, WorkerConfig},
     db::ledger::Ledger,
-    store::{Ack, AckBatch, Delivery, Store},
+    store::{Ack, AckBatch, Delivery, Store, Waited},
     telemetry,
 };
 use apalis_core::task::Task;
@@ -209,9 +209,16 @@ pub(super) async fn ack_loop(
         // A resend after a lost reply carries the same name, so it answers with the first
         // write's result instead of finding every run fenced off by that write.
         name = name.next();
+        let waited = batch
+            .iter()
+            .filter_map(|p| p.wait_ms)
+            .fold(Waited::default(), |w, ms| Waited {
+                total_ms: w.total_ms + ms,
+                runs: w.runs + 1,
+            });
         let mut backoff = Duration::from_millis(50);
         let applied = loop {
-            match shared.store.ack(&shared.queue, &name, &acks).await {
+            match shared.store.ack_waited(&shared.queue, &name, &acks, waited).await {
                 Ok(applied) => break applied,
                 Err(e) if !e.is_transient() => {
                     // The script itself refused the batch: retrying it whole would fail

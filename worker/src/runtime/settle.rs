@@ -62,6 +62,8 @@ pub struct Completion {
     pub duration: Duration,
     /// When the handler started, µs since the epoch (0 if it never started).
     pub started_at_us: i64,
+    /// How long the job waited from its due time to its start, ms (`None`: never started).
+    pub wait_ms: Option<u64>,
     pub enqueued_at_ms: i64,
     /// Kept for the dead-letter archive.
     pub idempotency_key: Option<String>,
@@ -108,6 +110,8 @@ pub struct Settlement {
     pub(super) attempt: u32,
     /// When the handler started, µs since the epoch; 0 if it never did.
     pub(super) started_at_us: i64,
+    /// From due to start, ms, for the queue's wait-time history; `None` if it never started.
+    pub(super) wait_ms: Option<u64>,
     pub(super) duration: Duration,
     /// How the run counts in the job metrics; `None` when no handler ran.
     pub(super) ended: Option<telemetry::Ended>,
@@ -227,6 +231,7 @@ impl Settlement {
             job: c.job,
             attempt: c.attempt,
             started_at_us: c.started_at_us,
+            wait_ms: c.wait_ms,
             duration: c.duration,
             ended: c.ran.then_some(c.verdict.ended),
             enqueued_at_ms: Some(c.enqueued_at_ms),
@@ -251,6 +256,7 @@ impl Settlement {
             job: "unknown".to_owned(),
             attempt: c.attempt,
             started_at_us: 0,
+            wait_ms: None,
             duration: Duration::ZERO,
             ended: None,
             enqueued_at_ms: None,
@@ -301,6 +307,7 @@ pub(super) fn expired(s: &QueueSettings, e: Expired) -> Settlement {
         job,
         attempt: e.attempt,
         started_at_us: 0,
+        wait_ms: None,
         duration: Duration::ZERO,
         ended: None,
         enqueued_at_ms,

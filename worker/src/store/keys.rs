@@ -145,6 +145,12 @@ impl QueueKeys {
     pub fn idem(&self, key: &str) -> String {
         self.key(&format!("idem:{key}"))
     }
+    /// Hash: the queue's per-minute history for the hour `hour` (ms / 3,600,000): fields
+    /// `<minute>:p` processed, `:f` failed, `:w` summed wait ms, `:n` runs waited, where
+    /// `<minute>` is ms / 60,000. Written by `ack.lua`, expires 25 h after its last write.
+    pub fn history(&self, hour: i64) -> String {
+        self.key(&format!("history:{hour}"))
+    }
     /// String: an acker's last batch and its answer.
     pub fn acker(&self, acker: &str) -> String {
         self.key(&format!("acker:{acker}"))

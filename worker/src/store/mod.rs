@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 mod browse;
 pub mod conn;
+mod history;
 mod inspect;
 pub mod keys;
 mod queue;
@@ -26,12 +27,13 @@ mod schedules;
 mod workers;
 pub use browse::{Cursor, JobPage, ListJobs, SCAN_BUDGET};
 pub use conn::{PubSubSource, RedisConn};
+pub use history::{MAX_HISTORY_MINUTES, MinuteStats};
 pub use inspect::{Cancelled, DeadFilter, DeadWindow, queue_gauges};
 pub use keys::{ProcessKeys, QueueKeys, SchedulerKeys};
 pub(crate) use queue::NewEnvelope;
 pub use queue::{
     Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Extended, Fetched, Finished, RESERVED_KEY_PREFIXES,
-    Reaped, reserved_idempotency_key,
+    Reaped, Waited, reserved_idempotency_key,
 };
 pub use routing::{JobType, RetryView, Routing};
 pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState, TICK_HISTORY, TickRecord};

@@ -110,6 +110,14 @@ pub enum AckKind {
     Cancelled,
 }
 
+/// The wait times of a batch's runs (from when each was due to when it started), summed
+/// for the queue's per-minute history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waited {
+    pub total_ms: u64,
+    pub runs: u64,
+}
+
 /// What extending a pool's leases found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Extended {
@@ -364,14 +372,29 @@ impl Store {
     /// applied; one that did not was fenced off (its lease had moved on, or it was a
     /// replay of an ack already applied).
     pub async fn ack(&self, queue: &str, batch: &AckBatch, acks: &[Ack]) -> Result<Vec<bool>, StoreError> {
+        self.ack_waited(queue, batch, acks, Waited::default()).await
+    }
+
+    /// [`Store::ack`], adding the batch's wait times to the queue's per-minute history
+    /// (processed and failed runs are counted by the script, from what applied).
+    pub async fn ack_waited(
+        &self,
+        queue: &str,
+        batch: &AckBatch,
+        acks: &[Ack],
+        waited: Waited,
+    ) -> Result<Vec<bool>, StoreError> {
         if acks.is_empty() {
             return Ok(Vec::new());
         }
         let keys = self.keys(queue);
         let mut inv = keys.invoke(&ACK);
         inv.key(keys.acker(&batch.acker))
+            .key(keys.history(now_ms().div_euclid(3_600_000)))
             .arg(self.inner.done_retention)
-            .arg(batch.seq);
+            .arg(batch.seq)
+            .arg(waited.total_ms)
+            .arg(waited.runs);
         // Retry and defer times go as delays from now, so the script places them on
         // Redis's clock and a worker's clock skew cannot stretch or shrink a backoff.
         let now = now_ms();
