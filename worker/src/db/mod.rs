@@ -60,6 +60,22 @@ pub fn latest_version() -> i64 {
     MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0)
 }
 
+/// One run of a job, from the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRun {
+    pub attempt: u32,
+    /// `succeeded`, `failed_will_retry`, `dead`, `deferred`, `superseded` or `cancelled`.
+    pub outcome: String,
+    pub error: Option<String>,
+    /// ms.
+    pub started_at: Option<i64>,
+    /// ms.
+    pub finished_at: i64,
+    pub duration_ms: f64,
+    pub worker_id: String,
+    pub summary: Option<String>,
+}
+
 /// A PostgreSQL problem. Messages never contain the password.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -258,6 +274,34 @@ impl Db {
         migrator().run(&self.pool).await?;
         let after = self.applied_versions().await?;
         Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
+    }
+
+    /// Every run of job `id` in the ledger, oldest first (the dashboard's job page).
+    pub async fn job_runs(&self, id: &str) -> Result<Vec<JobRun>, DbError> {
+        let rows = sqlx::query(
+            "SELECT attempt, outcome, error, started_at, finished_at, duration_ms, worker_id, summary \
+             FROM culm_job_runs WHERE job_id = $1 ORDER BY finished_at, attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let started: Option<DateTime<Utc>> = r.try_get("started_at")?;
+                let finished: DateTime<Utc> = r.try_get("finished_at")?;
+                Ok(JobRun {
+                    attempt: u32::try_from(r.try_get::<i32, _>("attempt")?).unwrap_or(0),
+                    outcome: r.try_get("outcome")?,
+                    error: r.try_get("error")?,
+                    started_at: started.map(|t| t.timestamp_millis()),
+                    finished_at: finished.timestamp_millis(),
+                    duration_ms: r.try_get("duration_ms")?,
+                    worker_id: r.try_get("worker_id")?,
+                    summary: r.try_get("summary")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
     }
 
     /// Start-up check of `culm run`: migrate when allowed, otherwise require the schema

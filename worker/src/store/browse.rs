@@ -70,7 +70,35 @@ pub struct ListJobs<'a> {
     pub cursor: Option<Cursor>,
 }
 
+/// What the dashboard's job page shows beyond `JobStatus`: the stored body and the lease.
+#[derive(Debug, Clone)]
+pub struct JobBody {
+    /// The payload, as stored (absent once the job is done: its body is deleted).
+    pub payload: Option<serde_json::Value>,
+    pub idempotency_key: Option<String>,
+    /// The current lease's token while it runs (`s` suffix dropped).
+    pub token: Option<u64>,
+}
+
 impl Store {
+    /// The body and lease token of job `id` in `queue` (two `HGET`s).
+    pub async fn job_body(&self, queue: &str, id: &str) -> Result<JobBody, StoreError> {
+        self.settings(queue)?;
+        let keys = self.keys(queue);
+        let mut conn = self.inner.conn.clone();
+        let (body, token): (Option<String>, Option<String>) = redis::pipe()
+            .hget(keys.jobs(), id)
+            .hget(keys.attempts(), format!("{id}:t"))
+            .query_async(&mut conn)
+            .await?;
+        let env = body.as_deref().and_then(|b| serde_json::from_str::<Envelope>(b).ok());
+        Ok(JobBody {
+            payload: env.as_ref().and_then(|e| serde_json::from_str(e.payload.get()).ok()),
+            idempotency_key: env.and_then(|e| e.idempotency_key),
+            token: token.and_then(|t| t.trim_end_matches('s').parse().ok()),
+        })
+    }
+
     /// One page of a queue's jobs in one state.
     pub async fn list_jobs(&self, q: &ListJobs<'_>) -> Result<JobPage, StoreError> {
         self.settings(q.queue)?;

@@ -25,7 +25,7 @@ mod queue;
 mod routing;
 mod schedules;
 mod workers;
-pub use browse::{Cursor, JobPage, ListJobs, SCAN_BUDGET};
+pub use browse::{Cursor, JobBody, JobPage, ListJobs, SCAN_BUDGET};
 pub use conn::{PubSubSource, RedisConn};
 pub use history::{MAX_HISTORY_MINUTES, MinuteStats};
 pub use inspect::{Cancelled, DeadFilter, DeadWindow, queue_gauges};
