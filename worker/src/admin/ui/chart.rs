@@ -27,15 +27,28 @@ pub(super) fn line_chart(title: &str, unit: &str, labels: (&str, &str), series: 
     for s in series {
         let mut d = String::new();
         let mut pen_up = true;
+        let mut dots = String::new();
         for (i, v) in s.values.iter().enumerate() {
             match v {
                 Some(v) => {
                     d.push_str(&format!("{}{:.1},{:.1} ", if pen_up { "M" } else { "L" }, x(i), y(*v)));
+                    // A point between gaps draws no line: mark it so it shows.
+                    let alone = s.values.get(i.wrapping_sub(1)).is_none_or(Option::is_none)
+                        && s.values.get(i + 1).is_none_or(Option::is_none);
+                    if alone {
+                        dots.push_str(&format!(
+                            r#"<circle cx="{:.1}" cy="{:.1}" r="2.5" fill="{}"/>"#,
+                            x(i),
+                            y(*v),
+                            s.color
+                        ));
+                    }
                     pen_up = false;
                 }
                 None => pen_up = true,
             }
         }
+        paths.push_str(&dots);
         paths.push_str(&format!(
             r#"<path d="{d}" fill="none" stroke="{}" stroke-width="1.5"><title>{}</title></path>"#,
             s.color,
