@@ -303,3 +303,47 @@ async fn a_scheduled_job_is_cancelled_and_a_triggered_schedule_shows_its_tick() 
     running.shutdown().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_page_links_its_follow_ups_and_a_follow_up_links_its_parent() {
+    let env = env().await;
+    let ui = Ui::start(&env).await;
+    let reader = ui.login(READER).await.expect("login");
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_ui".into()]).expect("start");
+    let set = env.key("chain");
+    let parent = env
+        .enqueue(EnqueueRequest::raw("platform.chain", json!({"set": set, "steps": 2})).queue("t_ui"))
+        .await;
+    next_event(&mut events, WAIT, |e| e.id == parent.id && is("done", e)).await;
+    // The second step runs under the key culm gave it: `<parent>:then:0`.
+    let child = eventually_child(&env, &parent.id).await;
+    next_event(&mut events, WAIT, |e| e.id == child && is("done", e)).await;
+    running.shutdown().await;
+    let (_, page) = reader.get(&format!("/ui/jobs/{}", parent.id)).await;
+    assert!(page.contains(&format!("href=\"/ui/jobs/{child}\"")), "{page}");
+
+    // A follow-up still waiting shows its parent.
+    let mut waiting = EnqueueRequest::raw("platform.noop", json!({}))
+        .queue("t_ui")
+        .delay(Duration::from_secs(3600));
+    waiting.idempotency_key = Some(format!("{}:then:7", parent.id));
+    let waiting = env.enqueue(waiting).await;
+    let (_, page) = reader.get(&format!("/ui/jobs/{}", waiting.id)).await;
+    assert!(page.contains(&format!("href=\"/ui/jobs/{}\"", parent.id)), "{page}");
+    env.cleanup().await;
+}
+
+async fn eventually_child(env: &TestEnv, parent: &str) -> String {
+    culm_tests::eventually(WAIT, "the follow-up stored", || async {
+        env.store
+            .follow_ups(parent, 5)
+            .await
+            .ok()?
+            .into_iter()
+            .next()
+            .map(|(_, id)| id)
+    })
+    .await
+}

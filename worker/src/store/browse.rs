@@ -99,6 +99,35 @@ impl Store {
         })
     }
 
+    /// The jobs `parent` enqueued as follow-ups (`Outcome::then`) or fan-outs, found by
+    /// the idempotency keys culm gives them (`<parent>:then:<i>`, `<parent>:fan:<i>`), at
+    /// most `max` of each kind, while those keys last (`worker.idempotency_ttl`). Returns
+    /// (queue, id) pairs in index order. Follow-ups enqueued with a key of their own are
+    /// not found this way.
+    pub async fn follow_ups(&self, parent: &str, max: usize) -> Result<Vec<(String, String)>, StoreError> {
+        let queues: Vec<&String> = self.inner.routing.queues.keys().collect();
+        let mut pipe = redis::pipe();
+        for kind in ["then", "fan"] {
+            for i in 0..max {
+                for q in &queues {
+                    pipe.get(self.keys(q).idem(&format!("{parent}:{kind}:{i}")));
+                }
+            }
+        }
+        let mut conn = self.inner.conn.clone();
+        let ids: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
+        Ok(ids
+            .chunks(queues.len().max(1))
+            .flat_map(|per_queue| {
+                per_queue
+                    .iter()
+                    .zip(&queues)
+                    .filter_map(|(id, q)| id.clone().map(|id| ((*q).clone(), id)))
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+
     /// One page of a queue's jobs in one state.
     pub async fn list_jobs(&self, q: &ListJobs<'_>) -> Result<JobPage, StoreError> {
         self.settings(q.queue)?;

@@ -384,6 +384,7 @@ pub(super) async fn job(
         Some(db) => db.job_runs(&id).await.ok(),
         None => None,
     };
+    let follow_ups = state.store().follow_ups(&id, 25).await.unwrap_or_default();
     let tier = state
         .store()
         .routing()
@@ -431,6 +432,10 @@ pub(super) async fn job(
                     @if st.state.is_live() { (action("cancel", "Cancel", true)) }
                 }
             }
+        }
+        h2 { "Follow-ups and fan-outs" }
+        @if follow_ups.is_empty() { p.muted { "None found (they are found by culm's idempotency keys while those last)." } } @else {
+            ul { @for (q, f) in &follow_ups { li { a href=(format!("/ui/jobs/{f}")) { code { (f) } } " on " (q) } } }
         }
         h2 { "Payload" }
         @match &payload {
