@@ -3,7 +3,10 @@ use crate::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer};
 use std::{
     any::{Any, TypeId},
     collections::HashMap,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 /// Shared dependencies handlers look up by type (HTTP clients, Redis handles, config).
@@ -34,6 +37,63 @@ impl std::fmt::Debug for Deps {
     }
 }
 
+/// An operator's request that a running job stop (`POST /v1/jobs/{id}/cancel`). The
+/// worker raises it; the handler sees it through [`JobContext::is_cancelled`] or
+/// [`JobContext::cancelled`]. A handler that returns after seeing it ends `cancelled`
+/// (whatever it returned; its follow-ups are not enqueued); one that never looks
+/// finishes normally.
+#[derive(Clone, Default)]
+pub struct Cancellation(Arc<CancelState>);
+
+#[derive(Default)]
+struct CancelState {
+    requested: AtomicBool,
+    /// The handler looked and saw the request.
+    observed: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Cancellation {
+    /// A signal not raised yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Raises the signal (idempotent) and wakes a handler awaiting
+    /// [`JobContext::cancelled`].
+    pub fn cancel(&self) {
+        self.0.requested.store(true, Ordering::SeqCst);
+        self.0.notify.notify_waiters();
+    }
+
+    /// Whether the signal was raised (without counting as the handler seeing it).
+    pub fn is_requested(&self) -> bool {
+        self.0.requested.load(Ordering::SeqCst)
+    }
+
+    /// Whether the handler saw the raised signal.
+    pub fn observed(&self) -> bool {
+        self.0.observed.load(Ordering::SeqCst)
+    }
+
+    fn check(&self) -> bool {
+        let raised = self.is_requested();
+        if raised {
+            self.0.observed.store(true, Ordering::SeqCst);
+        }
+        raised
+    }
+}
+
+impl std::fmt::Debug for Cancellation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cancellation")
+            .field("requested", &self.is_requested())
+            .field("observed", &self.observed())
+            .finish()
+    }
+}
+
 /// The running job's identity and the platform services a handler may use.
 #[derive(Clone)]
 pub struct JobContext {
@@ -52,6 +112,7 @@ pub struct JobContext {
     enqueuer: Arc<dyn Enqueuer>,
     deps: Deps,
     origin: Option<String>,
+    cancel: Cancellation,
 }
 
 /// The enqueue idempotency key of a re-drive from the archive, which runs as a new job:
@@ -92,6 +153,35 @@ impl JobContext {
             enqueuer,
             deps,
             origin: None,
+            cancel: Cancellation::new(),
+        }
+    }
+
+    /// Uses `cancel` as this run's cancellation signal (the worker keeps a clone to raise
+    /// it).
+    pub fn with_cancellation(mut self, cancel: Cancellation) -> Self {
+        self.cancel = cancel;
+        self
+    }
+
+    /// Whether an operator asked this job to stop. Checking it between steps of a long
+    /// handler and returning when it is `true` ends the job `cancelled`: nothing is
+    /// retried and no follow-up is enqueued.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.check()
+    }
+
+    /// Resolves once an operator asks this job to stop (use in a `select!` with the
+    /// handler's own work); returning afterwards ends the job `cancelled`.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.cancel.0.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.cancel.check() {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -138,6 +228,43 @@ impl std::fmt::Debug for JobContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_cancellation_counts_as_seen_only_once_the_handler_looked() {
+        let c = Cancellation::new();
+        let ctx = JobContext::new(
+            "01J".into(),
+            "t.job".into(),
+            "q".into(),
+            1,
+            3,
+            0,
+            Arc::new(NoEnqueue),
+            Deps::default(),
+        )
+        .with_cancellation(c.clone());
+        assert!(!ctx.is_cancelled());
+        let waiting = tokio::spawn({
+            let ctx = ctx.clone();
+            async move { ctx.cancelled().await }
+        });
+        c.cancel();
+        waiting.await.expect("wakes on cancel");
+        assert!(c.observed());
+        let fresh = Cancellation::new();
+        fresh.cancel();
+        assert!(!fresh.observed(), "raised but never looked at");
+    }
+
+    struct NoEnqueue;
+    impl Enqueuer for NoEnqueue {
+        fn enqueue_batch(
+            &self,
+            _jobs: Vec<EnqueueRequest>,
+        ) -> futures::future::BoxFuture<'_, Result<Vec<Enqueued>, EnqueueError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
 
     #[test]
     fn redrive_keys_name_their_origin() {

@@ -23,7 +23,7 @@ mod tier;
 pub mod time;
 pub mod trace;
 
-pub use context::{Deps, JobContext, redrive_key, redrive_origin};
+pub use context::{Cancellation, Deps, JobContext, redrive_key, redrive_origin};
 pub use enqueue::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer, check_idempotency_key, valid_idempotency_key};
 pub use error_path::field_path;
 pub use job::{Job, schema_of};

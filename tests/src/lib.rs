@@ -180,6 +180,7 @@ pub fn is(kind: &str, e: &JobEvent) -> bool {
             | ("retry", AckKind::Retry { .. })
             | ("defer", AckKind::Defer { .. })
             | ("expired", AckKind::Expired)
+            | ("cancelled", AckKind::Cancelled)
     )
 }
 

@@ -1,7 +1,7 @@
 //! The admin HTTP API, served on an ephemeral port and driven by a real HTTP client:
 //! enqueue and its errors, auth and scopes, job state, pause/resume seen by a running
 //! worker, dead letters, readiness, /metrics and the OpenAPI document.
-use culm_core::{Job, JobContext, JobError, Outcome, Tier};
+use culm_core::{EnqueueRequest, Job, JobContext, JobError, Outcome, Tier};
 use culm_tests::{TcpProxy, TestEnv, eventually, is, next_event, queue, redis_url};
 use culm_worker::{
     admin::{AdminState, Token},
@@ -469,6 +469,355 @@ async fn dead_letters_are_listed_retried_and_purged_over_http() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_counted_retried_and_purged_in_bulk_by_filter_or_selection() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let api = &api;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_batch".into(), "t_crit".into()]).expect("start");
+    let before = chrono::Utc::now().to_rfc3339();
+    let mut ids = Vec::new();
+    for (queue, reason) in [
+        ("t_batch", "Card Closed by issuer"),
+        ("t_batch", "card closed"),
+        ("t_batch", "upstream said no"),
+        ("t_crit", "card closed"),
+    ] {
+        let (_, body) = api
+            .post(
+                "/v1/jobs",
+                json!({"job": "platform.fail_permanently", "payload": {"reason": reason}, "queue": queue}),
+            )
+            .await;
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    // Deaths arrive in any order: wait until every id has died.
+    let mut alive: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    while !alive.is_empty() {
+        let e = next_event(&mut events, WAIT, |e| alive.contains(&e.id) && is("dead", e)).await;
+        alive.remove(&e.id);
+    }
+    // Stopped, so what is re-driven stays pending where the test can see it.
+    running.shutdown().await;
+
+    let count = |q: String| async move {
+        let (s, b) = api.get(&format!("/v1/dead/count?{q}")).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+        b["count"].as_u64().expect("count")
+    };
+    assert_eq!(count("queue=t_batch&error=CARD%20closed".into()).await, 2);
+    assert_eq!(count("job=platform.fail_permanently&error=card".into()).await, 3);
+    assert_eq!(count(format!("until={}", before.replace('+', "%2B"))).await, 0);
+    assert_eq!(count("since=1h".into()).await, 4);
+    let (s, listed) = api.get("/v1/dead?error=card&limit=2").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(listed["jobs"].as_array().map(Vec::len), Some(2));
+    let (s, b) = api.get("/v1/dead/count?since=last%20tuesday").await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::BAD_REQUEST, ("invalid_query", Some("since")))
+    );
+    let (s, b) = api.get("/v1/dead/count?queue=nope").await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::NOT_FOUND, "queue_not_found"));
+
+    // An empty body acts on nothing; a reader may not act.
+    let (s, b) = api.post("/v1/dead/retry", json!({})).await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (StatusCode::UNPROCESSABLE_ENTITY, ("invalid_request", Some("ids")))
+    );
+    let filter = json!({"all": true, "queue": "t_batch", "error": "card closed"});
+    let (s, _) = api
+        .call(Method::POST, "/v1/dead/retry", Some(READER), Some(filter.clone()))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let (s, b) = api.post("/v1/dead/retry", filter.clone()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(
+        (b["matched"].as_u64(), b["applied"].as_u64()),
+        (Some(2), Some(2)),
+        "{b}"
+    );
+    let state = |id: String| async move { api.get(&format!("/v1/jobs/{id}")).await.1["state"].clone() };
+    assert_eq!(
+        [
+            state(ids[0].clone()).await,
+            state(ids[1].clone()).await,
+            state(ids[2].clone()).await,
+            state(ids[3].clone()).await
+        ],
+        [json!("pending"), json!("pending"), json!("dead"), json!("dead")]
+    );
+    let (_, again) = api.post("/v1/dead/retry", filter).await;
+    assert_eq!(again["matched"].as_u64(), Some(0), "{again}");
+
+    // A selection: unknown ids are counted as matched but not applied.
+    let (s, b) = api
+        .post("/v1/dead/purge", json!({"ids": [ids[3], "01NOSUCHJOB"]}))
+        .await;
+    assert_eq!(
+        (s, b["matched"].as_u64(), b["applied"].as_u64()),
+        (StatusCode::OK, Some(2), Some(1)),
+        "{b}"
+    );
+    let (s, b) = api
+        .post("/v1/dead/purge", json!({"ids": [ids[2]], "queue": "t_batch"}))
+        .await;
+    assert_eq!(
+        (s, error_code(&b).1),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("ids")),
+        "{b}"
+    );
+    let (s, b) = api.post("/v1/dead/purge", json!({"all": true})).await;
+    assert_eq!((s, b["applied"].as_u64()), (StatusCode::OK, Some(1)), "{b}");
+    assert_eq!(count(String::new()).await, 0);
+    assert_eq!(state(ids[3].clone()).await, json!(null));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_jobs_are_listed_by_state_page_by_page_with_a_cursor() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let api = &api;
+    let mut pending = Vec::new();
+    for i in 0..7 {
+        let job = if i % 3 == 0 {
+            "platform.fail_permanently"
+        } else {
+            "platform.noop"
+        };
+        let payload = if i % 3 == 0 { json!({"reason": "x"}) } else { json!({}) };
+        let (_, b) = api
+            .post("/v1/jobs", json!({"job": job, "payload": payload, "queue": "t_batch"}))
+            .await;
+        pending.push(b["id"].as_str().expect("id").to_owned());
+    }
+    // Three scheduled jobs due at the same millisecond: paging must not lose or repeat one.
+    let at = (chrono::Utc::now() + chrono::Duration::hours(1)).to_rfc3339();
+    let (s, b) = api
+        .post(
+            "/v1/jobs/batch",
+            json!({"jobs": [
+                {"job": "platform.noop", "queue": "t_batch", "run_at": at},
+                {"job": "platform.noop", "queue": "t_batch", "run_at": at},
+                {"job": "platform.noop", "queue": "t_batch", "run_at": at},
+            ]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let scheduled: Vec<String> = b["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .map(|j| j["id"].as_str().expect("id").to_owned())
+        .collect();
+
+    // Follows cursors to the end; returns every id and how many pages it took.
+    let walk = |query: String| async move {
+        let (mut ids, mut pages, mut cursor) = (Vec::new(), 0, None::<String>);
+        loop {
+            let url = match &cursor {
+                Some(c) => format!("/v1/jobs?{query}&cursor={c}"),
+                None => format!("/v1/jobs?{query}"),
+            };
+            let (s, b) = api.get(&url).await;
+            assert_eq!(s, StatusCode::OK, "{b}");
+            pages += 1;
+            for j in b["jobs"].as_array().expect("jobs") {
+                ids.push(j["id"].as_str().expect("id").to_owned());
+            }
+            match b["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_owned()),
+                None => return (ids, pages),
+            }
+        }
+    };
+    assert_eq!(walk("queue=t_batch&limit=3".into()).await, (pending.clone(), 3));
+    let (got, _) = walk("queue=t_batch&state=scheduled&limit=2".into()).await;
+    let mut sorted = got.clone();
+    sorted.sort();
+    let mut want = scheduled.clone();
+    want.sort();
+    assert_eq!(sorted, want, "each scheduled job listed once: {got:?}");
+    let noops: Vec<String> = pending
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 0)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(walk("queue=t_batch&job=platform.noop&limit=2".into()).await.0, noops);
+
+    let (_, first) = api.get("/v1/jobs?queue=t_batch&limit=1").await;
+    let j = &first["jobs"][0];
+    assert_eq!(
+        (j["state"].as_str(), j["job"].as_str(), j["queue"].as_str()),
+        (Some("pending"), Some("platform.fail_permanently"), Some("t_batch")),
+        "{j}"
+    );
+    // A cancelled job leaves the pending list and shows among the cancelled.
+    let (s, _) = api.post(&format!("/v1/jobs/{}/cancel", pending[1]), json!({})).await;
+    assert_eq!(s, StatusCode::OK);
+    let (left, _) = walk("queue=t_batch".into()).await;
+    assert!(!left.contains(&pending[1]) && left.len() == 6, "{left:?}");
+    assert_eq!(
+        walk("queue=t_batch&state=cancelled".into()).await.0,
+        vec![pending[1].clone()]
+    );
+
+    for (query, status, field) in [
+        ("state=pending", StatusCode::BAD_REQUEST, Some("queue")),
+        ("queue=t_batch&state=sleeping", StatusCode::BAD_REQUEST, Some("state")),
+        ("queue=t_batch&cursor=zzz", StatusCode::BAD_REQUEST, Some("cursor")),
+        ("queue=t_batch&limit=many", StatusCode::BAD_REQUEST, Some("query")),
+        ("queue=nope", StatusCode::NOT_FOUND, None),
+    ] {
+        let (s, b) = api.get(&format!("/v1/jobs?{query}")).await;
+        assert_eq!((s, error_code(&b).1), (status, field), "{query}: {b}");
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_replicas_are_listed_with_their_load_and_leave_when_they_stop() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let (s, b) = api.get("/v1/workers").await;
+    assert_eq!(
+        (s, b["workers"].as_array().map(Vec::len)),
+        (StatusCode::OK, Some(0)),
+        "{b}"
+    );
+    let running = env
+        .runtime()
+        .start(&["t_batch".into(), "t_crit".into()])
+        .expect("start");
+    let w = eventually(WAIT, "the replica's heartbeat", || async {
+        let (_, b) = api.get("/v1/workers").await;
+        b["workers"].as_array().and_then(|w| w.first().cloned())
+    })
+    .await;
+    assert_eq!((w["busy"].as_u64(), w["capacity"].as_u64()), (Some(0), Some(6)), "{w}");
+    assert_eq!(w["version"].as_str(), Some(env!("CARGO_PKG_VERSION")));
+    let mut queues: Vec<&str> = w["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .filter_map(|q| q["queue"].as_str())
+        .collect();
+    queues.sort();
+    assert_eq!(queues, ["t_batch", "t_crit"]);
+    for field in ["id", "host", "started_at", "last_heartbeat"] {
+        assert!(w[field].as_str().is_some_and(|v| !v.is_empty()), "{field}: {w}");
+    }
+    running.shutdown().await;
+    let (_, b) = api.get("/v1/workers").await;
+    assert_eq!(
+        b["workers"].as_array().map(Vec::len),
+        Some(0),
+        "a clean shutdown leaves at once: {b}"
+    );
+
+    // A replica that stops heartbeating (SIGKILL) leaves when its entry expires.
+    let mut gone: culm_worker::store::WorkerInfo = serde_json::from_value(w).expect("worker info");
+    gone.id = "killed-1".into();
+    env.store
+        .heartbeat(&gone, Duration::from_millis(300))
+        .await
+        .expect("heartbeat");
+    assert_eq!(env.store.workers().await.expect("workers").len(), 1);
+    eventually(WAIT, "the expired replica to leave", || async {
+        env.store.workers().await.ok()?.is_empty().then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_replica_adds_its_batches_to_the_per_minute_history() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    let api = &api;
+    // Two replicas of the same queue.
+    let (a, b) = (env.runtime(), env.runtime());
+    let mut events = a.events();
+    let mut events_b = b.events();
+    let runs = [
+        a.start(&["t_batch".into()]).expect("a"),
+        b.start(&["t_batch".into()]).expect("b"),
+    ];
+    let mut reqs: Vec<EnqueueRequest> = (0..20)
+        .map(|_| EnqueueRequest::raw("platform.noop", json!({})).queue("t_batch"))
+        .collect();
+    reqs.extend(
+        (0..3).map(|_| EnqueueRequest::raw("platform.fail_permanently", json!({"reason": "no"})).queue("t_batch")),
+    );
+    let ids = culm_tests::enqueue_ids(&env.store, reqs).await;
+    let mut left: std::collections::HashSet<String> = ids.into_iter().collect();
+    while !left.is_empty() {
+        let e = tokio::select! {
+            e = next_event(&mut events, WAIT, |e| left.contains(&e.id) && (is("done", e) || is("dead", e))) => e,
+            e = next_event(&mut events_b, WAIT, |e| left.contains(&e.id) && (is("done", e) || is("dead", e))) => e,
+        };
+        left.remove(&e.id);
+    }
+    for r in runs {
+        r.shutdown().await;
+    }
+    let sum = |b: &Value, field: &str| -> u64 {
+        b["queues"][0]["points"]
+            .as_array()
+            .expect("points")
+            .iter()
+            .filter_map(|p| p[field].as_u64())
+            .sum()
+    };
+    let (s, h) = api.get("/v1/history?window=1h&queue=t_batch").await;
+    assert_eq!(s, StatusCode::OK, "{h}");
+    assert_eq!(
+        (sum(&h, "processed"), sum(&h, "failed"), sum(&h, "started")),
+        (20, 3, 23),
+        "{h}"
+    );
+    assert_eq!(h["queues"][0]["points"].as_array().map(Vec::len), Some(60));
+    let (_, all) = api.get("/v1/history?window=24h").await;
+    assert_eq!(
+        all["total"].as_array().map(Vec::len),
+        Some(144),
+        "a point per ten minutes"
+    );
+    let total: u64 = all["total"]
+        .as_array()
+        .expect("total")
+        .iter()
+        .filter_map(|p| p["processed"].as_u64())
+        .sum();
+    assert_eq!(total, 20);
+    let (s, b) = api.get("/v1/history?window=2h").await;
+    assert_eq!((s, error_code(&b).1), (StatusCode::BAD_REQUEST, Some("window")));
+    // The history expires: its hash (this hour's, or the last if the hour just turned)
+    // has a TTL of at most 25 hours.
+    let mut c = env.store.connection();
+    let hour = culm_core::now_ms().div_euclid(3_600_000);
+    let mut ttls = Vec::new();
+    for h in [hour - 1, hour] {
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(env.store.keys("t_batch").history(h))
+            .query_async(&mut c)
+            .await
+            .expect("TTL");
+        ttls.push(ttl);
+    }
+    assert!(
+        ttls.iter().any(|t| (1..=90_000).contains(t)) && !ttls.contains(&-1),
+        "{ttls:?}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_names_redis_when_it_is_unreachable() {
     let env = env().await;
     let target = redis_url()
@@ -539,6 +888,7 @@ async fn the_openapi_document_matches_the_routes_served() {
     documented.sort();
     let mut expected = vec![
         "POST /v1/jobs",
+        "GET /v1/jobs",
         "POST /v1/jobs/batch",
         "GET /v1/jobs/{id}",
         "POST /v1/jobs/{id}/cancel",
@@ -548,6 +898,9 @@ async fn the_openapi_document_matches_the_routes_served() {
         "POST /v1/queues/{name}/pause",
         "POST /v1/queues/{name}/resume",
         "GET /v1/dead",
+        "GET /v1/dead/count",
+        "POST /v1/dead/retry",
+        "POST /v1/dead/purge",
         "POST /v1/dead/{id}/retry",
         "DELETE /v1/dead/{id}",
         "GET /healthz",
@@ -555,7 +908,10 @@ async fn the_openapi_document_matches_the_routes_served() {
         "GET /metrics",
         "GET /openapi.json",
         "GET /v1/schedules",
+        "GET /v1/workers",
+        "GET /v1/history",
         "GET /v1/schedules/{name}",
+        "GET /v1/schedules/{name}/ticks",
         "POST /v1/schedules/{name}/trigger",
         "POST /v1/schedules/{name}/pause",
         "POST /v1/schedules/{name}/resume",
@@ -594,6 +950,16 @@ async fn schedules_are_listed_triggered_paused_and_resumed_over_http() {
         (StatusCode::OK, first["job"].clone()),
         "the triggered job is stored"
     );
+    let (s, ticks) = api.get(&format!("/v1/schedules/{name}/ticks")).await;
+    assert_eq!(s, StatusCode::OK, "{ticks}");
+    let last = &ticks["ticks"][0];
+    assert_eq!(
+        (last["outcome"].as_str(), last["job_id"].as_str(), last["tick"].clone()),
+        (Some("triggered"), Some(job_id), Value::Null),
+        "{ticks}"
+    );
+    let (s, b) = api.get("/v1/schedules/no.such/ticks").await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::NOT_FOUND, "schedule_not_found"));
 
     let (s, paused) = api.post(&format!("/v1/schedules/{name}/pause"), json!({})).await;
     assert_eq!((s, paused["paused"].clone()), (StatusCode::OK, json!(true)));

@@ -282,7 +282,14 @@ async fn dead_jobs_are_archived_with_payload_and_errors_and_can_be_redriven_from
         .await;
     next_event(&mut events, WAIT, |e| e.id == only_redis.id && is("dead", e)).await;
     running.shutdown().await;
-    let merged = db.dead_list_merged(&env.store, Some("t_q"), 10).await.expect("merged");
+    let only_t_q = culm_worker::store::DeadFilter {
+        queue: Some("t_q".into()),
+        ..Default::default()
+    };
+    let merged = culm_worker::dead_letters::DeadLetters::new(env.store.clone(), Some(db.clone()))
+        .list(&only_t_q, 0, 10)
+        .await
+        .expect("merged");
     assert!(merged.iter().any(|d| d.id == only_redis.id), "{merged:?}");
     assert_eq!(
         db.dead_redrive(&env.store, &only_redis.id).await.expect("redrive"),

@@ -1,12 +1,15 @@
 //! What callers read back: a done job's type, attempts, enqueue time and
 //! result without PostgreSQL; `?wait=` long-polls woken by the job's completion;
-//! cancelling a job that has not started; the job-type catalog with payload schemas.
-use culm_tests::{TestEnv, culm_bin, eventually, queue};
+//! cancelling a job that has not started, and a running one through its handler's
+//! cancellation signal; the job-type catalog with payload schemas.
+use culm_core::{EnqueueRequest, Job, JobContext, JobError, Outcome, Tier};
+use culm_tests::{TestEnv, culm_bin, eventually, is, next_event, queue};
 use culm_worker::{
     admin::{AdminState, Token},
     config::Scope,
 };
 use reqwest::{Client, StatusCode};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -428,5 +431,130 @@ async fn culm_jobs_show_prints_a_done_jobs_result() {
         (&json!("platform.echo"), &json!(1), &json!(["a", 1])),
         "{shown}"
     );
+    env.cleanup().await;
+}
+
+/// Waits for an operator's cancellation, then returns an error, or success with a
+/// follow-up: neither counts, since it stopped because of the cancellation.
+#[derive(Serialize, Deserialize)]
+struct Stoppable {
+    ok: bool,
+}
+
+impl Job for Stoppable {
+    const NAME: &'static str = "test.stoppable";
+    const QUEUE: &'static str = "t_res";
+    const TIERS: &'static [Tier] = &Tier::ALL;
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        tokio::select! {
+            _ = ctx.cancelled() => {}
+            _ = tokio::time::sleep(Duration::from_secs(60)) => return Ok(Outcome::done()),
+        }
+        if self.ok {
+            Ok(Outcome::done().then(EnqueueRequest::raw("platform.noop", json!({})).queue("t_res")))
+        } else {
+            Err(JobError::retryable("stopped on request"))
+        }
+    }
+}
+
+/// Never looks at the cancellation signal: runs to the end.
+#[derive(Serialize, Deserialize)]
+struct Stubborn {
+    ms: u64,
+}
+
+impl Job for Stubborn {
+    const NAME: &'static str = "test.stubborn";
+    const QUEUE: &'static str = "t_res";
+    const TIERS: &'static [Tier] = &Tier::ALL;
+    async fn run(self, _ctx: JobContext) -> Result<Outcome, JobError> {
+        tokio::time::sleep(Duration::from_millis(self.ms)).await;
+        Ok(Outcome::done())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_is_told_to_stop_and_ends_cancelled_only_if_its_handler_does() {
+    let mut registry = culm_jobs::registry().expect("registry");
+    registry.register::<Stoppable>().expect("register");
+    registry.register::<Stubborn>().expect("register");
+    let env = TestEnv::with_registry(registry, |c| {
+        c.queues.insert("t_res".into(), queue("batch", 4, 30_000, 3));
+        c.worker.idle_poll_interval = Duration::from_millis(50);
+    })
+    .await;
+    let api = Api::start(&env).await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_res".into()]).expect("start");
+    let failing = api
+        .enqueue(json!({"job": "test.stoppable", "queue": "t_res", "payload": {"ok": false}}))
+        .await;
+    let succeeding = api
+        .enqueue(json!({"job": "test.stoppable", "queue": "t_res", "payload": {"ok": true}}))
+        .await;
+    let stubborn = api
+        .enqueue(json!({"job": "test.stubborn", "queue": "t_res", "payload": {"ms": 2500}}))
+        .await;
+    for id in [&failing, &succeeding, &stubborn] {
+        eventually(WAIT, "the job running", || async {
+            let (_, b) = api.get(&format!("/v1/jobs/{id}")).await;
+            (b["state"] == "running").then_some(())
+        })
+        .await;
+        let (status, b) = api.post(&format!("/v1/jobs/{id}/cancel"), json!({})).await;
+        assert_eq!(
+            (status, b["state"].as_str()),
+            (StatusCode::ACCEPTED, Some("running")),
+            "{b}"
+        );
+    }
+
+    // Events arrive in any order: collect the final one of each job.
+    let mut ended = std::collections::HashMap::new();
+    while ended.len() < 3 {
+        let e = next_event(&mut events, WAIT, |e| {
+            [&failing, &succeeding, &stubborn].contains(&&e.id) && !is("retry", e)
+        })
+        .await;
+        ended.insert(e.id.clone(), e);
+    }
+    for id in [&failing, &succeeding] {
+        assert!(
+            is("cancelled", &ended[id]),
+            "the handler saw the signal and stopped: {:?}",
+            ended[id]
+        );
+        let (_, b) = api.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(
+            (b["state"].as_str(), b["attempts"].as_u64()),
+            (Some("cancelled"), Some(1)),
+            "{b}"
+        );
+    }
+    let (_, noops) = api.get("/v1/jobs?queue=t_res&state=done").await;
+    let done: Vec<&str> = noops["jobs"]
+        .as_array()
+        .expect("jobs")
+        .iter()
+        .filter_map(|j| j["job"].as_str())
+        .collect();
+    assert!(!done.contains(&"platform.noop"), "no follow-up was enqueued: {noops}");
+    let (_, pending) = api.get("/v1/jobs?queue=t_res").await;
+    assert_eq!(
+        pending["jobs"].as_array().map(Vec::len),
+        Some(0),
+        "no follow-up was enqueued: {pending}"
+    );
+
+    let e = &ended[&stubborn];
+    assert!(
+        is("done", e),
+        "a handler that ignores the signal finishes normally: {e:?}"
+    );
+    let (_, b) = api.get(&format!("/v1/jobs/{stubborn}")).await;
+    assert_eq!(b["state"], "done", "{b}");
+    running.shutdown().await;
     env.cleanup().await;
 }

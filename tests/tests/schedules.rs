@@ -8,7 +8,7 @@ use culm_worker::{
         Scheduler, SchedulerError, TickOutcome,
         catalog::{self, Catalog, CatalogError},
     },
-    store::{Envelope, Routing, Store},
+    store::{Envelope, Routing, ScheduleRecord, Store},
 };
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -196,6 +196,16 @@ description = "ticks every second"
     }
     assert!(fired_by.values().all(|n| *n == 1), "{fired_by:?}");
     assert_eq!(fired_by.keys().copied().collect::<Vec<_>>(), ticks);
+    // The history has each fired tick once as `fired`: the other replicas' view of it
+    // (`claimed_elsewhere`) never replaced the decision.
+    let history = env.store.schedule_ticks("t.every_second").await.expect("ticks");
+    let fired: Vec<i64> = history
+        .iter()
+        .filter(|t| t.outcome == "fired")
+        .filter_map(|t| t.tick)
+        .rev()
+        .collect();
+    assert_eq!(fired, ticks, "{history:?}");
     assert_eq!(decided.len(), 3, "all three replicas handled ticks: {decided:?}");
     env.cleanup().await;
 }
@@ -625,6 +635,10 @@ async fn the_state_of_a_schedule_removed_from_the_catalog_is_deleted_at_start() 
     };
     let qk = env.store.keys("t_gone");
     assert!(exists(sk.state("t.removed")).await && paused("t.removed").await);
+    assert!(
+        exists(sk.ticks("t.removed")).await,
+        "the trigger is in the tick history"
+    );
     assert!(exists(qk.schedule("t.removed")).await);
 
     // The next deployment's catalog no longer has `t.removed`.
@@ -634,6 +648,7 @@ async fn the_state_of_a_schedule_removed_from_the_catalog_is_deleted_at_start() 
         let (exists, paused, sk, qk) = (&exists, &paused, &sk, &qk);
         async move {
             let gone = !exists(sk.state("t.removed")).await
+                && !exists(sk.ticks("t.removed")).await
                 && !paused("t.removed").await
                 && !exists(qk.schedule("t.removed")).await;
             gone.then_some(())
@@ -651,5 +666,65 @@ async fn the_state_of_a_schedule_removed_from_the_catalog_is_deleted_at_start() 
         .await
         .expect("HKEYS");
     assert_eq!(registered, vec!["t.kept".to_owned()]);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tick_history_keeps_one_entry_per_tick_with_the_best_account_and_is_bounded() {
+    let env = TestEnv::new(|_| {}).await;
+    let record =
+        |tick: Option<i64>, outcome: &'static str, seen: &'static str, strong: bool, job: Option<&'static str>| {
+            let store = env.store.clone();
+            async move {
+                store
+                    .schedule_record(&ScheduleRecord {
+                        schedule: "t.hist",
+                        queue: "platform",
+                        tick_ms: tick,
+                        now_ms: culm_core::now_ms(),
+                        outcome,
+                        strong,
+                        job_id: job,
+                        seen,
+                        ..ScheduleRecord::default()
+                    })
+                    .await
+                    .expect("record");
+            }
+        };
+    let history = || async {
+        env.store
+            .schedule_ticks("t.hist")
+            .await
+            .expect("ticks")
+            .into_iter()
+            .map(|t| (t.tick, t.outcome, t.job))
+            .collect::<Vec<_>>()
+    };
+    let t = 1_800_000_000_000;
+    // Another replica's view first; then the decision replaces it; a late view changes nothing.
+    record(Some(t), "", "claimed_elsewhere", true, None).await;
+    assert_eq!(history().await, [(Some(t), "claimed_elsewhere".into(), String::new())]);
+    record(Some(t), "fired", "fired", true, Some("J1")).await;
+    record(Some(t), "", "claimed_elsewhere", true, None).await;
+    // An observation (paused, missed) never replaces a decision for the same tick.
+    record(Some(t), "paused", "paused", false, None).await;
+    assert_eq!(history().await, [(Some(t), "fired".into(), "J1".into())]);
+    record(Some(t + 1000), "paused", "paused", false, None).await;
+    record(None, "triggered", "triggered", true, Some("J2")).await;
+    assert_eq!(
+        history().await,
+        [
+            (None, "triggered".into(), "J2".into()),
+            (Some(t + 1000), "paused".into(), String::new()),
+            (Some(t), "fired".into(), "J1".into()),
+        ]
+    );
+    for i in 2..70 {
+        record(Some(t + i * 1000), "fired", "fired", true, None).await;
+    }
+    let h = history().await;
+    assert_eq!(h.len(), culm_worker::store::TICK_HISTORY);
+    assert_eq!(h[0].0, Some(t + 69_000), "newest first");
     env.cleanup().await;
 }

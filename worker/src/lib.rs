@@ -5,6 +5,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub mod dead_letters;
 pub mod examples;
 pub mod integrations;
 pub mod otel;

@@ -23,6 +23,8 @@ pub const JOBS_RETRIED: &str = "culm_jobs_retried_total";
 pub const JOBS_DEFERRED: &str = "culm_jobs_deferred_total";
 /// Jobs not run because their `expires_at` had passed (`queue`, `job`).
 pub const JOBS_EXPIRED: &str = "culm_jobs_expired_total";
+/// Counter: runs whose handler stopped on an operator's cancellation.
+pub const JOBS_CANCELLED: &str = "culm_jobs_cancelled_total";
 /// Jobs moved to the dead letters (`queue`, `job`).
 pub const JOBS_DEAD: &str = "culm_jobs_dead_lettered_total";
 /// Run time of a job (`queue`, `job`).
@@ -127,6 +129,10 @@ pub fn describe() {
     describe_counter!(JOBS_RETRIED, "Failed runs scheduled for another attempt.");
     describe_counter!(JOBS_DEFERRED, "Runs deferred without spending an attempt.");
     describe_counter!(JOBS_EXPIRED, "Jobs not run because their expires_at had passed.");
+    describe_counter!(
+        JOBS_CANCELLED,
+        "Runs whose handler stopped on an operator's cancellation."
+    );
     describe_counter!(JOBS_DEAD, "Jobs moved to the dead letters.");
     describe_histogram!(JOB_DURATION, metrics::Unit::Seconds, "Job run time.");
     describe_histogram!(JOB_WAIT, metrics::Unit::Seconds, "Time from due to start.");
@@ -174,6 +180,8 @@ pub enum Ended {
     Deferred,
     /// Failed for good.
     Dead,
+    /// Stopped on an operator's cancellation.
+    Cancelled,
 }
 
 /// A run ended after `secs`; `ended` is how it counts, `None` when its outcome was not
@@ -187,6 +195,7 @@ pub fn finished(queue: &str, job: &str, ended: Option<Ended>, secs: f64) {
         None => {}
         Some(Ended::Succeeded) => counter!(JOBS_SUCCEEDED, "queue" => q, "job" => j).increment(1),
         Some(Ended::Deferred) => counter!(JOBS_DEFERRED, "queue" => q, "job" => j).increment(1),
+        Some(Ended::Cancelled) => counter!(JOBS_CANCELLED, "queue" => q, "job" => j).increment(1),
         Some(Ended::Retried) => {
             counter!(JOBS_FAILED, "queue" => q.clone(), "job" => j.clone()).increment(1);
             counter!(JOBS_RETRIED, "queue" => q, "job" => j).increment(1);

@@ -34,9 +34,33 @@ impl Token {
         }
     }
 
-    fn grants(&self, scope: Scope) -> bool {
+    pub(super) fn grants(&self, scope: Scope) -> bool {
         self.scopes.contains(&scope) || (scope == Scope::Read && self.scopes.contains(&Scope::Admin))
     }
+}
+
+/// The token whose secret is `given`, comparing every token in constant time.
+pub(super) fn identify<'a>(tokens: &'a [Token], given: &str) -> Option<&'a Token> {
+    let digest: [u8; 32] = Sha256::digest(given.as_bytes()).into();
+    let mut matched = None;
+    for t in tokens {
+        if bool::from(t.digest.ct_eq(&digest)) {
+            matched = Some(t);
+        }
+    }
+    matched
+}
+
+/// The dashboard's session-signing key, derived from the configured tokens' digests: every
+/// replica with the same tokens accepts the same sessions, and changing the tokens ends
+/// every session.
+pub(super) fn session_key(tokens: &[Token]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"culm dashboard session v1");
+    for t in tokens {
+        h.update(t.digest);
+    }
+    h.finalize().into()
 }
 
 /// A configured token whose secret is missing.

@@ -3,10 +3,12 @@ use super::{
     AdminState, ApiError,
     error::ErrorBody,
     extract::{bad_query, read_json},
-    views::{BatchBody, BatchView, CancelView, EnqueueBody, EnqueuedView, JobQuery, JobTypesView},
+    views::{
+        BatchBody, BatchView, CancelView, EnqueueBody, EnqueuedView, JobPageView, JobQuery, JobTypesView, JobsQuery,
+    },
     wait::MAX_WAIT,
 };
-use crate::store::{Cancelled, JobState, JobStatus};
+use crate::store::{Cancelled, Cursor, JobState, JobStatus, ListJobs};
 use axum::{
     Json,
     body::Body,
@@ -278,6 +280,59 @@ pub(super) async fn get_job(
     }
 }
 
+/// A queue's jobs in one state, a page at a time. Each page reads only itself (never the
+/// whole queue), so it answers as fast with a million pending jobs as with ten.
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", params(JobsQuery),
+    responses(
+        (status = 200, body = JobPageView),
+        (status = 400, description = "A parameter is missing or malformed: `field` names it", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, description = "Unknown queue", body = ErrorBody),
+    ))]
+pub(super) async fn list_jobs(
+    State(state): State<AdminState>,
+    query: Result<Query<JobsQuery>, QueryRejection>,
+) -> Result<Json<JobPageView>, ApiError> {
+    let Query(q) = query.map_err(bad_query)?;
+    let bad = |field: &str, m: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", m).field(field);
+    let queue = q
+        .queue
+        .ok_or_else(|| bad("queue", "queue is required: the queue to list".into()))?;
+    state.known_queue(&queue)?;
+    let job_state = match q.state.as_deref() {
+        None => JobState::Pending,
+        Some(s) => s.parse::<JobState>().map_err(|m| {
+            bad(
+                "state",
+                format!("{m}: use pending, scheduled, running, dead, done or cancelled"),
+            )
+        })?,
+    };
+    let cursor = match q.cursor.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(Cursor::decode(c).ok_or_else(|| {
+            bad(
+                "cursor",
+                format!("`{c}` is not a cursor; pass a page's next_cursor unchanged"),
+            )
+        })?),
+    };
+    let page = state
+        .store()
+        .list_jobs(&ListJobs {
+            queue: &queue,
+            state: job_state,
+            job: q.job.as_deref().filter(|j| !j.is_empty()),
+            limit: q.limit.unwrap_or(50).clamp(1, 500),
+            cursor,
+        })
+        .await?;
+    Ok(Json(JobPageView {
+        jobs: page.jobs,
+        next_cursor: page.next_cursor.map(Cursor::encode),
+    }))
+}
+
 async fn job_status(state: &AdminState, id: &str) -> Result<JobStatus, ApiError> {
     let mut status = state.store().status(id).await.map_err(ApiError::internal)?;
     // Redis forgets finished jobs after worker.done_retention; the ledger keeps every run.
@@ -297,29 +352,47 @@ fn job_not_found(id: &str) -> ApiError {
     )
 }
 
-/// Cancels a pending or scheduled job: it will not run. A running job is not
-/// interrupted (409), nor is a finished one changed; cancelling twice answers 200.
+/// Cancels a job. A pending or scheduled one will not run (200, state `cancelled`;
+/// cancelling twice answers 200). A running one's handler is told through its
+/// cancellation signal within one `lease_extend_interval` (202, state `running`): if it
+/// returns after seeing it, the job ends `cancelled`; if it ignores it, the job finishes
+/// normally. A done or dead job is not changed (409).
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", params(("id" = String, Path, description = "Job id")),
     responses(
         (status = 200, description = "Cancelled", body = CancelView),
+        (status = 202, description = "Running: its handler was asked to stop", body = CancelView),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 404, description = "No queue knows this id", body = ErrorBody),
-        (status = 409, description = "The job is running, done or dead: `field` is `state`", body = ErrorBody),
+        (status = 409, description = "The job is done or dead: `field` is `state`", body = ErrorBody),
     ))]
 pub(super) async fn cancel_job(
     State(state): State<AdminState>,
     Path(id): Path<String>,
-) -> Result<Json<CancelView>, ApiError> {
+) -> Result<(StatusCode, Json<CancelView>), ApiError> {
     match state.store().cancel(&id).await.map_err(ApiError::internal)? {
-        Cancelled::Cancelled { queue } => Ok(Json(CancelView {
-            id,
-            queue,
-            state: JobState::Cancelled,
-        })),
+        Cancelled::Cancelled { queue } => Ok((
+            StatusCode::OK,
+            Json(CancelView {
+                id,
+                queue,
+                state: JobState::Cancelled,
+            }),
+        )),
+        Cancelled::Requested { queue } => {
+            tracing::info!(job_id = %id, queue = %queue, "cancellation of a running job requested over the admin API");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(CancelView {
+                    id,
+                    queue,
+                    state: JobState::Running,
+                }),
+            ))
+        }
         Cancelled::Refused { state: s, .. } => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_cancellable",
-            format!("job `{id}` is {s}; only pending and scheduled jobs can be cancelled"),
+            format!("job `{id}` is {s}; only pending, scheduled and running jobs can be cancelled"),
         )
         .field("state")),
         Cancelled::Unknown => Err(job_not_found(&id)),

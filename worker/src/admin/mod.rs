@@ -1,20 +1,24 @@
 //! The admin HTTP API (axum): enqueue over HTTP, inspect and steer queues and dead
-//! letters, health and readiness probes, Prometheus `/metrics` and the OpenAPI document.
+//! letters, health and readiness probes, Prometheus `/metrics` and the OpenAPI document;
+//! and the dashboard under `/ui` (`ui`), served by the same listener over the same calls.
 //! Owns bearer-token authentication, the one error shape every endpoint answers with,
 //! and per-route request metrics. `openapi` holds the route table; the handlers live in
-//! one file per resource (`jobs`, `queues`, `dead`, `schedules`, `probes`) and call the
+//! one file per resource (`jobs`, `queues`, `history`, `dead`, `schedules`, `workers`, `probes`) and call the
 //! `Store`, the `Scheduler` and the `Db`; `views` and `extract` are what they share.
 mod auth;
 mod dead;
 mod error;
 mod extract;
+mod history;
 mod jobs;
 mod openapi;
 mod probes;
 mod queues;
 mod schedules;
+mod ui;
 mod views;
 mod wait;
+mod workers;
 
 pub use auth::{Token, TokenError, tokens_from_config};
 pub use error::ApiError;
@@ -51,6 +55,8 @@ struct Inner {
     /// dead-letter archive.
     db: Option<crate::db::Db>,
     waiters: wait::Waiters,
+    /// Signs and reads the dashboard's session cookies.
+    sessions: ui::Sessions,
 }
 
 impl AdminState {
@@ -59,6 +65,7 @@ impl AdminState {
         AdminState {
             inner: Arc::new(Inner {
                 store,
+                sessions: ui::Sessions::new(&tokens, config.admin.session_ttl),
                 tokens,
                 metrics: telemetry::install(),
                 max_body_bytes: config.admin.max_body_bytes,
@@ -100,6 +107,7 @@ impl AdminState {
 pub fn router(state: AdminState) -> (Router, OpenApi) {
     let (router, api) = openapi::table(state.clone());
     let router = router
+        .merge(ui::router())
         .fallback(probes::not_found)
         .method_not_allowed_fallback(probes::method_not_allowed)
         .layer(middleware::from_fn(record))

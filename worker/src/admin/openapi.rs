@@ -1,6 +1,6 @@
 //! The route table. One table feeds both axum and the OpenAPI document, so every
 //! endpoint that is served is documented, with the scope that guards it.
-use super::{AdminState, dead::*, jobs::*, probes::*, queues::*, require, schedules::*};
+use super::{AdminState, dead::*, history::*, jobs::*, probes::*, queues::*, require, schedules::*, workers::*};
 use crate::config::Scope;
 use axum::middleware;
 use utoipa::{
@@ -44,18 +44,25 @@ pub(super) fn table(state: AdminState) -> (axum::Router<AdminState>, utoipa::ope
         .route_layer(guard(Scope::Enqueue));
     let read = OpenApiRouter::new()
         .routes(routes!(get_job))
+        .routes(routes!(list_jobs))
         .routes(routes!(list_job_types))
         .routes(routes!(list_queues))
         .routes(routes!(get_queue))
         .routes(routes!(list_dead))
+        .routes(routes!(count_dead))
         .routes(routes!(list_schedules))
         .routes(routes!(get_schedule))
+        .routes(routes!(schedule_ticks))
+        .routes(routes!(list_workers))
+        .routes(routes!(get_history))
         .route_layer(guard(Scope::Read));
     let admin = OpenApiRouter::new()
         .routes(routes!(pause_queue))
         .routes(routes!(resume_queue))
         .routes(routes!(retry_dead))
         .routes(routes!(purge_dead))
+        .routes(routes!(retry_dead_bulk))
+        .routes(routes!(purge_dead_bulk))
         .routes(routes!(trigger_schedule))
         .routes(routes!(pause_schedule))
         .routes(routes!(resume_schedule))

@@ -1,5 +1,9 @@
 //! `/v1/schedules`: list, trigger, pause and resume schedules.
-use super::{AdminState, ApiError, error::ErrorBody, views::SchedulesView};
+use super::{
+    AdminState, ApiError,
+    error::ErrorBody,
+    views::{SchedulesView, TicksView},
+};
 use crate::scheduler::{ScheduleStatus, Scheduler, SchedulerError, TickOutcome};
 use axum::{
     Json,
@@ -49,6 +53,20 @@ pub(super) async fn get_schedule(
     Path(name): Path<String>,
 ) -> Result<Json<ScheduleStatus>, ApiError> {
     Ok(Json(scheduler(&state)?.get(&name).await?))
+}
+
+/// A schedule's last ticks (at most 50), newest first, with what became of each: fired,
+/// skipped for overlap, claimed elsewhere, paused, missed, triggered or error.
+#[utoipa::path(get, path = "/v1/schedules/{name}/ticks", tag = "schedules", params(("name" = String, Path, description = "Schedule name")),
+    responses((status = 200, body = TicksView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)))]
+pub(super) async fn schedule_ticks(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<TicksView>, ApiError> {
+    Ok(Json(TicksView {
+        ticks: scheduler(&state)?.ticks(&name).await?,
+    }))
 }
 
 /// Fire a schedule now (ignores its cadence, pause flag and overlap policy).

@@ -1,44 +1,102 @@
-//! `culm dead list|retry|purge`, from Redis's dead-letter sets, or from the PostgreSQL
-//! archive (which outlives them) when a database is configured.
+//! `culm dead list|count|retry|purge`: one job, a few ids, or everything that matches a
+//! filter. Where dead jobs live (Redis, or the PostgreSQL archive) is decided by
+//! `dead_letters::DeadLetters`.
 use crate::{
-    db::Db,
-    store::{DeadJob, Store},
+    dead_letters::{self, Bulk, DeadLetters},
+    store::{DeadFilter, DeadJob},
 };
-use anyhow::{Context, Result, bail};
-use clap::Subcommand;
+use anyhow::{Result, bail};
+use clap::{Args, Subcommand};
 use std::process::ExitCode;
+
+/// Which dead jobs a command means.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DeadFilterArgs {
+    /// Only this queue.
+    #[arg(long)]
+    pub queue: Option<String>,
+    /// Only this job type.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only jobs whose last error contains this text (case-insensitive).
+    #[arg(long)]
+    pub error: Option<String>,
+    /// Only jobs that died at or after this time: RFC 3339, or a duration back (2h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only jobs that died before this time (same forms as --since).
+    #[arg(long)]
+    pub until: Option<String>,
+}
+
+impl DeadFilterArgs {
+    fn is_empty(&self) -> bool {
+        self.queue.is_none()
+            && self.job.is_none()
+            && self.error.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
+    }
+
+    fn filter(&self) -> Result<DeadFilter> {
+        let now = culm_core::now_ms();
+        let bound = |flag: &str, v: &Option<String>| -> Result<Option<i64>> {
+            v.as_deref()
+                .map(|s| dead_letters::parse_time_bound(s, now))
+                .transpose()
+                .map_err(|m| anyhow::anyhow!("{flag}: {m}"))
+        };
+        let window = dead_letters::window(bound("--since", &self.since)?, bound("--until", &self.until)?)
+            .map_err(|m| anyhow::anyhow!("--since/--until: {m}"))?;
+        Ok(DeadFilter {
+            queue: self.queue.clone(),
+            job: self.job.clone(),
+            error: self.error.clone(),
+            window,
+        })
+    }
+}
 
 /// `culm dead`
 #[derive(Debug, Subcommand)]
 pub enum DeadCommand {
     /// List dead jobs, newest first.
     List {
-        /// Only this queue.
-        #[arg(long)]
-        queue: Option<String>,
-        /// At most this many per queue.
+        #[command(flatten)]
+        filter: DeadFilterArgs,
+        /// At most this many.
         #[arg(long, default_value_t = 100)]
         limit: usize,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
-    /// Put dead jobs back on their queue with a fresh attempt budget.
+    /// Count the dead jobs that match the filter (what --all would act on).
+    Count {
+        #[command(flatten)]
+        filter: DeadFilterArgs,
+    },
+    /// Put dead jobs back on their queue with a fresh attempt budget: the ids given, or
+    /// with --all every dead job that matches the filter.
     Retry {
         /// The dead jobs' ids, as `culm dead list` prints them.
-        #[arg(required = true)]
         ids: Vec<String>,
+        /// Every dead job that matches the filter (no filter: every dead job).
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[command(flatten)]
+        filter: DeadFilterArgs,
     },
-    /// Delete dead jobs for good.
+    /// Delete dead jobs for good: the ids given, or with --all every dead job that
+    /// matches the filter.
     Purge {
         /// The dead jobs' ids, as `culm dead list` prints them.
         ids: Vec<String>,
-        /// Purge every dead job of --queue.
-        #[arg(long, requires = "queue")]
+        /// Every dead job that matches the filter (no filter: every dead job).
+        #[arg(long, conflicts_with = "ids")]
         all: bool,
-        /// Queue for --all.
-        #[arg(long)]
-        queue: Option<String>,
+        #[command(flatten)]
+        filter: DeadFilterArgs,
     },
 }
 
@@ -66,109 +124,69 @@ fn print(all: &[DeadJob], json: bool, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// `culm dead …` without a database: Redis's dead-letter sets.
-pub(super) async fn from_redis(store: Store, command: DeadCommand) -> Result<ExitCode> {
-    match command {
-        DeadCommand::List { queue, limit, json } => {
-            let queues: Vec<String> = match queue {
-                Some(q) => vec![q],
-                None => store.routing().queues.keys().cloned().collect(),
-            };
-            let mut all = Vec::new();
-            for q in queues {
-                all.extend(store.dead_list(&q, limit).await?);
-            }
-            print(&all, json, "dead job(s)")?;
-        }
-        DeadCommand::Retry { ids } => {
-            for id in ids {
-                let q = store
-                    .dead_queue_of(&id)
-                    .await?
-                    .with_context(|| format!("no dead job `{id}`"))?;
-                store.dead_retry(&q, std::slice::from_ref(&id)).await?;
-                println!("{id} requeued on {q}");
-            }
-        }
-        DeadCommand::Purge { ids, all, queue } => {
-            if all {
-                let q = queue.context("--all needs --queue")?;
-                let mut n = 0;
-                loop {
-                    let batch: Vec<String> = store.dead_list(&q, 1000).await?.into_iter().map(|d| d.id).collect();
-                    if batch.is_empty() {
-                        break;
-                    }
-                    n += store.dead_purge(&q, &batch).await?;
-                }
-                println!("purged {n} dead job(s) from {q}");
-            } else {
-                if ids.is_empty() {
-                    bail!("give job ids, or --all --queue Q");
-                }
-                for id in ids {
-                    let q = store
-                        .dead_queue_of(&id)
-                        .await?
-                        .with_context(|| format!("no dead job `{id}`"))?;
-                    store.dead_purge(&q, std::slice::from_ref(&id)).await?;
-                    println!("{id} purged from {q}");
-                }
-            }
-        }
+/// Ids or `--all` with a filter; filters without `--all` would be silently ignored, so
+/// they are refused.
+fn check_selection(ids: &[String], all: bool, filter: &DeadFilterArgs) -> Result<()> {
+    if !all && ids.is_empty() {
+        bail!("give job ids, or --all (narrowed by --queue, --job, --error, --since, --until)");
     }
-    Ok(ExitCode::SUCCESS)
+    if !all && !filter.is_empty() {
+        bail!("--queue, --job, --error, --since and --until select with --all; with ids, give only the ids");
+    }
+    Ok(())
 }
 
-/// `culm dead …` with a database: the archive, plus what only Redis still holds.
-pub(super) async fn from_archive(store: Store, db: Db, command: DeadCommand) -> Result<ExitCode> {
+fn report(b: &Bulk, verb: &str) {
+    println!("{verb} {} of {} matching dead job(s)", b.applied, b.matched);
+    if b.truncated {
+        println!(
+            "more may match: one call acts on at most {}; run it again",
+            dead_letters::BULK_MAX
+        );
+    }
+}
+
+/// Runs `culm dead …`.
+pub(super) async fn run(dl: DeadLetters, command: DeadCommand) -> Result<ExitCode> {
+    let what = if dl.archived() {
+        "dead job(s) (archive and Redis)"
+    } else {
+        "dead job(s)"
+    };
     match command {
-        DeadCommand::List { queue, limit, json } => {
-            let all = db.dead_list_merged(&store, queue.as_deref(), limit).await?;
-            print(&all, json, "dead job(s) in the archive")?;
+        DeadCommand::List { filter, limit, json } => {
+            let all = dl.list(&filter.filter()?, 0, limit).await?;
+            print(&all, json, what)?;
         }
-        DeadCommand::Retry { ids } => {
-            for id in ids {
-                match db.dead_redrive(&store, &id).await? {
-                    Some((q, runs_as)) if runs_as == id => println!("{id} requeued on {q}"),
-                    Some((q, runs_as)) => println!("{id} re-driven from the archive as {runs_as} on {q}"),
-                    None => bail!("no archived dead job `{id}` awaiting re-drive"),
-                }
-            }
+        DeadCommand::Count { filter } => {
+            println!("{}", dl.count(&filter.filter()?).await?);
         }
-        DeadCommand::Purge { ids, all, queue } => {
-            let ids: Vec<String> = if all {
-                let q = queue.context("--all needs --queue")?;
-                let mut ids: Vec<String> = db
-                    .dead_list(Some(&q), 100_000)
-                    .await?
-                    .into_iter()
-                    .map(|d| d.id)
-                    .collect();
-                ids.extend(store.dead_list(&q, 100_000).await?.into_iter().map(|d| d.id));
-                ids.sort();
-                ids.dedup();
-                ids
+        DeadCommand::Retry { ids, all, filter } => {
+            check_selection(&ids, all, &filter)?;
+            if all {
+                report(&dl.retry_matching(&filter.filter()?).await?, "re-drove");
             } else {
-                if ids.is_empty() {
-                    bail!("give job ids, or --all --queue Q");
-                }
-                ids
-            };
-            let mut n = 0;
-            for id in &ids {
-                let in_archive = db.dead_purge(std::slice::from_ref(id)).await? > 0;
-                let in_redis = match store.dead_queue_of(id).await? {
-                    Some(q) => store.dead_purge(&q, std::slice::from_ref(id)).await? > 0,
-                    None => false,
-                };
-                if in_archive || in_redis {
-                    n += 1;
-                } else if !all {
-                    bail!("no dead job `{id}`");
+                for id in ids {
+                    match dl.retry(&id).await? {
+                        Some(r) if r.runs_as == id => println!("{id} requeued on {}", r.queue),
+                        Some(r) => println!("{id} re-driven from the archive as {} on {}", r.runs_as, r.queue),
+                        None => bail!("no dead job `{id}`"),
+                    }
                 }
             }
-            println!("purged {n} dead job(s)");
+        }
+        DeadCommand::Purge { ids, all, filter } => {
+            check_selection(&ids, all, &filter)?;
+            if all {
+                report(&dl.purge_matching(&filter.filter()?).await?, "purged");
+            } else {
+                for id in ids {
+                    if !dl.purge(&id).await? {
+                        bail!("no dead job `{id}`");
+                    }
+                    println!("{id} purged");
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

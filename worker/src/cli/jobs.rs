@@ -1,5 +1,9 @@
-//! `culm enqueue` and `culm jobs show`.
-use crate::{config::Config, db::services::connect_optional, store::Store};
+//! `culm enqueue` and `culm jobs show|list|cancel`.
+use crate::{
+    config::Config,
+    db::services::connect_optional,
+    store::{Cancelled, Cursor, JobState, ListJobs, Store},
+};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use culm_core::EnqueueRequest;
@@ -33,6 +37,33 @@ pub enum JobsCommand {
     /// Show one job's state.
     Show {
         /// The id `culm enqueue` printed.
+        id: String,
+    },
+    /// List a queue's jobs in one state, a page at a time.
+    List {
+        /// The queue.
+        #[arg(long)]
+        queue: String,
+        /// pending, scheduled, running, dead, done or cancelled.
+        #[arg(long, default_value = "pending")]
+        state: JobState,
+        /// Only this job type.
+        #[arg(long)]
+        job: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue from the cursor the previous page printed.
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Print JSON (`{"jobs": [...], "next_cursor": ...}`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job: a pending or scheduled one will not run; a running one's handler is
+    /// asked to stop.
+    Cancel {
+        /// The job's id.
         id: String,
     },
 }
@@ -104,4 +135,79 @@ pub(super) async fn show(config: &Config, store: Store, id: &str) -> Result<Exit
             bail!("no job `{id}` in any queue (finished jobs are remembered for worker.done_retention runs)")
         }
     }
+}
+
+/// `culm jobs list`: one page; the cursor of the next one goes to stderr (or into the JSON).
+pub(super) async fn list_jobs(store: Store, command: JobsCommand) -> Result<ExitCode> {
+    let JobsCommand::List {
+        queue,
+        state,
+        job,
+        limit,
+        cursor,
+        json,
+    } = command
+    else {
+        bail!("not `culm jobs list`");
+    };
+    let cursor = match cursor.as_deref() {
+        None => None,
+        Some(c) => Some(
+            Cursor::decode(c)
+                .with_context(|| format!("--cursor `{c}` is not a cursor; pass the one the previous page printed"))?,
+        ),
+    };
+    let page = store
+        .list_jobs(&ListJobs {
+            queue: &queue,
+            state,
+            job: job.as_deref(),
+            limit: limit.max(1),
+            cursor,
+        })
+        .await?;
+    let next = page.next_cursor.map(Cursor::encode);
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "jobs": page.jobs, "next_cursor": next }))?
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for j in &page.jobs {
+        let at = j.run_at.or(j.lease_expires_at).or(j.finished_at).or(j.enqueued_at);
+        let at = at
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default();
+        println!(
+            "{}  {:<10} {:<28} attempts={} {}  {}",
+            j.id,
+            j.state,
+            j.job.as_deref().unwrap_or("?"),
+            j.attempts,
+            at,
+            j.last_error.as_deref().unwrap_or("")
+        );
+    }
+    match next {
+        Some(c) => eprintln!("{} job(s); next page: --cursor {c}", page.jobs.len()),
+        None => eprintln!("{} job(s); end of list", page.jobs.len()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `culm jobs cancel ID`.
+pub(super) async fn cancel(store: Store, id: &str) -> Result<ExitCode> {
+    match store.cancel(id).await? {
+        Cancelled::Cancelled { queue } => println!("{id} cancelled on {queue}"),
+        Cancelled::Requested { queue } => println!(
+            "{id} is running on {queue}: its handler is asked to stop (it ends cancelled if it does, or finishes normally if it ignores the request)"
+        ),
+        Cancelled::Refused { queue, state } => {
+            bail!("job `{id}` on {queue} is {state}; only pending, scheduled and running jobs can be cancelled")
+        }
+        Cancelled::Unknown => bail!("no job `{id}` in any queue"),
+    }
+    Ok(ExitCode::SUCCESS)
 }

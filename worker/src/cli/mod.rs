@@ -10,7 +10,7 @@ mod sandbox;
 mod schedules;
 pub mod signals;
 
-pub use dead::DeadCommand;
+pub use dead::{DeadCommand, DeadFilterArgs};
 pub use jobs::{EnqueueArgs, JobsCommand};
 pub use run::{RunArgs, select_queues};
 pub use sandbox::SandboxArgs;
@@ -67,6 +67,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the live `culm run` replicas: host, version, queues, busy/capacity, heartbeat.
+    Workers {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect, retry and purge dead-lettered jobs.
     Dead {
         #[command(subcommand)]
@@ -86,8 +92,9 @@ pub enum Command {
     },
     /// Serve only the admin HTTP API and /metrics (no worker pools).
     Serve,
-    /// List job types (queue, tiers, retry policy, timeout, payload schema with --json),
-    /// or inspect one job by id (`culm jobs show ID`).
+    /// List job types (queue, tiers, retry policy, timeout, payload schema with --json);
+    /// inspect one job (`culm jobs show ID`), list a queue's jobs (`culm jobs list`) or
+    /// cancel one (`culm jobs cancel ID`).
     Jobs {
         /// Print JSON (what `GET /v1/job-types` answers).
         #[arg(long)]
@@ -232,14 +239,13 @@ pub async fn main(cli: Cli, config: crate::config::Config) -> Result<ExitCode> {
         }
         Command::Enqueue(args) => jobs::enqueue(Store::connect(&config, registry).await?, args).await,
         Command::Queues { json } => queues::list(Store::connect(&config, registry).await?, json).await,
+        Command::Workers { json } => queues::workers(Store::connect(&config, registry).await?, json).await,
         Command::Pause { queue } => queues::pause(Store::connect(&config, registry).await?, &queue).await,
         Command::Resume { queue } => queues::resume(Store::connect(&config, registry).await?, &queue).await,
         Command::Dead { command } => {
             let store = Store::connect(&config, registry).await?;
-            match connect_optional(&config).await? {
-                Some(db) => dead::from_archive(store, db, command).await,
-                None => dead::from_redis(store, command).await,
-            }
+            let db = connect_optional(&config).await?;
+            dead::run(crate::dead_letters::DeadLetters::new(store, db), command).await
         }
         Command::Schedules { json } => schedules::list(config, registry, json).await,
         Command::Scheduler => {
@@ -253,6 +259,14 @@ pub async fn main(cli: Cli, config: crate::config::Config) -> Result<ExitCode> {
             command: Some(JobsCommand::Show { id }),
             ..
         } => jobs::show(&config, Store::connect(&config, registry).await?, &id).await,
+        Command::Jobs {
+            command: Some(JobsCommand::Cancel { id }),
+            ..
+        } => jobs::cancel(Store::connect(&config, registry).await?, &id).await,
+        Command::Jobs {
+            command: Some(command @ JobsCommand::List { .. }),
+            ..
+        } => jobs::list_jobs(Store::connect(&config, registry).await?, command).await,
         Command::Jobs { command: None, json } => jobs::list(&config, &registry, json),
     }
 }

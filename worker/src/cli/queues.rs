@@ -1,7 +1,41 @@
-//! `culm queues`, `culm pause` and `culm resume`.
+//! `culm queues`, `culm workers`, `culm pause` and `culm resume`.
 use crate::store::Store;
 use anyhow::{Result, bail};
 use std::process::ExitCode;
+
+/// `culm workers [--json]`: the live `culm run` replicas.
+pub(super) async fn workers(store: Store, json: bool) -> Result<ExitCode> {
+    let all = store.workers().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let when = |ms: i64| {
+        chrono::DateTime::from_timestamp_millis(ms)
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_default()
+    };
+    for w in &all {
+        let queues: Vec<String> = w
+            .queues
+            .iter()
+            .map(|q| format!("{}({}/{})", q.queue, q.busy, q.capacity))
+            .collect();
+        println!(
+            "{}  {} v{}  busy {}/{}  started {}  heartbeat {}  {}",
+            w.id,
+            w.host,
+            w.version,
+            w.busy,
+            w.capacity,
+            when(w.started_at),
+            when(w.last_heartbeat),
+            queues.join(" ")
+        );
+    }
+    eprintln!("{} live replica(s)", all.len());
+    Ok(ExitCode::SUCCESS)
+}
 
 /// `culm queues [--json]`: one line per queue, or the stats as JSON.
 pub(super) async fn list(store: Store, json: bool) -> Result<ExitCode> {

@@ -142,6 +142,9 @@ pub struct AdminConfig {
     /// How often queue-depth gauges are refreshed (never computed during a scrape).
     #[serde(with = "humantime_serde")]
     pub gauge_interval: Duration,
+    /// How long a dashboard login lasts.
+    #[serde(with = "humantime_serde")]
+    pub session_ttl: Duration,
     /// Bearer tokens; each secret is read from the environment variable `env`.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,

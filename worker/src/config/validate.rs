@@ -67,6 +67,9 @@ pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
             "batch_max must be 1 to 1000 and max_body_bytes at least 1024".into(),
         ));
     }
+    if c.admin.session_ttl.is_zero() {
+        return Err(("admin.session_ttl".into(), "must be above zero".into()));
+    }
     if c.admin.gauge_interval.is_zero() {
         return Err(("admin.gauge_interval".into(), "must be above zero".into()));
     }

@@ -2,7 +2,7 @@
 //! transaction as a dead run's ledger row; read by `culm dead` and `/v1/dead*` when
 //! PostgreSQL is configured. Re-drive works from here even after Redis let the job go.
 use super::{Db, DbError};
-use crate::store::{DeadJob, ErrorRecord, Store};
+use crate::store::{DeadFilter, DeadJob, ErrorRecord, Store};
 use chrono::{DateTime, Utc};
 use culm_core::EnqueueRequest;
 use serde_json::value::RawValue;
@@ -115,34 +115,33 @@ impl Db {
         Ok(rows.iter().map(dead_job).collect::<Result<_, _>>()?)
     }
 
-    /// Dead jobs from the archive plus any only Redis holds (dead before PostgreSQL was
-    /// configured, or not flushed yet), newest first; at most `limit`.
-    pub async fn dead_list_merged(
+    /// Archived dead jobs not yet re-driven that match `filter`, newest first, skipping
+    /// the first `offset`; at most `limit`. The error text is matched with `strpos`, so
+    /// `%` and `_` in it are plain characters.
+    pub async fn dead_list_filtered(
         &self,
-        store: &Store,
-        queue: Option<&str>,
+        filter: &DeadFilter,
+        offset: usize,
         limit: usize,
     ) -> Result<Vec<DeadJob>, DbError> {
-        let mut all = self.dead_list(queue, limit).await?;
-        let queues: Vec<String> = match queue {
-            Some(q) => vec![q.to_owned()],
-            None => store.routing().queues.keys().cloned().collect(),
-        };
-        let mut seen: std::collections::HashSet<String> = all.iter().map(|d| d.id.clone()).collect();
-        for q in queues {
-            let from_redis = store
-                .dead_list(&q, limit)
-                .await
-                .map_err(|e| DbError::Sql(sqlx::Error::Protocol(e.to_string())))?;
-            for d in from_redis {
-                if seen.insert(d.id.clone()) {
-                    all.push(d);
-                }
-            }
-        }
-        all.sort_by_key(|d| std::cmp::Reverse(d.died_at));
-        all.truncate(limit);
-        Ok(all)
+        let ms = |v: Option<i64>| v.and_then(DateTime::<Utc>::from_timestamp_millis);
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM culm_dead_jobs WHERE redriven_at IS NULL \
+             AND ($1::text IS NULL OR queue = $1) AND ($2::text IS NULL OR job = $2) \
+             AND ($3::text IS NULL OR strpos(lower(coalesce(last_error, '')), lower($3)) > 0) \
+             AND ($4::timestamptz IS NULL OR died_at >= $4) AND ($5::timestamptz IS NULL OR died_at < $5) \
+             ORDER BY died_at DESC, job_id DESC OFFSET $6 LIMIT $7"
+        ))
+        .bind(filter.queue.as_deref())
+        .bind(filter.job.as_deref())
+        .bind(filter.error.as_deref())
+        .bind(ms(filter.window.after))
+        .bind(ms(filter.window.before))
+        .bind(i64::try_from(offset).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.iter().map(dead_job).collect::<Result<_, _>>()?)
     }
 
     /// One archived dead job (re-driven or not).
@@ -226,12 +225,13 @@ impl Db {
         Ok(Some((queue, runs_as)))
     }
 
-    /// Deletes archived dead jobs for good; returns how many.
-    pub async fn dead_purge(&self, ids: &[String]) -> Result<u64, DbError> {
-        Ok(sqlx::query("DELETE FROM culm_dead_jobs WHERE job_id = ANY($1)")
-            .bind(ids)
-            .execute(self.pool())
-            .await?
-            .rows_affected())
+    /// Deletes archived dead jobs for good; returns the ids that were archived.
+    pub async fn dead_purge(&self, ids: &[String]) -> Result<Vec<String>, DbError> {
+        Ok(
+            sqlx::query_scalar("DELETE FROM culm_dead_jobs WHERE job_id = ANY($1) RETURNING job_id")
+                .bind(ids)
+                .fetch_all(self.pool())
+                .await?,
+        )
     }
 }

@@ -43,6 +43,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox traceparent",
         include_str!("../../../migrations/0004_outbox_traceparent.sql"),
     ),
+    (
+        5,
+        "cancelled runs",
+        include_str!("../../../migrations/0005_cancelled_runs.sql"),
+    ),
 ];
 
 /// The embedded migrations as an sqlx migrator.
@@ -63,6 +68,22 @@ pub fn migrator() -> Migrator {
 /// The newest schema version this binary knows.
 pub fn latest_version() -> i64 {
     MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0)
+}
+
+/// One run of a job, from the ledger.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRun {
+    pub attempt: u32,
+    /// `succeeded`, `failed_will_retry`, `dead`, `deferred`, `superseded` or `cancelled`.
+    pub outcome: String,
+    pub error: Option<String>,
+    /// ms.
+    pub started_at: Option<i64>,
+    /// ms.
+    pub finished_at: i64,
+    pub duration_ms: f64,
+    pub worker_id: String,
+    pub summary: Option<String>,
 }
 
 /// A PostgreSQL problem. Messages never contain the password.
@@ -265,6 +286,34 @@ impl Db {
         Ok(after.into_iter().filter(|v| !before.contains(v)).collect())
     }
 
+    /// Every run of job `id` in the ledger, oldest first (the dashboard's job page).
+    pub async fn job_runs(&self, id: &str) -> Result<Vec<JobRun>, DbError> {
+        let rows = sqlx::query(
+            "SELECT attempt, outcome, error, started_at, finished_at, duration_ms, worker_id, summary \
+             FROM culm_job_runs WHERE job_id = $1 ORDER BY finished_at, attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let started: Option<DateTime<Utc>> = r.try_get("started_at")?;
+                let finished: DateTime<Utc> = r.try_get("finished_at")?;
+                Ok(JobRun {
+                    attempt: u32::try_from(r.try_get::<i32, _>("attempt")?).unwrap_or(0),
+                    outcome: r.try_get("outcome")?,
+                    error: r.try_get("error")?,
+                    started_at: started.map(|t| t.timestamp_millis()),
+                    finished_at: finished.timestamp_millis(),
+                    duration_ms: r.try_get("duration_ms")?,
+                    worker_id: r.try_get("worker_id")?,
+                    summary: r.try_get("summary")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
     /// Start-up check of `culm run`: migrate when allowed, otherwise require the schema
     /// to be exactly current.
     pub async fn prepare(&self, migrate_on_start: bool) -> Result<(), DbError> {
@@ -302,6 +351,7 @@ impl Db {
             "succeeded" => JobState::Done,
             "dead" => JobState::Dead,
             "expired" => JobState::Expired,
+            "cancelled" => JobState::Cancelled,
             _ => JobState::Scheduled,
         };
         let mut errors = Vec::new();

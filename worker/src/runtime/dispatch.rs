@@ -1,7 +1,10 @@
 //! The handler service: runs one delivery through its registered handler with the queue's
 //! timeout, turns panics into failures, and hands how the run ended to
 //! [`settle`](super::settle), which decides what happens next, as a [`Completion`].
-use super::settle::{self, Completion, RunEnd};
+use super::{
+    pool::PoolShared,
+    settle::{self, Completion, RunEnd},
+};
 use crate::{
     config::QueueSettings,
     otel,
@@ -42,6 +45,8 @@ pub struct Dispatcher {
     pub(super) settings: Arc<QueueSettings>,
     pub(super) enqueuer: Arc<dyn Enqueuer>,
     pub(super) deps: Deps,
+    /// The pool, for each run's cancellation signal.
+    pub(super) pool: Arc<PoolShared>,
 }
 
 fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
@@ -123,6 +128,7 @@ fn record_outcome(verdict: &settle::Verdict) {
         AckKind::Defer { .. } => "deferred",
         AckKind::Dead => "dead",
         AckKind::Expired => "expired",
+        AckKind::Cancelled => "cancelled",
     };
     span.record("outcome", outcome);
     if matches!(verdict.kind, AckKind::Retry { .. } | AckKind::Dead) {
@@ -153,6 +159,7 @@ impl Dispatcher {
             result_z: None,
             duration: Duration::ZERO,
             started_at_us: 0,
+            wait_ms: None,
             enqueued_at_ms: d.envelope.enqueued_at,
             idempotency_key: d.envelope.idempotency_key.clone(),
             payload: None,
@@ -180,7 +187,9 @@ impl Dispatcher {
         if otel::enabled() {
             tracing::Span::current().record("wait_ms", wait_ms);
         }
+        c.wait_ms = u64::try_from(wait_ms).ok();
         telemetry::started(&s.name, s.tier.as_str(), spec.name, wait_ms as f64 / 1000.0);
+        let cancel = self.pool.cancellation(d.token);
         let ctx = JobContext::new(
             d.id.clone(),
             d.envelope.job.clone(),
@@ -197,7 +206,8 @@ impl Dispatcher {
                 .as_deref()
                 .and_then(culm_core::redrive_origin)
                 .map(str::to_owned),
-        );
+        )
+        .with_cancellation(cancel.clone());
         c.ran = true;
         c.started_at_us = chrono::Utc::now().timestamp_micros();
         let start = Instant::now();
@@ -243,9 +253,12 @@ impl Dispatcher {
             }
             Ok(Ok(RunResult::Finished(Err(e)))) => RunEnd::Failed(e),
         };
+        // However it returned, a handler that saw the cancellation stopped because of it.
+        let end = if cancel.observed() { RunEnd::Cancelled } else { end };
         c.verdict = settle::decide(&policy.retry, d.attempt, end);
         match &c.verdict.kind {
             AckKind::Done => tracing::debug!("done"),
+            AckKind::Cancelled => tracing::info!("{}", c.verdict.error),
             AckKind::Defer { at } => {
                 tracing::info!("deferred until {at}: {}", c.verdict.error)
             }

@@ -5,12 +5,15 @@
 //! Leases are keyed by their token, not the job id: the same job can be held twice for a
 //! moment (its deferral was written, it fell due and this process fetched it again before
 //! the acker forgot the first run), and each run must keep its own entry.
+use culm_core::Cancellation;
 use std::{collections::HashMap, sync::Mutex};
 
 struct Lease {
     id: String,
     /// The handler has not returned yet.
     running: bool,
+    /// Raised when an operator cancels the job while this run holds it.
+    cancel: Cancellation,
 }
 
 /// A pool's held leases and its capacity.
@@ -42,7 +45,14 @@ impl Inflight {
     pub(super) fn hold(&self, leases: impl Iterator<Item = (String, u64)>) {
         let mut m = self.lock();
         for (id, token) in leases {
-            let previous = m.insert(token, Lease { id, running: true });
+            let previous = m.insert(
+                token,
+                Lease {
+                    id,
+                    running: true,
+                    cancel: Cancellation::new(),
+                },
+            );
             debug_assert!(previous.is_none(), "lease token {token} handed out twice");
         }
         debug_assert!(
@@ -58,6 +68,26 @@ impl Inflight {
         if let Some(l) = self.lock().get_mut(&token) {
             l.running = false;
         }
+    }
+
+    /// The cancellation signal of the run holding `token` (a fresh one if the lease is
+    /// not held, which cannot be raised).
+    pub(super) fn cancellation(&self, token: u64) -> Cancellation {
+        self.lock().get(&token).map(|l| l.cancel.clone()).unwrap_or_default()
+    }
+
+    /// Raises the cancellation signal of every running lease of `ids`; returns how many
+    /// runs were told for the first time.
+    pub(super) fn cancel(&self, ids: &[String]) -> usize {
+        let m = self.lock();
+        let mut n = 0;
+        for l in m.values().filter(|l| l.running && ids.contains(&l.id)) {
+            if !l.cancel.is_requested() {
+                l.cancel.cancel();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Whether the lease's handler is still running.

@@ -2,6 +2,7 @@
 //! plus the process-wide wake-up listener. Owns start-up of pools and graceful drain.
 mod backend;
 mod dispatch;
+mod heartbeat;
 mod inflight;
 mod pool;
 mod settle;
@@ -17,6 +18,7 @@ use tokio::{
     task::JoinHandle,
 };
 
+pub use heartbeat::{HEARTBEAT_INTERVAL, HEARTBEAT_TTL};
 pub use settle::{Completion, JobEvent};
 
 /// A start-up problem.
@@ -55,6 +57,8 @@ pub struct Running {
     abort: watch::Sender<bool>,
     pools: Vec<PoolHandle>,
     listener: JoinHandle<()>,
+    /// Renews this replica's registry entry; removes it when `finish` fires.
+    heartbeat: JoinHandle<()>,
     drain_timeout: Duration,
 }
 
@@ -136,6 +140,7 @@ impl Runtime {
                 settings: settings.clone(),
                 enqueuer: Arc::new(self.store.clone()) as Arc<dyn Enqueuer>,
                 deps: self.deps.clone(),
+                pool: shared.clone(),
             };
             let worker = WorkerBuilder::new(format!("{name}@{worker_id}"))
                 .backend(backend)
@@ -173,6 +178,18 @@ impl Runtime {
                 worker,
             });
         }
+        let me = heartbeat::Identity {
+            id: format!("{worker_id}-{}", &ulid::Ulid::new().to_string().to_lowercase()[20..]),
+            host: hostname(),
+            started_at: culm_core::now_ms(),
+        };
+        let heartbeat = tokio::spawn(heartbeat::heartbeat_loop(
+            self.store.clone(),
+            me,
+            pools.iter().map(|p| p.shared.clone()).collect(),
+            // Listed while it drains: it leaves the registry once its workers are gone.
+            finish_rx,
+        ));
         let listener = tokio::spawn(wake_listener(self.store.pubsub().clone(), wakes, stop_rx));
         tracing::info!(queues = %queues.join(","), worker = %worker_id, "worker pools started");
         Ok(Running {
@@ -181,6 +198,7 @@ impl Runtime {
             abort,
             pools,
             listener,
+            heartbeat,
             drain_timeout: self.config.worker.drain_timeout,
         })
     }
@@ -244,6 +262,14 @@ impl Running {
         }
         report.handed_back = released.into_iter().sum();
         self.listener.abort();
+        // It saw `finish` and removes this replica from the registry.
+        let mut heartbeat = self.heartbeat;
+        if tokio::time::timeout(Duration::from_secs(5), &mut heartbeat)
+            .await
+            .is_err()
+        {
+            heartbeat.abort();
+        }
         tracing::info!(handed_back = report.handed_back, "worker pools stopped");
         report
     }

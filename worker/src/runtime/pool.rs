@@ -8,7 +8,7 @@ use super::{
 use crate::{
     config::{QueueSettings, WorkerConfig},
     db::ledger::Ledger,
-    store::{Ack, AckBatch, Delivery, Store},
+    store::{Ack, AckBatch, Delivery, Store, Waited},
     telemetry,
 };
 use apalis_core::task::Task;
@@ -33,6 +33,16 @@ pub struct PoolShared {
 }
 
 impl PoolShared {
+    /// The cancellation signal of the run holding `token`, for its `JobContext`.
+    pub(super) fn cancellation(&self, token: u64) -> culm_core::Cancellation {
+        self.inflight.cancellation(token)
+    }
+
+    /// Leases this pool holds (its busy slots), for the replica's heartbeat.
+    pub(super) fn busy(&self) -> u32 {
+        u32::try_from((self.settings.concurrency as usize).saturating_sub(self.inflight.free())).unwrap_or(u32::MAX)
+    }
+
     pub(super) fn new(
         settings: Arc<QueueSettings>,
         store: Store,
@@ -201,9 +211,16 @@ pub(super) async fn ack_loop(
         // A resend after a lost reply carries the same name, so it answers with the first
         // write's result instead of finding every run fenced off by that write.
         name = name.next();
+        let waited = batch
+            .iter()
+            .filter_map(|p| p.wait_ms)
+            .fold(Waited::default(), |w, ms| Waited {
+                total_ms: w.total_ms + ms,
+                runs: w.runs + 1,
+            });
         let mut backoff = Duration::from_millis(50);
         let applied = loop {
-            match shared.store.ack(&shared.queue, &name, &acks).await {
+            match shared.store.ack_waited(&shared.queue, &name, &acks, waited).await {
                 Ok(applied) => break applied,
                 Err(e) if !e.is_transient() => {
                     // The script itself refused the batch: retrying it whole would fail
@@ -296,8 +313,15 @@ pub(super) async fn upkeep_loop(shared: Arc<PoolShared>, mut stop: watch::Receiv
 /// Extends every lease this process holds; false if Redis could not be reached.
 async fn extend_held(shared: &PoolShared) -> bool {
     let held = shared.inflight.held();
-    match shared.store.extend(&shared.queue, &held, shared.worker.lease_ttl).await {
-        Ok(lost) => {
+    match shared
+        .store
+        .extend_leases(&shared.queue, &held, shared.worker.lease_ttl)
+        .await
+    {
+        Ok(crate::store::Extended { lost, cancel }) => {
+            if !cancel.is_empty() && shared.inflight.cancel(&cancel) > 0 {
+                tracing::info!(queue = %shared.queue, jobs = %cancel.join(","), "cancellation requested: handlers told");
+            }
             for (id, token) in held.iter().filter(|(id, _)| lost.contains(id)) {
                 if shared.inflight.running(*token) {
                     tracing::warn!(queue = %shared.queue, job_id = %id, token, "lease lost: the job may be running elsewhere; this run's result will be ignored");

@@ -64,6 +64,8 @@ pub struct Completion {
     pub duration: Duration,
     /// When the handler started, µs since the epoch (0 if it never started).
     pub started_at_us: i64,
+    /// How long the job waited from its due time to its start, ms (`None`: never started).
+    pub wait_ms: Option<u64>,
     pub enqueued_at_ms: i64,
     /// Kept for the dead-letter archive.
     pub idempotency_key: Option<String>,
@@ -90,7 +92,7 @@ fn finished(c: &Completion) -> String {
         enqueued_at: c.enqueued_at_ms,
         result: c.result.clone(),
         result_z: c.result_z.clone(),
-        cancelled: false,
+        cancelled: c.verdict.kind == AckKind::Cancelled,
         expired: c.verdict.kind == AckKind::Expired,
     };
     serde_json::to_string(&f).unwrap_or_default()
@@ -114,6 +116,8 @@ pub struct Settlement {
     pub(super) attempt: u32,
     /// When the handler started, µs since the epoch; 0 if it never did.
     pub(super) started_at_us: i64,
+    /// From due to start, ms, for the queue's wait-time history; `None` if it never started.
+    pub(super) wait_ms: Option<u64>,
     pub(super) duration: Duration,
     /// How the run counts in the job metrics; `None` when no handler ran.
     pub(super) ended: Option<telemetry::Ended>,
@@ -135,6 +139,8 @@ pub(super) enum RunEnd {
     BadPayload(String),
     /// This binary has no handler for the job type.
     UnknownJob,
+    /// The handler returned after seeing an operator's cancellation.
+    Cancelled,
     /// The run succeeded but its follow-up jobs could not be stored (`storage`: Redis
     /// failed, so trying again may work) or were rejected.
     FollowUpsFailed {
@@ -215,6 +221,11 @@ pub(super) fn decide(retry: &RetryPolicy, attempt: u32, end: RunEnd) -> Verdict 
             None,
         ),
         RunEnd::Panicked(message) => retry_or_dead(retry, attempt, format!("handler panicked: {message}"), None),
+        RunEnd::Cancelled => Verdict {
+            kind: AckKind::Cancelled,
+            error: "cancelled by an operator while running; the handler stopped".to_owned(),
+            ended: telemetry::Ended::Cancelled,
+        },
         RunEnd::BadPayload(reason) => dead(reason),
         RunEnd::UnknownJob => dead("unknown job type: this binary has no handler for it".to_owned()),
         RunEnd::FollowUpsFailed { storage: true, error } => retry_or_dead(
@@ -232,7 +243,8 @@ impl Settlement {
     pub(super) fn from_run(c: Completion) -> Self {
         Settlement {
             ack: Ack {
-                finished: matches!(c.verdict.kind, AckKind::Done | AckKind::Expired).then(|| finished(&c)),
+                finished: matches!(c.verdict.kind, AckKind::Done | AckKind::Expired | AckKind::Cancelled)
+                    .then(|| finished(&c)),
                 id: c.id,
                 token: c.token,
                 kind: c.verdict.kind,
@@ -243,6 +255,7 @@ impl Settlement {
             job: c.job,
             attempt: c.attempt,
             started_at_us: c.started_at_us,
+            wait_ms: c.wait_ms,
             duration: c.duration,
             ended: c.ran.then_some(c.verdict.ended),
             enqueued_at_ms: Some(c.enqueued_at_ms),
@@ -267,6 +280,7 @@ impl Settlement {
             job: "unknown".to_owned(),
             attempt: c.attempt,
             started_at_us: 0,
+            wait_ms: None,
             duration: Duration::ZERO,
             ended: None,
             enqueued_at_ms: None,
@@ -318,6 +332,7 @@ pub(super) fn expired(s: &QueueSettings, e: Expired) -> Settlement {
         job,
         attempt: e.attempt,
         started_at_us: 0,
+        wait_ms: None,
         duration: Duration::ZERO,
         ended: None,
         enqueued_at_ms,
@@ -381,6 +396,7 @@ fn ledger_row(shared: &Recorder, p: &mut Settlement, applied: bool, finished_at_
         AckKind::Defer { at } => (RunOutcome::Deferred, Some(at)),
         AckKind::Dead => (RunOutcome::Dead, None),
         AckKind::Expired => (RunOutcome::Expired, None),
+        AckKind::Cancelled => (RunOutcome::Cancelled, None),
     };
     // Only a dead-lettering that took effect reaches the archive.
     let dead = (outcome == RunOutcome::Dead).then(|| DeadInfo {

@@ -22,7 +22,7 @@ pub mod cadence;
 pub mod catalog;
 mod status;
 
-pub use status::{FireTime, LastFire, LastOutcome, ScheduleStatus, describe, next_fire_times};
+pub use status::{FireTime, LastFire, LastOutcome, ScheduleStatus, TickEntry, describe, next_fire_times};
 
 use crate::{
     config::Config,
@@ -331,6 +331,11 @@ impl Scheduler {
                 job_id: outcome.job_id(),
                 lag_ms: tick_ms.map(|t| now - t),
                 error,
+                // A stale tick is a lagging replica's view of a tick already decided.
+                seen: match outcome {
+                    TickOutcome::Stale => "",
+                    o => o.as_str(),
+                },
             })
             .await?;
         Ok(())

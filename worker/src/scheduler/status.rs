@@ -14,6 +14,26 @@ pub struct FireTime {
     pub utc: String,
 }
 
+/// One tick of a schedule and what became of it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct TickEntry {
+    /// The tick (RFC 3339, UTC); `None` for a manual trigger.
+    pub tick: Option<String>,
+    /// The tick in the schedule's timezone, with its offset.
+    pub tick_local: Option<String>,
+    /// `fired`, `caught_up`, `triggered`, `skipped_overlap`, `claimed_elsewhere` (another
+    /// replica decided it and has its own entry), `paused`, `missed` or `error`.
+    pub outcome: String,
+    /// When it was recorded (RFC 3339, UTC).
+    pub at: String,
+    /// The job it enqueued.
+    pub job_id: Option<String>,
+    /// The error, for `error`.
+    pub error: Option<String>,
+    /// Recording time minus tick time, ms.
+    pub lag_ms: Option<i64>,
+}
+
 /// A schedule as the CLI and admin API show it: the catalog entry, flattened, plus what
 /// Redis knows of it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -125,6 +145,29 @@ impl Scheduler {
             out.push(st);
         }
         Ok(out)
+    }
+
+    /// A schedule's last ticks (at most `store::TICK_HISTORY`), newest first, each with
+    /// its outcome (`GET /v1/schedules/{name}/ticks`).
+    pub async fn ticks(&self, name: &str) -> Result<Vec<TickEntry>, SchedulerError> {
+        let s = self.schedule(name)?;
+        let tz = s.cadence.tz();
+        let records = self.inner.store.schedule_ticks(name).await?;
+        Ok(records
+            .into_iter()
+            .map(|r| TickEntry {
+                tick: r.tick.and_then(rfc3339_ms),
+                tick_local: r
+                    .tick
+                    .and_then(DateTime::from_timestamp_millis)
+                    .map(|t| t.with_timezone(&tz).to_rfc3339_opts(chrono::SecondsFormat::Secs, false)),
+                outcome: r.outcome,
+                at: rfc3339_ms(r.at).unwrap_or_default(),
+                job_id: Some(r.job).filter(|j| !j.is_empty()),
+                error: Some(r.error).filter(|e| !e.is_empty()),
+                lag_ms: r.lag_ms,
+            })
+            .collect())
     }
 
     /// Pauses a schedule on every replica: its ticks are recorded as `paused` and fire

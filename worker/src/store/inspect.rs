@@ -71,14 +71,35 @@ impl Store {
 
     /// Dead-lettered jobs of `queue`, newest first.
     pub async fn dead_list(&self, queue: &str, limit: usize) -> Result<Vec<DeadJob>, StoreError> {
+        self.dead_page(queue, DeadWindow::default(), 0, limit).await
+    }
+
+    /// One page of `queue`'s dead-letter set, newest first: the jobs that died inside
+    /// `window`, skipping the first `offset` of them. The window is a score range of the
+    /// set, so only the page itself is read, never the whole set.
+    pub async fn dead_page(
+        &self,
+        queue: &str,
+        window: DeadWindow,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Vec<DeadJob>, StoreError> {
         self.settings(queue)?;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let keys = self.keys(queue);
         let mut conn = self.inner.conn.clone();
-        let entries: Vec<(String, f64)> = redis::cmd("ZREVRANGE")
+        let max = window.before.map_or("+inf".to_owned(), |t| format!("({t}"));
+        let min = window.after.map_or("-inf".to_owned(), |t| t.to_string());
+        let entries: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
             .arg(keys.dead())
-            .arg(0)
-            .arg(limit.saturating_sub(1))
+            .arg(max)
+            .arg(min)
             .arg("WITHSCORES")
+            .arg("LIMIT")
+            .arg(offset)
+            .arg(limit)
             .query_async(&mut conn)
             .await?;
         if entries.is_empty() {
@@ -229,11 +250,52 @@ impl Store {
     }
 }
 
+/// A range of death times, ms: `after` inclusive, `before` exclusive; open where `None`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DeadWindow {
+    /// Died at or after this time.
+    pub after: Option<i64>,
+    /// Died before this time.
+    pub before: Option<i64>,
+}
+
+/// Which dead letters an operator means: every field narrows, `None` matches all.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadFilter {
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this job type.
+    pub job: Option<String>,
+    /// Only jobs whose last error contains this text (case-insensitive).
+    pub error: Option<String>,
+    /// Only jobs that died in this window.
+    pub window: DeadWindow,
+}
+
+impl DeadFilter {
+    /// Whether `d` matches. The queue and the window are also applied by the readers
+    /// themselves (they choose the set and the score range); this checks everything.
+    pub fn matches(&self, d: &DeadJob) -> bool {
+        self.queue.as_ref().is_none_or(|q| *q == d.queue)
+            && self.job.as_ref().is_none_or(|j| *j == d.job)
+            && self.error.as_ref().is_none_or(|needle| {
+                d.last_error
+                    .as_ref()
+                    .is_some_and(|e| e.to_lowercase().contains(&needle.to_lowercase()))
+            })
+            && self.window.after.is_none_or(|t| d.died_at >= t)
+            && self.window.before.is_none_or(|t| d.died_at < t)
+    }
+}
+
 /// What `Store::cancel` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Cancelled {
     /// The job was pending or scheduled and will not run.
     Cancelled { queue: String },
+    /// The job is running: its handler is told through its cancellation signal (within
+    /// one `lease_extend_interval`), and ends `cancelled` if it returns after seeing it.
+    Requested { queue: String },
     /// Too late (or never possible): the job is in this state.
     Refused { queue: String, state: JobState },
     /// No queue knows the id.
@@ -241,8 +303,9 @@ pub enum Cancelled {
 }
 
 impl Store {
-    /// Cancels a pending or scheduled job: one `cancel.lua` call per queue (pipelined),
-    /// O(1) each. A running, dead or finished job is refused with its state.
+    /// Cancels a pending or scheduled job, or asks a running one's handler to stop: one
+    /// `cancel.lua` call per queue (pipelined), O(1) each. A dead or finished job is
+    /// refused with its state.
     pub async fn cancel(&self, id: &str) -> Result<Cancelled, StoreError> {
         let calls = self.inner.routing.queues.keys().map(|q| {
             let mut conn = self.inner.conn.clone();
@@ -257,7 +320,7 @@ impl Store {
             let state = match answer.as_str() {
                 "" => continue,
                 "cancelled" => return Ok(Cancelled::Cancelled { queue }),
-                "running" => JobState::Running,
+                "cancelling" => return Ok(Cancelled::Requested { queue }),
                 "dead" => JobState::Dead,
                 _ => JobState::Done,
             };

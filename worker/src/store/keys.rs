@@ -149,6 +149,12 @@ impl QueueKeys {
     pub fn unique(&self, key: &str) -> String {
         self.key(&format!("unique:{key}"))
     }
+    /// Hash: the queue's per-minute history for the hour `hour` (ms / 3,600,000): fields
+    /// `<minute>:p` processed, `:f` failed, `:w` summed wait ms, `:n` runs waited, where
+    /// `<minute>` is ms / 60,000. Written by `ack.lua`, expires 25 h after its last write.
+    pub fn history(&self, hour: i64) -> String {
+        self.key(&format!("history:{hour}"))
+    }
     /// String: an acker's last batch and its answer.
     pub fn acker(&self, acker: &str) -> String {
         self.key(&format!("acker:{acker}"))
@@ -198,6 +204,12 @@ impl SchedulerKeys {
         format!("{}:schedules:state:{name}", self.base)
     }
 
+    /// List: schedule `name`'s last ticks with their outcome, newest first (JSON entries,
+    /// bounded by `record.lua`).
+    pub fn ticks(&self, name: &str) -> String {
+        format!("{}:schedules:ticks:{name}", self.base)
+    }
+
     /// Hash: schedule name → paused-at ms.
     pub fn paused(&self) -> String {
         format!("{}:schedules:paused", self.base)
@@ -207,6 +219,33 @@ impl SchedulerKeys {
     /// schedules removed from the catalog can be found and deleted.
     pub fn names(&self) -> String {
         format!("{}:schedules:names", self.base)
+    }
+}
+
+/// Keys of the process registry in the `{<prefix>}` slot: which `culm run` replicas are
+/// alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessKeys {
+    base: String,
+}
+
+impl ProcessKeys {
+    /// The registry's keys under `prefix`.
+    pub fn new(prefix: &str) -> ProcessKeys {
+        ProcessKeys {
+            base: format!("{{{prefix}}}"),
+        }
+    }
+
+    /// Zset: replica id → last heartbeat ms. Members whose `worker` key expired are
+    /// dropped by whoever lists them.
+    pub fn workers(&self) -> String {
+        format!("{}:workers", self.base)
+    }
+
+    /// String: a replica's `WorkerInfo` JSON; expires unless its heartbeat renews it.
+    pub fn worker(&self, id: &str) -> String {
+        format!("{}:worker:{id}", self.base)
     }
 }
 

@@ -16,24 +16,30 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+mod browse;
 mod compress;
 pub mod conn;
+mod history;
 pub(crate) use compress::compress;
 mod inspect;
 pub mod keys;
 mod queue;
 mod routing;
 mod schedules;
+mod workers;
+pub use browse::{Cursor, JobBody, JobPage, ListJobs, SCAN_BUDGET};
 pub use conn::{PubSubSource, RedisConn};
-pub use inspect::{Cancelled, queue_gauges};
-pub use keys::{QueueKeys, SchedulerKeys};
+pub use history::{MAX_HISTORY_MINUTES, MinuteStats};
+pub use inspect::{Cancelled, DeadFilter, DeadWindow, queue_gauges};
+pub use keys::{ProcessKeys, QueueKeys, SchedulerKeys};
 pub(crate) use queue::NewEnvelope;
 pub use queue::{
-    Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Fetched, Finished, RESERVED_KEY_PREFIXES, Reaped,
-    reserved_idempotency_key,
+    Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Extended, Fetched, Finished, RESERVED_KEY_PREFIXES,
+    Reaped, Waited, reserved_idempotency_key,
 };
 pub use routing::{JobType, RetryView, Routing};
-pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState};
+pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState, TICK_HISTORY, TickRecord};
+pub use workers::{QueueLoad, WorkerInfo};
 
 /// A storage failure. Messages never contain credentials.
 #[derive(Debug, thiserror::Error)]
@@ -411,6 +417,11 @@ impl Store {
     /// The key names of the scheduler.
     pub fn scheduler_keys(&self) -> SchedulerKeys {
         SchedulerKeys::new(&self.inner.prefix)
+    }
+
+    /// The key names of the replica registry.
+    pub fn process_keys(&self) -> ProcessKeys {
+        ProcessKeys::new(&self.inner.prefix)
     }
 
     /// The queue's base key, `{prefix:queue}`.

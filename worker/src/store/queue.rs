@@ -188,8 +188,28 @@ pub enum AckKind {
         at: i64,
     },
     Dead,
+    /// Its handler returned after seeing an operator's cancellation: final, like done
+    /// (its `finished` entry is marked cancelled), without its follow-ups.
+    Cancelled,
     /// Not run: its `expires_at` passed before this attempt could start. Final.
     Expired,
+}
+
+/// The wait times of a batch's runs (from when each was due to when it started), summed
+/// for the queue's per-minute history.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waited {
+    pub total_ms: u64,
+    pub runs: u64,
+}
+
+/// What extending a pool's leases found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extended {
+    /// Ids whose lease was lost (taken over, settled or purged).
+    pub lost: Vec<String>,
+    /// Ids still held here that an operator asked to cancel.
+    pub cancel: Vec<String>,
 }
 
 /// One acknowledgement, fenced by the token of the lease it settles.
@@ -545,22 +565,38 @@ impl Store {
     /// applied; one that did not was fenced off (its lease had moved on, or it was a
     /// replay of an ack already applied).
     pub async fn ack(&self, queue: &str, batch: &AckBatch, acks: &[Ack]) -> Result<Vec<bool>, StoreError> {
+        self.ack_waited(queue, batch, acks, Waited::default()).await
+    }
+
+    /// [`Store::ack`], adding the batch's wait times to the queue's per-minute history
+    /// (processed and failed runs are counted by the script, from what applied).
+    pub async fn ack_waited(
+        &self,
+        queue: &str,
+        batch: &AckBatch,
+        acks: &[Ack],
+        waited: Waited,
+    ) -> Result<Vec<bool>, StoreError> {
         if acks.is_empty() {
             return Ok(Vec::new());
         }
         let keys = self.keys(queue);
         let mut inv = keys.invoke(&ACK);
         inv.key(keys.acker(&batch.acker))
+            .key(keys.history(now_ms().div_euclid(3_600_000)))
             .arg(self.inner.done_retention)
             .arg(batch.seq)
+            .arg(waited.total_ms)
+            .arg(waited.runs)
             .arg(u8::from(self.max_in_flight(queue) > 0));
         // Retry and defer times go as delays from now, so the script places them on
         // Redis's clock and a worker's clock skew cannot stretch or shrink a backoff.
         let now = now_ms();
         for a in acks {
             let (kind, delay) = match a.kind {
-                // An expired job ends like a done one (its `finished` entry says expired).
-                AckKind::Done | AckKind::Expired => ("done", 0),
+                // An expired or cancelled run is written like a done one; its `finished`
+                // entry says which.
+                AckKind::Done | AckKind::Expired | AckKind::Cancelled => ("done", 0),
                 AckKind::Retry { at } => ("retry", (at - now).max(0)),
                 AckKind::Defer { at } => ("defer", (at - now).max(0)),
                 AckKind::Dead => ("dead", 0),
@@ -600,8 +636,18 @@ impl Store {
         held: &[(String, u64)],
         lease_ttl: Duration,
     ) -> Result<Vec<String>, StoreError> {
+        Ok(self.extend_leases(queue, held, lease_ttl).await?.lost)
+    }
+
+    /// [`Store::extend`], also reporting the held jobs an operator asked to cancel.
+    pub async fn extend_leases(
+        &self,
+        queue: &str,
+        held: &[(String, u64)],
+        lease_ttl: Duration,
+    ) -> Result<Extended, StoreError> {
         if held.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Extended::default());
         }
         let mut inv = self.keys(queue).invoke(&EXTEND);
         inv.arg(millis(lease_ttl));
@@ -609,7 +655,8 @@ impl Store {
             inv.arg(id).arg(*token);
         }
         let mut conn = self.inner.conn.clone();
-        Ok(inv.invoke_async(&mut conn).await?)
+        let (lost, cancel): (Vec<String>, Vec<String>) = inv.invoke_async(&mut conn).await?;
+        Ok(Extended { lost, cancel })
     }
 
     /// Finds up to 1,000 expired leases of `queue` without changing them. Reaping holds

@@ -40,6 +40,30 @@ pub struct FireTick<'a> {
     pub envelope: &'a str,
 }
 
+/// How many ticks a schedule's history keeps.
+pub const TICK_HISTORY: usize = 50;
+
+/// One entry of a schedule's tick history, as `record.lua` stores it.
+#[derive(Debug, Clone, serde::Deserialize, PartialEq, Eq)]
+pub struct TickRecord {
+    /// The tick, ms; `None` for a manual trigger.
+    #[serde(default)]
+    pub tick: Option<i64>,
+    /// What happened (`TickOutcome::as_str`).
+    pub outcome: String,
+    /// When it was recorded, ms.
+    pub at: i64,
+    /// The job it enqueued ('' when none).
+    #[serde(default)]
+    pub job: String,
+    /// The error, for `error` ('' otherwise).
+    #[serde(default)]
+    pub error: String,
+    /// Recording time minus tick time, ms.
+    #[serde(default)]
+    pub lag_ms: Option<i64>,
+}
+
 /// One call of `record.lua`: what happened to a tick of a schedule.
 #[derive(Debug, Clone, Default)]
 pub struct ScheduleRecord<'a> {
@@ -56,6 +80,9 @@ pub struct ScheduleRecord<'a> {
     pub job_id: Option<&'a str>,
     pub lag_ms: Option<i64>,
     pub error: &'a str,
+    /// What this replica saw, for the tick history (`claimed_elsewhere` included); empty
+    /// to leave the history alone.
+    pub seen: &'a str,
 }
 
 /// What Redis holds about one schedule.
@@ -103,6 +130,7 @@ impl Store {
         let _: i64 = RECORD
             .key(keys.state(r.schedule))
             .key(keys.names())
+            .key(keys.ticks(r.schedule))
             .arg(r.tick_ms.map(|t| t.to_string()).unwrap_or_default())
             .arg(r.now_ms)
             .arg(r.outcome)
@@ -112,9 +140,23 @@ impl Store {
             .arg(r.lag_ms.map(|l| l.to_string()).unwrap_or_default())
             .arg(r.error)
             .arg(r.schedule)
+            .arg(r.seen)
+            .arg(TICK_HISTORY)
             .invoke_async(&mut conn)
             .await?;
         Ok(())
+    }
+
+    /// `schedule`'s last ticks, newest first (at most [`TICK_HISTORY`]).
+    pub async fn schedule_ticks(&self, schedule: &str) -> Result<Vec<TickRecord>, RedisError> {
+        let mut conn = self.inner.conn.clone();
+        let raw: Vec<String> = redis::cmd("LRANGE")
+            .arg(self.scheduler_keys().ticks(schedule))
+            .arg(0)
+            .arg(TICK_HISTORY - 1)
+            .query_async(&mut conn)
+            .await?;
+        Ok(raw.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
     }
 
     /// The latest tick any replica handled for `schedule`, ms.
@@ -208,6 +250,8 @@ impl Store {
         for (name, queue) in &gone {
             redis::pipe()
                 .del(keys.state(name))
+                .ignore()
+                .del(keys.ticks(name))
                 .ignore()
                 .hdel(keys.paused(), name)
                 .ignore()

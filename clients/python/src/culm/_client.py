@@ -221,7 +221,9 @@ class Client(_Base):
                 return j
 
     def cancel(self, id: str) -> Job:
-        """Cancels a pending or scheduled job (`NotCancellableError` once it runs)."""
+        """Cancels a job: a pending or scheduled one never runs; a running one's handler is
+        asked to stop (the job returned is still `running`, and ends `cancelled` if the
+        handler stops). `NotCancellableError` once it is done or dead."""
         self._request("POST", f"/v1/jobs/{id}/cancel")
         return self.get(id)
 

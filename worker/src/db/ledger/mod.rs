@@ -45,6 +45,8 @@ pub enum RunOutcome {
     Dead,
     /// It asked to run later without spending an attempt.
     Deferred,
+    /// Its handler stopped on an operator's cancellation.
+    Cancelled,
     /// It finished, but its lease had expired and been taken over (the job was delivered
     /// again), so its outcome was not applied.
     Superseded,
@@ -62,6 +64,7 @@ impl RunOutcome {
             RunOutcome::Deferred => "deferred",
             RunOutcome::Superseded => "superseded",
             RunOutcome::Expired => "expired",
+            RunOutcome::Cancelled => "cancelled",
         }
     }
 }

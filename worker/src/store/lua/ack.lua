@@ -1,7 +1,9 @@
 -- Record outcomes of a batch of runs. KEYS: the queue's, then the acker's key
--- (`…:acker:<acker>`). ARGV: done_retention, batch, capped ('1' when the queue has a
--- max_in_flight: a batch that ends leases while jobs wait wakes the processes the cap
--- held back), then per run: id, token, kind,
+-- (`…:acker:<acker>`), then the queue's history key for the current hour
+-- (`…:history:<hour>`). ARGV: done_retention, batch, the batch's summed wait in ms and
+-- the number of runs it sums (from the worker: due time to start), capped ('1' when the
+-- queue has a max_in_flight: a batch that ends leases while jobs wait wakes the
+-- processes the cap held back), then per run: id, token, kind,
 -- delay_ms (retry/defer: how long from now, on Redis's clock), error, finished (done:
 -- the JSON kept in `finished` for status readers: job type, attempts, enqueue time and
 -- result; '' otherwise).
@@ -19,8 +21,10 @@
 local now = redis_now()
 local keep = tonumber(ARGV[1])
 local K_ACKER = KEYS[QUEUE_KEYS + 1]
+local K_HISTORY = KEYS[QUEUE_KEYS + 2]
+local FIRST_RUN = 6
 local batch = ARGV[2] .. ':'
-local capped = ARGV[3] == '1'
+local capped = ARGV[5] == '1'
 local last = redis.call('GET', K_ACKER)
 if last and string.sub(last, 1, #batch) == batch then return string.sub(last, #batch + 1) end
 local applied = {}
@@ -31,7 +35,7 @@ local wake = false
 -- batch allows: settling the common case (done) costs one command per run (the read)
 -- plus a handful per batch.
 local fields = {}
-for i = 4, #ARGV, 6 do fields[#fields + 1] = ARGV[i] .. ':t' end
+for i = FIRST_RUN, #ARGV, 6 do fields[#fields + 1] = ARGV[i] .. ':t' end
 local current = {}
 for from = 1, #fields, 1000 do
   local got = redis.call('HMGET', K_ATTEMPTS, unpack(fields, from, math.min(from + 999, #fields)))
@@ -45,7 +49,8 @@ local done_scores = {}  -- ZADD arguments for the done set
 local finished_fields = {} -- HSET arguments for the finished hash
 local final = {}        -- ids that reached done or dead: published once
 local n = 0
-for i = 4, #ARGV, 6 do
+local processed, failed = 0, 0
+for i = FIRST_RUN, #ARGV, 6 do
   n = n + 1
   local id, token, kind, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
   local at = now + tonumber(ARGV[i + 3])
@@ -61,7 +66,10 @@ for i = 4, #ARGV, 6 do
     settled[id] = true
     ended[#ended + 1] = id
     dropped[#dropped + 1] = id .. ':t'
+    -- A cancellation asked of this run ends with it.
+    dropped[#dropped + 1] = id .. ':c'
     if kind == 'done' then
+      processed = processed + 1
       dropped[#dropped + 1] = id
       dropped[#dropped + 1] = id .. ':o'
       done[#done + 1] = id
@@ -73,12 +81,14 @@ for i = 4, #ARGV, 6 do
       end
       final[#final + 1] = id
     elseif kind == 'dead' then
+      failed = failed + 1
       push_error(id, redis.call('HGET', K_ATTEMPTS, id), now, err)
       redis.call('ZADD', K_DEAD, now, id)
       final[#final + 1] = id
     else
       local attempt = redis.call('HGET', K_ATTEMPTS, id)
       if kind == 'retry' then
+        failed = failed + 1
         push_error(id, attempt, now, err)
       else
         -- A deferral does not spend an attempt.
@@ -138,6 +148,21 @@ if finished > 0 then
   end
 end
 if capped and #ended > 0 and not wake then wake = redis.call('LLEN', K_READY) > 0 end
+-- Per-minute history for the dashboard: a few commands per batch, never per run. Fields
+-- are named by the minute on Redis's clock, so a field filed under a neighbouring hour's
+-- key (the worker names the key by its own clock) is still read for the right minute.
+local waited = tonumber(ARGV[4])
+if processed + failed + waited > 0 then
+  local minute = math.floor(now / 60000)
+  if processed > 0 then redis.call('HINCRBY', K_HISTORY, minute .. ':p', processed) end
+  if failed > 0 then redis.call('HINCRBY', K_HISTORY, minute .. ':f', failed) end
+  if waited > 0 then
+    redis.call('HINCRBY', K_HISTORY, minute .. ':w', tonumber(ARGV[3]))
+    redis.call('HINCRBY', K_HISTORY, minute .. ':n', waited)
+  end
+  -- Kept 25 hours after its hour's last write: the 24-hour chart's bound.
+  redis.call('EXPIRE', K_HISTORY, 90000)
+end
 if wake then redis.call('PUBLISH', K_WAKE, '1') end
 if #final > 0 then redis.call('PUBLISH', K_SETTLED, table.concat(final, ',')) end
 local answer = table.concat(applied)

@@ -1,9 +1,11 @@
--- Cancel a job that has not started. ARGV: id.
+-- Cancel a job. ARGV: id.
 -- A pending or scheduled job loses its body (a pending id left in `ready` is skipped by
 -- fetch.lua, which leases only ids with a body), is added to `done` with a `finished`
--- entry marked cancelled, and is published on `settled`. Cost: O(1) commands, no scan
--- of `ready`. Returns 'cancelled', or why not: 'running', 'dead', 'done', or '' when
--- this queue does not know the id.
+-- entry marked cancelled, and is published on `settled`. A running job is only marked
+-- (`<id>:c` in `attempts`): the next extend.lua of its holder reports it, and the holder
+-- raises the handler's cancellation signal. Cost: O(1) commands, no scan of `ready`.
+-- Returns 'cancelled', 'cancelling' (running, now marked), or why not: 'dead', 'done',
+-- or '' when this queue does not know the id.
 local id = ARGV[1]
 local env = redis.call('HGET', K_JOBS, id)
 if not env then
@@ -14,14 +16,17 @@ if not env then
   end
   return ''
 end
-if redis.call('ZSCORE', K_LEASES, id) then return 'running' end
-if redis.call('ZSCORE', K_DEAD, id) then return 'dead' end
 local now = redis_now()
+if redis.call('ZSCORE', K_LEASES, id) then
+  redis.call('HSETNX', K_ATTEMPTS, id .. ':c', now)
+  return 'cancelling'
+end
+if redis.call('ZSCORE', K_DEAD, id) then return 'dead' end
 local e = cjson.decode(env)
 local attempts = tonumber(redis.call('HGET', K_ATTEMPTS, id) or '0')
 redis.call('ZREM', K_SCHEDULED, id)
 redis.call('HDEL', K_JOBS, id)
-redis.call('HDEL', K_ATTEMPTS, id, id .. ':o')
+redis.call('HDEL', K_ATTEMPTS, id, id .. ':o', id .. ':c')
 redis.call('HDEL', K_ERRORS, id)
 redis.call('ZADD', K_DONE, now, id)
 redis.call('HSET', K_FINISHED, id, cjson.encode({

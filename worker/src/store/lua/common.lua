@@ -18,11 +18,12 @@ local function queue_group(o)
   K_SCHEDULED = KEYS[o + 2]             -- zset id -> run_at ms (delayed, retries, deferrals)
   K_LEASES = KEYS[o + 3]                -- zset id -> lease deadline ms on Redis's clock (running)
   K_JOBS = KEYS[o + 4]                  -- hash id -> envelope JSON
-  -- hash, three fields per job:
+  -- hash, four fields per job:
   --   <id>    attempts started (the retry budget; a deferral refunds one);
   --   <id>:t  the current lease's token while the job is leased, suffixed `s` once the
   --           holder has extended the lease (proof it received it);
-  --   <id>:o  leases that expired before their holder confirmed them (refunded, bounded).
+  --   <id>:o  leases that expired before their holder confirmed them (refunded, bounded);
+  --   <id>:c  an operator asked the running job to stop (cancel.lua; until the run settles).
   K_ATTEMPTS = KEYS[o + 5]
   K_SEQ = KEYS[o + 6]                   -- counter: the last lease token handed out
   K_ERRORS = KEYS[o + 7]                -- hash id -> JSON array of the last errors

@@ -14,7 +14,7 @@ for i = 2, #ARGV do
       redis.call('RPUSH', K_READY, id)
     else
       redis.call('HDEL', K_JOBS, id)
-      redis.call('HDEL', K_ATTEMPTS, id, id .. ':t', id .. ':o')
+      redis.call('HDEL', K_ATTEMPTS, id, id .. ':t', id .. ':o', id .. ':c')
       redis.call('HDEL', K_ERRORS, id)
     end
   end

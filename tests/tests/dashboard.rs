@@ -1,0 +1,349 @@
+//! The dashboard under `/ui` over real HTTP against the real Redis: login and sessions,
+//! read versus admin, CSRF on every action, and each page's main action (pause a queue,
+//! retry dead letters by filter with the count confirmed first, cancel a scheduled job,
+//! trigger a schedule and see the tick, the replica list).
+use culm_core::EnqueueRequest;
+use culm_tests::{TestEnv, is, next_event, queue};
+use culm_worker::{
+    admin::{AdminState, Token},
+    config::Scope,
+    scheduler::{Scheduler, catalog::Catalog},
+    store::{JobState, Routing},
+};
+use reqwest::{Client, StatusCode, header, redirect};
+use serde_json::json;
+use std::time::Duration;
+use tokio::sync::watch;
+
+const WAIT: Duration = Duration::from_secs(30);
+const ADMIN: &str = "ui-admin-secret";
+const READER: &str = "ui-reader-secret";
+
+struct Ui {
+    base: String,
+    http: Client,
+    _stop: watch::Sender<bool>,
+}
+
+/// A logged-in browser: its session cookie.
+struct Browser<'a> {
+    ui: &'a Ui,
+    cookie: String,
+}
+
+impl Ui {
+    async fn start(env: &TestEnv) -> Ui {
+        let tokens = vec![
+            Token::new("ops", ADMIN, vec![Scope::Admin]),
+            Token::new("support", READER, vec![Scope::Read]),
+        ];
+        let catalog = Catalog::from_sources(
+            &[(
+                "schedules/test.toml".into(),
+                "[[schedule]]\nname = \"t.nightly\"\ncron = \"0 0 3 * * *\"\ntimezone = \"America/New_York\"\njob = \"platform.noop\"\nqueue = \"t_ui\"\noverlap = \"allow\"\ndescription = \"nightly test\"\n".into(),
+            )],
+            env.store.registry(),
+            &Routing::from_config(&env.config, env.store.registry()),
+        )
+        .expect("catalog");
+        let scheduler = Scheduler::new(env.store.clone(), catalog, &env.config);
+        let (base, stop) = culm_tests::serve_admin(
+            AdminState::new(&env.config, env.store.clone(), tokens).with_scheduler(Some(scheduler)),
+        )
+        .await;
+        Ui {
+            base,
+            http: Client::builder()
+                .redirect(redirect::Policy::none())
+                .build()
+                .expect("client"),
+            _stop: stop,
+        }
+    }
+
+    async fn login(&self, token: &str) -> Result<Browser<'_>, StatusCode> {
+        let resp = self
+            .http
+            .post(format!("{}/ui/login", self.base))
+            .form(&[("token", token)])
+            .send()
+            .await
+            .expect("login sent");
+        if resp.status() != StatusCode::SEE_OTHER {
+            return Err(resp.status());
+        }
+        let set = resp
+            .headers()
+            .get(header::SET_COOKIE)
+            .and_then(|v| v.to_str().ok())
+            .expect("a session cookie")
+            .to_owned();
+        assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"), "{set}");
+        assert!(!set.contains(token), "the token is never in the cookie");
+        let location = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok());
+        assert_eq!(location, Some("/ui"));
+        Ok(Browser {
+            ui: self,
+            cookie: set.split(';').next().unwrap_or_default().to_owned(),
+        })
+    }
+}
+
+impl Browser<'_> {
+    async fn get(&self, path: &str) -> (StatusCode, String) {
+        let resp = self
+            .ui
+            .http
+            .get(format!("{}{path}", self.ui.base))
+            .header(header::COOKIE, &self.cookie)
+            .send()
+            .await
+            .expect("sent");
+        (resp.status(), resp.text().await.expect("body"))
+    }
+
+    /// The page's CSRF token (every mutating form carries it).
+    async fn csrf(&self) -> String {
+        let (_, page) = self.get("/ui").await;
+        let at = page.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
+        page[at..at + 32].to_owned()
+    }
+
+    /// Posts a form; returns the status and where it redirects.
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> (StatusCode, String) {
+        let resp = self
+            .ui
+            .http
+            .post(format!("{}{path}", self.ui.base))
+            .header(header::COOKIE, &self.cookie)
+            .form(form)
+            .send()
+            .await
+            .expect("sent");
+        let to = resp
+            .headers()
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (resp.status(), to)
+    }
+}
+
+async fn env() -> TestEnv {
+    TestEnv::new(|c| {
+        c.queues.insert("t_ui".into(), queue("batch", 2, 5_000, 1));
+        c.worker.idle_poll_interval = Duration::from_millis(50);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_in_reading_and_acting_need_the_right_token_and_the_csrf_token() {
+    let env = env().await;
+    let ui = Ui::start(&env).await;
+    // Not logged in: every page sends to the login form.
+    let r = ui.http.get(format!("{}/ui", ui.base)).send().await.expect("sent");
+    assert_eq!(
+        (
+            r.status(),
+            r.headers().get(header::LOCATION).and_then(|v| v.to_str().ok())
+        ),
+        (StatusCode::SEE_OTHER, Some("/ui/login"))
+    );
+    assert_eq!(ui.login("wrong").await.err(), Some(StatusCode::UNAUTHORIZED));
+
+    let reader = ui.login(READER).await.expect("a read token logs in");
+    let (s, page) = reader.get("/ui").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains("t_ui") && page.contains("read only"), "{page}");
+    assert!(!page.contains(READER), "no token in any page");
+    let csrf = reader.csrf().await;
+    let (s, _) = reader.post("/ui/queues/t_ui/pause", &[("csrf", &csrf)]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a read token sees, it does not act");
+
+    let admin = ui.login(ADMIN).await.expect("an admin token logs in");
+    let (s, _) = admin.post("/ui/queues/t_ui/pause", &[("csrf", &csrf)]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "another session's CSRF token is refused");
+    let (s, _) = admin.post("/ui/queues/t_ui/pause", &[]).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "a form without its CSRF token is refused");
+    assert!(!env.store.stats("t_ui").await.expect("stats").paused);
+
+    let csrf = admin.csrf().await;
+    let (s, to) = admin.post("/ui/queues/t_ui/pause", &[("csrf", &csrf)]).await;
+    assert_eq!((s, to.starts_with("/ui/queues/t_ui")), (StatusCode::SEE_OTHER, true));
+    assert!(env.store.stats("t_ui").await.expect("stats").paused);
+    let (_, page) = admin.get("/ui").await;
+    assert!(page.contains("tag paused"), "the overview shows it paused");
+    let (_, page) = admin.get("/ui/queues/t_ui").await;
+    assert!(page.contains(">Resume<"), "{page}");
+    let (s, _) = admin.post("/ui/queues/t_ui/resume", &[("csrf", &csrf)]).await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(!env.store.stats("t_ui").await.expect("stats").paused);
+
+    let (s, to) = admin.post("/ui/logout", &[("csrf", &csrf)]).await;
+    assert_eq!((s, to.as_str()), (StatusCode::SEE_OTHER, "/ui/login"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_retried_by_filter_after_a_confirmation_that_shows_the_count() {
+    let env = env().await;
+    let ui = Ui::start(&env).await;
+    let admin = ui.login(ADMIN).await.expect("login");
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_ui".into()]).expect("start");
+    let reqs = ["card closed", "card closed", "other"]
+        .iter()
+        .map(|r| EnqueueRequest::raw("platform.fail_permanently", json!({ "reason": r })).queue("t_ui"))
+        .collect();
+    let ids = culm_tests::enqueue_ids(&env.store, reqs).await;
+    let mut left: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    while !left.is_empty() {
+        let e = next_event(&mut events, WAIT, |e| left.contains(&e.id) && is("dead", e)).await;
+        left.remove(&e.id);
+    }
+    running.shutdown().await;
+
+    let (s, page) = admin.get("/ui/dead?queue=t_ui&error=card").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        page.contains(&ids[0]) && page.contains(&ids[1]) && !page.contains(&ids[2]),
+        "{page}"
+    );
+    let (_, confirm) = admin.get("/ui/dead/confirm?action=retry&queue=t_ui&error=card").await;
+    assert!(confirm.contains("<strong id=\"match-count\">2</strong>"), "{confirm}");
+    let csrf = admin.csrf().await;
+    let (s, to) = admin
+        .post(
+            "/ui/dead/act",
+            &[
+                ("csrf", &csrf),
+                ("all", "1"),
+                ("action", "retry"),
+                ("queue", "t_ui"),
+                ("error", "card"),
+            ],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(to.contains("msg=Retried%202%20of%202"), "{to}");
+    for (id, want) in [
+        (&ids[0], JobState::Pending),
+        (&ids[1], JobState::Pending),
+        (&ids[2], JobState::Dead),
+    ] {
+        assert_eq!(env.store.status(id).await.expect("status").map(|s| s.state), Some(want));
+    }
+    // A selection: purge the last one from its job page.
+    let (_, page) = admin.get(&format!("/ui/jobs/{}", ids[2])).await;
+    assert!(
+        page.contains("other") && page.contains("&quot;reason&quot;: &quot;other&quot;"),
+        "payload and error shown: {page}"
+    );
+    let (s, _) = admin
+        .post(
+            "/ui/dead/act",
+            &[("csrf", &csrf), ("action", "purge"), ("ids", &ids[2])],
+        )
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    assert!(env.store.status(&ids[2]).await.expect("status").is_none());
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_job_is_cancelled_and_a_triggered_schedule_shows_its_tick() {
+    let env = env().await;
+    let ui = Ui::start(&env).await;
+    let admin = ui.login(ADMIN).await.expect("login");
+    let later = env
+        .enqueue(
+            EnqueueRequest::raw("platform.noop", json!({}))
+                .queue("t_ui")
+                .delay(Duration::from_secs(3600)),
+        )
+        .await;
+    let (_, page) = admin.get("/ui/queues/t_ui?state=scheduled").await;
+    assert!(page.contains(&later.id), "{page}");
+    let csrf = admin.csrf().await;
+    let (s, _) = admin
+        .post(&format!("/ui/jobs/{}/cancel", later.id), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(s, StatusCode::SEE_OTHER);
+    let st = env.store.status(&later.id).await.expect("status").expect("known");
+    assert_eq!(st.state, JobState::Cancelled);
+    let (_, page) = admin.get(&format!("/ui/jobs/{}", later.id)).await;
+    assert!(page.contains("tag cancelled"), "{page}");
+
+    let (_, page) = admin.get("/ui/schedules").await;
+    assert!(
+        page.contains("t.nightly") && page.contains("America/New_York"),
+        "{page}"
+    );
+    let (s, to) = admin.post("/ui/schedules/t.nightly/trigger", &[("csrf", &csrf)]).await;
+    assert_eq!(
+        (s, to.starts_with("/ui/schedules/t.nightly")),
+        (StatusCode::SEE_OTHER, true)
+    );
+    let (_, page) = admin.get("/ui/schedules/t.nightly").await;
+    assert!(
+        page.contains("manual trigger") && page.contains("tag triggered"),
+        "{page}"
+    );
+
+    let running = env.runtime().start(&["t_ui".into()]).expect("start");
+    let (_, page) = culm_tests::eventually(WAIT, "the replica listed", || async {
+        let (s, page) = admin.get("/ui/workers").await;
+        page.contains(">t_ui</a> 0/2").then_some((s, page))
+    })
+    .await;
+    assert!(page.contains(env!("CARGO_PKG_VERSION")), "{page}");
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_page_links_its_follow_ups_and_a_follow_up_links_its_parent() {
+    let env = env().await;
+    let ui = Ui::start(&env).await;
+    let reader = ui.login(READER).await.expect("login");
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_ui".into()]).expect("start");
+    let set = env.key("chain");
+    let parent = env
+        .enqueue(EnqueueRequest::raw("platform.chain", json!({"set": set, "steps": 2})).queue("t_ui"))
+        .await;
+    next_event(&mut events, WAIT, |e| e.id == parent.id && is("done", e)).await;
+    // The second step runs under the key culm gave it: `<parent>:then:0`.
+    let child = eventually_child(&env, &parent.id).await;
+    next_event(&mut events, WAIT, |e| e.id == child && is("done", e)).await;
+    running.shutdown().await;
+    let (_, page) = reader.get(&format!("/ui/jobs/{}", parent.id)).await;
+    assert!(page.contains(&format!("href=\"/ui/jobs/{child}\"")), "{page}");
+
+    // A follow-up still waiting shows its parent.
+    let mut waiting = EnqueueRequest::raw("platform.noop", json!({}))
+        .queue("t_ui")
+        .delay(Duration::from_secs(3600));
+    waiting.idempotency_key = Some(format!("{}:then:7", parent.id));
+    let waiting = env.enqueue(waiting).await;
+    let (_, page) = reader.get(&format!("/ui/jobs/{}", waiting.id)).await;
+    assert!(page.contains(&format!("href=\"/ui/jobs/{}\"", parent.id)), "{page}");
+    env.cleanup().await;
+}
+
+async fn eventually_child(env: &TestEnv, parent: &str) -> String {
+    culm_tests::eventually(WAIT, "the follow-up stored", || async {
+        env.store
+            .follow_ups(parent, 5)
+            .await
+            .ok()?
+            .into_iter()
+            .next()
+            .map(|(_, id)| id)
+    })
+    .await
+}
