@@ -129,3 +129,26 @@ def test_job_types_carry_payload_schemas(client: culm.Client) -> None:
     sleep = types["platform.sleep"]
     assert sleep.payload_schema and sleep.payload_schema["properties"]["ms"]["type"] == "integer"
     assert sleep.max_attempts > 0 and sleep.timeout_ms > 0
+
+
+def test_unique_jobs_are_returned_while_live_and_expiry_is_checked(client: culm.Client) -> None:
+    later = datetime.now(timezone.utc) + timedelta(minutes=5)
+    first = client.enqueue("platform.noop", run_at=later, unique_key="acct-7")
+    again = client.enqueue("platform.noop", run_at=later, unique_key="acct-7")
+    assert again.id == first.id and not again.created
+    # By payload, inside one batch too.
+    refs = client.enqueue_many(
+        [culm.EnqueueSpec("platform.echo", {"value": 7}, run_at=later, unique_for=timedelta(minutes=10))] * 2
+    )
+    assert refs[0].id == refs[1].id and refs[0].created and not refs[1].created
+    # Once the holder is final (cancelled here), the key takes a new job.
+    client.cancel(first.id)
+    assert client.enqueue("platform.noop", run_at=later, unique_key="acct-7").created
+
+    fresh = client.enqueue("platform.noop", expires_in=timedelta(minutes=10))
+    assert client.wait(fresh.id, timeout=10).state == "done"
+    with pytest.raises(errors.CulmError) as info:
+        client.enqueue("platform.noop", run_at=later, expires_in=1)
+    assert info.value.field == "expires_at"
+    with pytest.raises(ValueError):
+        client.enqueue("platform.noop", expires_in=-1)

@@ -30,12 +30,12 @@ def new_idempotency_key() -> str:
     return f"py:{uuid.uuid4().hex}"
 
 
-def _delay_ms(delay: Delay | None) -> int | None:
+def _delay_ms(delay: Delay | None, name: str = "delay") -> int | None:
     if delay is None:
         return None
     seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
     if seconds < 0:
-        raise ValueError("delay must not be negative")
+        raise ValueError(f"{name} must not be negative")
     return int(seconds * 1000)
 
 
@@ -54,6 +54,10 @@ def _body(
     delay: Delay | None,
     run_at: datetime | None,
     idempotency_key: str | None,
+    *,
+    expires_in: Delay | None = None,
+    unique_key: str | None = None,
+    unique_for: Delay | None = None,
 ) -> dict[str, Any]:
     if delay is not None and run_at is not None:
         raise ValueError("give delay or run_at, not both")
@@ -66,15 +70,39 @@ def _body(
         body["run_at"] = at
     if idempotency_key is not None:
         body["idempotency_key"] = idempotency_key
+    if (ms := _delay_ms(expires_in, "expires_in")) is not None:
+        body["expires_in_ms"] = ms
+    if unique_key is not None:
+        body["unique_key"] = unique_key
+    if (ms := _delay_ms(unique_for, "unique_for")) is not None:
+        body["unique_for_ms"] = ms
     return body
 
 
 def _spec_body(j: JobLike) -> dict[str, Any]:
     if isinstance(j, EnqueueSpec):
-        return _body(j.job, j.payload, j.queue, j.delay, j.run_at, j.idempotency_key)
+        return _body(
+            j.job,
+            j.payload,
+            j.queue,
+            j.delay,
+            j.run_at,
+            j.idempotency_key,
+            expires_in=j.expires_in,
+            unique_key=j.unique_key,
+            unique_for=j.unique_for,
+        )
     d = dict(j)
     return _body(
-        d["job"], d.get("payload"), d.get("queue"), d.get("delay"), d.get("run_at"), d.get("idempotency_key")
+        d["job"],
+        d.get("payload"),
+        d.get("queue"),
+        d.get("delay"),
+        d.get("run_at"),
+        d.get("idempotency_key"),
+        expires_in=d.get("expires_in"),
+        unique_key=d.get("unique_key"),
+        unique_for=d.get("unique_for"),
     )
 
 
@@ -186,10 +214,27 @@ class Client(_Base):
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
         traceparent: str | None = None,
+        expires_in: Delay | None = None,
+        unique_key: str | None = None,
+        unique_for: Delay | None = None,
     ) -> JobRef:
         """Enqueues one job. `delay` is seconds (or a timedelta); `run_at` a timezone-aware time.
+        `expires_in` (seconds or a timedelta): not started by then, it never runs and ends
+        `expired` (Celery's `expires`). `unique_key` / `unique_for`: while a job with the key
+        (or, with `unique_for` alone, of this type with an equal payload) is pending or
+        running, this returns that job (`created` false) instead of a new one.
         The job continues the current OpenTelemetry trace (or `traceparent`, when given)."""
-        body = _body(job, payload, queue, delay, run_at, idempotency_key or new_idempotency_key())
+        body = _body(
+            job,
+            payload,
+            queue,
+            delay,
+            run_at,
+            idempotency_key or new_idempotency_key(),
+            expires_in=expires_in,
+            unique_key=unique_key,
+            unique_for=unique_for,
+        )
         headers = trace_headers(traceparent)
         return JobRef.from_json(self._request("POST", "/v1/jobs", json=body, headers=headers))
 
@@ -290,8 +335,21 @@ class AsyncClient(_Base):
         run_at: datetime | None = None,
         idempotency_key: str | None = None,
         traceparent: str | None = None,
+        expires_in: Delay | None = None,
+        unique_key: str | None = None,
+        unique_for: Delay | None = None,
     ) -> JobRef:
-        body = _body(job, payload, queue, delay, run_at, idempotency_key or new_idempotency_key())
+        body = _body(
+            job,
+            payload,
+            queue,
+            delay,
+            run_at,
+            idempotency_key or new_idempotency_key(),
+            expires_in=expires_in,
+            unique_key=unique_key,
+            unique_for=unique_for,
+        )
         headers = trace_headers(traceparent)
         return JobRef.from_json(await self._request("POST", "/v1/jobs", json=body, headers=headers))
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-FINAL_STATES = frozenset({"done", "dead", "cancelled"})
+FINAL_STATES = frozenset({"done", "dead", "cancelled", "expired"})
 
 
 def _time(v: Any) -> datetime | None:
@@ -37,7 +37,8 @@ class JobError:
 
 @dataclass(frozen=True)
 class Job:
-    """A job's state (`GET /v1/jobs/{id}`): pending, scheduled, running, done, dead or cancelled."""
+    """A job's state (`GET /v1/jobs/{id}`): pending, scheduled, running, done, dead, cancelled
+    or expired."""
 
     id: str
     queue: str
@@ -54,7 +55,7 @@ class Job:
 
     @property
     def final(self) -> bool:
-        """Done, dead or cancelled: the job will not change any more."""
+        """Done, dead, cancelled or expired: the job will not change any more."""
         return self.state in FINAL_STATES
 
     @property
@@ -168,3 +169,6 @@ class EnqueueSpec:
     delay: Any = None
     run_at: datetime | None = None
     idempotency_key: str | None = None
+    expires_in: Any = None
+    unique_key: str | None = None
+    unique_for: Any = None
