@@ -22,8 +22,10 @@
 pub mod breaker;
 pub mod config;
 pub mod conn;
+pub mod keys;
 pub mod limiter;
 pub mod metrics;
+pub mod stats;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use breaker::Breaker;
@@ -131,6 +133,7 @@ struct Inner {
     http: reqwest::Client,
     limiter: Limiter,
     breaker: Breaker,
+    stats: stats::Recorder,
     api_key: Option<header::HeaderValue>,
 }
 
@@ -179,6 +182,7 @@ impl Client {
         Ok(Self {
             inner: Arc::new(Inner {
                 breaker: Breaker::shared(&settings.name, settings.breaker, redis.clone(), key_prefix),
+                stats: stats::Recorder::new(redis.clone(), keys::IntegrationKeys::new(key_prefix, &settings.name)),
                 limiter: Limiter::new(redis, key_prefix, &settings.name),
                 settings,
                 http,
@@ -405,7 +409,11 @@ impl Call {
             outcome = Empty,
             otel.status_code = Empty,
         );
-        let result = self.send_traced(&span).instrument(span.clone()).await;
+        let stats = self.client.inner.stats.clone();
+        let endpoint = self.endpoint.clone();
+        let mut tally = stats::Tally::default();
+        let result = self.send_traced(&span, &mut tally).instrument(span.clone()).await;
+        stats.record(&endpoint, tally);
         let outcome = match &result {
             Ok(_) => "ok",
             Err(JobError::Defer { .. }) => "deferred",
@@ -419,7 +427,7 @@ impl Call {
         result
     }
 
-    async fn send_traced(self, span: &tracing::Span) -> Result<Reply, JobError> {
+    async fn send_traced(self, span: &tracing::Span, tally: &mut stats::Tally) -> Result<Reply, JobError> {
         let inner = self.client.inner.clone();
         let s = &inner.settings;
         let name = s.name.as_str();
@@ -428,6 +436,7 @@ impl Call {
             Ok(p) => p,
             Err(wait) => {
                 metrics::breaker_rejected(name);
+                tally.breaker += 1;
                 span.record("deferred_by", "breaker");
                 return Err(JobError::defer(
                     jitter(wait),
@@ -477,6 +486,8 @@ impl Call {
             if let Err(e) = self.reserve(limit, retried.is_some()).await {
                 if retried.is_some() {
                     permit.failure().await;
+                } else if matches!(e, JobError::Defer { .. }) {
+                    tally.deferred += 1;
                 }
                 return Err(e);
             }
@@ -487,7 +498,16 @@ impl Call {
                 Err(e) if e.is_timeout() => "timeout".to_owned(),
                 Err(_) => "transport".to_owned(),
             };
-            metrics::request(name, endpoint, status, start.elapsed().as_secs_f64());
+            let elapsed = start.elapsed();
+            metrics::request(name, endpoint, status, elapsed.as_secs_f64());
+            tally.requests += 1;
+            tally.latency_ms += u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            match &res {
+                Ok(r) if r.status().as_u16() == 429 => tally.too_many += 1,
+                Ok(r) if r.status().as_u16() == 408 || r.status().is_server_error() => tally.failed += 1,
+                Ok(_) => {}
+                Err(_) => tally.failed += 1,
+            }
             match res {
                 Ok(r) => break r,
                 Err(e) => match backoff.next().filter(|_| transient(&e)) {
