@@ -609,6 +609,26 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_sees_the_adaptive_rate_with_its_due_recovery_steps() {
+        let l = config::LimitConfig {
+            endpoint: "get_order".into(),
+            rate: 120,
+            per: Duration::from_secs(60),
+            burst: None,
+        };
+        let recover = Duration::from_secs(5);
+        assert_eq!(
+            limiter::effective_at(&l, recover, None, 1_000),
+            120,
+            "absent: the limit"
+        );
+        // A recovery step every 60 s (at least the limit's window), a tenth of the rate (12) each.
+        assert_eq!(limiter::effective_at(&l, recover, Some((60, 0)), 59_999), 60);
+        assert_eq!(limiter::effective_at(&l, recover, Some((60, 0)), 120_000), 84);
+        assert_eq!(limiter::effective_at(&l, recover, Some((60, 0)), 3_600_000), 120);
+    }
+
+    #[test]
     fn limits_are_windows_widened_by_the_guard() {
         let l = config::LimitConfig {
             endpoint: "place_order".into(),
