@@ -43,10 +43,12 @@ pub(super) async fn integrations(config: &crate::config::Config, store: Store, j
         culm_jobs::http::config::IntegrationSettings::all(&config.integrations, &config.integration_defaults);
     let all = store.integrations(&settings).await?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "integrations": all }))?
-        );
+        // The shape `GET /v1/integrations` answers, fields in their documented order.
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            integrations: &'a [crate::store::IntegrationStatus],
+        }
+        println!("{}", serde_json::to_string_pretty(&Out { integrations: &all })?);
         return Ok(ExitCode::SUCCESS);
     }
     for i in &all {
