@@ -12,6 +12,9 @@
 //!   while open, jobs are deferred.
 //! - **Classification**: 2xx → [`Reply`]; 408, 409, 5xx, transport errors →
 //!   [`JobError::Retryable`]; other 4xx → [`JobError::Permanent`] with the upstream's message.
+//! - **Statistics** ([`stats`]): what each call did (requests, 429s, failures, latency,
+//!   deferrals) is added to per-minute counters in Redis shared by every replica, in one
+//!   pipelined write the call's result does not wait for.
 //! - **Idempotency**: [`Call::idempotent`] sends `Idempotency-Key: <ctx.idempotency_key()>`.
 //! - **Tracing**: every call is a client span (integration, endpoint, status, transport
 //!   retries, whether the limiter made it wait or deferred it) and sends the W3C
@@ -501,7 +504,9 @@ impl Call {
             let elapsed = start.elapsed();
             metrics::request(name, endpoint, status, elapsed.as_secs_f64());
             tally.requests += 1;
-            tally.latency_ms += u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            tally.latency_ms = tally
+                .latency_ms
+                .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
             match &res {
                 Ok(r) if r.status().as_u16() == 429 => tally.too_many += 1,
                 Ok(r) if r.status().as_u16() == 408 || r.status().is_server_error() => tally.failed += 1,
