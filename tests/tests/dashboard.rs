@@ -368,6 +368,19 @@ async fn the_integrations_page_shows_each_endpoints_limit_rate_429s_and_the_brea
         bamboo.post("place_order", "/orders").send().await.is_err(),
         "429 defers"
     );
+    // Unit21's breaker, opened by one failure (threshold 1) for two minutes.
+    Mock::given(path("/unit21/events"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut s = IntegrationSettings::resolve("unit21", &c.integrations["unit21"], &c.integration_defaults);
+    s.base_url = format!("{}/unit21", server.uri());
+    s.transport_retries = 0;
+    s.breaker.failure_threshold = 1;
+    s.breaker.open_for = Duration::from_secs(120);
+    let unit21 = Integration::new(s, culm_worker::integrations::conn(&env.store), &env.prefix, None).expect("client");
+    assert!(unit21.post("events", "/events").send().await.is_err(), "500 fails");
 
     let reader = ui.login(READER).await.expect("a read token logs in");
     let (status, page) = reader.get("/ui").await;
@@ -377,14 +390,30 @@ async fn the_integrations_page_shows_each_endpoints_limit_rate_429s_and_the_brea
     let page = culm_tests::eventually(WAIT, "the 429 on the integrations page", || async {
         let (status, page) = reader.get("/ui/integrations").await;
         assert_eq!(status, StatusCode::OK);
-        let row = row(&page, "place_order")?;
+        let place = row(&page, "place_order")?;
+        // Each call's statistics, both written: Unit21's endpoint is listed once called.
+        row(&page, "events")?;
         // Endpoint, limit, rate in force (halved by the 429), requests, 429s.
-        (cells(&row)[..5] == ["place_order", "2 / 1s", "1 / 1s", "1", "1"]).then_some(page)
+        (cells(&place)[..5] == ["place_order", "2 / 1s", "1 / 1s", "1", "1"]).then_some(page)
     })
     .await;
     let get_order = row(&page, "get_order").expect("every limited endpoint is listed");
     assert_eq!(cells(&get_order)[..4], ["get_order", "120 / 1m", "120 / 1m", "0"]);
-    assert!(page.contains("breaker closed"), "Bamboo's breaker is closed");
+    let section = |name: &str| {
+        let at = page
+            .find(&format!("id=\"integration-{name}\""))
+            .expect("a section per integration");
+        page[at..at + page[at..].find("</section>").expect("section ends")].to_owned()
+    };
+    assert!(
+        section("bamboo").contains("breaker closed"),
+        "Bamboo's breaker is closed"
+    );
+    let unit21 = section("unit21");
+    assert!(unit21.contains("breaker open") && unit21.contains("until "), "{unit21}");
+    let events = row(&unit21, "events").expect("the called endpoint is listed");
+    // No limit, no rate; one request, no 429, one failure.
+    assert_eq!(cells(&events)[..6], ["events", "none", "–", "1", "0", "1"]);
     assert_eq!(
         page.matches("method=\"post\"").count(),
         1,
