@@ -910,6 +910,7 @@ async fn the_openapi_document_matches_the_routes_served() {
         "GET /v1/schedules",
         "GET /v1/workers",
         "GET /v1/history",
+        "GET /v1/integrations",
         "GET /v1/schedules/{name}",
         "GET /v1/schedules/{name}/ticks",
         "POST /v1/schedules/{name}/trigger",

@@ -347,3 +347,104 @@ async fn eventually_child(env: &TestEnv, parent: &str) -> String {
     })
     .await
 }
+
+#[tokio::test]
+async fn the_integrations_page_shows_each_endpoints_limit_rate_429s_and_the_breaker() {
+    use culm_jobs::http::{Client as Integration, config::IntegrationSettings};
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::path};
+    let env = env().await;
+    let ui = Ui::start(&env).await;
+    let server = MockServer::start().await;
+    Mock::given(path("/bamboo/orders"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "0"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let c = &env.config;
+    let mut s = IntegrationSettings::resolve("bamboo", &c.integrations["bamboo"], &c.integration_defaults);
+    s.base_url = format!("{}/bamboo", server.uri());
+    let bamboo = Integration::new(s, culm_worker::integrations::conn(&env.store), &env.prefix, None).expect("client");
+    assert!(
+        bamboo.post("place_order", "/orders").send().await.is_err(),
+        "429 defers"
+    );
+    // Unit21's breaker, opened by one failure (threshold 1) for two minutes.
+    Mock::given(path("/unit21/events"))
+        .respond_with(ResponseTemplate::new(500))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let mut s = IntegrationSettings::resolve("unit21", &c.integrations["unit21"], &c.integration_defaults);
+    s.base_url = format!("{}/unit21", server.uri());
+    s.transport_retries = 0;
+    s.breaker.failure_threshold = 1;
+    s.breaker.open_for = Duration::from_secs(120);
+    let unit21 = Integration::new(s, culm_worker::integrations::conn(&env.store), &env.prefix, None).expect("client");
+    assert!(unit21.post("events", "/events").send().await.is_err(), "500 fails");
+
+    let reader = ui.login(READER).await.expect("a read token logs in");
+    let (status, page) = reader.get("/ui").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(page.contains("href=\"/ui/integrations\""), "linked from the navigation");
+    // The call's statistics are written after its result: wait until the page has them.
+    let page = culm_tests::eventually(WAIT, "the 429 on the integrations page", || async {
+        let (status, page) = reader.get("/ui/integrations").await;
+        assert_eq!(status, StatusCode::OK);
+        let place = row(&page, "place_order")?;
+        // Each call's statistics, both written: Unit21's endpoint is listed once called.
+        row(&page, "events")?;
+        // Endpoint, limit, rate in force (halved by the 429), requests, 429s.
+        (cells(&place)[..5] == ["place_order", "2 / 1s", "1 / 1s", "1", "1"]).then_some(page)
+    })
+    .await;
+    let get_order = row(&page, "get_order").expect("every limited endpoint is listed");
+    assert_eq!(cells(&get_order)[..4], ["get_order", "120 / 1m", "120 / 1m", "0"]);
+    let section = |name: &str| {
+        let at = page
+            .find(&format!("id=\"integration-{name}\""))
+            .expect("a section per integration");
+        page[at..at + page[at..].find("</section>").expect("section ends")].to_owned()
+    };
+    assert!(
+        section("bamboo").contains("breaker closed"),
+        "Bamboo's breaker is closed"
+    );
+    let unit21 = section("unit21");
+    assert!(unit21.contains("breaker open") && unit21.contains("until "), "{unit21}");
+    let events = row(&unit21, "events").expect("the called endpoint is listed");
+    // No limit, no rate; one request, no 429, one failure.
+    assert_eq!(cells(&events)[..6], ["events", "none", "–", "1", "0", "1"]);
+    assert_eq!(
+        page.matches("method=\"post\"").count(),
+        1,
+        "read only: no form but logging out"
+    );
+    env.cleanup().await;
+}
+
+/// The first table row of `page` whose first cell is `endpoint`.
+fn row(page: &str, endpoint: &str) -> Option<String> {
+    let at = page.find(&format!("<tr><td><code>{endpoint}</code>"))?;
+    let end = page[at..].find("</tr>")? + at;
+    Some(page[at..end].to_owned())
+}
+
+/// The text of each cell of `row`, tags removed.
+fn cells(row: &str) -> Vec<String> {
+    row.split("<td")
+        .skip(1)
+        .map(|c| {
+            let mut text = String::new();
+            let mut in_tag = true;
+            for ch in c.chars() {
+                match ch {
+                    '<' => in_tag = true,
+                    '>' => in_tag = false,
+                    _ if !in_tag => text.push(ch),
+                    _ => {}
+                }
+            }
+            text.trim().to_owned()
+        })
+        .collect()
+}

@@ -808,3 +808,124 @@ async fn the_half_hourly_catalog_sync_fits_two_per_hour_on_time() {
         .expect("the catalog call runs on time");
     env.cleanup().await;
 }
+
+/// `GET /v1/integrations` as the read token `reader` sees it, from an admin server over
+/// `env`'s store and config.
+async fn integrations_view(base: &str) -> serde_json::Value {
+    let resp = reqwest::Client::new()
+        .get(format!("{base}/v1/integrations"))
+        .bearer_auth("integrations-reader")
+        .send()
+        .await
+        .expect("sent");
+    assert_eq!(resp.status(), 200);
+    resp.json().await.expect("json")
+}
+
+fn find<'a>(view: &'a serde_json::Value, integration: &str, endpoint: Option<&str>) -> &'a serde_json::Value {
+    let i = view["integrations"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["name"] == integration))
+        .unwrap_or_else(|| panic!("{integration} listed: {view}"));
+    match endpoint {
+        None => i,
+        Some(e) => i["endpoints"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["endpoint"] == e))
+            .unwrap_or_else(|| panic!("{integration} {e} listed: {i}")),
+    }
+}
+
+#[tokio::test]
+async fn the_integrations_api_shows_every_replicas_429s_rate_requests_latency_and_breaker() {
+    use culm_worker::{
+        admin::{AdminState, Token},
+        config::Scope,
+    };
+    let env = TestEnv::new(|_| {}).await;
+    let (base, _stop) = culm_tests::serve_admin(AdminState::new(
+        &env.config,
+        env.store.clone(),
+        vec![Token::new("reader", "integrations-reader", vec![Scope::Read])],
+    ))
+    .await;
+    let anonymous = reqwest::get(format!("{base}/v1/integrations")).await.expect("sent");
+    assert_eq!(anonymous.status(), 401, "the read scope guards it");
+
+    // Before any call: Bamboo's configured limits, at their configured rate, no traffic.
+    let view = integrations_view(&base).await;
+    let place = find(&view, "bamboo", Some("place_order"));
+    assert_eq!(place["limit"]["rate"], 2);
+    assert_eq!(place["limit"]["per"], "1s");
+    assert_eq!(place["effective_rate"], 2);
+    assert_eq!(place["requests"], 0);
+    assert!(place["mean_latency_ms"].is_null());
+    assert_eq!(find(&view, "bamboo", None)["breaker"]["state"], "closed");
+
+    // Two replicas' clients: one meets a 429, the other a 200 (at the lowered rate).
+    let server = MockServer::start().await;
+    Mock::given(path("/bamboo/orders"))
+        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "0"))
+        .up_to_n_times(1)
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(path("/bamboo/orders"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "o-1"})))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let s = settings(&env, "bamboo", &server, |_| {});
+    let e = client(&env, s.clone(), None)
+        .post("place_order", "/orders")
+        .send()
+        .await
+        .expect_err("429");
+    assert!(matches!(e, JobError::Defer { .. }), "{e:?}");
+    let reply = client(&env, s, None)
+        .post("place_order", "/orders")
+        .send()
+        .await
+        .expect("200");
+    assert_eq!(reply.status, 200);
+    server.verify().await;
+
+    // A breaker opened by failures, and a call it deferred.
+    let (_unit21, s) = failing_unit21(&env, Duration::from_secs(120)).await;
+    let c = client(&env, s, None);
+    for _ in 0..2 {
+        let e = c.post("events", "/events").send().await.expect_err("500");
+        assert!(matches!(e, JobError::Retryable { .. }), "{e:?}");
+    }
+    let e = c.post("events", "/events").send().await.expect_err("open");
+    assert!(matches!(e, JobError::Defer { .. }), "{e:?}");
+
+    // The statistics are written after each call's result, without it waiting for them.
+    let view = culm_tests::eventually(Duration::from_secs(10), "the calls' statistics", || {
+        let base = base.clone();
+        async move {
+            let v = integrations_view(&base).await;
+            let place = find(&v, "bamboo", Some("place_order")).clone();
+            let events = find(&v, "unit21", Some("events")).clone();
+            (place["requests"] == 2 && events["deferred_breaker"] == 1).then_some(v)
+        }
+    })
+    .await;
+    let place = find(&view, "bamboo", Some("place_order"));
+    assert_eq!(place["rate_limited"], 1, "{place}");
+    assert_eq!(place["effective_rate"], 1, "the 429 halved the shared rate: {place}");
+    assert_eq!(place["deferred_limiter"], 0, "{place}");
+    assert!(place["mean_latency_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{place}");
+    let get_order = find(&view, "bamboo", Some("get_order"));
+    assert_eq!(get_order["effective_rate"], 120, "other endpoints keep their rate");
+    assert_eq!(get_order["requests"], 0);
+    let unit21 = find(&view, "unit21", None);
+    assert_eq!(unit21["breaker"]["state"], "open", "{unit21}");
+    assert!(unit21["breaker"]["until"].is_string(), "{unit21}");
+    let events = find(&view, "unit21", Some("events"));
+    assert_eq!(events["requests"], 2, "{events}");
+    assert_eq!(events["failed"], 2, "{events}");
+    assert!(events["limit"].is_null(), "unit21 has no limit: {events}");
+    assert_eq!(find(&view, "bamboo", None)["breaker"]["state"], "closed");
+    env.cleanup().await;
+}

@@ -99,7 +99,9 @@ impl Breaker {
         Self {
             shared: Some((
                 redis,
-                format!("{key_prefix}:integration:{{{integration}}}:breaker").into(),
+                super::keys::IntegrationKeys::new(key_prefix, integration)
+                    .breaker()
+                    .into(),
             )),
             ..Self::new(integration, config)
         }

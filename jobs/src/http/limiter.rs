@@ -13,6 +13,7 @@
 //! each `recover_after` without a 429 adds a tenth of the configured rate back.
 use super::config::LimitConfig;
 use super::conn::Conn;
+use super::keys::IntegrationKeys;
 use redis::Script;
 use std::{sync::LazyLock, time::Duration};
 
@@ -41,8 +42,7 @@ pub enum Slot {
 #[derive(Clone)]
 pub struct Limiter {
     redis: Conn,
-    prefix: String,
-    integration: String,
+    keys: IntegrationKeys,
 }
 
 /// The windows `limit` is enforced with, in whole ms: `(rate, per + guard, burst,
@@ -70,29 +70,46 @@ pub fn step(rate: u32) -> u32 {
     rate.div_ceil(10).max(1)
 }
 
+/// The effective rate at `now` (ms, Redis clock) of `limit`, given the stored adaptive
+/// rate `stored` last changed at `at` (the `…:rate` hash; `None`: absent, so the limit
+/// applies): the recovery steps due since then are added, as `limiter.lua` would on the
+/// next call, so a reader sees the rate in force without writing anything.
+pub fn effective_at(limit: &LimitConfig, recover_after: Duration, stored: Option<(u32, i64)>, now: i64) -> u32 {
+    let rate = limit.rate.max(1);
+    let Some((eff, at)) = stored else {
+        return rate;
+    };
+    let recover = i64::try_from(recover(Some(limit), recover_after).as_millis()).unwrap_or(i64::MAX);
+    let mut eff = eff.min(rate);
+    if eff < rate && recover > 0 && now - at >= recover {
+        let steps = u32::try_from((now - at) / recover).unwrap_or(u32::MAX);
+        eff = eff.saturating_add(steps.saturating_mul(step(rate))).min(rate);
+    }
+    eff
+}
+
 impl Limiter {
     /// A limiter writing keys under `prefix`.
     pub fn new(redis: Conn, prefix: &str, integration: &str) -> Self {
         Self {
             redis,
-            prefix: prefix.to_owned(),
-            integration: integration.to_owned(),
+            keys: IntegrationKeys::new(prefix, integration),
         }
     }
 
     /// The Redis key of `endpoint`'s reserved send instants.
     pub fn key(&self, endpoint: &str) -> String {
-        format!("{}:integration:{{{}:{endpoint}}}:slots", self.prefix, self.integration)
+        self.keys.slots(endpoint)
     }
 
     /// The Redis key of `endpoint`'s adaptive rate.
     pub fn rate_key(&self, endpoint: &str) -> String {
-        format!("{}:integration:{{{}:{endpoint}}}:rate", self.prefix, self.integration)
+        self.keys.rate(endpoint)
     }
 
     /// The Redis key of `endpoint`'s push-back ("no send before").
     pub fn hold_key(&self, endpoint: &str) -> String {
-        format!("{}:integration:{{{}:{endpoint}}}:hold", self.prefix, self.integration)
+        self.keys.hold(endpoint)
     }
 
     /// Asks for one send's slot on `endpoint`. Without a limit only an upstream push-back applies.

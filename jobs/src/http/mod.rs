@@ -12,6 +12,9 @@
 //!   while open, jobs are deferred.
 //! - **Classification**: 2xx → [`Reply`]; 408, 409, 5xx, transport errors →
 //!   [`JobError::Retryable`]; other 4xx → [`JobError::Permanent`] with the upstream's message.
+//! - **Statistics** ([`stats`]): what each call did (requests, 429s, failures, latency,
+//!   deferrals) is added to per-minute counters in Redis shared by every replica, in one
+//!   pipelined write the call's result does not wait for.
 //! - **Idempotency**: [`Call::idempotent`] sends `Idempotency-Key: <ctx.idempotency_key()>`.
 //! - **Tracing**: every call is a client span (integration, endpoint, status, transport
 //!   retries, whether the limiter made it wait or deferred it) and sends the W3C
@@ -22,8 +25,10 @@
 pub mod breaker;
 pub mod config;
 pub mod conn;
+pub mod keys;
 pub mod limiter;
 pub mod metrics;
+pub mod stats;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use breaker::Breaker;
@@ -131,6 +136,7 @@ struct Inner {
     http: reqwest::Client,
     limiter: Limiter,
     breaker: Breaker,
+    stats: stats::Recorder,
     api_key: Option<header::HeaderValue>,
 }
 
@@ -179,6 +185,7 @@ impl Client {
         Ok(Self {
             inner: Arc::new(Inner {
                 breaker: Breaker::shared(&settings.name, settings.breaker, redis.clone(), key_prefix),
+                stats: stats::Recorder::new(redis.clone(), keys::IntegrationKeys::new(key_prefix, &settings.name)),
                 limiter: Limiter::new(redis, key_prefix, &settings.name),
                 settings,
                 http,
@@ -405,7 +412,11 @@ impl Call {
             outcome = Empty,
             otel.status_code = Empty,
         );
-        let result = self.send_traced(&span).instrument(span.clone()).await;
+        let stats = self.client.inner.stats.clone();
+        let endpoint = self.endpoint.clone();
+        let mut tally = stats::Tally::default();
+        let result = self.send_traced(&span, &mut tally).instrument(span.clone()).await;
+        stats.record(&endpoint, tally);
         let outcome = match &result {
             Ok(_) => "ok",
             Err(JobError::Defer { .. }) => "deferred",
@@ -419,7 +430,7 @@ impl Call {
         result
     }
 
-    async fn send_traced(self, span: &tracing::Span) -> Result<Reply, JobError> {
+    async fn send_traced(self, span: &tracing::Span, tally: &mut stats::Tally) -> Result<Reply, JobError> {
         let inner = self.client.inner.clone();
         let s = &inner.settings;
         let name = s.name.as_str();
@@ -428,6 +439,7 @@ impl Call {
             Ok(p) => p,
             Err(wait) => {
                 metrics::breaker_rejected(name);
+                tally.breaker += 1;
                 span.record("deferred_by", "breaker");
                 return Err(JobError::defer(
                     jitter(wait),
@@ -477,6 +489,8 @@ impl Call {
             if let Err(e) = self.reserve(limit, retried.is_some()).await {
                 if retried.is_some() {
                     permit.failure().await;
+                } else if matches!(e, JobError::Defer { .. }) {
+                    tally.deferred += 1;
                 }
                 return Err(e);
             }
@@ -487,7 +501,18 @@ impl Call {
                 Err(e) if e.is_timeout() => "timeout".to_owned(),
                 Err(_) => "transport".to_owned(),
             };
-            metrics::request(name, endpoint, status, start.elapsed().as_secs_f64());
+            let elapsed = start.elapsed();
+            metrics::request(name, endpoint, status, elapsed.as_secs_f64());
+            tally.requests += 1;
+            tally.latency_ms = tally
+                .latency_ms
+                .saturating_add(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+            match &res {
+                Ok(r) if r.status().as_u16() == 429 => tally.too_many += 1,
+                Ok(r) if r.status().as_u16() == 408 || r.status().is_server_error() => tally.failed += 1,
+                Ok(_) => {}
+                Err(_) => tally.failed += 1,
+            }
             match res {
                 Ok(r) => break r,
                 Err(e) => match backoff.next().filter(|_| transient(&e)) {
@@ -586,6 +611,26 @@ mod tests {
         assert_eq!(parse_retry_after("-1"), None);
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn a_reader_sees_the_adaptive_rate_with_its_due_recovery_steps() {
+        let l = config::LimitConfig {
+            endpoint: "get_order".into(),
+            rate: 120,
+            per: Duration::from_secs(60),
+            burst: None,
+        };
+        let recover = Duration::from_secs(5);
+        assert_eq!(
+            limiter::effective_at(&l, recover, None, 1_000),
+            120,
+            "absent: the limit"
+        );
+        // A recovery step every 60 s (at least the limit's window), a tenth of the rate (12) each.
+        assert_eq!(limiter::effective_at(&l, recover, Some((60, 0)), 59_999), 60);
+        assert_eq!(limiter::effective_at(&l, recover, Some((60, 0)), 120_000), 84);
+        assert_eq!(limiter::effective_at(&l, recover, Some((60, 0)), 3_600_000), 120);
     }
 
     #[test]

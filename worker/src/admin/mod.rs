@@ -3,13 +3,15 @@
 //! and the dashboard under `/ui` (`ui`), served by the same listener over the same calls.
 //! Owns bearer-token authentication, the one error shape every endpoint answers with,
 //! and per-route request metrics. `openapi` holds the route table; the handlers live in
-//! one file per resource (`jobs`, `queues`, `history`, `dead`, `schedules`, `workers`, `probes`) and call the
+//! one file per resource (`jobs`, `queues`, `history`, `dead`, `schedules`, `workers`,
+//! `integrations`, `probes`) and call the
 //! `Store`, the `Scheduler` and the `Db`; `views` and `extract` are what they share.
 mod auth;
 mod dead;
 mod error;
 mod extract;
 mod history;
+mod integrations;
 mod jobs;
 mod openapi;
 mod probes;
@@ -57,6 +59,8 @@ struct Inner {
     waiters: wait::Waiters,
     /// Signs and reads the dashboard's session cookies.
     sessions: ui::Sessions,
+    /// Every configured integration, resolved: their limits, and which ones to show.
+    integrations: Vec<culm_jobs::http::config::IntegrationSettings>,
 }
 
 impl AdminState {
@@ -74,6 +78,10 @@ impl AdminState {
                 scheduler: None,
                 db: None,
                 waiters: wait::Waiters::default(),
+                integrations: culm_jobs::http::config::IntegrationSettings::all(
+                    &config.integrations,
+                    &config.integration_defaults,
+                ),
             }),
         }
     }

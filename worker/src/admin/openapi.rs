@@ -1,6 +1,8 @@
 //! The route table. One table feeds both axum and the OpenAPI document, so every
 //! endpoint that is served is documented, with the scope that guards it.
-use super::{AdminState, dead::*, history::*, jobs::*, probes::*, queues::*, require, schedules::*, workers::*};
+use super::{
+    AdminState, dead::*, history::*, integrations::*, jobs::*, probes::*, queues::*, require, schedules::*, workers::*,
+};
 use crate::config::Scope;
 use axum::middleware;
 use utoipa::{
@@ -55,6 +57,7 @@ pub(super) fn table(state: AdminState) -> (axum::Router<AdminState>, utoipa::ope
         .routes(routes!(schedule_ticks))
         .routes(routes!(list_workers))
         .routes(routes!(get_history))
+        .routes(routes!(list_integrations))
         .route_layer(guard(Scope::Read));
     let admin = OpenApiRouter::new()
         .routes(routes!(pause_queue))

@@ -275,6 +275,13 @@ pub struct WorkersView {
     pub workers: Vec<WorkerInfo>,
 }
 
+/// Every configured integration, across every replica.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IntegrationsView {
+    /// In name order.
+    pub integrations: Vec<crate::store::IntegrationStatus>,
+}
+
 /// Every job type this server knows.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobTypesView {

@@ -73,6 +73,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every integration across the replicas: limits, rate in force, the last hour's
+    /// requests, 429s, deferrals and latency per endpoint; the breaker.
+    Integrations {
+        /// Print JSON (what `GET /v1/integrations` answers).
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect, retry and purge dead-lettered jobs.
     Dead {
         #[command(subcommand)]
@@ -240,6 +247,9 @@ pub async fn main(cli: Cli, config: crate::config::Config) -> Result<ExitCode> {
         Command::Enqueue(args) => jobs::enqueue(Store::connect(&config, registry).await?, args).await,
         Command::Queues { json } => queues::list(Store::connect(&config, registry).await?, json).await,
         Command::Workers { json } => queues::workers(Store::connect(&config, registry).await?, json).await,
+        Command::Integrations { json } => {
+            queues::integrations(&config, Store::connect(&config, registry).await?, json).await
+        }
         Command::Pause { queue } => queues::pause(Store::connect(&config, registry).await?, &queue).await,
         Command::Resume { queue } => queues::resume(Store::connect(&config, registry).await?, &queue).await,
         Command::Dead { command } => {

@@ -1,4 +1,4 @@
-//! `culm queues`, `culm workers`, `culm pause` and `culm resume`.
+//! `culm queues`, `culm workers`, `culm integrations`, `culm pause` and `culm resume`.
 use crate::store::Store;
 use anyhow::{Result, bail};
 use std::process::ExitCode;
@@ -34,6 +34,49 @@ pub(super) async fn workers(store: Store, json: bool) -> Result<ExitCode> {
         );
     }
     eprintln!("{} live replica(s)", all.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `culm integrations [--json]`: per integration its breaker, then one line per endpoint.
+pub(super) async fn integrations(config: &crate::config::Config, store: Store, json: bool) -> Result<ExitCode> {
+    let settings =
+        culm_jobs::http::config::IntegrationSettings::all(&config.integrations, &config.integration_defaults);
+    let all = store.integrations(&settings).await?;
+    if json {
+        // The shape `GET /v1/integrations` answers, fields in their documented order.
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            integrations: &'a [crate::store::IntegrationStatus],
+        }
+        println!("{}", serde_json::to_string_pretty(&Out { integrations: &all })?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    for i in &all {
+        let b = &i.breaker;
+        let until = b
+            .until
+            .and_then(chrono::DateTime::from_timestamp_millis)
+            .map(|t| format!(" until {}", t.to_rfc3339()))
+            .unwrap_or_default();
+        println!("{}  breaker {} ({} failures){until}", i.name, b.state, b.failures);
+        for e in &i.endpoints {
+            let (limit, rate) = match &e.limit {
+                Some(l) => (
+                    format!("{}/{}", l.rate, l.per),
+                    format!("{}/{}", e.effective_rate.unwrap_or(l.rate), l.per),
+                ),
+                None => ("-".to_owned(), "-".to_owned()),
+            };
+            let latency = e
+                .mean_latency_ms
+                .map(|ms| format!("{ms:.1}ms"))
+                .unwrap_or_else(|| "-".to_owned());
+            println!(
+                "  {:<24} limit {:<10} in force {:<10} 1h: {} requests, {} 429, {} failed, {} deferred (limiter), {} deferred (breaker), mean {latency}",
+                e.endpoint, limit, rate, e.requests, e.rate_limited, e.failed, e.deferred_limiter, e.deferred_breaker
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

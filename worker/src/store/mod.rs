@@ -22,6 +22,7 @@ pub mod conn;
 mod history;
 pub(crate) use compress::compress;
 mod inspect;
+mod integrations;
 pub mod keys;
 mod queue;
 mod routing;
@@ -31,6 +32,7 @@ pub use browse::{Cursor, JobBody, JobPage, ListJobs, SCAN_BUDGET};
 pub use conn::{PubSubSource, RedisConn};
 pub use history::{MAX_HISTORY_MINUTES, MinuteStats};
 pub use inspect::{Cancelled, DeadFilter, DeadWindow, queue_gauges};
+pub use integrations::{BreakerView, EndpointStatus, IntegrationStatus, LimitView};
 pub use keys::{ProcessKeys, QueueKeys, SchedulerKeys};
 pub(crate) use queue::NewEnvelope;
 pub use queue::{

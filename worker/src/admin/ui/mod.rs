@@ -44,6 +44,7 @@ pub(super) fn router() -> Router<AdminState> {
         .route("/ui/schedules/{name}", get(pages::schedule))
         .route("/ui/schedules/{name}/{action}", post(pages::schedule_action))
         .route("/ui/workers", get(pages::workers))
+        .route("/ui/integrations", get(pages::integrations))
         .route(
             "/ui/assets/app.css",
             get(|| async { asset(CSS, "text/css; charset=utf-8") }),
@@ -72,6 +73,7 @@ enum Nav {
     Dead,
     Schedules,
     Workers,
+    Integrations,
     None,
 }
 
@@ -96,6 +98,7 @@ fn layout(s: &Session, title: &str, nav: Nav, msg: Option<&str>, body: Markup) -
                     (link("/ui/dead", "Dead letters", Nav::Dead))
                     (link("/ui/schedules", "Schedules", Nav::Schedules))
                     (link("/ui/workers", "Workers", Nav::Workers))
+                    (link("/ui/integrations", "Integrations", Nav::Integrations))
                     span.who {
                         label { input #autorefresh type="checkbox"; " auto-refresh" }
                         " · " (s.name) @if s.admin { " (admin)" } @else { " (read only)" } " "

@@ -864,3 +864,58 @@ pub(super) async fn workers(State(state): State<AdminState>, headers: HeaderMap,
     };
     layout(&s, "Workers", Nav::Workers, param(&q, "msg"), body)
 }
+
+/// Every integration across the replicas: per endpoint the limit and the rate in force,
+/// the last hour's requests, 429s, failures, deferrals and mean latency; the breaker.
+pub(super) async fn integrations(State(state): State<AdminState>, headers: HeaderMap, Query(q): Params) -> Response {
+    let s = match state.viewer(&headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let all = match state.store().integrations(&state.inner.integrations).await {
+        Ok(v) => v,
+        Err(e) => return internal(e),
+    };
+    let body = html! {
+        p.muted { "Across every replica, from the state the integration clients share in Redis. Counts cover the last hour; a rate in force below its limit means a 429 lowered it (it recovers step by step)." }
+        @if all.is_empty() { p.muted { "No integration is configured." } }
+        @for i in &all {
+            section.card id=(format!("integration-{}", i.name)) {
+                h2 {
+                    (i.name) " "
+                    span class=(format!("tag breaker {}", i.breaker.state)) { "breaker " (i.breaker.state.replace('_', "-")) }
+                    @if i.breaker.failures > 0 { " " span.muted { (i.breaker.failures) " consecutive failures" } }
+                    @if let Some(u) = i.breaker.until { " " span.muted { "until " (when(Some(u))) } }
+                }
+                @if i.endpoints.is_empty() { p.muted { "No limit of its own and no call in the last hour." } } @else {
+                    table {
+                        thead { tr {
+                            th { "Endpoint" } th { "Limit" } th.n { "Rate in force" }
+                            th.n { "Requests (1 h)" } th.n { "429s" } th.n { "Failed" }
+                            th.n { "Deferred: limiter" } th.n { "Deferred: breaker" } th.n { "Mean latency" }
+                        } }
+                        tbody { @for e in &i.endpoints { tr {
+                            td { code { (e.endpoint) } }
+                            td { @match &e.limit {
+                                Some(l) => { (l.rate) " / " (l.per) @if l.endpoint == "*" { " " span.muted { "(integration-wide)" } } }
+                                None => { span.muted { "none" } }
+                            } }
+                            td.n { @match (e.effective_rate, &e.limit) {
+                                (Some(r), Some(l)) if r < l.rate => { span.tag.paused { (r) " / " (l.per) } }
+                                (Some(r), Some(l)) => { (r) " / " (l.per) }
+                                _ => { span.muted { "–" } }
+                            } }
+                            td.n { (e.requests) }
+                            td.n { (e.rate_limited) }
+                            td.n { (e.failed) }
+                            td.n { (e.deferred_limiter) }
+                            td.n { (e.deferred_breaker) }
+                            td.n { @match e.mean_latency_ms { Some(ms) => { (format!("{ms:.1} ms")) } None => { span.muted { "–" } } } }
+                        } } }
+                    }
+                }
+            }
+        }
+    };
+    layout(&s, "Integrations", Nav::Integrations, param(&q, "msg"), body)
+}
