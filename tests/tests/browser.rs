@@ -297,6 +297,9 @@ async fn an_operator_runs_culm_from_the_dashboard_in_a_real_browser() {
     rig.goto("/ui/workers").await;
     assert!(rig.source().await.contains("platform"));
     rig.shot("10-workers").await;
+    // The integrations page, read-only: every configured integration with its breaker.
+    rig.until_page_has("/ui/integrations", "bamboo").await;
+    rig.shot("11-integrations").await;
     rig.until_page_has("/ui", "Jobs per minute").await;
     rig.shot("00-overview").await;
     rig.browser.clone().close().await.expect("browser closes");
