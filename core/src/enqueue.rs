@@ -4,6 +4,9 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+/// The longest uniqueness a request or a job type may ask for: a year, in ms.
+pub const MAX_UNIQUE_FOR_MS: u64 = 365 * 24 * 3600 * 1000;
+
 /// A job to store: its type name, JSON payload and placement. Built typed with
 /// [`EnqueueRequest::of`] or untyped (HTTP, CLI, outbox) with [`EnqueueRequest::raw`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

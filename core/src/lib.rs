@@ -24,7 +24,9 @@ pub mod time;
 pub mod trace;
 
 pub use context::{Cancellation, Deps, JobContext, redrive_key, redrive_origin};
-pub use enqueue::{EnqueueError, EnqueueRequest, Enqueued, Enqueuer, check_idempotency_key, valid_idempotency_key};
+pub use enqueue::{
+    EnqueueError, EnqueueRequest, Enqueued, Enqueuer, MAX_UNIQUE_FOR_MS, check_idempotency_key, valid_idempotency_key,
+};
 pub use error_path::field_path;
 pub use job::{Job, schema_of};
 pub use outcome::{JobError, Outcome, key_follow_ups};

@@ -142,8 +142,11 @@ impl Registry {
         if J::RETRY.as_ref().is_some_and(|r| r.max_attempts == 0) {
             return Err(RegistryError::BadPolicy(J::NAME, "RETRY must allow at least 1 attempt"));
         }
-        if J::UNIQUE_FOR.is_some_and(|t| t.is_zero()) {
-            return Err(RegistryError::BadPolicy(J::NAME, "UNIQUE_FOR must be above zero"));
+        if J::UNIQUE_FOR.is_some_and(|t| t.is_zero() || t.as_millis() > u128::from(crate::MAX_UNIQUE_FOR_MS)) {
+            return Err(RegistryError::BadPolicy(
+                J::NAME,
+                "UNIQUE_FOR must be above zero and at most a year",
+            ));
         }
         if J::TIMEOUT.is_some_and(|t| t.is_zero()) {
             return Err(RegistryError::BadPolicy(J::NAME, "TIMEOUT must be above zero"));

@@ -244,6 +244,12 @@ async fn bad_enqueues_get_the_right_status_and_name_the_field() {
             Some("unique_key"),
         ),
         (
+            json!({"job": "platform.noop", "unique_for_ms": u64::MAX}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            Some("unique_for_ms"),
+        ),
+        (
             json!({"job": "platform.noop", "unique_for_ms": 0}),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",

@@ -374,10 +374,14 @@ impl Store {
                 message: "must be 1 to 200 printable ASCII characters, without spaces or braces".into(),
             });
         }
-        if req.unique_for_ms == Some(0) {
+        // Redis refuses an expiry beyond its range, and a refused `SET … PX` would stop
+        // the push script halfway through a batch: out-of-range values never reach it.
+        if let Some(ms) = req.unique_for_ms
+            && !(1..=culm_core::MAX_UNIQUE_FOR_MS).contains(&ms)
+        {
             return Err(EnqueueError::InvalidRequest {
                 field: "unique_for_ms".into(),
-                message: "must be above zero".into(),
+                message: format!("must be between 1 and {} (a year)", culm_core::MAX_UNIQUE_FOR_MS),
             });
         }
         if let Some(expires) = req.expires_at_ms {
