@@ -560,6 +560,16 @@ where
 /// inside a traced span, so log lines and traces join on them.
 pub struct WithTraceIds<F>(pub F);
 
+/// culm's JSON log lines: one flat object per event, with its span, led by the trace ids.
+pub fn json_lines() -> WithTraceIds<tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>> {
+    WithTraceIds(
+        tracing_subscriber::fmt::format()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true),
+    )
+}
+
 fn ids_in<S>(ctx: &FmtContext<'_, S, impl for<'a> FormatFields<'a> + 'static>) -> Option<(String, String)>
 where
     S: tracing::Subscriber + for<'a> LookupSpan<'a>,
@@ -706,12 +716,7 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .with_writer(move || writer.clone())
             .json()
-            .event_format(WithTraceIds(
-                tracing_subscriber::fmt::format()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true),
-            ))
+            .event_format(json_lines())
             .finish()
             .with(CarriedIds);
         tracing::subscriber::with_default(subscriber, || {

@@ -18,7 +18,7 @@ pub use sandbox::SandboxArgs;
 use crate::{
     config::Loader,
     db::services::connect_optional,
-    otel::{CarriedIds, Export, TraceSettings, WithTraceIds},
+    otel::{CarriedIds, Export, TraceSettings},
     store::Store,
 };
 use anyhow::{Context, Result};
@@ -151,12 +151,7 @@ pub fn init_logging(format: LogFormat, telemetry: &crate::config::TelemetryConfi
             match format {
                 LogFormat::Json => builder
                     .json()
-                    .event_format(WithTraceIds(
-                        tracing_subscriber::fmt::format()
-                            .json()
-                            .flatten_event(true)
-                            .with_current_span(true),
-                    ))
+                    .event_format(crate::otel::json_lines())
                     .finish()
                     .with(CarriedIds)
                     .init(),
@@ -201,12 +196,7 @@ where
     match format {
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .event_format(WithTraceIds(
-                tracing_subscriber::fmt::format()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true),
-            ))
+            .event_format(crate::otel::json_lines())
             .with_writer(std::io::stderr)
             .boxed(),
         LogFormat::Human => tracing_subscriber::fmt::layer()
