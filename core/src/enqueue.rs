@@ -44,6 +44,60 @@ pub struct EnqueueRequest {
     /// the run's context when they have none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceContext>,
+    /// Where the job waits within its queue: a fetch takes `high` jobs first, then
+    /// `normal`, then `low`, FIFO within each. `None` is `normal`. Retries, deferrals and
+    /// delayed runs keep it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+}
+
+/// A job's priority within its queue: three levels, each its own list in Redis, so a
+/// fetch costs the same whatever the backlog. Queues separate tiers of work (critical
+/// banking never shares a queue with batch jobs); priority orders jobs inside one queue,
+/// e.g. an urgent order ahead of routine ones.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Taken before every `normal` and `low` job of the queue.
+    High,
+    /// The default.
+    #[default]
+    Normal,
+    /// Taken only when no `high` or `normal` job is waiting.
+    Low,
+}
+
+impl Priority {
+    /// Every level, highest first (the order a fetch takes them in).
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    /// The level's name: `high`, `normal` or `low`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+            Priority::Low => "low",
+        }
+    }
+}
+
+impl std::fmt::Display for Priority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            "low" => Ok(Priority::Low),
+            other => Err(format!("unknown priority `{other}` (expected high, normal or low)")),
+        }
+    }
 }
 
 impl EnqueueRequest {
@@ -69,6 +123,7 @@ impl EnqueueRequest {
             unique_key: None,
             unique_for_ms: None,
             trace: None,
+            priority: None,
         }
     }
 
@@ -119,6 +174,12 @@ impl EnqueueRequest {
     /// Sets the idempotency key.
     pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets the job's priority within its queue.
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.priority = Some(priority);
         self
     }
 

@@ -25,7 +25,8 @@ pub mod trace;
 
 pub use context::{Cancellation, Deps, JobContext, redrive_key, redrive_origin};
 pub use enqueue::{
-    EnqueueError, EnqueueRequest, Enqueued, Enqueuer, MAX_UNIQUE_FOR_MS, check_idempotency_key, valid_idempotency_key,
+    EnqueueError, EnqueueRequest, Enqueued, Enqueuer, MAX_UNIQUE_FOR_MS, Priority, check_idempotency_key,
+    valid_idempotency_key,
 };
 pub use error_path::field_path;
 pub use job::{Job, schema_of};

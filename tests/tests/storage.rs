@@ -45,7 +45,8 @@ async fn replayed_push(unique: bool) {
         .arg(now)
         .arg(envelope.to_string())
         .arg("")
-        .arg(if unique { 60_000 } else { 0 });
+        .arg(if unique { 60_000 } else { 0 })
+        .arg("");
     let mut c = env.store.connection();
     let first: Vec<redis::Value> = invoke.invoke_async(&mut c).await.expect("push");
     assert_eq!(first.len(), 2);

@@ -131,6 +131,22 @@ def test_job_types_carry_payload_schemas(client: culm.Client) -> None:
     assert sleep.max_attempts > 0 and sleep.timeout_ms > 0
 
 
+def test_a_priority_is_sent_kept_and_checked(client: culm.Client) -> None:
+    later = datetime.now(timezone.utc) + timedelta(minutes=5)
+    ref = client.enqueue("platform.noop", run_at=later, priority="high")
+    assert client.get(ref.id).priority == "high"
+    low = client.enqueue_many([culm.EnqueueSpec("platform.noop", run_at=later, priority="low")])[0]
+    assert client.get(low.id).priority == "low"
+    assert client.get(client.enqueue("platform.noop", run_at=later).id).priority == "normal"
+    with pytest.raises(ValueError):
+        client.enqueue("platform.noop", priority="urgent")
+    # The server names the field when a raw body carries a bad level.
+    resp = client._http.post("/v1/jobs", json={"job": "platform.noop", "priority": "urgent"})
+    assert resp.status_code == 422 and resp.json()["error"]["field"] == "priority"
+    for r in (ref, low):
+        client.cancel(r.id)
+
+
 def test_unique_jobs_are_returned_while_live_and_expiry_is_checked(client: culm.Client) -> None:
     later = datetime.now(timezone.utc) + timedelta(minutes=5)
     first = client.enqueue("platform.noop", run_at=later, unique_key="acct-7")

@@ -52,6 +52,7 @@ fn to_request(b: EnqueueBody) -> Result<EnqueueRequest, ApiError> {
     req.idempotency_key = b.idempotency_key;
     req.unique_key = b.unique_key;
     req.unique_for_ms = b.unique_for_ms;
+    req.priority = b.priority;
     match (b.expires_in_ms, b.expires_at) {
         (Some(_), Some(_)) => {
             return Err(ApiError::new(

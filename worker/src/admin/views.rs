@@ -47,6 +47,12 @@ pub struct EnqueueBody {
     /// payload. Default with `unique_key`: `worker.idempotency_ttl`.
     #[serde(default)]
     pub unique_for_ms: Option<u64>,
+    /// `high`, `normal` (the default) or `low`: within its queue a job is taken after
+    /// every waiting job of a higher priority and in enqueue order within its own.
+    /// Retries and delayed runs keep it.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, pattern = "^(high|normal|low)$", example = "high")]
+    pub priority: Option<culm_core::Priority>,
 }
 
 fn empty_object() -> Value {

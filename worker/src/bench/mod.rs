@@ -1,7 +1,8 @@
 //! `culm bench`: measures the hot path in its own Redis key namespace (deleted after).
 //! Scenarios: baseline (raw pipelined Redis list operations), throughput (enqueue and
 //! drain of N no-op jobs), latency (enqueue→start at a steady rate into an idle worker),
-//! isolation (critical latency while a batch backlog drains in the same process), http
+//! isolation (critical latency while a batch backlog drains in the same process),
+//! priority (high jobs overtaking a backlog in one queue), http
 //! (admin API enqueue rates), backlog (1,000,000 pending jobs) and memory (RSS of a
 //! child `culm run`).
 mod scenarios;
@@ -23,8 +24,8 @@ use std::{
 /// Options of `culm bench`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
-    /// Run one scenario: baseline, throughput, latency, isolation, http, backlog, memory
-    /// or compression
+    /// Run one scenario: baseline, throughput, latency, isolation, priority, http,
+    /// backlog, memory or compression
     /// (default: all).
     #[arg(long)]
     pub scenario: Option<String>,
@@ -60,6 +61,10 @@ struct Stamps(Arc<std::sync::Mutex<Vec<f64>>>);
 impl Stamps {
     fn take(&self) -> Vec<f64> {
         self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
+    }
+
+    fn len(&self) -> usize {
+        self.0.lock().map(|v| v.len()).unwrap_or(0)
     }
 }
 
@@ -242,6 +247,11 @@ pub async fn run(config: Config, registry: Arc<Registry>, args: BenchArgs) -> Re
         if wants("isolation") {
             for batch_ms in [1, 50] {
                 print(&bench.isolation(batch_ms).await?, args.json);
+            }
+        }
+        if wants("priority") {
+            for batch_ms in [1, 50] {
+                print(&bench.priority(batch_ms).await?, args.json);
             }
         }
         if wants("http") {

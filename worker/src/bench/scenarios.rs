@@ -230,6 +230,50 @@ impl Bench {
         }))
     }
 
+    /// Priority within one queue: 200 `high` jobs at 20 ms intervals into the batch queue
+    /// while a 100,000-job backlog of `batch_ms` normal jobs drains from it at full
+    /// concurrency. Without priorities each would wait for the whole backlog.
+    pub(super) async fn priority(&self, batch_ms: u64) -> Result<Value> {
+        let bulk = if batch_ms <= 1 { BULK_1MS } else { BULK_50MS };
+        // Whatever an earlier scenario left in the queue would drain first otherwise.
+        self.purge(bulk).await?;
+        self.fill(100_000, || {
+            EnqueueRequest::raw("platform.sleep", json!({ "ms": batch_ms })).queue(bulk)
+        })
+        .await?;
+        let running = self.runtime().start(&[bulk.to_owned()])?;
+        while self.store.stats(bulk).await?.running == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.stamps.take();
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for _ in 0..200 {
+            tick.tick().await;
+            self.store
+                .enqueue(vec![
+                    EnqueueRequest::raw("bench.stamp", json!({ "sent_us": now_us() }))
+                        .queue(bulk)
+                        .priority(culm_core::Priority::High),
+                ])
+                .await?;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.stamps.len() < 200 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let batch_left = self.store.stats(bulk).await?.pending;
+        running.shutdown().await;
+        self.purge(bulk).await?;
+        let mut lat = self.stamps.take();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        Ok(json!({
+            "scenario": "priority", "batch_job_ms": batch_ms, "batch_backlog": 100_000,
+            "batch_pending_after": batch_left, "high_jobs": lat.len(),
+            "p50_ms": percentile(&lat, 50.0), "p95_ms": percentile(&lat, 95.0),
+            "p99_ms": percentile(&lat, 99.0), "max_ms": lat.last().copied().unwrap_or(f64::NAN),
+        }))
+    }
+
     /// The admin API's enqueue: single-job requests/s from 64 concurrent clients, p99 at a
     /// paced 1,000 rps, and jobs/s through the batch endpoint (1,000 jobs per request).
     pub(super) async fn http(&self, seconds: u64) -> Result<Value> {

@@ -29,6 +29,10 @@ pub struct EnqueueArgs {
     /// A key repeated within worker.idempotency_ttl returns the first job's id.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// high, normal or low: within its queue, the job is taken after every waiting job
+    /// of a higher priority.
+    #[arg(long)]
+    pub priority: Option<culm_core::Priority>,
 }
 
 /// `culm jobs`
@@ -96,6 +100,7 @@ pub(super) async fn enqueue(store: Store, args: EnqueueArgs) -> Result<ExitCode>
     let mut req = EnqueueRequest::raw(args.job, payload);
     req.queue = args.queue;
     req.idempotency_key = args.idempotency_key;
+    req.priority = args.priority;
     if let Some(d) = args.delay {
         req = req.delay(d);
     }

@@ -87,17 +87,19 @@ pub(super) async fn list(store: Store, json: bool) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&stats)?);
     } else {
         println!(
-            "{:<16} {:<12} {:>6} {:>6} {:>10} {:>10} {:>8} {:>8}  PAUSED",
-            "QUEUE", "TIER", "CONC", "CAP", "PENDING", "SCHEDULED", "RUNNING", "DEAD"
+            "{:<16} {:<12} {:>6} {:>6} {:>10} {:>20} {:>10} {:>8} {:>8}  PAUSED",
+            "QUEUE", "TIER", "CONC", "CAP", "PENDING", "HIGH/NORMAL/LOW", "SCHEDULED", "RUNNING", "DEAD"
         );
         for s in stats {
+            let p = s.pending_by_priority;
             println!(
-                "{:<16} {:<12} {:>6} {:>6} {:>10} {:>10} {:>8} {:>8}  {}",
+                "{:<16} {:<12} {:>6} {:>6} {:>10} {:>20} {:>10} {:>8} {:>8}  {}",
                 s.name,
                 s.tier.as_str(),
                 s.concurrency,
                 s.max_in_flight.map_or_else(|| "-".to_owned(), |c| c.to_string()),
                 s.pending,
+                format!("{}/{}/{}", p.high, p.normal, p.low),
                 s.scheduled,
                 s.running,
                 s.dead,

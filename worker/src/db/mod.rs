@@ -385,6 +385,7 @@ impl Db {
             errors,
             // The ledger keeps summaries, not results.
             result: None,
+            priority: None,
         }))
     }
 }

@@ -2,8 +2,8 @@
 //! the dashboard's queue page). A page reads only itself, never a whole structure, so it
 //! costs the same with 1M pending jobs as with ten:
 //!
-//! - pending: `LRANGE` on `ready` from a position (Redis finds a position by walking
-//!   the list's nodes, not its entries);
+//! - pending: `LRANGE` on the ready lists (high, normal, low, as one sequence) from a
+//!   position (Redis finds a position by walking the list's nodes, not its entries);
 //! - scheduled, running, dead, done and cancelled: a score range of `scheduled`,
 //!   `leases`, `dead` or `done`, resumed after the last score returned
 //!   (`ZRANGE … BYSCORE … LIMIT`), so jobs that are popped or added meanwhile do not shift
@@ -13,6 +13,7 @@
 //! With a `job` filter, one page examines at most [`SCAN_BUDGET`] entries and may hold
 //! fewer than the limit; its cursor continues where the examination stopped.
 use super::{Envelope, ErrorRecord, Fields, Finished, JobState, JobStatus, Store, StoreError, parse_errors};
+use culm_core::Priority;
 
 /// Most entries one page examines when a `job` filter skips entries.
 pub const SCAN_BUDGET: usize = 5_000;
@@ -195,12 +196,33 @@ impl Store {
                 Some(Cursor::At(p)) => p,
                 _ => 0,
             };
-            let ids: Vec<String> = redis::cmd("LRANGE")
-                .arg(keys.ready())
-                .arg(from)
-                .arg(from + n - 1)
+            // The ready lists in the order a fetch takes them, as one sequence: the
+            // cursor is a position in it, and each page reads only its own part.
+            let lists = Priority::ALL.map(|p| keys.ready_at(p));
+            let lens: Vec<usize> = lists
+                .iter()
+                .fold(&mut redis::pipe(), |pipe, k| pipe.llen(k))
                 .query_async(&mut conn)
                 .await?;
+            let mut pipe = redis::pipe();
+            let (mut start, mut want) = (0, n);
+            for (key, len) in lists.iter().zip(&lens) {
+                let end = start + len;
+                if want > 0 && from + (n - want) < end {
+                    let at = from + (n - want) - start;
+                    let take = want.min(len - at);
+                    pipe.lrange(key, at as isize, (at + take - 1) as isize);
+                    want -= take;
+                }
+                start = end;
+            }
+            let ids: Vec<String> = if want == n {
+                // The position is past the last pending job: nothing to read.
+                Vec::new()
+            } else {
+                let parts: Vec<Vec<String>> = pipe.query_async(&mut conn).await?;
+                parts.into_iter().flatten().collect()
+            };
             let next = (ids.len() == n).then_some(Cursor::At(from + n));
             return Ok((ids.into_iter().map(|id| (id, 0)).collect(), next));
         }
@@ -286,6 +308,7 @@ impl Store {
                 last_error: errs.last().map(|e| e.error.clone()),
                 errors: errs,
                 result: None,
+                priority: None,
             };
             if finished {
                 // A done id whose `finished` entry is gone (trimmed) is still listed.
@@ -307,6 +330,7 @@ impl Store {
                     Ok(env) => {
                         s.job = Some(env.job);
                         s.enqueued_at = Some(env.enqueued_at);
+                        s.priority = Some(env.priority);
                         if state == JobState::Pending {
                             s.run_at = None;
                         }

@@ -19,16 +19,24 @@ impl Store {
         let mut conn = self.inner.conn.clone();
         let v: Vec<Value> = self.keys(queue).invoke(&STATS).invoke_async(&mut conn).await?;
         let n = |i: usize| v.get(i).map(text).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-        let head = v.get(5).map(text).unwrap_or_default();
-        let oldest = serde_json::from_str::<Envelope>(&head)
-            .ok()
-            .map(|e| (now_ms() - e.run_at.max(e.enqueued_at)).max(0));
+        // The oldest job waiting at any priority: each list's head is its oldest.
+        let now = now_ms();
+        let oldest = [6, 8, 10]
+            .into_iter()
+            .filter_map(|i| serde_json::from_str::<Envelope>(&v.get(i).map(text).unwrap_or_default()).ok())
+            .map(|e| (now - e.run_at.max(e.enqueued_at)).max(0))
+            .max();
         Ok(QueueStats {
             name: s.name.clone(),
             tier: s.tier,
             concurrency: s.concurrency,
             max_in_flight: s.max_in_flight,
             pending: n(0),
+            pending_by_priority: super::PendingByPriority {
+                high: n(5),
+                normal: n(7),
+                low: n(9),
+            },
             scheduled: n(1),
             running: n(2),
             dead: n(3),
@@ -239,6 +247,7 @@ impl Store {
                 result: fin
                     .and_then(|f| f.result)
                     .and_then(|r| serde_json::from_str(r.get()).ok()),
+                priority: env.as_ref().map(|e| e.priority),
                 run_at: at.filter(|_| state == JobState::Scheduled),
                 lease_expires_at: at.filter(|_| state == JobState::Running),
                 finished_at: at.filter(|_| state.is_final()),

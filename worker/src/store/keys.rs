@@ -39,8 +39,8 @@ pub(super) static FIRE: LazyLock<Script> = script!("fire.lua");
 pub(super) static RECORD: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/record.lua")));
 
 /// The fixed keys of a queue, as suffixes of its base key, in the order every queue
-/// script receives them as `KEYS[1..=12]`.
-pub const QUEUE_KEYS: [&str; 12] = [
+/// script receives them as `KEYS[1..=14]`.
+pub const QUEUE_KEYS: [&str; 14] = [
     "ready",
     "scheduled",
     "leases",
@@ -53,6 +53,8 @@ pub const QUEUE_KEYS: [&str; 12] = [
     "paused",
     "reaper",
     "finished",
+    "ready:high",
+    "ready:low",
 ];
 
 /// The key names of one queue (ARCHITECTURE.md, "Redis key layout", says what each holds).
@@ -80,13 +82,21 @@ impl QueueKeys {
     }
 
     /// The fixed keys in script order ([`QUEUE_KEYS`]).
-    pub fn fixed(&self) -> [String; 12] {
+    pub fn fixed(&self) -> [String; 14] {
         QUEUE_KEYS.map(|s| self.key(s))
     }
 
-    /// List: ids due now.
+    /// List: ids due now at priority normal.
     pub fn ready(&self) -> String {
         self.key("ready")
+    }
+    /// List: ids due now at `priority`, in the order a fetch takes them.
+    pub fn ready_at(&self, priority: culm_core::Priority) -> String {
+        match priority {
+            culm_core::Priority::High => self.key("ready:high"),
+            culm_core::Priority::Normal => self.ready(),
+            culm_core::Priority::Low => self.key("ready:low"),
+        }
     }
     /// Zset: id → run_at ms.
     pub fn scheduled(&self) -> String {
@@ -260,7 +270,7 @@ mod tests {
             .filter_map(|l| {
                 let (name, rest) = l.trim().strip_prefix("K_")?.split_once(" = KEYS[o + ")?;
                 let n = rest.split_once(']')?.0.parse().ok()?;
-                Some((name.to_lowercase(), n))
+                Some((name.to_lowercase().replace('_', ":"), n))
             })
             .collect()
     }

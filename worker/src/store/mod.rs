@@ -98,8 +98,10 @@ pub struct QueueStats {
     pub concurrency: u32,
     /// Jobs running at once across every process (`max_in_flight`), if capped.
     pub max_in_flight: Option<u32>,
-    /// Due, waiting for a worker.
+    /// Due, waiting for a worker (every priority).
     pub pending: u64,
+    /// `pending` by priority: a fetch takes high, then normal, then low.
+    pub pending_by_priority: PendingByPriority,
     /// Waiting for their time (delayed, retry backoff, deferred).
     pub scheduled: u64,
     /// Leased by a worker.
@@ -110,6 +112,14 @@ pub struct QueueStats {
     pub paused: bool,
     /// Age of the oldest due job, ms.
     pub oldest_pending_age_ms: Option<i64>,
+}
+
+/// A queue's due jobs per priority level.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PendingByPriority {
+    pub high: u64,
+    pub normal: u64,
+    pub low: u64,
 }
 
 /// One error in a job's history.
@@ -262,6 +272,9 @@ pub struct JobStatus {
     /// `result_ttl`).
     #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
+    /// Its priority within the queue, while its body is stored (not once done).
+    #[schema(value_type = Option<String>, example = "normal")]
+    pub priority: Option<culm_core::Priority>,
 }
 
 struct Inner {

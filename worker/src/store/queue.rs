@@ -11,7 +11,7 @@ use super::{
     text,
 };
 use crate::{config::QueueSettings, telemetry};
-use culm_core::{EnqueueError, EnqueueRequest, Enqueued, TraceContext, now_ms};
+use culm_core::{EnqueueError, EnqueueRequest, Enqueued, Priority, TraceContext, now_ms};
 use futures::future::try_join_all;
 use redis::Value;
 use serde::{Deserialize, Serialize};
@@ -51,6 +51,9 @@ pub(crate) struct NewEnvelope<'a> {
     /// Only jobs that carry a trace context store one: no field, no bytes, otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) trace: Option<&'a TraceContext>,
+    /// Stored only when not normal (the scripts keep their own copy in `attempts`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) priority: Option<Priority>,
 }
 
 impl NewEnvelope<'_> {
@@ -90,6 +93,8 @@ struct StoredEnvelope {
     expires_at: Option<i64>,
     #[serde(default)]
     trace: Option<TraceContext>,
+    #[serde(default)]
+    priority: Option<Priority>,
 }
 
 impl TryFrom<StoredEnvelope> for Envelope {
@@ -110,6 +115,7 @@ impl TryFrom<StoredEnvelope> for Envelope {
             idempotency_key: s.idempotency_key,
             expires_at: s.expires_at,
             trace: s.trace,
+            priority: s.priority.unwrap_or_default(),
         })
     }
 }
@@ -133,6 +139,9 @@ pub struct Envelope {
     /// The W3C trace context of whatever enqueued the job; each attempt continues it.
     #[serde(default)]
     pub trace: Option<TraceContext>,
+    /// Its priority within the queue.
+    #[serde(default)]
+    pub priority: Priority,
 }
 
 /// A job handed to a worker under a lease.
@@ -447,6 +456,7 @@ impl Store {
                         expires_at: r.expires_at_ms,
                         trace: r.trace.as_ref(),
                         compress_above: self.inner.compress_above,
+                        priority: r.priority.filter(|p| *p != Priority::Normal),
                         ..NewEnvelope::default()
                     }
                     .to_json()
@@ -455,7 +465,8 @@ impl Store {
                         .arg(run_at)
                         .arg(env)
                         .arg(r.idempotency_key.as_deref().unwrap_or(""))
-                        .arg(unique.map_or(0, |(_, ttl_ms)| ttl_ms));
+                        .arg(unique.map_or(0, |(_, ttl_ms)| ttl_ms))
+                        .arg(priority_code(r.priority.unwrap_or_default()));
                 }
             }
             let mut conn = self.inner.conn.clone();
@@ -720,6 +731,16 @@ impl Store {
         }
         let mut conn = self.inner.conn.clone();
         Ok(inv.invoke_async(&mut conn).await?)
+    }
+}
+
+/// How the scripts name a priority (`<id>:p` in `attempts`, push.lua's argument):
+/// nothing is stored for normal.
+fn priority_code(p: Priority) -> &'static str {
+    match p {
+        Priority::High => "h",
+        Priority::Normal => "",
+        Priority::Low => "l",
     }
 }
 

@@ -23,6 +23,8 @@ JobLike = Union[EnqueueSpec, Mapping[str, Any]]
 MAX_POLL_S = 60.0
 #: Statuses worth retrying: the store was briefly unavailable.
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: A job's priority within its queue: the server takes high, then normal, then low.
+PRIORITIES = ("high", "normal", "low")
 
 
 def new_idempotency_key() -> str:
@@ -58,9 +60,12 @@ def _body(
     expires_in: Delay | None = None,
     unique_key: str | None = None,
     unique_for: Delay | None = None,
+    priority: str | None = None,
 ) -> dict[str, Any]:
     if delay is not None and run_at is not None:
         raise ValueError("give delay or run_at, not both")
+    if priority is not None and priority not in PRIORITIES:
+        raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, not {priority!r}")
     body: dict[str, Any] = {"job": job, "payload": dict(payload or {})}
     if queue is not None:
         body["queue"] = queue
@@ -76,6 +81,8 @@ def _body(
         body["unique_key"] = unique_key
     if (ms := _delay_ms(unique_for, "unique_for")) is not None:
         body["unique_for_ms"] = ms
+    if priority is not None:
+        body["priority"] = priority
     return body
 
 
@@ -91,6 +98,7 @@ def _spec_body(j: JobLike) -> dict[str, Any]:
             expires_in=j.expires_in,
             unique_key=j.unique_key,
             unique_for=j.unique_for,
+            priority=j.priority,
         )
     d = dict(j)
     return _body(
@@ -103,6 +111,7 @@ def _spec_body(j: JobLike) -> dict[str, Any]:
         expires_in=d.get("expires_in"),
         unique_key=d.get("unique_key"),
         unique_for=d.get("unique_for"),
+        priority=d.get("priority"),
     )
 
 
@@ -217,12 +226,15 @@ class Client(_Base):
         expires_in: Delay | None = None,
         unique_key: str | None = None,
         unique_for: Delay | None = None,
+        priority: str | None = None,
     ) -> JobRef:
         """Enqueues one job. `delay` is seconds (or a timedelta); `run_at` a timezone-aware time.
         `expires_in` (seconds or a timedelta): not started by then, it never runs and ends
         `expired` (Celery's `expires`). `unique_key` / `unique_for`: while a job with the key
         (or, with `unique_for` alone, of this type with an equal payload) is pending or
         running, this returns that job (`created` false) instead of a new one.
+        `priority` ("high", "normal", "low"): within its queue, the job is taken after every
+        waiting job of a higher priority, in enqueue order within its own.
         The job continues the current OpenTelemetry trace (or `traceparent`, when given)."""
         body = _body(
             job,
@@ -234,6 +246,7 @@ class Client(_Base):
             expires_in=expires_in,
             unique_key=unique_key,
             unique_for=unique_for,
+            priority=priority,
         )
         headers = trace_headers(traceparent)
         return JobRef.from_json(self._request("POST", "/v1/jobs", json=body, headers=headers))
@@ -338,6 +351,7 @@ class AsyncClient(_Base):
         expires_in: Delay | None = None,
         unique_key: str | None = None,
         unique_for: Delay | None = None,
+        priority: str | None = None,
     ) -> JobRef:
         body = _body(
             job,
@@ -349,6 +363,7 @@ class AsyncClient(_Base):
             expires_in=expires_in,
             unique_key=unique_key,
             unique_for=unique_for,
+            priority=priority,
         )
         headers = trace_headers(traceparent)
         return JobRef.from_json(await self._request("POST", "/v1/jobs", json=body, headers=headers))

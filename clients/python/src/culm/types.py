@@ -51,6 +51,8 @@ class Job:
     result: Any
     last_error: str | None
     errors: list[JobError] = field(default_factory=list)
+    #: "high", "normal" or "low" while the job's body is stored; None once it is done.
+    priority: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -76,6 +78,7 @@ class Job:
             result=d.get("result"),
             last_error=d.get("last_error"),
             errors=[JobError(e.get("attempt", 0), e.get("at"), e.get("error", "")) for e in d.get("errors") or []],
+            priority=d.get("priority"),
             raw=d,
         )
 
@@ -172,3 +175,4 @@ class EnqueueSpec:
     expires_in: Any = None
     unique_key: str | None = None
     unique_for: Any = None
+    priority: str | None = None

@@ -208,7 +208,12 @@ pub(super) async fn overview(State(state): State<AdminState>, headers: HeaderMap
                         @let (busy, cap) = load.get(q.name.as_str()).copied().unwrap_or((0, 0));
                         tr class=[q.paused.then_some("paused")] {
                             td { a href=(format!("/ui/queues/{}", q.name)) { (q.name) } }
-                            td.n { (q.pending) } td.n { (q.scheduled) } td.n { (q.running) }
+                            @let p = q.pending_by_priority;
+                            td.n title=(format!("high {}, normal {}, low {}", p.high, p.normal, p.low)) {
+                                (q.pending)
+                                @if p.high > 0 { " " span.tag.prio-high { (p.high) " high" } }
+                            }
+                            td.n { (q.scheduled) } td.n { (q.running) }
                             td.n { @if q.dead > 0 { a href=(format!("/ui/dead?queue={}", q.name)) { (q.dead) } } @else { "0" } }
                             td { @if q.paused { span.tag.paused { "paused" } } }
                             td.n { (age(q.oldest_pending_age_ms)) }
@@ -297,6 +302,8 @@ pub(super) async fn queue(
     let body = html! {
         div.card {
             "Tier " strong { (stats.tier.as_str()) } " · pending " strong { (stats.pending) }
+            @let p = stats.pending_by_priority;
+            " (high " strong.prio-high { (p.high) } ", normal " strong { (p.normal) } ", low " strong { (p.low) } ")"
             " · scheduled " strong { (stats.scheduled) } " · running " strong { (stats.running) }
             " · dead " strong { (stats.dead) } " · oldest pending " strong { (age(stats.oldest_pending_age_ms)) } " · "
             @if stats.paused { span.tag.paused { "paused" } } @else { span.tag { "running" } }
@@ -419,6 +426,7 @@ pub(super) async fn job(
                 tr { th { "Queue" } td { a href=(format!("/ui/queues/{}", st.queue)) { (st.queue) } } }
                 tr { th { "Tier" } td { (tier) } }
                 tr { th { "Attempts" } td { (st.attempts) } }
+                @if let Some(p) = st.priority { tr { th { "Priority" } td { (p.as_str()) } } }
                 tr { th { "Lease token" } td { @if let Some(t) = body_info.as_ref().and_then(|b| b.token) { code { (t) } } } }
                 tr { th { "Enqueued" } td { (when(st.enqueued_at)) } }
                 @if st.run_at.is_some() { tr { th { "Due" } td { (when(st.run_at)) } } }

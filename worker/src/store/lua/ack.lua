@@ -72,6 +72,7 @@ for i = FIRST_RUN, #ARGV, 6 do
       processed = processed + 1
       dropped[#dropped + 1] = id
       dropped[#dropped + 1] = id .. ':o'
+      dropped[#dropped + 1] = id .. ':p'
       done[#done + 1] = id
       done_scores[#done_scores + 1] = now
       done_scores[#done_scores + 1] = id
@@ -101,9 +102,9 @@ for i = FIRST_RUN, #ARGV, 6 do
       if at <= now then
         -- A reaped job has waited a whole lease already: it goes to the front.
         if expired_only then
-          redis.call('LPUSH', K_READY, id)
+          redis.call('LPUSH', ready_of(id), id)
         else
-          redis.call('RPUSH', K_READY, id)
+          redis.call('RPUSH', ready_of(id), id)
         end
         wake = true
       else
@@ -147,7 +148,7 @@ if finished > 0 then
     end
   end
 end
-if capped and #ended > 0 and not wake then wake = redis.call('LLEN', K_READY) > 0 end
+if capped and #ended > 0 and not wake then wake = ready_len() > 0 end
 -- Per-minute history for the dashboard: a few commands per batch, never per run. Fields
 -- are named by the minute on Redis's clock, so a field filed under a neighbouring hour's
 -- key (the worker names the key by its own clock) is still read for the right minute.

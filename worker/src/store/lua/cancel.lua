@@ -1,5 +1,5 @@
 -- Cancel a job. ARGV: id.
--- A pending or scheduled job loses its body (a pending id left in `ready` is skipped by
+-- A pending or scheduled job loses its body (a pending id left in a ready list is skipped by
 -- fetch.lua, which leases only ids with a body), is added to `done` with a `finished`
 -- entry marked cancelled, and is published on `settled`. A running job is only marked
 -- (`<id>:c` in `attempts`): the next extend.lua of its holder reports it, and the holder
@@ -26,7 +26,7 @@ local e = cjson.decode(env)
 local attempts = tonumber(redis.call('HGET', K_ATTEMPTS, id) or '0')
 redis.call('ZREM', K_SCHEDULED, id)
 redis.call('HDEL', K_JOBS, id)
-redis.call('HDEL', K_ATTEMPTS, id, id .. ':o', id .. ':c')
+redis.call('HDEL', K_ATTEMPTS, id, id .. ':o', id .. ':c', id .. ':p')
 redis.call('HDEL', K_ERRORS, id)
 redis.call('ZADD', K_DONE, now, id)
 redis.call('HSET', K_FINISHED, id, cjson.encode({

@@ -5,16 +5,17 @@
 -- Cluster slot; and because Redis routes a script by all its declared keys, a node that
 -- holds only part of them while the slot migrates answers TRYAGAIN/ASK (the client
 -- retries) instead of running the script on a partial queue.
-local QUEUE_KEYS = 12                   -- fixed keys per queue; a script's own keys follow
+local QUEUE_KEYS = 14                   -- fixed keys per queue; a script's own keys follow
 
 local K_READY, K_SCHEDULED, K_LEASES, K_JOBS, K_ATTEMPTS, K_SEQ
 local K_ERRORS, K_DEAD, K_DONE, K_PAUSED, K_REAPER, K_FINISHED, K_WAKE, K_SETTLED
+local K_READY_HIGH, K_READY_LOW
 
 -- Names the keys of the queue whose fixed keys start at KEYS[o + 1]. Every script names
 -- the first queue (o = 0, below); push.lua, which stores into several queues in one call
 -- on standalone, names each in turn.
 local function queue_group(o)
-  K_READY = KEYS[o + 1]                 -- list of job ids due now
+  K_READY = KEYS[o + 1]                 -- list of job ids due now (priority normal)
   K_SCHEDULED = KEYS[o + 2]             -- zset id -> run_at ms (delayed, retries, deferrals)
   K_LEASES = KEYS[o + 3]                -- zset id -> lease deadline ms on Redis's clock (running)
   K_JOBS = KEYS[o + 4]                  -- hash id -> envelope JSON
@@ -23,7 +24,8 @@ local function queue_group(o)
   --   <id>:t  the current lease's token while the job is leased, suffixed `s` once the
   --           holder has extended the lease (proof it received it);
   --   <id>:o  leases that expired before their holder confirmed them (refunded, bounded);
-  --   <id>:c  an operator asked the running job to stop (cancel.lua; until the run settles).
+  --   <id>:c  an operator asked the running job to stop (cancel.lua; until the run settles);
+  --   <id>:p  the job's priority, 'h' or 'l', only when not normal (deleted with the job).
   K_ATTEMPTS = KEYS[o + 5]
   K_SEQ = KEYS[o + 6]                   -- counter: the last lease token handed out
   K_ERRORS = KEYS[o + 7]                -- hash id -> JSON array of the last errors
@@ -34,6 +36,10 @@ local function queue_group(o)
   -- hash id -> JSON of a done or cancelled job: job type, attempts, enqueue time, result
   -- (deleted with its id in `done`: count trim in ack.lua, result_ttl trim in reap.lua)
   K_FINISHED = KEYS[o + 12]
+  -- Lists of job ids due now at priority high and low: a fetch pops high, then `ready`
+  -- (normal), then low, so it costs the same whatever the backlog.
+  K_READY_HIGH = KEYS[o + 13]
+  K_READY_LOW = KEYS[o + 14]
   -- The pub/sub channel idle workers listen on: a channel, not a key, named after the
   -- queue's base key ('<base>:ready' -> '<base>:wake').
   K_WAKE = string.sub(K_READY, 1, -7) .. ':wake'
@@ -74,6 +80,24 @@ local function push_error(id, attempt, now, err)
   list[#list + 1] = { attempt = tonumber(attempt), at = now, error = err }
   while #list > 10 do table.remove(list, 1) end
   redis.call('HSET', K_ERRORS, id, cjson.encode(list))
+end
+
+-- The ready list of priority code `p` ('h', 'l'; anything else is normal).
+local function ready_for(p)
+  if p == 'h' then return K_READY_HIGH end
+  if p == 'l' then return K_READY_LOW end
+  return K_READY
+end
+
+-- The ready list job `id` goes (back) to: its priority is kept in `attempts` as `<id>:p`,
+-- so retries, deferrals, hand-backs and re-drives keep it.
+local function ready_of(id)
+  return ready_for(redis.call('HGET', K_ATTEMPTS, id .. ':p'))
+end
+
+-- Jobs due now at every priority.
+local function ready_len()
+  return redis.call('LLEN', K_READY_HIGH) + redis.call('LLEN', K_READY) + redis.call('LLEN', K_READY_LOW)
 end
 
 local function earliest_scheduled()

@@ -1,5 +1,5 @@
 -- Dead-letter operations. ARGV: op ('retry'|'purge'), ids...
--- retry: back to the ready list with a fresh attempt budget (the lease token counter is
+-- retry: back to its priority's ready list with a fresh attempt budget (the lease token counter is
 -- separate and keeps rising, so no earlier run can settle the re-driven one);
 -- purge: delete for good. Returns the number of jobs affected.
 local op = ARGV[1]
@@ -11,10 +11,10 @@ for i = 2, #ARGV do
     if op == 'retry' then
       redis.call('HSET', K_ATTEMPTS, id, 0)
       redis.call('HDEL', K_ATTEMPTS, id .. ':o')
-      redis.call('RPUSH', K_READY, id)
+      redis.call('RPUSH', ready_of(id), id)
     else
       redis.call('HDEL', K_JOBS, id)
-      redis.call('HDEL', K_ATTEMPTS, id, id .. ':t', id .. ':o', id .. ':c')
+      redis.call('HDEL', K_ATTEMPTS, id, id .. ':t', id .. ':o', id .. ':c', id .. ':p')
       redis.call('HDEL', K_ERRORS, id)
     end
   end

@@ -1,6 +1,8 @@
 -- Fetch up to `count` jobs and lease them. ARGV: count, lease_ttl_ms, promote_chunk,
 -- max_in_flight (0: no cap across processes).
--- First promotes due scheduled jobs in one bounded chunk (never an unbounded unpack).
+-- First promotes due scheduled jobs in one bounded chunk (never an unbounded unpack),
+-- each to its priority's ready list; then leases from the high list, the normal one
+-- (`ready`) and the low one, in that order.
 -- A queue's leases are its permits: with a cap, at most max_in_flight jobs are leased at
 -- once, whichever processes hold them, and a dead holder's permits come back when the
 -- reaper hands its expired leases out again.
@@ -15,7 +17,19 @@ local chunk = tonumber(ARGV[3])
 local cap = tonumber(ARGV[4])
 local due = redis.call('ZRANGEBYSCORE', K_SCHEDULED, '-inf', now, 'LIMIT', 0, chunk)
 if #due > 0 then
-  redis.call('RPUSH', K_READY, unpack(due))
+  -- Each promoted job goes to its own priority's list: one read of their priorities,
+  -- then one push per list.
+  local fields = {}
+  for j, id in ipairs(due) do fields[j] = id .. ':p' end
+  local prios = redis.call('HMGET', K_ATTEMPTS, unpack(fields))
+  local lists = { [K_READY_HIGH] = {}, [K_READY] = {}, [K_READY_LOW] = {} }
+  for j, id in ipairs(due) do
+    local list = lists[ready_for(prios[j])]
+    list[#list + 1] = id
+  end
+  for key, ids in pairs(lists) do
+    if #ids > 0 then redis.call('RPUSH', key, unpack(ids)) end
+  end
   redis.call('ZREM', K_SCHEDULED, unpack(due))
 end
 local nxt = earliest_scheduled()
@@ -30,8 +44,16 @@ end
 local out = { 'ok', next_due }
 if count <= 0 then return out end
 -- `count` is at most a pool's free slots; chunks keep every unpack far below Lua's limit.
-local ids = redis.call('LPOP', K_READY, count)
-if not ids then return out end
+-- Higher priorities first, FIFO within each: at most three pops, whatever the backlog.
+local ids = redis.call('LPOP', K_READY_HIGH, count) or {}
+for _, key in ipairs({ K_READY, K_READY_LOW }) do
+  if #ids >= count then break end
+  local more = redis.call('LPOP', key, count - #ids)
+  if more then
+    for _, id in ipairs(more) do ids[#ids + 1] = id end
+  end
+end
+if #ids == 0 then return out end
 local token = redis.call('INCRBY', K_SEQ, #ids) - #ids
 for from = 1, #ids, 1000 do
   local chunk = { unpack(ids, from, math.min(from + 999, #ids)) }

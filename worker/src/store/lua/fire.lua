@@ -33,7 +33,7 @@ if overlap == 'skip' then
 end
 redis.call('SET', K_CLAIM, id, 'EX', ttl)
 -- The push of one due job, as push.lua does it.
-local was_empty = redis.call('LLEN', K_READY) == 0
+local was_empty = ready_len() == 0
 redis.call('HSET', K_JOBS, id, env)
 redis.call('RPUSH', K_READY, id)
 if was_empty then redis.call('PUBLISH', K_WAKE, '1') end

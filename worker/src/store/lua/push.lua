@@ -3,7 +3,7 @@
 -- (`…:idem:<key>`) if it has one and its uniqueness key (`…:unique:<key>`) if it has one.
 -- ARGV: now_ms, idempotency_ttl_s, then per queue (in KEYS order) the number of its
 -- jobs, then per job: id, run_at_ms, envelope, idem_key ('' = none), unique_ttl_ms (0 =
--- not unique).
+-- not unique), priority ('h', 'l', or '' for normal; kept as `<id>:p` in `attempts`).
 -- Uniqueness: the key names the job that took it; while that job is live (its body is
 -- stored and it is not dead) a push with the key answers that job's id. A done,
 -- cancelled, expired or dead holder no longer counts, so nothing has to clear the key
@@ -12,7 +12,8 @@
 -- Sentinel send a whole batch in one call, so either every job is stored or none is.
 -- Redis does not roll back a script that fails halfway, so every key's kind is checked
 -- before the first write.
--- Due jobs go straight to the ready list; only future ones enter the scheduled set.
+-- Due jobs go straight to their priority's ready list; only future ones enter the
+-- scheduled set.
 -- Returns per job: id (the earlier one on an idempotency or uniqueness hit), created (1/0).
 -- A replayed push finds its ids already written and answers created = 0 for them.
 local now = tonumber(ARGV[1])
@@ -23,7 +24,7 @@ local function holds_kind(key, kind)
   return t == 'none' or t == kind
 end
 
-local STRIDE = 5        -- ARGV per job
+local STRIDE = 6        -- ARGV per job
 
 -- Calls f(n, i, idem, uniq) for each queue, with its keys named (queue_group): n its
 -- jobs, i the ARGV index of its count, idem(j) and uniq(j) the idempotency and
@@ -54,7 +55,8 @@ end
 
 -- Check every key first.
 local bad = each_queue(function(n, _, idem, uniq)
-  if not (holds_kind(K_READY, 'list') and holds_kind(K_SCHEDULED, 'zset')
+  if not (holds_kind(K_READY, 'list') and holds_kind(K_READY_HIGH, 'list') and holds_kind(K_READY_LOW, 'list')
+      and holds_kind(K_SCHEDULED, 'zset') and holds_kind(K_ATTEMPTS, 'hash')
       and holds_kind(K_JOBS, 'hash') and holds_kind(K_DONE, 'zset') and holds_kind(K_DEAD, 'zset')) then
     return redis.error_reply('WRONGTYPE a key of ' .. K_READY .. '\'s queue holds the wrong kind of value; nothing was stored')
   end
@@ -70,13 +72,14 @@ if bad then return bad end
 
 local out = {}
 each_queue(function(n, i, idem, uniq)
-  local was_empty = redis.call('LLEN', K_READY) == 0
+  local was_empty = ready_len() == 0
   local earliest = earliest_scheduled()
   local wake = false
-  local due = {}          -- ids due now, pushed to ready in one command
+  -- Ids due now per priority list, each pushed in one command per 1,000.
+  local due = { [K_READY_HIGH] = {}, [K_READY] = {}, [K_READY_LOW] = {} }
   for j = 0, n - 1 do
     local at = i + 1 + j * STRIDE
-    local id, run_at, env = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2]
+    local id, run_at, env, prio = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2], ARGV[at + 5]
     local existing = false
     local k, u = idem(j), uniq(j)
     if k then existing = redis.call('GET', k) end
@@ -102,8 +105,10 @@ each_queue(function(n, i, idem, uniq)
       out[#out + 1] = existing
       out[#out + 1] = 0
     else
+      if prio ~= '' then redis.call('HSET', K_ATTEMPTS, id .. ':p', prio) end
       if run_at <= now then
-        due[#due + 1] = id
+        local list = due[ready_for(prio)]
+        list[#list + 1] = id
         if was_empty then wake = true end
       else
         redis.call('ZADD', K_SCHEDULED, run_at, id)
@@ -116,8 +121,10 @@ each_queue(function(n, i, idem, uniq)
       out[#out + 1] = 1
     end
   end
-  for from = 1, #due, 1000 do
-    redis.call('RPUSH', K_READY, unpack(due, from, math.min(from + 999, #due)))
+  for key, ids in pairs(due) do
+    for from = 1, #ids, 1000 do
+      redis.call('RPUSH', key, unpack(ids, from, math.min(from + 999, #ids)))
+    end
   end
   if wake then redis.call('PUBLISH', K_WAKE, '1') end
 end)

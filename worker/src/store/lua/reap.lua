@@ -18,7 +18,7 @@ local now = redis_now()
 local old = redis.call('ZRANGEBYSCORE', K_DEAD, '-inf', now - tonumber(ARGV[4]), 'LIMIT', 0, limit)
 for _, id in ipairs(old) do
   redis.call('HDEL', K_JOBS, id)
-  redis.call('HDEL', K_ATTEMPTS, id, id .. ':t', id .. ':o', id .. ':c')
+  redis.call('HDEL', K_ATTEMPTS, id, id .. ':t', id .. ':o', id .. ':c', id .. ':p')
   redis.call('HDEL', K_ERRORS, id)
 end
 if #old > 0 then redis.call('ZREM', K_DEAD, unpack(old)) end
