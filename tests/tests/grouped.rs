@@ -2,7 +2,8 @@
 //! pool holds together go to one handler call, and each still ends on its own (done,
 //! retry, defer, dead), with its own attempt, lease token and dead letter; a short
 //! answer, a panic or a timeout loses no job; a lease lost mid-call is fenced like a
-//! single run's; rate limits count upstream requests, not handler calls.
+//! single run's; a job cancelled during the call ends cancelled if the handler saw it;
+//! rate limits count upstream requests, not handler calls.
 use culm_core::{BatchJob, EnqueueRequest, Job, JobContext, JobError, Outcome, Tier};
 use culm_jobs::http::config::LimitConfig;
 use culm_tests::{TestEnv, eventually, is, next_event, queue};
@@ -87,6 +88,12 @@ impl BatchJob for Grouped {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }
+        if items.iter().any(|(j, _)| j.act == "until_cancelled") {
+            // Looks at every job's signal until one of them is raised.
+            while !items.iter().any(|(_, ctx)| ctx.is_cancelled()) {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let mut answers: Vec<Result<Outcome, JobError>> = items
             .iter()
             .zip(&nth)
@@ -115,15 +122,12 @@ fn job(tag: &str, act: &str) -> EnqueueRequest {
     EnqueueRequest::raw("test.grouped", json!({"tag": tag, "act": act}))
 }
 
-/// Collects events of `ids` until each has a final one (done, dead); returns each job's
-/// events in order.
+/// Collects events of `ids` until each has a final one (done, dead, cancelled); returns
+/// each job's events in order.
 async fn until_final(rx: &mut broadcast::Receiver<JobEvent>, ids: &[String]) -> HashMap<String, Vec<JobEvent>> {
+    let last = |e: &JobEvent| is("done", e) || is("dead", e) || is("cancelled", e);
     let mut seen: HashMap<String, Vec<JobEvent>> = HashMap::new();
-    while ids.iter().any(|id| {
-        !seen
-            .get(id)
-            .is_some_and(|es| es.iter().any(|e| is("done", e) || is("dead", e)))
-    }) {
+    while ids.iter().any(|id| !seen.get(id).is_some_and(|es| es.iter().any(last))) {
         let e = next_event(rx, WAIT, |e| ids.contains(&e.id)).await;
         seen.entry(e.id.clone()).or_default().push(e);
     }
@@ -309,6 +313,31 @@ async fn a_job_whose_lease_is_lost_mid_call_is_fenced_like_a_single_run() {
     );
     assert_eq!(kinds(&seen[lost]).last(), Some(&"done"));
     assert_eq!(runs(lost), 2, "the lost job ran again under a new lease");
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_during_the_call_ends_cancelled_and_the_others_done() {
+    let env = env_with(|c| {
+        c.queues.insert("t_grouped".into(), queue("batch", 8, 20_000, 3));
+    })
+    .await;
+    let tag = env.prefix.clone();
+    let ids = culm_tests::enqueue_ids(&env.store, (0..3).map(|_| job(&tag, "until_cancelled")).collect()).await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_grouped".into()]).expect("start");
+    eventually(WAIT, "the grouped call to start", || async {
+        (calls(&tag).first() == Some(&3)).then_some(())
+    })
+    .await;
+    env.store.cancel(&ids[1]).await.expect("cancel");
+    let seen = until_final(&mut events, &ids).await;
+    assert_eq!(kinds(&seen[&ids[0]]), ["done"]);
+    assert_eq!(kinds(&seen[&ids[1]]), ["cancelled"], "the handler saw its cancellation");
+    assert_eq!(kinds(&seen[&ids[2]]), ["done"]);
+    assert_eq!(calls(&tag), [3], "one call served all three");
     running.shutdown().await;
     env.cleanup().await;
 }
