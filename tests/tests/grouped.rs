@@ -2,7 +2,8 @@
 //! pool holds together go to one handler call, and each still ends on its own (done,
 //! retry, defer, dead), with its own attempt, lease token and dead letter; a short
 //! answer, a panic or a timeout loses no job; a lease lost mid-call is fenced like a
-//! single run's; a job cancelled during the call ends cancelled if the handler saw it;
+//! single run's; a job cancelled during the call ends cancelled if the handler saw it,
+//! and an expired one never reaches it;
 //! rate limits count upstream requests, not handler calls.
 use culm_core::{BatchJob, EnqueueRequest, Job, JobContext, JobError, Outcome, Tier};
 use culm_jobs::http::config::LimitConfig;
@@ -122,10 +123,10 @@ fn job(tag: &str, act: &str) -> EnqueueRequest {
     EnqueueRequest::raw("test.grouped", json!({"tag": tag, "act": act}))
 }
 
-/// Collects events of `ids` until each has a final one (done, dead, cancelled); returns
+/// Collects events of `ids` until each has a final one (done, dead, cancelled, expired); returns
 /// each job's events in order.
 async fn until_final(rx: &mut broadcast::Receiver<JobEvent>, ids: &[String]) -> HashMap<String, Vec<JobEvent>> {
-    let last = |e: &JobEvent| is("done", e) || is("dead", e) || is("cancelled", e);
+    let last = |e: &JobEvent| ["done", "dead", "cancelled", "expired"].iter().any(|k| is(k, e));
     let mut seen: HashMap<String, Vec<JobEvent>> = HashMap::new();
     while ids.iter().any(|id| !seen.get(id).is_some_and(|es| es.iter().any(last))) {
         let e = next_event(rx, WAIT, |e| ids.contains(&e.id)).await;
@@ -338,6 +339,35 @@ async fn a_job_cancelled_during_the_call_ends_cancelled_and_the_others_done() {
     assert_eq!(kinds(&seen[&ids[1]]), ["cancelled"], "the handler saw its cancellation");
     assert_eq!(kinds(&seen[&ids[2]]), ["done"]);
     assert_eq!(calls(&tag), [3], "one call served all three");
+    running.shutdown().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_job_never_reaches_the_grouped_call() {
+    let env = env_with(|c| {
+        c.queues.insert("t_grouped".into(), queue("batch", 8, 5_000, 3));
+    })
+    .await;
+    let tag = env.prefix.clone();
+    let expires_at = culm_core::now_ms() + 200;
+    let ids = culm_tests::enqueue_ids(
+        &env.store,
+        vec![job(&tag, "done"), job(&tag, "done").expires_at_ms(expires_at)],
+    )
+    .await;
+    eventually(WAIT, "the second job's expiry to pass", || async {
+        (culm_core::now_ms() > expires_at).then_some(())
+    })
+    .await;
+    let rt = env.runtime();
+    let mut events = rt.events();
+    let running = rt.start(&["t_grouped".into()]).expect("start");
+    let seen = until_final(&mut events, &ids).await;
+    assert_eq!(kinds(&seen[&ids[0]]), ["done"]);
+    assert_eq!(kinds(&seen[&ids[1]]), ["expired"]);
+    assert_eq!(runs(&ids[1]), 0, "the expired job was handed to the handler");
+    assert_eq!(calls(&tag), [1], "the call had only the live job");
     running.shutdown().await;
     env.cleanup().await;
 }
