@@ -10,6 +10,7 @@
 // (handlers and the worker log through `tracing`).
 #![warn(missing_docs, clippy::print_stdout, clippy::print_stderr)]
 
+mod batch_job;
 mod context;
 mod enqueue;
 mod error_path;
@@ -23,6 +24,7 @@ mod tier;
 pub mod time;
 pub mod trace;
 
+pub use batch_job::{BatchJob, MAX_BATCH_LIMIT, run_one};
 pub use context::{Cancellation, Deps, JobContext, redrive_key, redrive_origin};
 pub use enqueue::{
     EnqueueError, EnqueueRequest, Enqueued, Enqueuer, MAX_UNIQUE_FOR_MS, Priority, check_idempotency_key,

@@ -13,6 +13,8 @@
 //!   key already used in this kit returns the first id with `created: false`, as the store does.
 //! - [`Performed`] holds the handler's result. Follow-ups from [`Outcome::then`] carry the
 //!   idempotency keys the worker gives them (`<parent id>:then:<i>` unless set).
+//! - [`TestKit::perform_many`] runs jobs of a batch job type ([`BatchJob`]) through its
+//!   batch handler in one call, with one [`Performed`] per job.
 //! - Shared dependencies go in with [`TestKit::with_dep`]; `culm_jobs::testing` builds
 //!   integration clients pointed at a fake upstream.
 //!
@@ -69,8 +71,8 @@
 //! # }
 //! ```
 use crate::{
-    Deps, EnqueueError, EnqueueRequest, Enqueued, Enqueuer, Job, JobContext, JobError, Outcome, Registry, RunResult,
-    key_follow_ups, now_ms,
+    BatchJob, Deps, EnqueueError, EnqueueRequest, Enqueued, Enqueuer, Job, JobContext, JobError, Outcome, Registry,
+    RunResult, key_follow_ups, now_ms,
 };
 use futures::{FutureExt, future::BoxFuture};
 use std::{
@@ -233,22 +235,55 @@ impl Perform {
             attempt,
             run,
         } = self;
+        let (recorder, ctx) = kit.context(&id, &job, queue, attempt);
+        let ran = run(ctx).await;
+        kit.performed(id, job, attempt, &recorder, ran)
+    }
+}
+
+impl TestKit {
+    /// Runs `jobs` through their batch handler ([`BatchJob::run_many`]) in one call, as
+    /// the worker runs a group: each as attempt 1 of a fresh id in its default queue,
+    /// read back from JSON as stored. One [`Performed`] per job, in order; each records
+    /// what its own context enqueued. A job the handler gave no answer is a retryable
+    /// failure, as in the worker.
+    pub async fn perform_many<J: BatchJob>(&self, jobs: Vec<J>) -> Vec<Performed> {
+        let mut runs = Vec::with_capacity(jobs.len());
+        for job in &jobs {
+            let id = next_id();
+            let (recorder, ctx) = self.context(&id, J::NAME, J::QUEUE.to_owned(), 1);
+            let payload = serde_json::to_string(job).unwrap_or_default();
+            runs.push((id, recorder, ctx, payload));
+        }
+        let items = runs.iter().map(|(_, _, ctx, p)| (p.as_str(), ctx.clone())).collect();
+        let results = crate::batch_job::erased_run_many::<J>(items).await;
+        runs.into_iter()
+            .zip(results)
+            .map(|((id, recorder, _, _), ran)| self.performed(id, J::NAME.to_owned(), 1, &recorder, ran))
+            .collect()
+    }
+
+    fn context(&self, id: &str, job: &str, queue: String, attempt: u32) -> (Arc<Recorder>, JobContext) {
         let recorder = Arc::new(Recorder {
-            registry: kit.registry.clone(),
-            keys: kit.keys.clone(),
+            registry: self.registry.clone(),
+            keys: self.keys.clone(),
             log: Mutex::default(),
         });
         let ctx = JobContext::new(
-            id.clone(),
-            job.clone(),
+            id.to_owned(),
+            job.to_owned(),
             queue,
             attempt,
-            kit.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            self.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
             now_ms(),
             recorder.clone(),
-            kit.deps.clone(),
+            self.deps.clone(),
         );
-        let result = match run(ctx).await {
+        (recorder, ctx)
+    }
+
+    fn performed(&self, id: String, job: String, attempt: u32, recorder: &Recorder, ran: RunResult) -> Performed {
+        let result = match ran {
             RunResult::Finished(r) => r,
             RunResult::BadPayload(reason) => Err(JobError::Permanent(reason)),
         };
@@ -256,7 +291,7 @@ impl Perform {
             key_follow_ups(&id, &mut outcome.follow_ups);
             outcome
         });
-        let rejected_follow_up = match (&result, &kit.registry) {
+        let rejected_follow_up = match (&result, &self.registry) {
             (Ok(outcome), Some(registry)) => outcome.follow_ups.iter().find_map(|f| check(registry, f).err()),
             _ => None,
         };

@@ -6,12 +6,12 @@ use crate::{
     job,
     support::{THIRD_PARTY, done, follow, seg},
 };
-use culm_core::{JobError, Outcome, Registry, RegistryError};
+use culm_core::{JobContext, JobError, Outcome, Registry, RegistryError};
 use std::time::Duration;
 
 /// Registers the CRM, attribution, identity, rewards and tax job types.
 pub fn register(r: &mut Registry) -> Result<(), RegistryError> {
-    r.register::<SyncContact>()?
+    r.register_batch::<SyncContact>()?
         .register::<SyncAccountStatus>()?
         .register::<CreateCase>()?
         .register::<SendAttributionEvent>()?
@@ -39,29 +39,139 @@ pub const MAX_DECISION_POLLS: u32 = 30;
 
 // --- Salesforce ------------------------------------------------------------------------
 
-job! {
-    /// Upserts a customer contact in Salesforce.
-    SyncContact = "salesforce.sync_contact" in "salesforce" for THIRD_PARTY;
-    "Upsert a customer contact in Salesforce.";
-    {
-        /// Our customer id, as the partner's account for the customer is keyed.
-        user_id: String,
-        /// Where the customer receives mail; synced to the CRM as the contact's address.
-        email: String,
-        /// Given name.
-        #[serde(default)]
-        first_name: String,
-        /// Family name.
-        #[serde(default)]
-        last_name: String,
+/// Upserts a customer contact in Salesforce. A batch job type: the worker hands up to
+/// [`SyncContact::MAX_BATCH`] contacts to one call, which upserts them in one
+/// sObject Collections request (one limiter slot); each contact ends on its own result.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyncContact {
+    /// Our customer id, as the partner's account for the customer is keyed.
+    pub user_id: String,
+    /// Where the customer receives mail; synced to the CRM as the contact's address.
+    pub email: String,
+    /// Given name.
+    #[serde(default)]
+    pub first_name: String,
+    /// Family name.
+    #[serde(default)]
+    pub last_name: String,
+}
+
+/// Salesforce's sObject Collections upsert of contacts, keyed by our user id.
+pub const CONTACT_UPSERT_PATH: &str = "/composite/sobjects/Contact/user_id";
+
+impl culm_core::Job for SyncContact {
+    const NAME: &'static str = "salesforce.sync_contact";
+    const QUEUE: &'static str = "salesforce";
+    const TIERS: &'static [culm_core::Tier] = THIRD_PARTY;
+    const DESCRIPTION: &'static str = "Upsert customer contacts in Salesforce (up to 50 per request).";
+
+    async fn run(self, ctx: JobContext) -> Result<Outcome, JobError> {
+        culm_core::run_one(self, ctx).await
     }
-    example SyncContact { user_id: "usr_1001".into(), email: "ana@example.com".into(), first_name: "Ana".into(), last_name: "Diaz".into() };
-    |j, ctx| {
-        if !j.email.contains('@') {
-            return Err(JobError::permanent(format!("email `{}` is not an address", j.email)));
+    fn schema() -> Option<serde_json::Value> {
+        Some(culm_core::schema_of::<Self>())
+    }
+    fn example() -> Option<Self> {
+        Some(SyncContact {
+            user_id: "usr_1001".into(),
+            email: "ana@example.com".into(),
+            first_name: "Ana".into(),
+            last_name: "Diaz".into(),
+        })
+    }
+}
+
+impl culm_core::BatchJob for SyncContact {
+    /// Salesforce takes 200 records per request; 50 keeps one request small and quick.
+    const MAX_BATCH: usize = 50;
+
+    async fn run_many(items: Vec<(Self, JobContext)>) -> Vec<Result<Outcome, JobError>> {
+        // An address that is not one never leaves: that contact fails alone.
+        let mut answers: Vec<Option<Result<Outcome, JobError>>> = items
+            .iter()
+            .map(|(j, _)| {
+                (!j.email.contains('@'))
+                    .then(|| Err(JobError::permanent(format!("email `{}` is not an address", j.email))))
+            })
+            .collect();
+        let send: Vec<usize> = (0..items.len()).filter(|&i| answers[i].is_none()).collect();
+        let Some(&first) = send.first() else {
+            return answers.into_iter().flatten().collect();
+        };
+        let records: Vec<&SyncContact> = send.iter().map(|&i| &items[i].0).collect();
+        let reply = match client(&items[first].1, "salesforce") {
+            Ok(c) => {
+                c.patch("contacts", CONTACT_UPSERT_PATH)
+                    .json(&serde_json::json!({"allOrNone": false, "records": records}))
+                    .send()
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match reply {
+            // The request failed as a whole (deferred, retryable or refused): every
+            // contact it carried ends that way, each under its own budget.
+            Err(e) => {
+                for &i in &send {
+                    answers[i] = Some(Err(same_error(&e)));
+                }
+            }
+            Ok(r) => {
+                let results = r.body.as_array().map(Vec::as_slice).unwrap_or_default();
+                for (n, &i) in send.iter().enumerate() {
+                    answers[i] = Some(upsert_result(results.get(n), r.status));
+                }
+            }
         }
-        let r = client(&ctx, "salesforce")?.put("contacts", format!("/contacts/{}", seg(&j.user_id))).json(&j).send().await?;
-        Ok(done("salesforce", "contacts", &r))
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(JobError::retryable("no answer for this contact"))))
+            .collect()
+    }
+}
+
+/// One record's result of a collections upsert.
+fn upsert_result(result: Option<&serde_json::Value>, status: u16) -> Result<Outcome, JobError> {
+    let Some(result) = result else {
+        return Err(JobError::retryable(
+            "salesforce contacts: the upsert answered no result for this contact",
+        ));
+    };
+    if result.get("success").and_then(serde_json::Value::as_bool) == Some(true) {
+        let id = result.get("id").and_then(serde_json::Value::as_str).unwrap_or("-");
+        return Ok(Outcome::done().with_summary(format!("salesforce contacts: HTTP {status} id={id}")));
+    }
+    let error = result.get("errors").and_then(|e| e.get(0));
+    let code = error
+        .and_then(|e| e.get("statusCode"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("UNKNOWN");
+    let message = error
+        .and_then(|e| e.get("message"))
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or("no message");
+    let text = format!("salesforce contacts: {code}: {message}");
+    // Salesforce's lock contention clears on its own; anything else is the record's fault.
+    if code == "UNABLE_TO_LOCK_ROW" {
+        Err(JobError::retryable(text))
+    } else {
+        Err(JobError::permanent(text))
+    }
+}
+
+/// The same error again, for each job a failed request carried.
+fn same_error(e: &JobError) -> JobError {
+    match e {
+        JobError::Retryable { message, after } => JobError::Retryable {
+            message: message.clone(),
+            after: *after,
+        },
+        JobError::Permanent(m) => JobError::Permanent(m.clone()),
+        JobError::Defer { after, reason } => JobError::Defer {
+            after: *after,
+            reason: reason.clone(),
+        },
     }
 }
 

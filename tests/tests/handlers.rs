@@ -329,3 +329,49 @@ async fn invalid_requests_fail_permanently_and_continue_with_nothing() {
     assert!(stale.assert_permanent().contains("from_account"), "{stale:?}");
     t.cleanup().await;
 }
+
+/// `salesforce.sync_contact` is a batch job type: one handler call for three contacts
+/// sends one collections upsert (one request) with the two that have an address; each
+/// contact ends on its own record's result.
+#[tokio::test]
+async fn contacts_are_upserted_many_per_request_and_each_ends_on_its_own_result() {
+    use culm_jobs::crm::{CONTACT_UPSERT_PATH, SyncContact};
+    let server = MockServer::start().await;
+    Mock::given(method("PATCH"))
+        .and(path(format!("/salesforce{CONTACT_UPSERT_PATH}")))
+        .and(body_partial_json(json!({"allOrNone": false, "records": [
+            {"user_id": "u1", "email": "one@example.com"},
+            {"user_id": "u3", "email": "three@example.com"},
+        ]})))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!([
+            {"id": "003A", "success": true, "errors": []},
+            {"id": null, "success": false, "errors": [{"statusCode": "UNABLE_TO_LOCK_ROW", "message": "row locked"}]},
+        ])))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let t = upstreams(&server, &["salesforce"]).await;
+    let contact = |user: &str, email: &str| SyncContact {
+        user_id: user.into(),
+        email: email.into(),
+        first_name: String::new(),
+        last_name: String::new(),
+    };
+    let runs = t
+        .kit()
+        .perform_many(vec![
+            contact("u1", "one@example.com"),
+            contact("u2", "not-an-address"),
+            contact("u3", "three@example.com"),
+        ])
+        .await;
+    assert_eq!(runs.len(), 3, "one result per contact");
+    let done = runs[0].assert_done();
+    assert!(done.summary.as_deref().is_some_and(|s| s.contains("003A")), "{done:?}");
+    assert!(runs[1].assert_permanent().contains("not an address"), "{:?}", runs[1]);
+    assert!(runs[2].assert_retry().contains("UNABLE_TO_LOCK_ROW"), "{:?}", runs[2]);
+    // A contact alone still goes through the same handler (a group of one).
+    let alone = t.kit().perform(contact("u4", "nope")).await;
+    assert!(alone.assert_permanent().contains("not an address"));
+    t.cleanup().await;
+}

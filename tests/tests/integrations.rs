@@ -321,11 +321,33 @@ fn point_at(c: &mut Config, uri: &str) {
     }
 }
 
-/// Answers every request like the sandbox's catch-all: 200 `{"ok": true, "id": ...}`.
+/// Answers every request like the sandbox's catch-all: 200 `{"ok": true, "id": ...}`,
+/// and Salesforce's contact collections upsert with one success per record.
 async fn catch_all(server: &MockServer) {
+    contact_upserts(server).await;
     Mock::given(any())
         .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"ok": true, "id": "up-1"})))
         .with_priority(u8::MAX)
+        .mount(server)
+        .await;
+}
+
+/// Salesforce's sObject Collections upsert (`salesforce.sync_contact`): one success per record.
+async fn contact_upserts(server: &MockServer) {
+    struct PerRecord;
+    impl wiremock::Respond for PerRecord {
+        fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap_or_default();
+            let n = body["records"].as_array().map_or(0, Vec::len);
+            let results: Vec<_> = (0..n)
+                .map(|i| serde_json::json!({"id": format!("sf-{i}"), "success": true, "errors": []}))
+                .collect();
+            ResponseTemplate::new(200).set_body_json(results)
+        }
+    }
+    Mock::given(method("PATCH"))
+        .and(path(format!("/salesforce{}", culm_jobs::crm::CONTACT_UPSERT_PATH)))
+        .respond_with(PerRecord)
         .mount(server)
         .await;
 }
@@ -415,10 +437,7 @@ async fn an_open_breaker_defers_its_jobs_and_leaves_other_integrations_alone() {
         .respond_with(ResponseTemplate::new(500).set_delay(Duration::from_millis(100)))
         .mount(&server)
         .await;
-    Mock::given(path_regex_salesforce())
-        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({"id": "sf-1"})))
-        .mount(&server)
-        .await;
+    contact_upserts(&server).await;
     let env = TestEnv::new(|c| {
         point_at(c, &server.uri());
         c.integrations.get_mut("unit21").expect("unit21").breaker = Some(BreakerConfig {
@@ -476,10 +495,6 @@ async fn an_open_breaker_defers_its_jobs_and_leaves_other_integrations_alone() {
     );
     running.shutdown().await;
     env.cleanup().await;
-}
-
-fn path_regex_salesforce() -> wiremock::matchers::PathRegexMatcher {
-    wiremock::matchers::path_regex("^/salesforce/")
 }
 
 #[test]

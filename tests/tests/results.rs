@@ -338,6 +338,13 @@ async fn job_types_list_every_type_with_its_policy_and_payload_schema_also_in_op
     assert_eq!(upload["retry"]["delays_ms"], serde_json::json!([30_000]), "{upload}");
     assert_eq!(upload["retry"]["source"], "job_type", "{upload}");
     assert_eq!(sleep["retry"]["source"], "queue_defaults", "{sleep}");
+    // A batch job type shows how many jobs one handler call takes; others show none.
+    let contacts = types
+        .iter()
+        .find(|t| t["name"] == "salesforce.sync_contact")
+        .expect("salesforce.sync_contact");
+    assert_eq!(contacts["max_batch"], 50, "{contacts}");
+    assert!(sleep["max_batch"].is_null(), "{sleep}");
     let doc: Value = api
         .http
         .get(format!("{}/openapi.json", api.base))
@@ -367,6 +374,11 @@ async fn job_types_list_every_type_with_its_policy_and_payload_schema_also_in_op
         let name = r.strip_prefix("#/components/schemas/").unwrap_or(r);
         assert!(schemas[name].is_object(), "{r} is referred to but not defined");
     }
+    assert!(
+        schemas["JobType"]["properties"]["max_batch"].is_object(),
+        "the batch size is documented: {}",
+        schemas["JobType"]
+    );
     assert!(
         schemas["payload.platform.sleep"]["properties"]["ms"].is_object(),
         "{schemas}"

@@ -364,6 +364,38 @@ async fn every_contract_integration_answers_with_the_generic_body() {
     sandbox.shutdown().await;
 }
 
+/// Salesforce's collections upsert answers one result per record, in order; a record
+/// with a bad address fails alone; a body without records is refused.
+#[tokio::test]
+async fn salesforce_upserts_many_contacts_with_one_result_each() {
+    let (sandbox, base) = start(Options::instant()).await;
+    let client = Client::new();
+    let url = format!("{base}/salesforce{}", culm_jobs::crm::CONTACT_UPSERT_PATH);
+    let r = client
+        .patch(&url)
+        .json(&json!({"allOrNone": false, "records": [
+            {"user_id": "u1", "email": "a@example.com"},
+            {"user_id": "u2", "email": "nope"},
+            {"user_id": "u3", "email": "c@example.com"},
+        ]}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(r.status(), StatusCode::OK);
+    let body: Value = r.json().await.expect("JSON");
+    let success: Vec<Option<bool>> = body
+        .as_array()
+        .expect("an array of results")
+        .iter()
+        .map(|r| r["success"].as_bool())
+        .collect();
+    assert_eq!(success, [Some(true), Some(false), Some(true)], "{body}");
+    assert_eq!(body[1]["errors"][0]["statusCode"], "INVALID_EMAIL_ADDRESS");
+    let r = client.patch(&url).json(&json!({})).send().await.expect("answered");
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    sandbox.shutdown().await;
+}
+
 /// A loopback port that was free a moment ago (for child processes, which take an address).
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

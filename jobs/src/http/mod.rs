@@ -232,6 +232,11 @@ impl Client {
     pub fn put(&self, endpoint: &str, path: impl Into<String>) -> Call {
         self.request(Method::PUT, endpoint, path)
     }
+
+    /// `PATCH path`, limited as `endpoint`.
+    pub fn patch(&self, endpoint: &str, path: impl Into<String>) -> Call {
+        self.request(Method::PATCH, endpoint, path)
+    }
 }
 
 /// A request being built; [`Call::send`] runs it through the stack.

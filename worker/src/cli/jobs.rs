@@ -72,7 +72,7 @@ pub enum JobsCommand {
     },
 }
 
-/// `culm jobs [--json]`: every job type with its queue, tiers, policy and payload schema.
+/// `culm jobs [--json]`: every job type with its queue, tiers, batch size, policy and payload schema.
 pub(super) fn list(config: &Config, registry: &culm_core::Registry, json: bool) -> Result<ExitCode> {
     let types = crate::store::Routing::from_config(config, registry).job_types(registry);
     if json {
@@ -83,11 +83,14 @@ pub(super) fn list(config: &Config, registry: &culm_core::Registry, json: bool) 
         return Ok(ExitCode::SUCCESS);
     }
     for t in &types {
+        // A batch job type's batch size (`x50`: up to 50 jobs per handler call).
+        let batch = t.max_batch.map(|n| format!("x{n}")).unwrap_or_else(|| "-".to_owned());
         println!(
-            "{:<34} {:<16} {:<24} {}",
+            "{:<34} {:<16} {:<24} {:<5} {}",
             t.name,
             t.queue,
             t.tiers.join(","),
+            batch,
             t.description
         );
     }

@@ -2,6 +2,7 @@
 //! timeout, turns panics into failures, and hands how the run ended to
 //! [`settle`](super::settle), which decides what happens next, as a [`Completion`].
 use super::{
+    grouped::{CallEnd, Groups, panic_message},
     pool::PoolShared,
     settle::{self, Completion, RunEnd},
 };
@@ -47,13 +48,8 @@ pub struct Dispatcher {
     pub(super) deps: Deps,
     /// The pool, for each run's cancellation signal.
     pub(super) pool: Arc<PoolShared>,
-}
-
-fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "non-string panic payload".to_owned())
+    /// The pool's open groups of batch job types.
+    pub(super) groups: Arc<Groups>,
 }
 
 impl Service<Task<Delivery>> for Dispatcher {
@@ -211,21 +207,41 @@ impl Dispatcher {
         c.ran = true;
         c.started_at_us = chrono::Utc::now().timestamp_micros();
         let start = Instant::now();
-        let handler = spec.run(d.envelope.payload.get(), ctx);
-        // The handler sees the stored context (`culm_core::trace::current`) for its partner
-        // calls and its enqueues; a job without one and no export skips the task-local.
-        let handler = match d.envelope.trace.clone() {
-            None if !otel::enabled() => handler,
-            trace => culm_core::trace::scope(trace, handler).boxed(),
+        let ended = if spec.max_batch.is_some_and(|n| n > 1) {
+            // A batch job type: this delivery's part of one call for its group.
+            self.groups
+                .run(
+                    spec,
+                    policy.timeout,
+                    d.envelope.payload.clone(),
+                    ctx,
+                    d.envelope.trace.clone(),
+                )
+                .await
+        } else {
+            let handler = spec.run(d.envelope.payload.get(), ctx);
+            // The handler sees the stored context (`culm_core::trace::current`) for its partner
+            // calls and its enqueues; a job without one and no export skips the task-local.
+            let handler = match d.envelope.trace.clone() {
+                None if !otel::enabled() => handler,
+                trace => culm_core::trace::scope(trace, handler).boxed(),
+            };
+            let run = AssertUnwindSafe(handler).catch_unwind();
+            match tokio::time::timeout(policy.timeout, run).await {
+                Err(_) => CallEnd::TimedOut(policy.timeout),
+                Ok(Err(panic)) => CallEnd::Panicked(panic_message(panic.as_ref())),
+                Ok(Ok(r)) => CallEnd::Returned(r),
+            }
         };
-        let run = AssertUnwindSafe(handler).catch_unwind();
-        let result = tokio::time::timeout(policy.timeout, run).await;
         c.duration = start.elapsed();
-        let end = match result {
-            Err(_) => RunEnd::TimedOut(policy.timeout),
-            Ok(Err(panic)) => RunEnd::Panicked(panic_message(panic.as_ref())),
-            Ok(Ok(RunResult::BadPayload(reason))) => RunEnd::BadPayload(reason),
-            Ok(Ok(RunResult::Finished(Ok(outcome)))) => {
+        let end = match ended {
+            CallEnd::TimedOut(limit) => RunEnd::TimedOut(limit),
+            CallEnd::Panicked(message) => RunEnd::Panicked(message),
+            CallEnd::Abandoned => RunEnd::Failed(culm_core::JobError::retryable(
+                "the grouped handler call stopped before answering for this job",
+            )),
+            CallEnd::Returned(RunResult::BadPayload(reason)) => RunEnd::BadPayload(reason),
+            CallEnd::Returned(RunResult::Finished(Ok(outcome))) => {
                 c.summary = outcome.summary.map(|mut s| {
                     s.truncate(s.floor_char_boundary(512));
                     s
@@ -251,7 +267,7 @@ impl Dispatcher {
                 }
                 RunEnd::Succeeded
             }
-            Ok(Ok(RunResult::Finished(Err(e)))) => RunEnd::Failed(e),
+            CallEnd::Returned(RunResult::Finished(Err(e))) => RunEnd::Failed(e),
         };
         // However it returned, a handler that saw the cancellation stopped because of it.
         let end = if cancel.observed() { RunEnd::Cancelled } else { end };

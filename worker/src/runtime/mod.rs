@@ -2,6 +2,7 @@
 //! plus the process-wide wake-up listener. Owns start-up of pools and graceful drain.
 mod backend;
 mod dispatch;
+mod grouped;
 mod heartbeat;
 mod inflight;
 mod pool;
@@ -141,6 +142,7 @@ impl Runtime {
                 enqueuer: Arc::new(self.store.clone()) as Arc<dyn Enqueuer>,
                 deps: self.deps.clone(),
                 pool: shared.clone(),
+                groups: Arc::default(),
             };
             let worker = WorkerBuilder::new(format!("{name}@{worker_id}"))
                 .backend(backend)

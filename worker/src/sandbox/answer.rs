@@ -81,6 +81,10 @@ impl Answer {
     }
 }
 
+/// Salesforce's sObject Collections upsert of contacts by our user id: many records in
+/// one request, one result per record (`salesforce.sync_contact`'s batch handler).
+const SALESFORCE_CONTACT_UPSERT: &str = "/composite/sobjects/Contact/user_id";
+
 pub(super) struct Request<'a> {
     pub(super) integration: &'a str,
     pub(super) method: &'a Method,
@@ -135,6 +139,15 @@ impl Inner {
             Some(Limited::PlaceOrder) => self.place_order(&id, r.body),
             Some(Limited::GetOrder) => self.poll_order(&r.rest["/orders/".len()..]),
             Some(Limited::Catalog) => Answer::new(200, bodies::bamboo_catalog()),
+            None if r.integration == "salesforce"
+                && *r.method == Method::PATCH
+                && r.rest == SALESFORCE_CONTACT_UPSERT =>
+            {
+                match bodies::salesforce_upsert(r.body) {
+                    Some(results) => Answer::new(200, results),
+                    None => Answer::error(400, "body must be a JSON object with a `records` array"),
+                }
+            }
             None => Answer::new(
                 200,
                 bodies::generic(r.integration, r.method.as_str(), r.path, &id, r.body),

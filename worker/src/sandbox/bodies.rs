@@ -47,6 +47,30 @@ fn extras(integration: &str, id: &str, request: Option<&Value>) -> Value {
     }
 }
 
+/// Salesforce's answer to an sObject Collections upsert: one result per record, in
+/// order, as Salesforce does with `allOrNone: false`. A record whose `email` is not an
+/// address fails on its own (`INVALID_EMAIL_ADDRESS`). `None` when the body has no
+/// `records` array.
+pub fn salesforce_upsert(request: Option<&Value>) -> Option<Value> {
+    let records = request?.get("records")?.as_array()?;
+    let results = records
+        .iter()
+        .map(|r| {
+            let email = r.get("email").and_then(Value::as_str).unwrap_or_default();
+            if email.contains('@') {
+                json!({"id": ulid::Ulid::new().to_string(), "success": true, "created": true, "errors": []})
+            } else {
+                json!({
+                    "id": null,
+                    "success": false,
+                    "errors": [{"statusCode": "INVALID_EMAIL_ADDRESS", "message": format!("invalid email: {email}"), "fields": ["Email"]}],
+                })
+            }
+        })
+        .collect();
+    Some(Value::Array(results))
+}
+
 /// `202` answer to a placed Bamboo order.
 pub fn bamboo_order_placed(id: &str, order_id: &Value) -> Value {
     json!({"ok": true, "id": id, "integration": "bamboo", "order_id": order_id, "status": "pending"})

@@ -87,6 +87,10 @@ pub struct JobType {
     pub retry: RetryView,
     /// How long a finished job's result and summary are kept, ms (the queue's `result_ttl`).
     pub result_ttl_ms: u64,
+    /// A batch job type's batch size: its handler takes up to this many jobs of the type
+    /// in one call, each still settled on its own; absent for one job per call. A pool
+    /// groups at most its queue's concurrency.
+    pub max_batch: Option<usize>,
     /// JSON Schema (draft 2020-12) of the payload, generated from the Rust type.
     #[schema(value_type = Option<Object>)]
     pub payload_schema: Option<serde_json::Value>,
@@ -159,6 +163,7 @@ impl Routing {
                     timeout_source: policy.map(|p| p.timeout_source),
                     retry: policy.map(RetryView::of).unwrap_or_default(),
                     result_ttl_ms: q.map(|q| ms(q.result_ttl)).unwrap_or(0),
+                    max_batch: spec.max_batch,
                     payload_schema: spec.schema.clone(),
                     example: spec.example.clone(),
                 }

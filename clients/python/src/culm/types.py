@@ -145,6 +145,8 @@ class JobType:
     max_attempts: int
     payload_schema: dict[str, Any] | None
     example: Any
+    # A batch job type's batch size: up to this many jobs per handler call (None: one).
+    max_batch: int | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -158,6 +160,7 @@ class JobType:
             max_attempts=int((d.get("retry") or {}).get("max_attempts", 0)),
             payload_schema=d.get("payload_schema"),
             example=d.get("example"),
+            max_batch=d.get("max_batch"),
             raw=d,
         )
 

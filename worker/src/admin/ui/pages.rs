@@ -400,6 +400,12 @@ pub(super) async fn job(
         .get(&st.queue)
         .map(|q| q.tier.as_str())
         .unwrap_or("");
+    // A batch job type's jobs run in grouped handler calls; each still has its own row here.
+    let max_batch = st
+        .job
+        .as_deref()
+        .and_then(|j| state.store().registry().get(j))
+        .and_then(|spec| spec.max_batch);
     let payload = body_info
         .as_ref()
         .and_then(|b| b.payload.clone())
@@ -425,6 +431,7 @@ pub(super) async fn job(
                 tr { th { "Type" } td { (st.job.as_deref().unwrap_or("?")) } }
                 tr { th { "Queue" } td { a href=(format!("/ui/queues/{}", st.queue)) { (st.queue) } } }
                 tr { th { "Tier" } td { (tier) } }
+                @if let Some(n) = max_batch { tr { th { "Batch handler" } td { "up to " (n) " jobs of this type per handler call, each settled on its own" } } }
                 tr { th { "Attempts" } td { (st.attempts) } }
                 @if let Some(p) = st.priority { tr { th { "Priority" } td { (p.as_str()) } } }
                 tr { th { "Lease token" } td { @if let Some(t) = body_info.as_ref().and_then(|b| b.token) { code { (t) } } } }
