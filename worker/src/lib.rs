@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub mod dead_letters;
+pub mod events;
 pub mod examples;
 pub mod integrations;
 pub mod otel;

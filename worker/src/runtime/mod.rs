@@ -39,7 +39,7 @@ pub struct Runtime {
     config: Arc<Config>,
     store: Store,
     deps: Deps,
-    events: broadcast::Sender<JobEvent>,
+    events: crate::events::Events<JobEvent>,
     ledger: Option<crate::db::ledger::Ledger>,
 }
 
@@ -75,7 +75,9 @@ pub struct ShutdownReport {
 impl Runtime {
     /// A runtime over `store` with `deps` available to handlers.
     pub fn new(config: Arc<Config>, store: Store, deps: Deps) -> Self {
-        let (events, _) = broadcast::channel(65_536);
+        // Sized for tests and `culm bench`, which watch every job; created only when one
+        // subscribes.
+        let events = crate::events::Events::new(65_536);
         Self {
             config,
             store,

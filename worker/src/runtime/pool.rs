@@ -14,7 +14,7 @@ use crate::{
 use apalis_core::task::Task;
 use culm_core::now_ms;
 use std::{sync::Arc, time::Duration};
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 /// State shared by a pool's tasks.
 pub struct PoolShared {
@@ -48,7 +48,7 @@ impl PoolShared {
         store: Store,
         worker: WorkerConfig,
         wake: Arc<Notify>,
-        events: broadcast::Sender<JobEvent>,
+        events: crate::events::Events<JobEvent>,
         ledger: Option<Ledger>,
         worker_id: Arc<str>,
     ) -> (Arc<Self>, mpsc::UnboundedReceiver<Settlement>) {

@@ -22,7 +22,6 @@ use crate::{
 use culm_core::{EnqueueRequest, JobError, RetryPolicy, now_ms};
 use serde_json::value::RawValue;
 use std::{sync::Arc, time::Duration};
-use tokio::sync::broadcast;
 
 /// A lease was settled: emitted after the settlement is stored, and only if it applied
 /// (a run whose lease had been taken over emits nothing).
@@ -79,7 +78,7 @@ pub struct Completion {
 pub(super) struct Recorder {
     pub(super) queue: Arc<str>,
     pub(super) settings: Arc<QueueSettings>,
-    pub(super) events: broadcast::Sender<JobEvent>,
+    pub(super) events: crate::events::Events<JobEvent>,
     pub(super) ledger: Option<crate::db::ledger::Ledger>,
     pub(super) worker_id: Arc<str>,
 }
@@ -373,8 +372,8 @@ pub(super) fn record(shared: &Recorder, batch: &mut [Settlement], applied: &[boo
         {
             ledger.record(ledger_row(shared, p, applied, finished_at_us));
         }
-        if applied && shared.events.receiver_count() > 0 {
-            let _ = shared.events.send(JobEvent {
+        if applied && shared.events.wanted() {
+            shared.events.send(JobEvent {
                 id: p.ack.id.clone(),
                 queue: queue.to_owned(),
                 job: p.job.clone(),

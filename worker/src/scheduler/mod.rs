@@ -122,7 +122,7 @@ struct Inner {
     store: Store,
     catalog: Catalog,
     claim_ttl_s: u64,
-    events: broadcast::Sender<ScheduleEvent>,
+    events: crate::events::Events<ScheduleEvent>,
 }
 
 /// The scheduler engine and the operations the admin API calls. Cheap to clone.
@@ -148,7 +148,7 @@ pub struct RunningScheduler {
 impl Scheduler {
     /// A scheduler over `store` for the schedules of `catalog`.
     pub fn new(store: Store, catalog: Catalog, config: &Config) -> Scheduler {
-        let (events, _) = broadcast::channel(4096);
+        let events = crate::events::Events::new(4096);
         Scheduler {
             inner: Arc::new(Inner {
                 store,
@@ -354,7 +354,7 @@ impl Scheduler {
             }
             o => tracing::debug!(schedule = %s.name, tick_ms, outcome = o.as_str(), "schedule tick"),
         }
-        let _ = self.inner.events.send(ScheduleEvent {
+        self.inner.events.send(ScheduleEvent {
             schedule: s.name.clone(),
             tick_ms,
             outcome,
