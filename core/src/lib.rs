@@ -25,7 +25,8 @@ pub mod trace;
 
 pub use context::{BatchBuilder, Cancellation, Deps, JobContext, redrive_key, redrive_origin};
 pub use enqueue::{
-    BatchSpec, CreatedBatch, EnqueueError, EnqueueRequest, Enqueued, Enqueuer, MAX_UNIQUE_FOR_MS, check_idempotency_key, valid_idempotency_key,
+    BatchSpec, CreatedBatch, EnqueueError, EnqueueRequest, Enqueued, Enqueuer, MAX_UNIQUE_FOR_MS,
+    check_idempotency_key, valid_idempotency_key,
 };
 pub use error_path::field_path;
 pub use job::{Job, schema_of};

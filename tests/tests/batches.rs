@@ -1,7 +1,7 @@
 //! Tracked batches against the real Redis: counters and completion, callbacks fired
 //! once, replayed pushes and acks, cancel and dead-letter re-drive accounting, members
 //! adding jobs, refusals; and several `culm run` processes, one SIGKILLed mid-batch.
-use culm_core::{EnqueueRequest, JobContext, JobError, Outcome, Registry};
+use culm_core::{EnqueueRequest, JobContext, JobError, Outcome};
 use culm_tests::{KillOnDrop, TestEnv, culm_bin, eventually, queue, redis_url};
 use culm_worker::store::{Ack, AckBatch, AckKind, BatchError, BatchStatus, Delivery, NewBatch, Store};
 use serde_json::json;
@@ -42,9 +42,11 @@ fn ack(d: &Delivery, kind: AckKind) -> Ack {
     }
 }
 
+/// Leases the `n` jobs `q` holds (asking for more: a fetch skips, but counts, the ids of
+/// cancelled jobs left in `ready`).
 async fn fetch(store: &Store, q: &str, n: usize) -> Vec<Delivery> {
     let f = store
-        .fetch(&Arc::from(q), n, Duration::from_secs(30))
+        .fetch(&Arc::from(q), n + 8, Duration::from_secs(30))
         .await
         .expect("fetch");
     assert_eq!(f.jobs.len(), n, "fetched every member");
@@ -97,7 +99,12 @@ async fn a_batch_completes_when_its_members_are_final_and_fires_its_callbacks_on
             &AckBatch::first(),
             &[
                 ack(&ds[0], AckKind::Done),
-                ack(&ds[1], AckKind::Retry { at: culm_core::now_ms() }),
+                ack(
+                    &ds[1],
+                    AckKind::Retry {
+                        at: culm_core::now_ms(),
+                    },
+                ),
                 ack(&ds[2], AckKind::Cancelled),
                 ack(&ds[3], AckKind::Expired),
             ],
@@ -113,7 +120,12 @@ async fn a_batch_completes_when_its_members_are_final_and_fires_its_callbacks_on
     // The retried member dies: the batch completes, and the ack says so.
     let d = fetch(store, "t_bq", 1).await.remove(0);
     let r = store
-        .ack_waited("t_bq", &AckBatch::first(), &[ack(&d, AckKind::Dead)], Default::default())
+        .ack_waited(
+            "t_bq",
+            &AckBatch::first(),
+            &[ack(&d, AckKind::Dead)],
+            Default::default(),
+        )
         .await
         .expect("ack");
     assert_eq!(r.completed, vec![b.id.clone()]);
@@ -126,11 +138,29 @@ async fn a_batch_completes_when_its_members_are_final_and_fires_its_callbacks_on
     let again = store.fire_batch("t_bq", &b.id).await.expect("fire again");
     assert_eq!(first.len(), 1, "on_complete only: not every member succeeded");
     assert_eq!(first, again);
-    assert_eq!(store.refire_batches("t_bq", 0).await.expect("refire"), 0, "no longer firing");
+    // A firer SIGKILLed after enqueueing the callbacks but before recording them leaves
+    // the batch in `firing` without callback ids: re-firing finds the same job.
+    let keys = store.keys("t_bq");
+    redis::pipe()
+        .hdel(keys.batch(&b.id), "callbacks")
+        .zadd(keys.batches_firing(), &b.id, 0)
+        .exec_async(&mut store.connection())
+        .await
+        .expect("undo the record");
+    assert_eq!(store.refire_batches("t_bq", 0).await.expect("refire"), 1);
+    assert_eq!(store.fire_batch("t_bq", &b.id).await.expect("fire"), first);
+    assert_eq!(
+        store.refire_batches("t_bq", 0).await.expect("refire"),
+        0,
+        "no longer firing"
+    );
     assert_eq!(pending(store, "t_cb").await, 1, "one callback job");
     let s = status(store, &b.id).await;
     let on_complete = s.callbacks.on_complete.expect("on_complete");
-    assert_eq!((on_complete.state.as_str(), on_complete.id.as_ref()), ("enqueued", Some(&first[0])));
+    assert_eq!(
+        (on_complete.state.as_str(), on_complete.id.as_ref()),
+        ("enqueued", Some(&first[0]))
+    );
     assert_eq!(s.callbacks.on_success.expect("on_success").state, "skipped");
     // The callback knows its batch.
     let cb = fetch(store, "t_cb", 1).await.remove(0);
@@ -212,10 +242,16 @@ async fn replayed_and_stale_acks_and_replayed_adds_count_nothing_twice() {
     let ds = fetch(store, "t_bq", 2).await;
     let name = AckBatch::first();
     let acks = [ack(&ds[0], AckKind::Done)];
-    let r = store.ack_waited("t_bq", &name, &acks, Default::default()).await.expect("ack");
+    let r = store
+        .ack_waited("t_bq", &name, &acks, Default::default())
+        .await
+        .expect("ack");
     assert_eq!(r.applied, vec![true]);
     // The reply was lost: the acker resends the same batch.
-    let r = store.ack_waited("t_bq", &name, &acks, Default::default()).await.expect("resend");
+    let r = store
+        .ack_waited("t_bq", &name, &acks, Default::default())
+        .await
+        .expect("resend");
     assert_eq!(r.applied, vec![true], "a resend gets the first answer");
     // A stale ack under a new name is fenced off.
     let r = store
@@ -226,12 +262,23 @@ async fn replayed_and_stale_acks_and_replayed_adds_count_nothing_twice() {
     assert_eq!(counts(&status(store, &b.id).await), [2, 1, 1, 0, 0, 0]);
 
     let r = store
-        .ack_waited("t_bq", &name.next().next(), &[ack(&ds[1], AckKind::Done)], Default::default())
+        .ack_waited(
+            "t_bq",
+            &name.next().next(),
+            &[ack(&ds[1], AckKind::Done)],
+            Default::default(),
+        )
         .await
         .expect("ack");
-    assert!(r.completed.is_empty(), "the creator's hold keeps an open batch from completing");
+    assert!(
+        r.completed.is_empty(),
+        "the creator's hold keeps an open batch from completing"
+    );
     let closed = store.close_batch(&b.id).await.expect("close");
-    assert_eq!((closed.state.as_str(), counts(&closed)), ("complete", [2, 0, 2, 0, 0, 0]));
+    assert_eq!(
+        (closed.state.as_str(), counts(&closed)),
+        ("complete", [2, 0, 2, 0, 0, 0])
+    );
     assert_eq!(pending(store, "t_cb").await, 1, "closing fired the callback");
     // Closing again changes nothing, and a complete batch takes no more jobs.
     store.close_batch(&b.id).await.expect("close again");
@@ -257,19 +304,33 @@ async fn cancelling_a_pending_member_counts_and_a_redriven_dead_member_is_pendin
         .await
         .expect("create");
     let cancelled = store.cancel(&b.jobs[2].id).await.expect("cancel");
-    assert!(matches!(cancelled, culm_worker::store::Cancelled::Cancelled { .. }), "{cancelled:?}");
+    assert!(
+        matches!(cancelled, culm_worker::store::Cancelled::Cancelled { .. }),
+        "{cancelled:?}"
+    );
     assert_eq!(counts(&status(store, &b.id).await), [3, 2, 0, 0, 1, 0]);
 
     let ds = fetch(store, "t_bq", 2).await;
     let dead = ds.iter().find(|d| d.id == b.jobs[0].id).expect("first member");
     let r = store
-        .ack_waited("t_bq", &AckBatch::first(), &[ack(dead, AckKind::Dead)], Default::default())
+        .ack_waited(
+            "t_bq",
+            &AckBatch::first(),
+            &[ack(dead, AckKind::Dead)],
+            Default::default(),
+        )
         .await
         .expect("ack");
     assert!(r.applied[0]);
     assert_eq!(counts(&status(store, &b.id).await), [3, 1, 0, 1, 1, 0]);
     // Re-driven before completion: pending again.
-    assert_eq!(store.dead_retry("t_bq", std::slice::from_ref(&dead.id)).await.expect("retry"), 1);
+    assert_eq!(
+        store
+            .dead_retry("t_bq", std::slice::from_ref(&dead.id))
+            .await
+            .expect("retry"),
+        1
+    );
     assert_eq!(counts(&status(store, &b.id).await), [3, 2, 0, 0, 1, 0]);
 
     // Both settle; it dies again and the batch completes.
@@ -288,7 +349,13 @@ async fn cancelling_a_pending_member_counts_and_a_redriven_dead_member_is_pendin
     let done = status(store, &b.id).await;
     assert_eq!(counts(&done), [3, 0, 1, 1, 1, 0]);
     // After completion a re-drive changes no counts: the callbacks were decided then.
-    assert_eq!(store.dead_retry("t_bq", std::slice::from_ref(&dead.id)).await.expect("retry"), 1);
+    assert_eq!(
+        store
+            .dead_retry("t_bq", std::slice::from_ref(&dead.id))
+            .await
+            .expect("retry"),
+        1
+    );
     assert_eq!(status(store, &b.id).await, done);
     // The batch completed through a cancellation when that was its last member.
     let c = store
@@ -332,8 +399,14 @@ async fn a_batch_refuses_jobs_for_two_queues_and_unknown_ids() {
         })
         .await
         .expect_err("bad callback");
-    assert!(matches!(&e, BatchError::Invalid { at, .. } if at == "on_success"), "{e:?}");
-    assert!(store.list_batches(10).await.expect("list").is_empty(), "nothing was created");
+    assert!(
+        matches!(&e, BatchError::Invalid { at, .. } if at == "on_success"),
+        "{e:?}"
+    );
+    assert!(
+        store.list_batches(10).await.expect("list").is_empty(),
+        "nothing was created"
+    );
     let e = store
         .add_to_batch("01NOSUCHBATCH", vec![noop("t_bq")], None)
         .await
@@ -392,8 +465,15 @@ async fn a_member_adds_jobs_to_its_own_batch_and_the_callback_runs_once_after_al
     .await;
     let s = status(&env.store, &b.id).await;
     assert_eq!((s.state.as_str(), counts(&s)), ("complete", [4, 0, 4, 0, 0, 0]));
-    assert_eq!(recorded, vec![s.callbacks.on_complete.expect("on_complete").id.expect("id")]);
-    assert_eq!(env.members(&format!("{set}:batch")).await, vec![b.id.clone()], "ctx.batch_id()");
+    assert_eq!(
+        recorded,
+        vec![s.callbacks.on_complete.expect("on_complete").id.expect("id")]
+    );
+    assert_eq!(
+        env.members(&format!("{set}:batch")).await,
+        vec![b.id.clone()],
+        "ctx.batch_id()"
+    );
     running.shutdown().await;
     env.cleanup().await;
 }
@@ -458,7 +538,10 @@ async fn a_batch_over_several_replicas_fires_its_callback_once_when_one_is_sigki
     })
     .await;
     let s = status(&env.store, &b.id).await;
-    assert_eq!((s.state.as_str(), counts(&s)), ("complete", [JOBS as u64, 0, JOBS as u64, 0, 0, 0]));
+    assert_eq!(
+        (s.state.as_str(), counts(&s)),
+        ("complete", [JOBS as u64, 0, JOBS as u64, 0, 0, 0])
+    );
     assert_eq!(env.members(&set).await.len(), JOBS, "every member ran");
     // Exactly once: two callback jobs (on_complete, on_success), each run once, both
     // knowing their batch; and no third turns up while the replicas keep reaping and
@@ -473,11 +556,19 @@ async fn a_batch_over_several_replicas_fires_its_callback_once_when_one_is_sigki
         let store = env.store.clone();
         async move {
             let mut c = store.connection();
-            let n: Option<u64> = redis::cmd("HGET").arg(key).arg(id).query_async(&mut c).await.expect("HGET");
+            let n: Option<u64> = redis::cmd("HGET")
+                .arg(key)
+                .arg(id)
+                .query_async(&mut c)
+                .await
+                .expect("HGET");
             n
         }
     };
-    tokio::time::sleep(Duration::from_millis(culm_worker::store::REFIRE_AFTER_MS as u64 + 1_000)).await;
+    tokio::time::sleep(Duration::from_millis(
+        culm_worker::store::REFIRE_AFTER_MS as u64 + 1_000,
+    ))
+    .await;
     let mut got = env.members(&cb_set).await;
     got.sort();
     assert_eq!(got, expected, "one job per callback");

@@ -249,15 +249,22 @@ pub(super) async fn list_batch_jobs(
     let cursor = match q.cursor.as_deref() {
         None => 0,
         Some(c) => c.parse::<u64>().map_err(|_| {
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "cursor must be a previous page's next_cursor")
-                .field("cursor")
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "cursor must be a previous page's next_cursor",
+            )
+            .field("cursor")
         })?,
     };
     let limit = q.limit.unwrap_or(50);
     if !(1..=crate::store::MEMBER_PAGE_MAX).contains(&limit) {
-        return Err(
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "limit must be between 1 and 200").field("limit"),
-        );
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit must be between 1 and 200",
+        )
+        .field("limit"));
     }
     match state.store().batch_members(&id, cursor, limit).await? {
         Some(page) => Ok(Json(page)),
@@ -279,9 +286,12 @@ pub(super) async fn list_batches(
     let Query(q) = query.map_err(bad_query)?;
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return Err(
-            ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", "limit must be between 1 and 100").field("limit"),
-        );
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit must be between 1 and 100",
+        )
+        .field("limit"));
     }
     Ok(Json(BatchListView {
         batches: state.store().list_batches(limit).await?,

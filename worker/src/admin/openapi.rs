@@ -1,7 +1,8 @@
 //! The route table. One table feeds both axum and the OpenAPI document, so every
 //! endpoint that is served is documented, with the scope that guards it.
 use super::{
-    AdminState, batches::*, dead::*, history::*, integrations::*, jobs::*, probes::*, queues::*, require, schedules::*, workers::*,
+    AdminState, batches::*, dead::*, history::*, integrations::*, jobs::*, probes::*, queues::*, require, schedules::*,
+    workers::*,
 };
 use crate::config::Scope;
 use axum::middleware;

@@ -53,11 +53,17 @@ pub(super) async fn run(store: Store, command: BatchesCommand) -> Result<ExitCod
                 return Ok(ExitCode::SUCCESS);
             }
             println!("{}", line(&b));
-            println!("created   {}", culm_core::time::to_rfc3339(b.created_at).unwrap_or_default());
+            println!(
+                "created   {}",
+                culm_core::time::to_rfc3339(b.created_at).unwrap_or_default()
+            );
             if let Some(at) = b.completed_at {
                 println!("completed {}", culm_core::time::to_rfc3339(at).unwrap_or_default());
             }
-            for (name, cb) in [("on_complete", &b.callbacks.on_complete), ("on_success", &b.callbacks.on_success)] {
+            for (name, cb) in [
+                ("on_complete", &b.callbacks.on_complete),
+                ("on_success", &b.callbacks.on_success),
+            ] {
                 if let Some(cb) = cb {
                     println!("{name:<11} {} {} {}", cb.job, cb.state, cb.id.as_deref().unwrap_or(""));
                 }

@@ -377,7 +377,8 @@ async fn reap_expired(shared: &PoolShared) {
     match shared
         .store
         .refire_batches(&shared.queue, crate::store::REFIRE_AFTER_MS)
-        .await {
+        .await
+    {
         Ok(0) => {}
         Ok(n) => tracing::info!(queue = %shared.queue, "fired the callbacks of {n} completed batches left unfired"),
         Err(e) => {

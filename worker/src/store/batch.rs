@@ -246,12 +246,17 @@ impl Store {
         }
         for (i, r) in b.jobs.iter().enumerate() {
             let at = format!("jobs[{i}]");
-            let q = &self.resolve(r).map_err(|error| BatchError::Invalid { at: at.clone(), error })?.name;
+            let q = &self
+                .resolve(r)
+                .map_err(|error| BatchError::Invalid { at: at.clone(), error })?
+                .name;
             if let Some(h) = home.as_deref().filter(|h| *h != q) {
                 return Err(invalid(
                     &at,
                     "queue",
-                    format!("goes to queue `{q}`, but this batch's jobs go to `{h}`: every job of a batch must go to one queue"),
+                    format!(
+                        "goes to queue `{q}`, but this batch's jobs go to `{h}`: every job of a batch must go to one queue"
+                    ),
                 ));
             }
             if home.is_none() {
@@ -260,7 +265,8 @@ impl Store {
         }
         for (name, cb) in [("on_complete", &b.on_complete), ("on_success", &b.on_success)] {
             if let Some(r) = cb {
-                self.resolve(r).map_err(|error| BatchError::Invalid { at: name.into(), error })?;
+                self.resolve(r)
+                    .map_err(|error| BatchError::Invalid { at: name.into(), error })?;
             }
         }
         let home = home.ok_or_else(|| invalid("jobs", "jobs", "a batch without jobs needs `queue`, its home queue"))?;
@@ -315,13 +321,18 @@ impl Store {
         jobs: Vec<EnqueueRequest>,
         member_keys: Option<&str>,
     ) -> Result<BatchCreated, BatchError> {
-        let status = self.batch(id).await?.ok_or_else(|| BatchError::NotFound(id.to_owned()))?;
+        let status = self
+            .batch(id)
+            .await?
+            .ok_or_else(|| BatchError::NotFound(id.to_owned()))?;
         if status.completed_at.is_some() {
             return Err(BatchError::Complete(id.to_owned()));
         }
         for (i, r) in jobs.iter().enumerate() {
             let at = format!("jobs[{i}]");
-            let q = self.resolve(r).map_err(|error| BatchError::Invalid { at: at.clone(), error })?;
+            let q = self
+                .resolve(r)
+                .map_err(|error| BatchError::Invalid { at: at.clone(), error })?;
             if q.name != status.queue {
                 return Err(invalid(
                     &at,
@@ -364,7 +375,9 @@ impl Store {
         };
         match self.push(jobs, place).await {
             Ok(done) => Ok(done),
-            Err(EnqueueError::InvalidRequest { field, .. }) if field == "batch" => Err(BatchError::Complete(id.to_owned())),
+            Err(EnqueueError::InvalidRequest { field, .. }) if field == "batch" => {
+                Err(BatchError::Complete(id.to_owned()))
+            }
             Err(EnqueueError::Storage(m)) => Err(BatchError::Storage(m)),
             Err(error) => Err(BatchError::Invalid {
                 at: format!("batch `{id}` in queue `{queue}`"),
@@ -375,7 +388,10 @@ impl Store {
 
     /// Drops the creator's hold; a batch with nothing pending completes (and fires).
     pub async fn close_batch(&self, id: &str) -> Result<BatchStatus, BatchError> {
-        let status = self.batch(id).await?.ok_or_else(|| BatchError::NotFound(id.to_owned()))?;
+        let status = self
+            .batch(id)
+            .await?
+            .ok_or_else(|| BatchError::NotFound(id.to_owned()))?;
         self.close_in(&status.queue, id).await?;
         self.batch(id).await?.ok_or_else(|| BatchError::NotFound(id.to_owned()))
     }
@@ -498,7 +514,16 @@ impl Store {
         let mut conn = self.inner.conn.clone();
         let f: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(keys.batch(id))
-            .arg(&["on_complete", "on_success", "total", "succeeded", "completed_at", "callbacks"][..])
+            .arg(
+                &[
+                    "on_complete",
+                    "on_success",
+                    "total",
+                    "succeeded",
+                    "completed_at",
+                    "callbacks",
+                ][..],
+            )
             .query_async(&mut conn)
             .await?;
         let field = |i: usize| f.get(i).cloned().flatten();
@@ -518,7 +543,9 @@ impl Store {
                 (0, "on_complete", "complete", true),
                 (1, "on_success", "success", all_succeeded),
             ] {
-                let Some(raw) = field(i).filter(|_| wanted) else { continue };
+                let Some(raw) = field(i).filter(|_| wanted) else {
+                    continue;
+                };
                 match serde_json::from_str::<EnqueueRequest>(&raw) {
                     Ok(mut r) => {
                         r.idempotency_key = Some(format!("batchcb:{id}:{suffix}"));

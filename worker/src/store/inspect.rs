@@ -324,7 +324,9 @@ impl Store {
                 let batch = self.batches_of(q, std::slice::from_ref(&id.to_owned())).await?;
                 let mut inv = keys.invoke(&CANCEL);
                 if let Some(b) = batch.first() {
-                    inv.key(keys.batch(b)).key(keys.batch_jobs(b)).key(keys.batches_firing());
+                    inv.key(keys.batch(b))
+                        .key(keys.batch_jobs(b))
+                        .key(keys.batches_firing());
                 }
                 let v: String = inv.arg(id).invoke_async(&mut conn).await?;
                 Ok::<_, StoreError>((q, v))

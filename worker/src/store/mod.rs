@@ -30,7 +30,8 @@ mod routing;
 mod schedules;
 mod workers;
 pub use batch::{
-    BatchCallback, BatchCallbacks, BatchCreated, BatchError, BatchMember, BatchPage, BatchStatus, MEMBER_PAGE_MAX, NewBatch, REFIRE_AFTER_MS, valid_batch_id,
+    BatchCallback, BatchCallbacks, BatchCreated, BatchError, BatchMember, BatchPage, BatchStatus, MEMBER_PAGE_MAX,
+    NewBatch, REFIRE_AFTER_MS, valid_batch_id,
 };
 pub use browse::{Cursor, JobBody, JobPage, ListJobs, SCAN_BUDGET};
 pub use conn::{PubSubSource, RedisConn};
@@ -40,8 +41,8 @@ pub use integrations::{BreakerView, EndpointStatus, IntegrationStatus, LimitView
 pub use keys::{ProcessKeys, QueueKeys, SchedulerKeys};
 pub(crate) use queue::NewEnvelope;
 pub use queue::{
-    Ack, AckBatch, AckKind, AckResult, Corrupt, Delivery, Envelope, Expired, Extended, Fetched, Finished, RESERVED_KEY_PREFIXES,
-    Reaped, Waited, reserved_idempotency_key,
+    Ack, AckBatch, AckKind, AckResult, Corrupt, Delivery, Envelope, Expired, Extended, Fetched, Finished,
+    RESERVED_KEY_PREFIXES, Reaped, Waited, reserved_idempotency_key,
 };
 pub use routing::{JobType, RetryView, Routing};
 pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState, TICK_HISTORY, TickRecord};

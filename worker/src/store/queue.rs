@@ -448,7 +448,11 @@ impl Store {
 
     /// [`Store::enqueue`] with the jobs placed in a tracked batch or marked as a batch's
     /// callback (store/batch.rs decides when).
-    pub(super) async fn push(&self, reqs: Vec<EnqueueRequest>, place: Placement<'_>) -> Result<Vec<Enqueued>, EnqueueError> {
+    pub(super) async fn push(
+        &self,
+        reqs: Vec<EnqueueRequest>,
+        place: Placement<'_>,
+    ) -> Result<Vec<Enqueued>, EnqueueError> {
         let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, r) in reqs.iter().enumerate() {
             groups.entry(self.resolve(r)?.name.as_str()).or_default().push(i);
@@ -721,7 +725,11 @@ impl Store {
         }
         Ok(AckResult {
             applied: applied.bytes().map(|b| b == b'1').collect(),
-            completed: completed.split(',').filter(|b| !b.is_empty()).map(str::to_owned).collect(),
+            completed: completed
+                .split(',')
+                .filter(|b| !b.is_empty())
+                .map(str::to_owned)
+                .collect(),
         })
     }
 

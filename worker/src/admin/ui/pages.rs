@@ -968,7 +968,11 @@ pub(super) async fn batch(
         Ok(p) => p,
         Err(e) => return internal(e),
     };
-    let percent = if b.total == 0 { 0 } else { (b.total - b.pending) * 100 / b.total };
+    let percent = if b.total == 0 {
+        0
+    } else {
+        (b.total - b.pending) * 100 / b.total
+    };
     let body = html! {
         div.card {
             table {
