@@ -968,11 +968,7 @@ pub(super) async fn batch(
         Ok(p) => p,
         Err(e) => return internal(e),
     };
-    let percent = if b.total == 0 {
-        0
-    } else {
-        (b.total - b.pending) * 100 / b.total
-    };
+    let percent = ((b.total - b.pending) * 100).checked_div(b.total).unwrap_or(0);
     let body = html! {
         div.card {
             table {
