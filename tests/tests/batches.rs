@@ -533,11 +533,20 @@ async fn a_batch_over_several_replicas_fires_its_callback_once_when_one_is_sigki
     assert!(s.pending > 0, "the kill landed mid-batch: {s:?}");
 
     // Its leases expire and the others finish the batch; both callbacks run.
-    eventually(Duration::from_secs(60), "both callbacks ran", || async {
-        (env.members(&cb_set).await.len() >= 2).then_some(())
-    })
+    // The callbacks may run before their firer records their ids in the batch: wait for
+    // both.
+    let s = eventually(
+        Duration::from_secs(60),
+        "both callbacks ran and were recorded",
+        || async {
+            let s = status(&env.store, &b.id).await;
+            let recorded = [&s.callbacks.on_complete, &s.callbacks.on_success]
+                .iter()
+                .all(|c| c.as_ref().is_some_and(|c| c.id.is_some()));
+            (recorded && env.members(&cb_set).await.len() >= 2).then_some(s)
+        },
+    )
     .await;
-    let s = status(&env.store, &b.id).await;
     assert_eq!(
         (s.state.as_str(), counts(&s)),
         ("complete", [JOBS as u64, 0, JOBS as u64, 0, 0, 0])
