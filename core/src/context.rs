@@ -113,6 +113,11 @@ pub struct JobContext {
     deps: Deps,
     origin: Option<String>,
     cancel: Cancellation,
+    /// The tracked batch this job is a member (or the callback) of.
+    batch: Option<String>,
+    /// Batch calls made by this run: numbers them, so a retried run derives the same ids
+    /// and idempotency keys.
+    batch_calls: Arc<std::sync::atomic::AtomicU32>,
 }
 
 /// The enqueue idempotency key of a re-drive from the archive, which runs as a new job:
@@ -154,7 +159,57 @@ impl JobContext {
             deps,
             origin: None,
             cancel: Cancellation::new(),
+            batch: None,
+            batch_calls: Arc::default(),
         }
+    }
+
+    /// The tracked batch this job is a member of, or whose callback it is (the worker
+    /// sets it from the stored job).
+    pub fn with_batch(mut self, batch: Option<String>) -> Self {
+        self.batch = batch;
+        self
+    }
+
+    /// The tracked batch this job belongs to: the batch it is a member of, or, for an
+    /// `on_complete` / `on_success` callback, the batch that completed (its members and
+    /// results: `GET /v1/batches/{id}/jobs`).
+    pub fn batch_id(&self) -> Option<&str> {
+        self.batch.as_deref()
+    }
+
+    fn next_batch_call(&self) -> u32 {
+        self.batch_calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Starts a tracked batch of `jobs` (all going to one queue): add callbacks with
+    /// [`BatchBuilder::on_success`] / [`BatchBuilder::on_complete`], then
+    /// [`BatchBuilder::create`]. The batch id and the members' idempotency keys derive
+    /// from this job's id and the call's index within the run, so a retried handler
+    /// finds the batch it created before and adds nothing twice.
+    pub fn batch(&self, jobs: Vec<EnqueueRequest>) -> BatchBuilder<'_> {
+        BatchBuilder {
+            ctx: self,
+            spec: crate::BatchSpec {
+                jobs,
+                ..crate::BatchSpec::default()
+            },
+        }
+    }
+
+    /// Adds jobs to this job's own batch (it is pending itself, so the batch cannot
+    /// complete meanwhile). Refused when this job is in no batch, or is a callback of a
+    /// batch that completed. Idempotent under retry of this job, like [`JobContext::batch`].
+    pub async fn add_to_batch(&self, mut jobs: Vec<EnqueueRequest>) -> Result<crate::CreatedBatch, EnqueueError> {
+        let batch = self.batch.clone().ok_or_else(|| EnqueueError::InvalidRequest {
+            field: "batch".into(),
+            message: "this job is not in a tracked batch".into(),
+        })?;
+        let n = self.next_batch_call();
+        crate::trace::inherit(&mut jobs, crate::trace::current());
+        self.enqueuer
+            .add_to_batch(batch, jobs, format!("{}:{n}", self.id))
+            .await
     }
 
     /// Uses `cancel` as this run's cancellation signal (the worker keeps a clone to raise
@@ -210,6 +265,43 @@ impl JobContext {
     /// a new id but keep the original's key). `Call::idempotent` sends this key.
     pub fn idempotency_key(&self) -> String {
         format!("culm-{}", self.origin.as_deref().unwrap_or(&self.id))
+    }
+}
+
+/// A tracked batch being built by a handler ([`JobContext::batch`]).
+#[must_use = "a batch is created only by `create`"]
+pub struct BatchBuilder<'a> {
+    ctx: &'a JobContext,
+    spec: crate::BatchSpec,
+}
+
+impl BatchBuilder<'_> {
+    /// Enqueued once every job of the batch succeeded.
+    pub fn on_success(mut self, job: EnqueueRequest) -> Self {
+        self.spec.on_success = Some(job);
+        self
+    }
+
+    /// Enqueued once every job of the batch reached a final state (done, dead,
+    /// cancelled or expired).
+    pub fn on_complete(mut self, job: EnqueueRequest) -> Self {
+        self.spec.on_complete = Some(job);
+        self
+    }
+
+    /// Shown by `culm batches` and the dashboard.
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.spec.description = Some(text.into());
+        self
+    }
+
+    /// Creates the batch and its jobs; the callbacks fire once they are all final.
+    pub async fn create(mut self) -> Result<crate::CreatedBatch, EnqueueError> {
+        let n = self.ctx.next_batch_call();
+        self.spec.id = format!("{}-b{n}", self.ctx.id);
+        self.spec.member_keys = "m".to_owned();
+        crate::trace::inherit(&mut self.spec.jobs, crate::trace::current());
+        self.ctx.enqueuer.create_batch(self.spec).await
     }
 }
 

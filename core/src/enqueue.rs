@@ -251,11 +251,64 @@ pub enum EnqueueError {
     Storage(String),
 }
 
+/// A tracked batch a handler creates ([`crate::JobContext::batch`]): jobs counted
+/// together in one queue, and callback jobs enqueued once when they are all final.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchSpec {
+    /// The batch id, derived from the creating job's id and call index, so a retried
+    /// handler finds its batch instead of creating a second one.
+    pub id: String,
+    /// The members; all must go to one queue.
+    pub jobs: Vec<EnqueueRequest>,
+    /// Enqueued once every member reached a final state (done, dead, cancelled, expired).
+    pub on_complete: Option<EnqueueRequest>,
+    /// Enqueued once every member succeeded.
+    pub on_success: Option<EnqueueRequest>,
+    /// Shown by `culm batches` and the dashboard.
+    pub description: Option<String>,
+    /// Members without an idempotency key get one derived from this, the batch id and
+    /// their index, so a retried handler stores each once.
+    pub member_keys: String,
+}
+
+/// A batch as created (or found again by a retried handler).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreatedBatch {
+    /// Batch id.
+    pub id: String,
+    /// The members, in request order (empty when a retried handler found the batch
+    /// complete already).
+    pub jobs: Vec<Enqueued>,
+}
+
+fn no_batches() -> EnqueueError {
+    EnqueueError::Storage("this enqueuer does not support tracked batches".into())
+}
+
 /// Enqueues jobs. Implemented by culm's Redis store; handlers reach it through
 /// [`crate::JobContext::enqueue`]. One call is one round trip per queue touched.
 pub trait Enqueuer: Send + Sync + 'static {
     /// Validates every request, then stores all of them; on a validation error nothing is stored.
     fn enqueue_batch(&self, jobs: Vec<EnqueueRequest>) -> BoxFuture<'_, Result<Vec<Enqueued>, EnqueueError>>;
+
+    /// Creates a tracked batch (closed: it completes once its members are final). The
+    /// default refuses, for enqueuers without batch support.
+    fn create_batch(&self, batch: BatchSpec) -> BoxFuture<'_, Result<CreatedBatch, EnqueueError>> {
+        let _ = batch;
+        Box::pin(futures::future::ready(Err(no_batches())))
+    }
+
+    /// Adds jobs to a batch that is not complete; `member_keys` as in [`BatchSpec`]. The
+    /// default refuses.
+    fn add_to_batch(
+        &self,
+        batch: String,
+        jobs: Vec<EnqueueRequest>,
+        member_keys: String,
+    ) -> BoxFuture<'_, Result<CreatedBatch, EnqueueError>> {
+        let _ = (batch, jobs, member_keys);
+        Box::pin(futures::future::ready(Err(no_batches())))
+    }
 }
 
 /// Checks a request's idempotency key. The key becomes part of a Redis key name

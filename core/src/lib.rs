@@ -25,10 +25,10 @@ pub mod time;
 pub mod trace;
 
 pub use batch_job::{BatchJob, MAX_BATCH_LIMIT, run_one};
-pub use context::{Cancellation, Deps, JobContext, redrive_key, redrive_origin};
+pub use context::{BatchBuilder, Cancellation, Deps, JobContext, redrive_key, redrive_origin};
 pub use enqueue::{
-    EnqueueError, EnqueueRequest, Enqueued, Enqueuer, MAX_UNIQUE_FOR_MS, Priority, check_idempotency_key,
-    valid_idempotency_key,
+    BatchSpec, CreatedBatch, EnqueueError, EnqueueRequest, Enqueued, Enqueuer, MAX_UNIQUE_FOR_MS, Priority,
+    check_idempotency_key, valid_idempotency_key,
 };
 pub use error_path::field_path;
 pub use job::{Job, schema_of};

@@ -304,6 +304,7 @@ impl TestKit {
             enqueued: log.requests,
             enqueue_calls: log.calls,
             created: log.created,
+            batches: log.batches,
             rejected_follow_up,
         }
     }
@@ -335,6 +336,7 @@ fn check(registry: &Registry, req: &EnqueueRequest) -> Result<(), EnqueueError> 
 
 #[derive(Default)]
 struct Log {
+    batches: Vec<crate::BatchSpec>,
     requests: Vec<EnqueueRequest>,
     calls: usize,
     created: usize,
@@ -381,9 +383,49 @@ impl Recorder {
     }
 }
 
+impl Recorder {
+    /// Records a batch like the store would take it: callbacks are checked, members
+    /// without a key get the derived one, and the jobs are recorded.
+    fn record_batch(&self, mut spec: crate::BatchSpec) -> Result<crate::CreatedBatch, EnqueueError> {
+        if let Some(registry) = &self.registry {
+            for cb in spec.on_complete.iter().chain(&spec.on_success) {
+                check(registry, cb)?;
+            }
+        }
+        for (i, j) in spec.jobs.iter_mut().enumerate() {
+            if j.idempotency_key.is_none() {
+                j.idempotency_key = Some(format!("batchm:{}:{}:{i}", spec.id, spec.member_keys));
+            }
+        }
+        let jobs = self.record(spec.jobs.clone())?;
+        let id = spec.id.clone();
+        lock(&self.log).batches.push(spec);
+        Ok(crate::CreatedBatch { id, jobs })
+    }
+}
+
 impl Enqueuer for Recorder {
     fn enqueue_batch(&self, jobs: Vec<EnqueueRequest>) -> BoxFuture<'_, Result<Vec<Enqueued>, EnqueueError>> {
         futures::future::ready(self.record(jobs)).boxed()
+    }
+
+    fn create_batch(&self, batch: crate::BatchSpec) -> BoxFuture<'_, Result<crate::CreatedBatch, EnqueueError>> {
+        futures::future::ready(self.record_batch(batch)).boxed()
+    }
+
+    fn add_to_batch(
+        &self,
+        batch: String,
+        jobs: Vec<EnqueueRequest>,
+        member_keys: String,
+    ) -> BoxFuture<'_, Result<crate::CreatedBatch, EnqueueError>> {
+        let spec = crate::BatchSpec {
+            id: batch,
+            jobs,
+            member_keys,
+            ..crate::BatchSpec::default()
+        };
+        futures::future::ready(self.record_batch(spec)).boxed()
     }
 }
 
@@ -404,6 +446,10 @@ pub struct Performed {
     pub enqueue_calls: usize,
     /// How many of [`Performed::enqueued`] were new, i.e. not an idempotency key this kit had seen.
     pub created: usize,
+    /// Tracked batches created ([`JobContext::batch`]) or added to
+    /// ([`JobContext::add_to_batch`], recorded with only the added jobs), in order. Their
+    /// jobs are also in [`Performed::enqueued`]; their callbacks are not (they run later).
+    pub batches: Vec<crate::BatchSpec>,
     /// The first follow-up the store would refuse (checked with a registry only). The
     /// worker dead-letters a job whose follow-up is refused.
     pub rejected_follow_up: Option<EnqueueError>,

@@ -4,7 +4,7 @@
 use crate::{
     http::client,
     job,
-    support::{BATCH, done, fan_out, follow, seg},
+    support::{BATCH, done, follow, seg},
 };
 use culm_core::{JobError, Outcome, Registry, RegistryError};
 use serde::{Deserialize, Serialize};
@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 pub fn register(r: &mut Registry) -> Result<(), RegistryError> {
     r.register::<SendEmail>()?
         .register::<SendSms>()?
-        .register::<Campaign>()?;
+        .register::<Campaign>()?
+        .register::<CampaignReport>()?;
     Ok(())
 }
 
@@ -114,7 +115,40 @@ job! {
                 Channel::Sms => follow(&SendSms { to, template: j.template.clone(), vars })?,
             });
         }
-        let n = fan_out(&ctx, jobs).await?;
-        Ok(Outcome::done().with_summary(format!("campaign {}: {n} sends enqueued", j.campaign_id)))
+        let n = jobs.len();
+        // A tracked batch: the report runs once, when every send reached a final state.
+        // Its id derives from this job's id, so a retried campaign finds it again.
+        let report = follow(&CampaignReport { campaign_id: j.campaign_id.clone() })?;
+        let batch = ctx
+            .batch(jobs)
+            .on_complete(report)
+            .description(format!("campaign {}", j.campaign_id))
+            .create()
+            .await
+            .map_err(|e| match e {
+                culm_core::EnqueueError::Storage(m) => JobError::retryable(format!("campaign batch failed: {m}")),
+                other => JobError::permanent(format!("campaign batch rejected: {other}")),
+            })?;
+        Ok(Outcome::done().with_summary(format!("campaign {}: {n} sends in batch {}", j.campaign_id, batch.id)))
+    }
+}
+
+job! {
+    /// A campaign's report: the `on_complete` callback of its batch of sends, run once
+    /// when every send is done, dead, cancelled or expired. Its result names the batch,
+    /// whose counts and per-send results `GET /v1/batches/{id}` and `…/jobs` serve.
+    CampaignReport = "mail.campaign_report" in "bulk_mail" for BATCH;
+    "Report a campaign once all its sends are final (its batch's callback).";
+    {
+        /// Campaign id.
+        campaign_id: String,
+    }
+    example CampaignReport { campaign_id: "cmp_1".into() };
+    |j, ctx| {
+        let batch = ctx.batch_id().unwrap_or_default().to_owned();
+        tracing::info!(campaign_id = %j.campaign_id, batch = %batch, "campaign complete");
+        Ok(Outcome::done()
+            .with_summary(format!("campaign {}: all sends final (batch {batch})", j.campaign_id))
+            .with_result(serde_json::json!({ "campaign_id": j.campaign_id, "batch": batch })))
     }
 }

@@ -148,8 +148,8 @@ impl Job for Panic {
     }
 }
 
-/// Records its job id in a Redis set (and counts runs per id in `<set>:runs`), after an
-/// optional sleep. The kill tests and the soak use it to prove nothing is lost.
+/// Records its job id in a Redis set (and counts runs per id in `<set>:runs`, and the
+/// tracked batch it belongs to in `<set>:batch`), after an optional sleep. The kill tests and the soak use it to prove nothing is lost.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Record {
@@ -191,6 +191,10 @@ async fn record(ctx: &JobContext, set: &str, member: &str) -> Result<(), JobErro
     let runs_key = format!("{set}:runs");
     let mut pipe = redis::pipe();
     pipe.sadd(set, member).ignore().hincr(&runs_key, member, 1).ignore();
+    // A member or callback of a tracked batch also records the batch id it was given.
+    if let Some(batch) = ctx.batch_id() {
+        pipe.sadd(format!("{set}:batch"), batch).ignore();
+    }
     // Standalone and Sentinel deployments provide a ConnectionManager; Redis Cluster a
     // cluster connection (there, `set` needs a hash tag so both keys share a slot).
     let send = async || {

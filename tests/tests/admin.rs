@@ -922,6 +922,12 @@ async fn the_openapi_document_matches_the_routes_served() {
         "POST /v1/schedules/{name}/trigger",
         "POST /v1/schedules/{name}/pause",
         "POST /v1/schedules/{name}/resume",
+        "POST /v1/batches",
+        "GET /v1/batches",
+        "GET /v1/batches/{id}",
+        "POST /v1/batches/{id}/jobs",
+        "POST /v1/batches/{id}/close",
+        "GET /v1/batches/{id}/jobs",
     ];
     expected.sort();
     assert_eq!(documented, expected);
@@ -1052,7 +1058,13 @@ async fn callers_cannot_take_the_idempotency_keys_culm_derives() {
     let api = Api::start(&env).await;
     // The outbox relay enqueues row 42 under `outbox:42`; a caller who took that key first
     // would make the real row resolve to the caller's job, and the row's job never run.
-    for key in ["outbox:42", "redrive:01H:1", "batch:x:0"] {
+    for key in [
+        "outbox:42",
+        "redrive:01H:1",
+        "batch:x:0",
+        "batchcb:01B:complete",
+        "batchm:01B:m:0",
+    ] {
         let (s, b) = api
             .post(
                 "/v1/jobs",
@@ -1063,5 +1075,106 @@ async fn callers_cannot_take_the_idempotency_keys_culm_derives() {
         assert_eq!(error_code(&b).1, Some("idempotency_key"), "{b}");
     }
     assert_eq!(env.store.stats("t_batch").await.expect("stats").pending, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_batch_over_http_counts_its_jobs_and_runs_its_callback() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    // Jobs for two queues are refused, naming the first job that differs.
+    let (s, b) = api
+        .post(
+            "/v1/batches",
+            json!({"jobs": [{"job": "platform.noop", "queue": "t_batch"}, {"job": "platform.noop", "queue": "t_crit"}]}),
+        )
+        .await;
+    assert_eq!(
+        (s, error_code(&b)),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ("invalid_request", Some("jobs[1].queue"))
+        ),
+        "{b}"
+    );
+    let (s, b) = api
+        .post(
+            "/v1/batches",
+            json!({"jobs": [{"job": "platform.noop", "queue": "t_batch"}, {"job": "platform.echo", "queue": "t_batch", "payload": {"value": 7}}],
+                   "on_complete": {"job": "platform.noop", "queue": "t_crit"}, "description": "two"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{b}");
+    let id = b["id"].as_str().expect("batch id").to_owned();
+    assert_eq!(b["jobs"].as_array().map(Vec::len), Some(2));
+    let (s, got) = api
+        .call(Method::GET, &format!("/v1/batches/{id}"), Some(READER), None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (got["state"].as_str(), got["total"].as_u64(), got["pending"].as_u64()),
+        (Some("running"), Some(2), Some(2))
+    );
+    // Reading needs no more than the read scope; writing needs enqueue.
+    let (s, _) = api
+        .call(Method::POST, "/v1/batches", Some(READER), Some(json!({"jobs": []})))
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    let running = env
+        .runtime()
+        .start(&["t_batch".into(), "t_crit".into()])
+        .expect("start");
+    let done = eventually(WAIT, "the batch completes and fires", || async {
+        let (_, b) = api
+            .call(Method::GET, &format!("/v1/batches/{id}"), Some(READER), None)
+            .await;
+        b["callbacks"]["on_complete"]["id"].as_str().is_some().then_some(b)
+    })
+    .await;
+    assert_eq!(
+        (done["state"].as_str(), done["succeeded"].as_u64()),
+        (Some("complete"), Some(2))
+    );
+    let (s, page) = api
+        .call(
+            Method::GET,
+            &format!("/v1/batches/{id}/jobs?limit=1"),
+            Some(READER),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let cursor = page["next_cursor"].as_str().expect("a second page").to_owned();
+    let (_, rest) = api
+        .call(
+            Method::GET,
+            &format!("/v1/batches/{id}/jobs?cursor={cursor}"),
+            Some(READER),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (rest["jobs"][0]["state"].as_str(), &rest["jobs"][0]["result"]),
+        (Some("done"), &json!(7))
+    );
+    // A complete batch takes no more jobs.
+    let (s, b) = api
+        .post(
+            &format!("/v1/batches/{id}/jobs"),
+            json!({"jobs": [{"job": "platform.noop", "queue": "t_batch"}]}),
+        )
+        .await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::CONFLICT, "batch_complete"), "{b}");
+    let (s, list) = api.call(Method::GET, "/v1/batches", Some(READER), None).await;
+    assert_eq!(
+        (s, list["batches"][0]["id"].as_str()),
+        (StatusCode::OK, Some(id.as_str()))
+    );
+    let (s, b) = api
+        .call(Method::GET, "/v1/batches/01NOSUCHBATCH", Some(READER), None)
+        .await;
+    assert_eq!((s, error_code(&b).0), (StatusCode::NOT_FOUND, "batch_not_found"));
+    running.shutdown().await;
     env.cleanup().await;
 }

@@ -448,3 +448,39 @@ fn cells(row: &str) -> Vec<String> {
         })
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batches_pages_show_counts_callbacks_and_members_linked_from_a_members_job_page() {
+    let env = env().await;
+    let ui = Ui::start(&env).await;
+    let reader = ui.login(READER).await.expect("login");
+    let b = env
+        .store
+        .create_batch(culm_worker::store::NewBatch {
+            jobs: vec![
+                EnqueueRequest::raw("platform.noop", json!({})).queue("t_ui"),
+                EnqueueRequest::raw("platform.noop", json!({})).queue("t_ui"),
+            ],
+            on_complete: Some(EnqueueRequest::raw("platform.noop", json!({})).queue("t_ui")),
+            description: Some("statements 2026-11".into()),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let (s, list) = reader.get("/ui/batches").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(list.contains(&format!("href=\"/ui/batches/{}\"", b.id)), "{list}");
+    assert!(list.contains("statements 2026-11"), "{list}");
+    // A pending member's page links its batch; the batch page lists its members.
+    let member = &b.jobs[1].id;
+    let (_, job) = reader.get(&format!("/ui/jobs/{member}")).await;
+    assert!(job.contains(&format!("href=\"/ui/batches/{}\"", b.id)), "{job}");
+    let (s, page) = reader.get(&format!("/ui/batches/{}", b.id)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(page.contains(&format!("href=\"/ui/jobs/{member}\"")), "{page}");
+    assert!(page.contains("0% (0 of 2)"), "{page}");
+    assert!(page.contains("on_complete"), "{page}");
+    let (s, _) = reader.get("/ui/batches/01NOSUCHBATCH").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    env.cleanup().await;
+}

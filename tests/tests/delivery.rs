@@ -27,6 +27,7 @@ fn ack(d: &Delivery, kind: AckKind, error: &str) -> Ack {
         error: error.to_owned(),
         expired_only: false,
         finished: None,
+        batch: None,
     }
 }
 

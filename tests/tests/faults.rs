@@ -555,6 +555,7 @@ async fn redis_frozen_longer_than_the_lease_loses_no_job() {
                 error: "lease expired during the freeze".into(),
                 expired_only: true,
                 finished: None,
+                batch: None,
             })
             .collect();
         let applied = store.ack(QUEUE, &AckBatch::first(), &acks).await?;

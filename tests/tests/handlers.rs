@@ -7,6 +7,7 @@ use culm_jobs::{
     bamboo::{AcceptOrder, PlaceOrder, PollOrder, RecordResult},
     files::{GenerateStatement, StatementRun},
     galileo::{ProcessAuthorization, Transfer},
+    mail::{Campaign, CampaignReport, Channel},
     platform::Chain,
     testing::{TestIntegrations, kit},
     unit21::SendEvent,
@@ -191,6 +192,42 @@ async fn a_statement_run_fans_out_in_batches() {
     assert_eq!(
         (again.enqueued.len(), again.created),
         (1200, 0),
+        "a redelivery creates nothing"
+    );
+}
+
+/// A campaign puts its sends in one tracked batch whose `on_complete` is the campaign's
+/// report; the batch id and the sends' keys derive from the campaign job's id, so a
+/// redelivered campaign creates nothing new.
+#[tokio::test]
+async fn a_campaign_sends_in_a_tracked_batch_reported_once_complete() {
+    let kit = kit();
+    let campaign = Campaign {
+        campaign_id: "cmp_9".into(),
+        channel: Channel::Email,
+        template: "news".into(),
+        recipients: (0..3).map(|i| format!("r{i}@example.com")).collect(),
+        segment: String::new(),
+    };
+    let first = kit.perform(campaign.clone()).id("01CMP").await;
+    first.assert_done();
+    assert_eq!(first.batches.len(), 1);
+    let batch = &first.batches[0];
+    assert_eq!(batch.id, "01CMP-b0");
+    assert_eq!(batch.jobs.len(), 3);
+    assert_eq!(
+        batch.on_complete.as_ref().map(|r| r.job.as_str()),
+        Some(CampaignReport::NAME)
+    );
+    assert_eq!(
+        first.enqueued[2].idempotency_key.as_deref(),
+        Some("batchm:01CMP-b0:m:2")
+    );
+    let again = kit.perform(campaign).id("01CMP").await;
+    again.assert_done();
+    assert_eq!(
+        (again.batches[0].id.as_str(), again.created),
+        ("01CMP-b0", 0),
         "a redelivery creates nothing"
     );
 }

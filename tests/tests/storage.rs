@@ -40,6 +40,7 @@ async fn replayed_push(unique: bool) {
     invoke
         .arg(now)
         .arg(3600)
+        .arg(0)
         .arg(1)
         .arg(&id)
         .arg(now)
@@ -78,6 +79,7 @@ async fn replayed_push(unique: bool) {
                 error: String::new(),
                 expired_only: false,
                 finished: None,
+                batch: None,
             }],
         )
         .await
@@ -193,6 +195,7 @@ async fn dead_jobs_older_than_the_retention_are_trimmed_with_their_fields() {
             error: "boom".into(),
             expired_only: false,
             finished: None,
+            batch: None,
         })
         .collect();
     let applied = env
@@ -303,6 +306,7 @@ async fn an_unreadable_error_history_does_not_fail_a_settlement_batch() {
             error: "upstream 503".into(),
             expired_only: false,
             finished: None,
+            batch: None,
         })
         .collect();
     let applied = env
@@ -395,6 +399,7 @@ async fn max_in_flight_caps_leases_across_fetchers_and_a_freed_permit_wakes_them
         error: String::new(),
         expired_only: false,
         finished: None,
+        batch: None,
     };
     let applied = env.store.ack("t_cap", &AckBatch::first(), &[done]).await.expect("ack");
     assert_eq!(applied, vec![true]);
@@ -454,6 +459,7 @@ async fn a_unique_job_is_returned_while_live_and_its_key_frees_when_it_finishes(
         error: String::new(),
         expired_only: false,
         finished: None,
+        batch: None,
     };
     assert_eq!(
         env.store
@@ -474,6 +480,7 @@ async fn a_unique_job_is_returned_while_live_and_its_key_frees_when_it_finishes(
         error: "gave up".into(),
         expired_only: false,
         finished: None,
+        batch: None,
     };
     assert_eq!(
         env.store

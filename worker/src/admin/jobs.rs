@@ -33,7 +33,7 @@ fn rfc3339_ms(value: &str, field: &str) -> Result<i64, ApiError> {
     Ok(t.timestamp_millis())
 }
 
-fn to_request(b: EnqueueBody) -> Result<EnqueueRequest, ApiError> {
+pub(super) fn to_request(b: EnqueueBody) -> Result<EnqueueRequest, ApiError> {
     let mut req = EnqueueRequest::raw(b.job, b.payload);
     req.queue = b.queue;
     if let Some(k) = &b.idempotency_key

@@ -7,6 +7,7 @@
 //! `integrations`, `probes`) and call the
 //! `Store`, the `Scheduler` and the `Db`; `views` and `extract` are what they share.
 mod auth;
+mod batches;
 mod dead;
 mod error;
 mod extract;

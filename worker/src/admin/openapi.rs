@@ -1,7 +1,8 @@
 //! The route table. One table feeds both axum and the OpenAPI document, so every
 //! endpoint that is served is documented, with the scope that guards it.
 use super::{
-    AdminState, dead::*, history::*, integrations::*, jobs::*, probes::*, queues::*, require, schedules::*, workers::*,
+    AdminState, batches::*, dead::*, history::*, integrations::*, jobs::*, probes::*, queues::*, require, schedules::*,
+    workers::*,
 };
 use crate::config::Scope;
 use axum::middleware;
@@ -43,6 +44,9 @@ pub(super) fn table(state: AdminState) -> (axum::Router<AdminState>, utoipa::ope
         .routes(routes!(enqueue_one))
         .routes(routes!(enqueue_batch))
         .routes(routes!(cancel_job))
+        .routes(routes!(create_batch))
+        .routes(routes!(add_batch_jobs))
+        .routes(routes!(close_batch))
         .route_layer(guard(Scope::Enqueue));
     let read = OpenApiRouter::new()
         .routes(routes!(get_job))
@@ -58,6 +62,9 @@ pub(super) fn table(state: AdminState) -> (axum::Router<AdminState>, utoipa::ope
         .routes(routes!(list_workers))
         .routes(routes!(get_history))
         .routes(routes!(list_integrations))
+        .routes(routes!(get_batch))
+        .routes(routes!(list_batch_jobs))
+        .routes(routes!(list_batches))
         .route_layer(guard(Scope::Read));
     let admin = OpenApiRouter::new()
         .routes(routes!(pause_queue))

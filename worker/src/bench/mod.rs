@@ -2,9 +2,10 @@
 //! Scenarios: baseline (raw pipelined Redis list operations), throughput (enqueue and
 //! drain of N no-op jobs), latency (enqueue→start at a steady rate into an idle worker),
 //! isolation (critical latency while a batch backlog drains in the same process),
-//! priority (high jobs overtaking a backlog in one queue), http
-//! (admin API enqueue rates), backlog (1,000,000 pending jobs) and memory (RSS of a
-//! child `culm run`).
+//! priority (high jobs overtaking a backlog in one queue), http (admin API enqueue
+//! rates), backlog (1,000,000 pending jobs), memory (RSS of a child `culm run`),
+//! compression, and batch (100,000 jobs in one tracked batch: callback latency after the
+//! last settles).
 mod scenarios;
 
 use crate::{
@@ -25,7 +26,7 @@ use std::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// Run one scenario: baseline, throughput, latency, isolation, priority, http,
-    /// backlog, memory or compression
+    /// backlog, memory, compression or batch
     /// (default: all).
     #[arg(long)]
     pub scenario: Option<String>,
@@ -44,6 +45,9 @@ pub struct BenchArgs {
     /// Jobs for the backlog scenario.
     #[arg(long, default_value_t = 1_000_000)]
     pub backlog_jobs: usize,
+    /// Jobs in the batch scenario's one tracked batch.
+    #[arg(long, default_value_t = 100_000)]
+    pub batch_jobs: usize,
 }
 
 /// A job that records how long after `sent_us` it started, into the in-process
@@ -262,6 +266,9 @@ pub async fn run(config: Config, registry: Arc<Registry>, args: BenchArgs) -> Re
         }
         if wants("memory") {
             print(&bench.memory(args.jobs).await?, args.json);
+        }
+        if wants("batch") {
+            print(&bench.batch(args.batch_jobs).await?, args.json);
         }
         if wants("compression") {
             print(&bench.compression(args.jobs.min(10_000)).await?, args.json);

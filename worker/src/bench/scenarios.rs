@@ -557,3 +557,47 @@ fn process_cpu_s() -> f64 {
     // Linux reports these in USER_HZ, which is 100 on every platform culm runs on.
     ticks / 100.0
 }
+
+impl Bench {
+    /// One tracked batch of `jobs` no-op jobs drained by this process, with an
+    /// `on_complete` callback: how long the batch took, and the callback latency (from the
+    /// settlement of the last member, the batch's `completed_at` on Redis's clock, to the
+    /// callback's start). Every settle updates the batch's counters in the same script
+    /// call; nothing per batch is read whole.
+    pub(super) async fn batch(&self, jobs: usize) -> Result<Value> {
+        let noop = || EnqueueRequest::raw("platform.noop", json!({})).queue(QUEUE);
+        // The callback records its start time (ms since the epoch: `sent_us` 0).
+        let callback = EnqueueRequest::raw("bench.stamp", json!({ "sent_us": 0 })).queue(QUEUE);
+        self.stamps.take();
+        let running = self.runtime().start(&[QUEUE.to_owned()])?;
+        let start = Instant::now();
+        let created = self
+            .store
+            .create_batch(crate::store::NewBatch {
+                jobs: (0..jobs).map(|_| noop()).collect(),
+                on_complete: Some(callback),
+                description: Some("bench".into()),
+                ..crate::store::NewBatch::default()
+            })
+            .await?;
+        let create_s = start.elapsed().as_secs_f64();
+        let started_ms = loop {
+            if let Some(&at) = self.stamps.0.lock().ok().and_then(|v| v.first().copied()).as_ref() {
+                break at;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let total_s = start.elapsed().as_secs_f64();
+        let status = self.store.batch(&created.id).await?.context("the batch is gone")?;
+        running.shutdown().await;
+        let completed_at = status.completed_at.context("the batch did not complete")?;
+        Ok(json!({
+            "scenario": "batch", "jobs": jobs,
+            "create_s": (create_s * 100.0).round() / 100.0,
+            "batch_s": (total_s * 100.0).round() / 100.0,
+            "jobs_per_s": (jobs as f64 / total_s).round(),
+            "succeeded": status.succeeded,
+            "callback_latency_ms": ((started_ms - completed_at as f64) * 100.0).round() / 100.0,
+        }))
+    }
+}

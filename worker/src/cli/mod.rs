@@ -1,6 +1,7 @@
 //! The `culm` command line: argument parsing and the subcommands, one file per command
 //! group. Errors here are `anyhow` (this is the binary's edge); everything below returns
 //! typed errors.
+mod batches;
 mod dead;
 mod jobs;
 mod migrate;
@@ -10,6 +11,7 @@ mod sandbox;
 mod schedules;
 pub mod signals;
 
+pub use batches::BatchesCommand;
 pub use dead::{DeadCommand, DeadFilterArgs};
 pub use jobs::{EnqueueArgs, JobsCommand};
 pub use run::{RunArgs, select_queues};
@@ -79,6 +81,11 @@ pub enum Command {
         /// Print JSON (what `GET /v1/integrations` answers).
         #[arg(long)]
         json: bool,
+    },
+    /// Tracked batches: `culm batches show ID`, `culm batches list`.
+    Batches {
+        #[command(subcommand)]
+        command: BatchesCommand,
     },
     /// Inspect, retry and purge dead-lettered jobs.
     Dead {
@@ -242,6 +249,7 @@ pub async fn main(cli: Cli, config: crate::config::Config) -> Result<ExitCode> {
         }
         Command::Pause { queue } => queues::pause(Store::connect(&config, registry).await?, &queue).await,
         Command::Resume { queue } => queues::resume(Store::connect(&config, registry).await?, &queue).await,
+        Command::Batches { command } => batches::run(Store::connect(&config, registry).await?, command).await,
         Command::Dead { command } => {
             let store = Store::connect(&config, registry).await?;
             let db = connect_optional(&config).await?;

@@ -426,6 +426,9 @@ pub struct WorkerConfig {
     /// How long Redis keeps a dead-lettered job; older ones are trimmed by the reaper.
     #[serde(with = "humantime_serde")]
     pub dead_retention: Duration,
+    /// How long a completed tracked batch's keys (counters, members) stay in Redis.
+    #[serde(with = "humantime_serde")]
+    pub batch_retention: Duration,
     /// Maximum acknowledgements per round trip.
     pub ack_batch_max: usize,
     /// Largest handler result kept, in bytes of JSON; a larger one is dropped and logged.

@@ -6,6 +6,9 @@ use std::time::Duration;
 /// Rejects impossible values; returns the offending key and why.
 pub(super) fn validate(c: &Config) -> Result<(), (String, String)> {
     let w = &c.worker;
+    if w.batch_retention < Duration::from_secs(1) || w.batch_retention > Duration::from_secs(365 * 24 * 3600) {
+        return Err(("worker.batch_retention".into(), "must be between 1s and 365days".into()));
+    }
     if w.lease_ttl < Duration::from_secs(1) {
         return Err(("worker.lease_ttl".into(), "must be at least 1s".into()));
     }

@@ -160,6 +160,7 @@ impl Dispatcher {
             idempotency_key: d.envelope.idempotency_key.clone(),
             payload: None,
             trace: None,
+            batch: d.envelope.batch.as_deref().map(Arc::from),
         };
         // Celery's `expires`: an attempt that would start too late does not start at all,
         // whether it is the first or a retry. The job ends `expired`, not dead.
@@ -203,7 +204,8 @@ impl Dispatcher {
                 .and_then(culm_core::redrive_origin)
                 .map(str::to_owned),
         )
-        .with_cancellation(cancel.clone());
+        .with_cancellation(cancel.clone())
+        .with_batch(d.envelope.batch.clone().or_else(|| d.envelope.callback_of.clone()));
         c.ran = true;
         c.started_at_us = chrono::Utc::now().timestamp_micros();
         let start = Instant::now();

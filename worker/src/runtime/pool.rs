@@ -221,7 +221,10 @@ pub(super) async fn ack_loop(
         let mut backoff = Duration::from_millis(50);
         let applied = loop {
             match shared.store.ack_waited(&shared.queue, &name, &acks, waited).await {
-                Ok(applied) => break applied,
+                Ok(r) => {
+                    fire_completed(&shared, &r.completed).await;
+                    break r.applied;
+                }
                 Err(e) if !e.is_transient() => {
                     // The script itself refused the batch: retrying it whole would fail
                     // forever and hold the pool's slots. Settle each run alone; a run that
@@ -249,6 +252,17 @@ pub(super) async fn ack_loop(
             shared.slot_freed.notify_one();
         }
         batch.clear();
+    }
+}
+
+/// Enqueues the callbacks of the tracked batches an acknowledgement completed. A failure
+/// is only logged: the batch stays in its queue's `firing` set, and upkeep fires it.
+async fn fire_completed(shared: &PoolShared, completed: &[String]) {
+    for bid in completed {
+        if let Err(e) = shared.store.fire_batch(&shared.queue, bid).await {
+            telemetry::store_error(&shared.queue, "fire_batch");
+            tracing::warn!(queue = %shared.queue, batch = %bid, "firing the batch's callbacks failed; upkeep will retry: {e}");
+        }
     }
 }
 
@@ -357,6 +371,19 @@ async fn reap_expired(shared: &PoolShared) {
         Err(e) => {
             telemetry::store_error(&shared.queue, "reap");
             tracing::warn!(queue = %shared.queue, "looking for expired leases failed: {e}");
+        }
+    }
+    // Completed batches whose acker died before firing their callbacks.
+    match shared
+        .store
+        .refire_batches(&shared.queue, crate::store::REFIRE_AFTER_MS)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(queue = %shared.queue, "fired the callbacks of {n} completed batches left unfired"),
+        Err(e) => {
+            telemetry::store_error(&shared.queue, "fire_batch");
+            tracing::warn!(queue = %shared.queue, "firing the callbacks of completed batches failed: {e}");
         }
     }
 }

@@ -72,6 +72,8 @@ pub struct Completion {
     pub payload: Option<Box<serde_json::value::RawValue>>,
     /// The trace context follow-ups continue (set only when there are follow-ups).
     pub trace: Option<culm_core::TraceContext>,
+    /// The tracked batch the job is a member of (counted by the acknowledgement).
+    pub batch: Option<Arc<str>>,
 }
 
 /// What recording a settlement needs of its pool: where rows, events and metrics go.
@@ -249,6 +251,7 @@ impl Settlement {
                 kind: c.verdict.kind,
                 error: c.verdict.error,
                 expired_only: false,
+                batch: c.batch,
             },
             source: Source::Run,
             job: c.job,
@@ -274,6 +277,8 @@ impl Settlement {
                 error: c.error,
                 expired_only: false,
                 finished: None,
+                // An unreadable body names no batch: such a member stays pending there.
+                batch: None,
             },
             source: Source::Run,
             job: "unknown".to_owned(),
@@ -314,6 +319,7 @@ pub(super) fn expired(s: &QueueSettings, e: Expired) -> Settlement {
         };
         (kind, v.error)
     };
+    let batch = e.envelope.as_ref().and_then(|env| env.batch.as_deref()).map(Arc::from);
     let (job, enqueued_at_ms, idempotency_key, payload) = match e.envelope {
         Some(env) => (env.job, Some(env.enqueued_at), env.idempotency_key, Some(env.payload)),
         None => ("unknown".to_owned(), None, None, None),
@@ -326,6 +332,7 @@ pub(super) fn expired(s: &QueueSettings, e: Expired) -> Settlement {
             error,
             expired_only: true,
             finished: None,
+            batch,
         },
         source: Source::Reaper,
         job,

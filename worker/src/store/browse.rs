@@ -79,6 +79,8 @@ pub struct JobBody {
     pub idempotency_key: Option<String>,
     /// The current lease's token while it runs (`s` suffix dropped).
     pub token: Option<u64>,
+    /// The tracked batch the job is a member or the callback of.
+    pub batch: Option<String>,
 }
 
 impl Store {
@@ -95,6 +97,9 @@ impl Store {
         let env = body.as_deref().and_then(|b| serde_json::from_str::<Envelope>(b).ok());
         Ok(JobBody {
             payload: env.as_ref().and_then(|e| serde_json::from_str(e.payload.get()).ok()),
+            batch: env
+                .as_ref()
+                .and_then(|e| e.batch.clone().or_else(|| e.callback_of.clone())),
             idempotency_key: env.and_then(|e| e.idempotency_key),
             token: token.and_then(|t| t.trim_end_matches('s').parse().ok()),
         })

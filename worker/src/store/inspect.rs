@@ -164,7 +164,15 @@ impl Store {
 
     async fn dead_op(&self, op: &str, queue: &str, ids: &[String]) -> Result<usize, StoreError> {
         self.settings(queue)?;
-        let mut inv = self.keys(queue).invoke(&DEAD);
+        let keys = self.keys(queue);
+        let mut inv = keys.invoke(&DEAD);
+        // A re-driven member of a tracked batch counts as pending again: the script
+        // declares the hashes of the batches the ids belong to.
+        if op == "retry" {
+            for b in self.batches_of(queue, ids).await? {
+                inv.key(keys.batch(&b));
+            }
+        }
         inv.arg(op);
         for id in ids {
             inv.arg(id);
@@ -320,12 +328,32 @@ impl Store {
             let mut conn = self.inner.conn.clone();
             let keys = self.keys(q);
             async move {
-                let v: String = keys.invoke(&CANCEL).arg(id).invoke_async(&mut conn).await?;
+                // A member of a tracked batch: the script counts its cancellation there,
+                // so it declares the batch's keys (named in the job's envelope).
+                let batch = self.batches_of(q, std::slice::from_ref(&id.to_owned())).await?;
+                let mut inv = keys.invoke(&CANCEL);
+                if let Some(b) = batch.first() {
+                    inv.key(keys.batch(b))
+                        .key(keys.batch_jobs(b))
+                        .key(keys.batches_firing());
+                }
+                let v: String = inv.arg(id).invoke_async(&mut conn).await?;
                 Ok::<_, StoreError>((q, v))
             }
         });
         for (queue, answer) in try_join_all(calls).await? {
             let queue = queue.clone();
+            let answer = match answer.split_once('|') {
+                Some((answer, completed)) => {
+                    // The cancellation completed its batch: fire the callbacks now
+                    // (upkeep retries if this fails).
+                    if let Err(e) = self.fire_batch(&queue, completed).await {
+                        tracing::warn!(batch = %completed, "firing the batch's callbacks failed; upkeep will retry: {e}");
+                    }
+                    answer.to_owned()
+                }
+                None => answer.clone(),
+            };
             let state = match answer.as_str() {
                 "" => continue,
                 "cancelled" => return Ok(Cancelled::Cancelled { queue }),

@@ -33,6 +33,8 @@ pub(super) static DEAD: LazyLock<Script> = script!("dead.lua");
 pub(super) static STATUS: LazyLock<Script> = script!("status.lua");
 pub(super) static STATS: LazyLock<Script> = script!("stats.lua");
 pub(super) static CANCEL: LazyLock<Script> = script!("cancel.lua");
+/// A tracked batch's creation, closing and callback record, in its home queue's slot.
+pub(super) static BATCH: LazyLock<Script> = script!("batch.lua");
 /// A schedule's tick: claim, overlap check and push, in the target queue's slot.
 pub(super) static FIRE: LazyLock<Script> = script!("fire.lua");
 /// A schedule's state, in the scheduler's slot (no queue keys, so no common.lua).
@@ -179,6 +181,27 @@ impl QueueKeys {
         self.key(&format!("schedule:{name}"))
     }
 
+    /// Hash: tracked batch `bid`, whose home is this queue: its counters (total, pending,
+    /// succeeded, dead, cancelled, expired), `open` (the creator's hold), `created_at`,
+    /// `completed_at`, `retention`, the callback requests and, once enqueued, the
+    /// callback job ids (`callbacks`), and `description`.
+    pub fn batch(&self, bid: &str) -> String {
+        self.key(&format!("batch:{bid}"))
+    }
+    /// List: the member ids of tracked batch `bid`, in the order they were added.
+    pub fn batch_jobs(&self, bid: &str) -> String {
+        self.key(&format!("batch:{bid}:jobs"))
+    }
+    /// Zset: batch id → completed_at ms, for completed batches whose callbacks are not
+    /// confirmed enqueued yet.
+    pub fn batches_firing(&self) -> String {
+        self.key("batches:firing")
+    }
+    /// Zset: batch id → created_at ms, the newest batches of this home queue (bounded).
+    pub fn batches(&self) -> String {
+        self.key("batches")
+    }
+
     /// A call of `script` with this queue's fixed keys declared; the caller adds the
     /// script's own keys and its arguments.
     pub(super) fn invoke<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
@@ -310,6 +333,7 @@ mod tests {
             ("stats.lua", include_str!("lua/stats.lua")),
             ("status.lua", include_str!("lua/status.lua")),
             ("cancel.lua", include_str!("lua/cancel.lua")),
+            ("batch.lua", include_str!("lua/batch.lua")),
             ("fire.lua", include_str!("lua/fire.lua")),
             ("record.lua", include_str!("lua/record.lua")),
         ] {

@@ -16,6 +16,7 @@ use redis::Value;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
+mod batch;
 mod browse;
 mod compress;
 pub mod conn;
@@ -28,6 +29,10 @@ mod queue;
 mod routing;
 mod schedules;
 mod workers;
+pub use batch::{
+    BatchCallback, BatchCallbacks, BatchCreated, BatchError, BatchMember, BatchPage, BatchStatus, MEMBER_PAGE_MAX,
+    NewBatch, REFIRE_AFTER_MS, valid_batch_id,
+};
 pub use browse::{Cursor, JobBody, JobPage, ListJobs, SCAN_BUDGET};
 pub use conn::{PubSubSource, RedisConn};
 pub use history::{MAX_HISTORY_MINUTES, MinuteStats};
@@ -36,8 +41,8 @@ pub use integrations::{BreakerView, EndpointStatus, IntegrationStatus, LimitView
 pub use keys::{ProcessKeys, QueueKeys, SchedulerKeys};
 pub(crate) use queue::NewEnvelope;
 pub use queue::{
-    Ack, AckBatch, AckKind, Corrupt, Delivery, Envelope, Expired, Extended, Fetched, Finished, RESERVED_KEY_PREFIXES,
-    Reaped, Waited, reserved_idempotency_key,
+    Ack, AckBatch, AckKind, AckResult, Corrupt, Delivery, Envelope, Expired, Extended, Fetched, Finished,
+    RESERVED_KEY_PREFIXES, Reaped, Waited, reserved_idempotency_key,
 };
 pub use routing::{JobType, RetryView, Routing};
 pub use schedules::{FireTick, Fired, ScheduleRecord, ScheduleState, TICK_HISTORY, TickRecord};
@@ -292,6 +297,8 @@ struct Inner {
     compress_above: usize,
     done_retention: u64,
     dead_retention: std::time::Duration,
+    /// How long a completed tracked batch's keys stay.
+    batch_retention: std::time::Duration,
 }
 
 /// Handle to culm's Redis store. Cheap to clone; one multiplexed connection underneath.
@@ -371,6 +378,7 @@ impl Store {
                 compress_above: config.worker.compress_above,
                 done_retention: config.worker.done_retention,
                 dead_retention: config.worker.dead_retention,
+                batch_retention: config.worker.batch_retention,
             }),
         })
     }
@@ -471,5 +479,62 @@ impl Store {
 impl Enqueuer for Store {
     fn enqueue_batch(&self, jobs: Vec<EnqueueRequest>) -> BoxFuture<'_, Result<Vec<Enqueued>, EnqueueError>> {
         Box::pin(self.enqueue(jobs))
+    }
+
+    fn create_batch(&self, b: culm_core::BatchSpec) -> BoxFuture<'_, Result<culm_core::CreatedBatch, EnqueueError>> {
+        Box::pin(async move {
+            let created = self
+                .create_batch(NewBatch {
+                    id: Some(b.id),
+                    queue: None,
+                    jobs: b.jobs,
+                    on_complete: b.on_complete,
+                    on_success: b.on_success,
+                    description: b.description,
+                    open: false,
+                    member_keys: Some(b.member_keys),
+                })
+                .await
+                .map_err(batch_error)?;
+            Ok(culm_core::CreatedBatch {
+                id: created.id,
+                jobs: created.jobs,
+            })
+        })
+    }
+
+    fn add_to_batch(
+        &self,
+        batch: String,
+        jobs: Vec<EnqueueRequest>,
+        member_keys: String,
+    ) -> BoxFuture<'_, Result<culm_core::CreatedBatch, EnqueueError>> {
+        Box::pin(async move {
+            let added = Store::add_to_batch(self, &batch, jobs, Some(&member_keys))
+                .await
+                .map_err(batch_error)?;
+            Ok(culm_core::CreatedBatch {
+                id: added.id,
+                jobs: added.jobs,
+            })
+        })
+    }
+}
+
+/// A batch error as a handler sees it: the field path kept in the message.
+fn batch_error(e: BatchError) -> EnqueueError {
+    match e {
+        BatchError::Invalid { at, error } => match error {
+            EnqueueError::Storage(m) => EnqueueError::Storage(m),
+            other => EnqueueError::InvalidRequest {
+                field: at,
+                message: other.to_string(),
+            },
+        },
+        BatchError::Storage(m) => EnqueueError::Storage(m),
+        e @ (BatchError::NotFound(_) | BatchError::Complete(_)) => EnqueueError::InvalidRequest {
+            field: "batch".into(),
+            message: e.to_string(),
+        },
     }
 }

@@ -54,6 +54,12 @@ pub(crate) struct NewEnvelope<'a> {
     /// Stored only when not normal (the scripts keep their own copy in `attempts`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) priority: Option<Priority>,
+    /// The tracked batch the job is a member of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) batch: Option<&'a str>,
+    /// The tracked batch whose callback this job is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) callback_of: Option<&'a str>,
 }
 
 impl NewEnvelope<'_> {
@@ -95,6 +101,10 @@ struct StoredEnvelope {
     trace: Option<TraceContext>,
     #[serde(default)]
     priority: Option<Priority>,
+    #[serde(default)]
+    batch: Option<String>,
+    #[serde(default)]
+    callback_of: Option<String>,
 }
 
 impl TryFrom<StoredEnvelope> for Envelope {
@@ -116,6 +126,8 @@ impl TryFrom<StoredEnvelope> for Envelope {
             expires_at: s.expires_at,
             trace: s.trace,
             priority: s.priority.unwrap_or_default(),
+            batch: s.batch,
+            callback_of: s.callback_of,
         })
     }
 }
@@ -142,6 +154,12 @@ pub struct Envelope {
     /// Its priority within the queue.
     #[serde(default)]
     pub priority: Priority,
+    /// The tracked batch this job is a member of: its final state counts there.
+    #[serde(default)]
+    pub batch: Option<String>,
+    /// The tracked batch whose callback (`on_complete` / `on_success`) this job is.
+    #[serde(default)]
+    pub callback_of: Option<String>,
 }
 
 /// A job handed to a worker under a lease.
@@ -235,6 +253,19 @@ pub struct Ack {
     /// Done runs: what status readers see once the body is gone ([`Finished`], as JSON),
     /// kept in the queue's `finished` hash for `result_ttl`.
     pub finished: Option<String>,
+    /// The tracked batch the job is a member of (from its envelope): a final settlement
+    /// that applies counts there, in the same script call.
+    pub batch: Option<Arc<str>>,
+}
+
+/// What an acknowledgement call wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AckResult {
+    /// Per ack, whether it applied.
+    pub applied: Vec<bool>,
+    /// Tracked batches this call completed: their callbacks are to be fired
+    /// ([`Store::fire_batch`]).
+    pub completed: Vec<String>,
 }
 
 /// What a done (or cancelled) job leaves for status readers once its body is deleted:
@@ -293,6 +324,14 @@ impl TryFrom<StoredFinished> for Finished {
             expired: s.expired,
         })
     }
+}
+
+/// Where pushed jobs are placed besides their queue: as members of a tracked batch
+/// (its id and the TTL its open keys get, s), or as a batch's callback.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Placement<'a> {
+    pub(super) batch: Option<(&'a str, u64)>,
+    pub(super) callback_of: Option<&'a str>,
 }
 
 /// Names one batch of acknowledgements: the pool instance that sends it and a number
@@ -413,6 +452,16 @@ impl Store {
     /// slots, it is one call per queue (per 1,000 jobs), all pipelined: each queue's part
     /// is whole, but one part can fail while another is stored.
     pub async fn enqueue(&self, reqs: Vec<EnqueueRequest>) -> Result<Vec<Enqueued>, EnqueueError> {
+        self.push(reqs, Placement::default()).await
+    }
+
+    /// [`Store::enqueue`] with the jobs placed in a tracked batch or marked as a batch's
+    /// callback (store/batch.rs decides when).
+    pub(super) async fn push(
+        &self,
+        reqs: Vec<EnqueueRequest>,
+        place: Placement<'_>,
+    ) -> Result<Vec<Enqueued>, EnqueueError> {
         let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (i, r) in reqs.iter().enumerate() {
             groups.entry(self.resolve(r)?.name.as_str()).or_default().push(i);
@@ -431,7 +480,9 @@ impl Store {
         let mut pending = Vec::with_capacity(calls.len());
         for call in calls {
             let mut inv = PUSH.prepare_invoke();
-            inv.arg(now).arg(self.inner.idempotency_ttl_s);
+            inv.arg(now)
+                .arg(self.inner.idempotency_ttl_s)
+                .arg(place.batch.map_or(0, |(_, ttl_s)| ttl_s));
             for (queue, idx) in &call {
                 // The queue's keys, then the idempotency keys of its jobs, in job order.
                 let keys = self.keys(queue);
@@ -457,6 +508,8 @@ impl Store {
                         trace: r.trace.as_ref(),
                         compress_above: self.inner.compress_above,
                         priority: r.priority.filter(|p| *p != Priority::Normal),
+                        batch: place.batch.map(|(bid, _)| bid),
+                        callback_of: place.callback_of,
                         ..NewEnvelope::default()
                     }
                     .to_json()
@@ -469,15 +522,27 @@ impl Store {
                         .arg(priority_code(r.priority.unwrap_or_default()));
                 }
             }
+            // A batch's members are one queue's (the caller checked): its keys go last.
+            if let (Some((bid, _)), Some((queue, _))) = (place.batch, call.first()) {
+                let keys = self.keys(queue);
+                inv.key(keys.batch(bid)).key(keys.batch_jobs(bid));
+            }
             let mut conn = self.inner.conn.clone();
             pending.push(async move {
                 let v: Vec<Value> = inv.invoke_async(&mut conn).await?;
                 Ok::<_, redis::RedisError>((call, v))
             });
         }
-        let results = try_join_all(pending)
-            .await
-            .map_err(|e| EnqueueError::Storage(e.to_string()))?;
+        let results = try_join_all(pending).await.map_err(|e| {
+            if e.code() == Some("BATCHDONE") {
+                EnqueueError::InvalidRequest {
+                    field: "batch".into(),
+                    message: "the batch is complete: no job can be added to it".into(),
+                }
+            } else {
+                EnqueueError::Storage(e.to_string())
+            }
+        })?;
         let mut out: Vec<Option<Enqueued>> = vec![None; reqs.len()];
         for (call, v) in results {
             let mut replies = v.chunks_exact(2);
@@ -580,7 +645,7 @@ impl Store {
     /// applied; one that did not was fenced off (its lease had moved on, or it was a
     /// replay of an ack already applied).
     pub async fn ack(&self, queue: &str, batch: &AckBatch, acks: &[Ack]) -> Result<Vec<bool>, StoreError> {
-        self.ack_waited(queue, batch, acks, Waited::default()).await
+        Ok(self.ack_waited(queue, batch, acks, Waited::default()).await?.applied)
     }
 
     /// [`Store::ack`], adding the batch's wait times to the queue's per-minute history
@@ -591,9 +656,9 @@ impl Store {
         batch: &AckBatch,
         acks: &[Ack],
         waited: Waited,
-    ) -> Result<Vec<bool>, StoreError> {
+    ) -> Result<AckResult, StoreError> {
         if acks.is_empty() {
-            return Ok(Vec::new());
+            return Ok(AckResult::default());
         }
         let keys = self.keys(queue);
         let mut inv = keys.invoke(&ACK);
@@ -604,6 +669,20 @@ impl Store {
             .arg(waited.total_ms)
             .arg(waited.runs)
             .arg(u8::from(self.max_in_flight(queue) > 0));
+        // The tracked batches of the runs: their keys follow (after the queue's firing
+        // set), and each run names its batch by position. No member, no extra keys.
+        let mut batches: Vec<&str> = Vec::new();
+        for b in acks.iter().filter_map(|a| a.batch.as_deref()) {
+            if !batches.contains(&b) {
+                batches.push(b);
+            }
+        }
+        if !batches.is_empty() {
+            inv.key(keys.batches_firing());
+            for b in &batches {
+                inv.key(keys.batch(b)).key(keys.batch_jobs(b));
+            }
+        }
         // Retry and defer times go as delays from now, so the script places them on
         // Redis's clock and a worker's clock skew cannot stretch or shrink a backoff.
         let now = now_ms();
@@ -632,16 +711,37 @@ impl Store {
                 .arg(delay)
                 .arg(&a.error)
                 .arg(a.finished.as_deref().unwrap_or(""));
+            match a.batch.as_deref().and_then(|b| batches.iter().position(|x| *x == b)) {
+                Some(n) => {
+                    let outcome = match a.kind {
+                        AckKind::Done => 's',
+                        AckKind::Cancelled => 'c',
+                        AckKind::Expired => 'e',
+                        AckKind::Dead => 'd',
+                        AckKind::Retry { .. } | AckKind::Defer { .. } => 'r',
+                    };
+                    inv.arg(format!("{}{outcome}", n + 1))
+                }
+                None => inv.arg(""),
+            };
         }
         let mut conn = self.inner.conn.clone();
-        let applied: String = inv.invoke_async(&mut conn).await?;
+        let answer: String = inv.invoke_async(&mut conn).await?;
+        let (applied, completed) = answer.split_once('|').unwrap_or((answer.as_str(), ""));
         if applied.len() != acks.len() {
             return Err(StoreError::Corrupt {
                 key: keys.acker(&batch.acker),
                 message: format!("ack script answered for {} of {} runs", applied.len(), acks.len()),
             });
         }
-        Ok(applied.bytes().map(|b| b == b'1').collect())
+        Ok(AckResult {
+            applied: applied.bytes().map(|b| b == b'1').collect(),
+            completed: completed
+                .split(',')
+                .filter(|b| !b.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
     }
 
     /// Extends (and so confirms) leases; returns the ids whose lease was lost.
@@ -752,10 +852,11 @@ fn parse_token(v: &Value, id: &str) -> Result<u64, StoreError> {
 }
 
 /// Prefixes of the idempotency keys culm derives itself (the outbox relay's `outbox:<row
-/// id>`, a re-drive's `redrive:<id>:<died at>`, a batch's `batch:<header>:<index>`).
+/// id>`, a re-drive's `redrive:<id>:<died at>`, a batch's `batch:<header>:<index>`, a
+/// tracked batch's members `batchm:<batch>:…` and callbacks `batchcb:<batch>:<which>`).
 /// Callers' keys may not start with them: a predictable derived key taken first by a
 /// caller would make culm's own enqueue resolve to the caller's job.
-pub const RESERVED_KEY_PREFIXES: [&str; 3] = ["outbox:", "redrive:", "batch:"];
+pub const RESERVED_KEY_PREFIXES: [&str; 5] = ["outbox:", "redrive:", "batch:", "batchm:", "batchcb:"];
 
 /// A caller's idempotency key that uses a prefix culm reserves for its own keys.
 pub fn reserved_idempotency_key(k: &str) -> bool {

@@ -4,11 +4,13 @@ extra) enqueue from inside a database transaction through culm's outbox."""
 from . import errors
 from ._client import AsyncClient, Client, new_idempotency_key
 from .errors import CulmError, JobTimeoutError, TransportError
-from .types import FINAL_STATES, DeadJob, EnqueueSpec, Job, JobRef, JobType, Queue
+from .types import FINAL_STATES, Batch, BatchCallback, DeadJob, EnqueueSpec, Job, JobRef, JobType, Queue
 
 __all__ = [
     "FINAL_STATES",
     "AsyncClient",
+    "Batch",
+    "BatchCallback",
     "Client",
     "CulmError",
     "DeadJob",

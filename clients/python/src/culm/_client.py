@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any, Union
 
@@ -14,7 +14,7 @@ import httpx
 
 from ._trace import trace_headers
 from .errors import JobTimeoutError, TransportError, from_response
-from .types import DeadJob, EnqueueSpec, Job, JobRef, JobType, Queue
+from .types import Batch, DeadJob, EnqueueSpec, Job, JobRef, JobType, Queue
 
 Delay = Union[float, int, timedelta]
 JobLike = Union[EnqueueSpec, Mapping[str, Any]]
@@ -113,6 +113,26 @@ def _spec_body(j: JobLike) -> dict[str, Any]:
         unique_for=d.get("unique_for"),
         priority=d.get("priority"),
     )
+
+
+def _batch_body(
+    jobs: Iterable[JobLike],
+    on_complete: JobLike | None,
+    on_success: JobLike | None,
+    description: str | None,
+    open: bool,
+    queue: str | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"jobs": [_spec_body(j) for j in jobs], "open": open}
+    if queue is not None:
+        body["queue"] = queue
+    if on_complete is not None:
+        body["on_complete"] = _spec_body(on_complete)
+    if on_success is not None:
+        body["on_success"] = _spec_body(on_success)
+    if description is not None:
+        body["description"] = description
+    return body
 
 
 def _decode(resp: httpx.Response) -> Any:
@@ -285,6 +305,51 @@ class Client(_Base):
         self._request("POST", f"/v1/jobs/{id}/cancel")
         return self.get(id)
 
+    def create_batch(
+        self,
+        jobs: Iterable[JobLike],
+        *,
+        on_complete: JobLike | None = None,
+        on_success: JobLike | None = None,
+        description: str | None = None,
+        open: bool = False,
+        queue: str | None = None,
+    ) -> Batch:
+        """Creates a tracked batch: every job goes to one queue; `on_complete` is enqueued
+        once when every job reached a final state, `on_success` once when every job
+        succeeded. With `open=True` add jobs with `add_to_batch` and finish with
+        `close_batch`; `queue` names the home queue of a batch created without jobs. The
+        returned batch's `jobs` are the members, in order."""
+        body = _batch_body(jobs, on_complete, on_success, description, open, queue)
+        out = self._request("POST", "/v1/batches", json=body)
+        return Batch.from_json({**out, "state": "open" if open else "running"})
+
+    def add_to_batch(self, id: str, jobs: Iterable[JobLike]) -> list[JobRef]:
+        """Adds jobs to a batch that is not complete (`BatchCompleteError` once it is)."""
+        out = self._request("POST", f"/v1/batches/{id}/jobs", json={"jobs": [_spec_body(j) for j in jobs]})
+        return [JobRef.from_json(j) for j in out["jobs"]]
+
+    def close_batch(self, id: str) -> Batch:
+        """Closes an open batch: it completes once nothing is pending."""
+        return Batch.from_json(self._request("POST", f"/v1/batches/{id}/close"))
+
+    def get_batch(self, id: str) -> Batch:
+        """A batch's counts, state and callbacks."""
+        return Batch.from_json(self._request("GET", f"/v1/batches/{id}"))
+
+    def batch_jobs(self, id: str, *, limit: int = 200) -> Iterator[dict[str, Any]]:
+        """Every member of a batch (id, state, result), following the pages."""
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = {"limit": limit}
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = self._request("GET", f"/v1/batches/{id}/jobs", params=params)
+            yield from page["jobs"]
+            cursor = page.get("next_cursor")
+            if cursor is None:
+                return
+
     def queues(self) -> list[Queue]:
         return [Queue.from_json(q) for q in self._request("GET", "/v1/queues")["queues"]]
 
@@ -390,6 +455,24 @@ class AsyncClient(_Base):
     async def cancel(self, id: str) -> Job:
         await self._request("POST", f"/v1/jobs/{id}/cancel")
         return await self.get(id)
+
+
+    async def create_batch(
+        self,
+        jobs: Iterable[JobLike],
+        *,
+        on_complete: JobLike | None = None,
+        on_success: JobLike | None = None,
+        description: str | None = None,
+        open: bool = False,
+        queue: str | None = None,
+    ) -> Batch:
+        body = _batch_body(jobs, on_complete, on_success, description, open, queue)
+        out = await self._request("POST", "/v1/batches", json=body)
+        return Batch.from_json({**out, "state": "open" if open else "running"})
+
+    async def get_batch(self, id: str) -> Batch:
+        return Batch.from_json(await self._request("GET", f"/v1/batches/{id}"))
 
     async def queues(self) -> list[Queue]:
         return [Queue.from_json(q) for q in (await self._request("GET", "/v1/queues"))["queues"]]

@@ -48,6 +48,18 @@ class BadBodyError(CulmError):
     code = "bad_body"
 
 
+class BatchCompleteError(CulmError):
+    """API error `batch_complete`: jobs were added to a batch that is complete."""
+
+    code = "batch_complete"
+
+
+class BatchNotFoundError(CulmError):
+    """API error `batch_not_found`."""
+
+    code = "batch_not_found"
+
+
 class BatchTooLargeError(CulmError):
     """API error `batch_too_large`."""
 
@@ -188,6 +200,8 @@ class UnknownQueueError(CulmError):
 
 BY_CODE: dict[str, type[CulmError]] = {
     "bad_body": BadBodyError,
+    "batch_complete": BatchCompleteError,
+    "batch_not_found": BatchNotFoundError,
     "batch_too_large": BatchTooLargeError,
     "body_too_large": BodyTooLargeError,
     "dead_job_not_found": DeadJobNotFoundError,

@@ -179,3 +179,64 @@ class EnqueueSpec:
     unique_key: str | None = None
     unique_for: Any = None
     priority: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchCallback:
+    """A batch's callback: its job type, its job id once enqueued, and `waiting`,
+    `enqueued` or `skipped` (on_success of a batch where not every job succeeded)."""
+
+    job: str
+    id: str | None
+    state: str
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any] | None) -> BatchCallback | None:
+        if not d:
+            return None
+        return cls(job=d["job"], id=d.get("id"), state=d["state"])
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A tracked batch (`GET /v1/batches/{id}`): its counts, state (open, running or
+    complete) and callbacks. `jobs` holds the members a create answered with."""
+
+    id: str
+    queue: str
+    state: str = "running"
+    total: int = 0
+    pending: int = 0
+    succeeded: int = 0
+    dead: int = 0
+    cancelled: int = 0
+    expired: int = 0
+    completed_at: datetime | None = None
+    on_complete: BatchCallback | None = None
+    on_success: BatchCallback | None = None
+    jobs: list[JobRef] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete"
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Batch:
+        cb = d.get("callbacks") or {}
+        return cls(
+            id=d["id"],
+            queue=d["queue"],
+            state=d.get("state", "running"),
+            total=int(d.get("total", 0)),
+            pending=int(d.get("pending", 0)),
+            succeeded=int(d.get("succeeded", 0)),
+            dead=int(d.get("dead", 0)),
+            cancelled=int(d.get("cancelled", 0)),
+            expired=int(d.get("expired", 0)),
+            completed_at=_time(d.get("completed_at")),
+            on_complete=BatchCallback.from_json(cb.get("on_complete")),
+            on_success=BatchCallback.from_json(cb.get("on_success")),
+            jobs=[JobRef.from_json(j) for j in d.get("jobs", [])],
+            raw=d,
+        )

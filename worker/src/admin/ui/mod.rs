@@ -45,6 +45,8 @@ pub(super) fn router() -> Router<AdminState> {
         .route("/ui/schedules/{name}/{action}", post(pages::schedule_action))
         .route("/ui/workers", get(pages::workers))
         .route("/ui/integrations", get(pages::integrations))
+        .route("/ui/batches", get(pages::batches))
+        .route("/ui/batches/{id}", get(pages::batch))
         .route(
             "/ui/assets/app.css",
             get(|| async { asset(CSS, "text/css; charset=utf-8") }),
@@ -74,6 +76,7 @@ enum Nav {
     Schedules,
     Workers,
     Integrations,
+    Batches,
     None,
 }
 
@@ -99,6 +102,7 @@ fn layout(s: &Session, title: &str, nav: Nav, msg: Option<&str>, body: Markup) -
                     (link("/ui/schedules", "Schedules", Nav::Schedules))
                     (link("/ui/workers", "Workers", Nav::Workers))
                     (link("/ui/integrations", "Integrations", Nav::Integrations))
+                    (link("/ui/batches", "Batches", Nav::Batches))
                     span.who {
                         label { input #autorefresh type="checkbox"; " auto-refresh" }
                         " · " (s.name) @if s.admin { " (admin)" } @else { " (read only)" } " "

@@ -441,6 +441,7 @@ pub(super) async fn job(
                 @if st.finished_at.is_some() { tr { th { "Finished" } td { (when(st.finished_at)) } } }
                 @if let Some(k) = &key { tr { th { "Idempotency key" } td { code { (k) } } } }
                 @if let Some(p) = parent { tr { th { "Parent" } td { a href=(format!("/ui/jobs/{p}")) { code { (p) } } } } }
+                @if let Some(b) = body_info.as_ref().and_then(|b| b.batch.as_deref()) { tr { th { "Batch" } td { a href=(format!("/ui/batches/{b}")) { code { (b) } } } } }
             }
             @if s.admin {
                 p {
@@ -933,4 +934,92 @@ pub(super) async fn integrations(State(state): State<AdminState>, headers: Heade
         }
     };
     layout(&s, "Integrations", Nav::Integrations, param(&q, "msg"), body)
+}
+
+/// The newest tracked batches across queues: counts and progress.
+pub(super) async fn batches(State(state): State<AdminState>, headers: HeaderMap, Query(q): Params) -> Response {
+    let s = match state.viewer(&headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let all = match state.store().list_batches(100).await {
+        Ok(v) => v,
+        Err(e) => return internal(e),
+    };
+    let body = html! {
+        @if all.is_empty() { p.muted { "No batch yet (POST /v1/batches, or ctx.batch in a handler)." } } @else {
+            table {
+                thead { tr { th { "Batch" } th { "Queue" } th { "State" } th.n { "Done / total" } th.n { "Pending" } th.n { "Dead" } th.n { "Cancelled" } th.n { "Expired" } th { "Created" } th { "Description" } } }
+                tbody { @for b in &all { tr {
+                    td { a href=(format!("/ui/batches/{}", b.id)) { code { (b.id) } } }
+                    td { (b.queue) } td { (state_tag(&b.state)) }
+                    td.n { (b.total - b.pending) " / " (b.total) } td.n { (b.pending) } td.n { (b.dead) } td.n { (b.cancelled) } td.n { (b.expired) }
+                    td { (when(Some(b.created_at))) } td { (b.description.as_deref().unwrap_or("")) }
+                } } }
+            }
+        }
+    };
+    layout(&s, "Batches", Nav::Batches, param(&q, "msg"), body)
+}
+
+/// One tracked batch: counts, progress, callbacks and its members, a page at a time.
+pub(super) async fn batch(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> Response {
+    let s = match state.viewer(&headers) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    let b = match state.store().batch(&id).await {
+        Ok(Some(b)) => b,
+        Ok(None) => return problem(StatusCode::NOT_FOUND, Some(&s), &format!("No batch `{id}`.")),
+        Err(e) => return internal(e),
+    };
+    let cursor = param(&q, "cursor").and_then(|c| c.parse::<u64>().ok()).unwrap_or(0);
+    let page = match state.store().batch_members(&id, cursor, 50).await {
+        Ok(p) => p,
+        Err(e) => return internal(e),
+    };
+    let percent = ((b.total - b.pending) * 100).checked_div(b.total).unwrap_or(0);
+    let body = html! {
+        div.card {
+            table {
+                tr { th { "State" } td { (state_tag(&b.state)) } }
+                tr { th { "Queue" } td { a href=(format!("/ui/queues/{}", b.queue)) { (b.queue) } } }
+                tr { th { "Progress" } td { progress max=(b.total.max(1)) value=(b.total - b.pending) {} " " (percent) "% (" (b.total - b.pending) " of " (b.total) ")" } }
+                tr { th { "Succeeded" } td { (b.succeeded) } }
+                tr { th { "Dead" } td { (b.dead) } }
+                tr { th { "Cancelled" } td { (b.cancelled) } }
+                tr { th { "Expired" } td { (b.expired) } }
+                tr { th { "Created" } td { (when(Some(b.created_at))) } }
+                @if b.completed_at.is_some() { tr { th { "Completed" } td { (when(b.completed_at)) } } }
+                @if let Some(d) = &b.description { tr { th { "Description" } td { (d) } } }
+                @for (name, cb) in [("on_complete", &b.callbacks.on_complete), ("on_success", &b.callbacks.on_success)] {
+                    @if let Some(cb) = cb { tr { th { (name) } td {
+                        (cb.job) " " (state_tag(&cb.state))
+                        @if let Some(j) = &cb.id { " " a href=(format!("/ui/jobs/{j}")) { code { (j) } } }
+                    } } }
+                }
+            }
+        }
+        h2 { "Members" }
+        @match &page {
+            Some(p) if !p.jobs.is_empty() => {
+                table {
+                    thead { tr { th { "Job" } th { "State" } th { "Result" } } }
+                    tbody { @for m in &p.jobs { tr {
+                        td { a href=(format!("/ui/jobs/{}", m.id)) { code { (m.id) } } }
+                        td { (state_tag(&m.state)) }
+                        td { @if let Some(r) = &m.result { code { (r.to_string()) } } }
+                    } } }
+                }
+                @if let Some(next) = &p.next_cursor { p { a href=(format!("/ui/batches/{id}?cursor={next}")) { "Next page" } } }
+            }
+            _ => { p.muted { "No members on this page." } }
+        }
+    };
+    layout(&s, &format!("Batch {id}"), Nav::Batches, param(&q, "msg"), body)
 }

@@ -6,7 +6,13 @@
 -- processes the cap held back), then per run: id, token, kind,
 -- delay_ms (retry/defer: how long from now, on Redis's clock), error, finished (done:
 -- the JSON kept in `finished` for status readers: job type, attempts, enqueue time and
--- result; '' otherwise).
+-- result; '' otherwise), batch ('' when the job is in no tracked batch, else `<n><o>`:
+-- the batch's position n among the batch keys and the outcome o it counts as if final:
+-- s succeeded, c cancelled, e expired, r none).
+-- Batch keys (only when some run belongs to a tracked batch), after the history key: the
+-- queue's `…:batches:firing`, then per batch its hash and its member list. A batch whose
+-- last member settles here is completed (common.lua) and its id is appended to the
+-- answer after a '|' (comma separated).
 -- The acker names the pool instance that sends acks and `batch` this batch: an acker
 -- resends only its latest batch, and only when the reply was lost, so remembering each
 -- acker's last answer lets a resend get the first write's answer instead of finding
@@ -23,6 +29,9 @@ local keep = tonumber(ARGV[1])
 local K_ACKER = KEYS[QUEUE_KEYS + 1]
 local K_HISTORY = KEYS[QUEUE_KEYS + 2]
 local FIRST_RUN = 6
+local STRIDE = 7         -- ARGV per run
+local K_FIRING = KEYS[QUEUE_KEYS + 3]
+local completed = {}    -- batches completed by this call
 local batch = ARGV[2] .. ':'
 local capped = ARGV[5] == '1'
 local last = redis.call('GET', K_ACKER)
@@ -35,7 +44,7 @@ local wake = false
 -- batch allows: settling the common case (done) costs one command per run (the read)
 -- plus a handful per batch.
 local fields = {}
-for i = FIRST_RUN, #ARGV, 6 do fields[#fields + 1] = ARGV[i] .. ':t' end
+for i = FIRST_RUN, #ARGV, STRIDE do fields[#fields + 1] = ARGV[i] .. ':t' end
 local current = {}
 for from = 1, #fields, 1000 do
   local got = redis.call('HMGET', K_ATTEMPTS, unpack(fields, from, math.min(from + 999, #fields)))
@@ -50,7 +59,7 @@ local finished_fields = {} -- HSET arguments for the finished hash
 local final = {}        -- ids that reached done or dead: published once
 local n = 0
 local processed, failed = 0, 0
-for i = FIRST_RUN, #ARGV, 6 do
+for i = FIRST_RUN, #ARGV, STRIDE do
   n = n + 1
   local id, token, kind, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
   local at = now + tonumber(ARGV[i + 3])
@@ -115,6 +124,16 @@ for i = FIRST_RUN, #ARGV, 6 do
         end
       end
     end
+    local member = ARGV[i + 6]
+    if member ~= '' then
+      local bn, outcome = string.match(member, '^(%d+)(%a)$')
+      if kind == 'dead' then outcome = 'd' elseif kind ~= 'done' then outcome = nil end
+      if bn and outcome and outcome ~= 'r' then
+        local at_key = QUEUE_KEYS + 2 + 2 * tonumber(bn)
+        local bid = batch_member_final(KEYS[at_key], KEYS[at_key + 1], K_FIRING, outcome, now)
+        if bid then completed[#completed + 1] = bid end
+      end
+    end
     applied[n] = '1'
   else
     applied[n] = '0'
@@ -167,6 +186,7 @@ end
 if wake then redis.call('PUBLISH', K_WAKE, '1') end
 if #final > 0 then redis.call('PUBLISH', K_SETTLED, table.concat(final, ',')) end
 local answer = table.concat(applied)
+if #completed > 0 then answer = answer .. '|' .. table.concat(completed, ',') end
 -- Kept for an hour: long enough for any resend, and a departed acker's key goes away.
 redis.call('SET', K_ACKER, batch .. answer, 'EX', 3600)
 return answer

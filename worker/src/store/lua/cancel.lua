@@ -4,6 +4,10 @@
 -- entry marked cancelled, and is published on `settled`. A running job is only marked
 -- (`<id>:c` in `attempts`): the next extend.lua of its holder reports it, and the holder
 -- raises the handler's cancellation signal. Cost: O(1) commands, no scan of `ready`.
+-- A member of a tracked batch: KEYS after the queue's are the batch's hash, member list
+-- and the queue's `…:batches:firing` (declared by the caller, which read the envelope's
+-- `batch`); the cancellation counts as the member's final state, and an answer
+-- 'cancelled|<bid>' says it completed the batch.
 -- Returns 'cancelled', 'cancelling' (running, now marked), or why not: 'dead', 'done',
 -- or '' when this queue does not know the id.
 local id = ARGV[1]
@@ -33,4 +37,9 @@ redis.call('HSET', K_FINISHED, id, cjson.encode({
   job = e.job, attempts = attempts, enqueued_at = e.enqueued_at, cancelled = true,
 }))
 redis.call('PUBLISH', K_SETTLED, id)
+local K_BATCH = KEYS[QUEUE_KEYS + 1]
+if K_BATCH and e.batch and batch_id_of(K_BATCH) == e.batch then
+  local bid = batch_member_final(K_BATCH, KEYS[QUEUE_KEYS + 2], KEYS[QUEUE_KEYS + 3], 'c', now)
+  if bid then return 'cancelled|' .. bid end
+end
 return 'cancelled'

@@ -105,3 +105,51 @@ local function earliest_scheduled()
   if first[2] then return tonumber(first[2]) end
   return nil
 end
+
+-- Tracked batches (store/batch.rs). A batch lives in its home queue's slot: a hash
+-- `…:batch:<bid>` with its counters (total, pending, succeeded, dead, cancelled, expired),
+-- `open` ('1' while its creator may still add jobs), `retention` (seconds its keys live
+-- once complete) and `completed_at`; a list `…:batch:<bid>:jobs` of its members; and the
+-- queue's `…:batches:firing` zset of completed batches whose callbacks are not yet
+-- confirmed enqueued. Counts change only while the batch is not complete: completion
+-- decides the callbacks once.
+
+-- The batch id a batch hash key names ('…:batch:<bid>').
+local function batch_id_of(kb)
+  return string.match(kb, ':batch:([^:]+)$')
+end
+
+-- Marks the batch complete (once) and adds it to `firing`; its keys then expire after
+-- the batch's retention. Returns the batch id.
+local function batch_complete(kb, kjobs, kfiring, now)
+  local bid = batch_id_of(kb)
+  redis.call('HSET', kb, 'completed_at', now)
+  redis.call('ZADD', kfiring, now, bid)
+  local keep = tonumber(redis.call('HGET', kb, 'retention') or '604800')
+  redis.call('EXPIRE', kb, keep)
+  redis.call('EXPIRE', kjobs, keep)
+  return bid
+end
+
+local BATCH_OUTCOME = { s = 'succeeded', d = 'dead', c = 'cancelled', e = 'expired' }
+
+-- A member of the batch `kb` reached a final state (`outcome`: s, d, c or e). Returns the
+-- batch id if this completed the batch, else nil. A batch that is gone or complete is
+-- left as it is.
+local function batch_member_final(kb, kjobs, kfiring, outcome, now)
+  local b = redis.call('HMGET', kb, 'pending', 'open', 'completed_at')
+  if not b[1] or b[3] then return nil end
+  local pending = redis.call('HINCRBY', kb, 'pending', -1)
+  redis.call('HINCRBY', kb, BATCH_OUTCOME[outcome] or 'succeeded', 1)
+  if pending <= 0 and b[2] ~= '1' then return batch_complete(kb, kjobs, kfiring, now) end
+  return nil
+end
+
+-- A dead member was re-driven: pending again, unless the batch completed already (then
+-- its counts, and the callbacks decided at completion, stay as they are).
+local function batch_member_revived(kb)
+  local b = redis.call('HMGET', kb, 'pending', 'completed_at')
+  if not b[1] or b[2] then return end
+  redis.call('HINCRBY', kb, 'dead', -1)
+  redis.call('HINCRBY', kb, 'pending', 1)
+end

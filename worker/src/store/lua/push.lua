@@ -1,9 +1,10 @@
 -- Enqueue a batch into one or more queues, all or nothing. KEYS: per queue in the batch,
 -- its fixed keys (common.lua), then per job in job order its idempotency key
 -- (`…:idem:<key>`) if it has one and its uniqueness key (`…:unique:<key>`) if it has one.
--- ARGV: now_ms, idempotency_ttl_s, then per queue (in KEYS order) the number of its
--- jobs, then per job: id, run_at_ms, envelope, idem_key ('' = none), unique_ttl_ms (0 =
--- not unique), priority ('h', 'l', or '' for normal; kept as `<id>:p` in `attempts`).
+-- ARGV: now_ms, idempotency_ttl_s, batch_ttl_s (0 = not a tracked batch's members), then
+-- per queue (in KEYS order) the number of its jobs, then per job: id, run_at_ms, envelope,
+-- idem_key ('' = none), unique_ttl_ms (0 = not unique), priority ('h', 'l', or '' for
+-- normal; kept as `<id>:p` in `attempts`).
 -- Uniqueness: the key names the job that took it; while that job is live (its body is
 -- stored and it is not dead) a push with the key answers that job's id. A done,
 -- cancelled, expired or dead holder no longer counts, so nothing has to clear the key
@@ -12,12 +13,18 @@
 -- Sentinel send a whole batch in one call, so either every job is stored or none is.
 -- Redis does not roll back a script that fails halfway, so every key's kind is checked
 -- before the first write.
+-- Members of a tracked batch (batch_ttl_s > 0; one queue per call): the last two KEYS
+-- are the batch's hash and member list. A batch that is gone or complete refuses the
+-- push ('BATCHDONE', nothing stored); otherwise the jobs this call creates (not those
+-- an idempotency key, a uniqueness key or a replay resolved to) are appended to the
+-- members and counted in total and pending, and both keys' TTL is refreshed.
 -- Due jobs go straight to their priority's ready list; only future ones enter the
 -- scheduled set.
 -- Returns per job: id (the earlier one on an idempotency or uniqueness hit), created (1/0).
 -- A replayed push finds its ids already written and answers created = 0 for them.
 local now = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
+local batch_ttl = tonumber(ARGV[3])
 
 local function holds_kind(key, kind)
   local t = redis.call('TYPE', key)['ok']
@@ -30,7 +37,7 @@ local STRIDE = 6        -- ARGV per job
 -- jobs, i the ARGV index of its count, idem(j) and uniq(j) the idempotency and
 -- uniqueness keys of its job j (0-based) or nil.
 local function each_queue(f)
-  local o, i = 0, 3
+  local o, i = 0, 4
   while i <= #ARGV do
     local n = tonumber(ARGV[i])
     queue_group(o)
@@ -69,6 +76,13 @@ local bad = each_queue(function(n, _, idem, uniq)
   end
 end)
 if bad then return bad end
+local K_BATCH, K_BATCH_JOBS
+if batch_ttl > 0 then
+  K_BATCH, K_BATCH_JOBS = KEYS[#KEYS - 1], KEYS[#KEYS]
+  if redis.call('EXISTS', K_BATCH) == 0 or redis.call('HEXISTS', K_BATCH, 'completed_at') == 1 then
+    return redis.error_reply('BATCHDONE the batch is complete or gone; nothing was stored')
+  end
+end
 
 local out = {}
 each_queue(function(n, i, idem, uniq)
@@ -128,4 +142,19 @@ each_queue(function(n, i, idem, uniq)
   end
   if wake then redis.call('PUBLISH', K_WAKE, '1') end
 end)
+if K_BATCH then
+  local members = {}
+  for j = 1, #out, 2 do
+    if out[j + 1] == 1 then members[#members + 1] = out[j] end
+  end
+  if #members > 0 then
+    redis.call('HINCRBY', K_BATCH, 'total', #members)
+    redis.call('HINCRBY', K_BATCH, 'pending', #members)
+    for from = 1, #members, 1000 do
+      redis.call('RPUSH', K_BATCH_JOBS, unpack(members, from, math.min(from + 999, #members)))
+    end
+    redis.call('EXPIRE', K_BATCH_JOBS, batch_ttl)
+  end
+  redis.call('EXPIRE', K_BATCH, batch_ttl)
+end
 return out
