@@ -124,6 +124,7 @@ async fn delayed_runs_retries_hand_backs_and_re_drives_keep_their_priority() {
             error: "boom".into(),
             expired_only: false,
             finished: None,
+            batch: None,
         },
         Ack {
             id: l.id.clone(),
@@ -132,6 +133,7 @@ async fn delayed_runs_retries_hand_backs_and_re_drives_keep_their_priority() {
             error: "later".into(),
             expired_only: false,
             finished: None,
+            batch: None,
         },
     ];
     let applied = env.store.ack("t_prio", &AckBatch::first(), &acks).await.expect("ack");
@@ -158,6 +160,7 @@ async fn delayed_runs_retries_hand_backs_and_re_drives_keep_their_priority() {
         error: "gave up".into(),
         expired_only: false,
         finished: None,
+        batch: None,
     };
     env.store
         .ack("t_prio", &AckBatch::first(), &[dead])
