@@ -1178,3 +1178,50 @@ async fn a_tracked_batch_over_http_counts_its_jobs_and_runs_its_callback() {
     running.shutdown().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracked_batch_retried_with_its_idempotency_key_is_created_once() {
+    let env = env().await;
+    let api = Api::start(&env).await;
+    // A callback that may start only within 300 ms of its enqueue, on a batch that runs
+    // longer than that: its expiry counts from the batch's completion.
+    let body = json!({"jobs": [{"job": "platform.noop", "queue": "t_batch"}, {"job": "platform.noop", "queue": "t_batch"}],
+                      "on_complete": {"job": "platform.noop", "queue": "t_crit", "expires_in_ms": 300}});
+    let send = || {
+        api.http
+            .post(format!("{}/v1/batches", api.base))
+            .bearer_auth(ADMIN)
+            .header("Idempotency-Key", "statements-2026-11")
+            .json(&body)
+            .send()
+    };
+    let first: Value = send().await.expect("sent").json().await.expect("json");
+    // The reply was lost; the caller sends the same request again.
+    let second: Value = send().await.expect("sent").json().await.expect("json");
+    assert_eq!(first["id"], second["id"], "a retry made a second batch: {first} {second}");
+    let id = first["id"].as_str().expect("batch id").to_owned();
+    let (_, got) = api
+        .call(Method::GET, &format!("/v1/batches/{id}"), Some(READER), None)
+        .await;
+    assert_eq!(got["total"].as_u64(), Some(2), "members stored twice: {got}");
+    let created_at = culm_core::now_ms();
+    eventually(WAIT, "the callback's expiry to pass since creation", || async {
+        (culm_core::now_ms() > created_at + 500).then_some(())
+    })
+    .await;
+    let running = env
+        .runtime()
+        .start(&["t_batch".into(), "t_crit".into()])
+        .expect("start");
+    let done = eventually(WAIT, "the batch completes and fires", || async {
+        let (_, b) = api
+            .call(Method::GET, &format!("/v1/batches/{id}"), Some(READER), None)
+            .await;
+        let cb = &b["callbacks"]["on_complete"];
+        (cb["state"].as_str() != Some("waiting")).then(|| cb.clone())
+    })
+    .await;
+    assert_eq!(done["state"].as_str(), Some("enqueued"), "{done}");
+    running.shutdown().await;
+    env.cleanup().await;
+}

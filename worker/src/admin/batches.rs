@@ -4,7 +4,7 @@ use super::{
     AdminState, ApiError,
     error::ErrorBody,
     extract::{bad_query, read_json},
-    jobs::to_request,
+    jobs::{batch_idempotency_key, to_request},
     views::{BatchBody, EnqueueBody, EnqueuedView},
 };
 use crate::store::{BatchCreated, BatchError, BatchPage, BatchStatus, NewBatch};
@@ -133,6 +133,8 @@ fn requests(state: &AdminState, jobs: Vec<EnqueueBody>) -> Result<Vec<EnqueueReq
 /// (`on_success`); they can read the batch id from their context and the members'
 /// results from `GET /v1/batches/{id}/jobs`.
 #[utoipa::path(post, path = "/v1/batches", tag = "batches", request_body = NewBatchBody,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Makes a retry safe: the batch id and its members' idempotency keys derive from it, so a retry after a lost reply finds the same batch and stores no job twice")),
     responses(
         (status = 201, description = "Created", body = BatchCreatedView),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
@@ -146,6 +148,7 @@ pub(super) async fn create_batch(
     headers: HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<BatchCreatedView>), ApiError> {
+    let key = batch_idempotency_key(&headers)?;
     let b: NewBatchBody = read_json(&state, &headers, body).await?;
     let jobs = requests(&state, b.jobs)?;
     let on_complete = b
@@ -159,17 +162,28 @@ pub(super) async fn create_batch(
     let created = state
         .store()
         .create_batch(NewBatch {
-            id: None,
+            // A retry with the same key names the same batch, and its members get the
+            // same derived idempotency keys: nothing is stored twice.
+            id: key.as_deref().map(keyed_batch_id),
             queue: b.queue,
             jobs,
             on_complete,
             on_success,
             description: b.description,
             open: b.open,
-            member_keys: None,
+            member_keys: key.as_ref().map(|_| "h".to_owned()),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(created.into())))
+}
+
+/// The batch id an `Idempotency-Key` names: `k` and the first 32 hex digits of its
+/// SHA-256, so any key maps to a valid id of fixed length.
+fn keyed_batch_id(key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("k{hex}")
 }
 
 /// Adds jobs to a batch that is not complete (409 once it is). They must go to the

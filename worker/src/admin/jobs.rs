@@ -413,7 +413,7 @@ pub(super) async fn list_job_types(State(state): State<AdminState>) -> Json<JobT
 
 /// The batch's `Idempotency-Key` header, checked like a job's key (with room for the
 /// `batch:` prefix and the index).
-fn batch_idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+pub(super) fn batch_idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else {
         return Ok(None);
     };

@@ -581,9 +581,14 @@ impl Bench {
             })
             .await?;
         let create_s = start.elapsed().as_secs_f64();
+        // A callback that never fires ends the scenario with an error, not a hang.
+        let deadline = Instant::now() + Duration::from_secs(600);
         let started_ms = loop {
             if let Some(&at) = self.stamps.0.lock().ok().and_then(|v| v.first().copied()).as_ref() {
                 break at;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!("the batch's callback did not run within 10 minutes");
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         };

@@ -271,8 +271,17 @@ async fn ack_one_by_one(shared: &PoolShared, name: &mut AckBatch, acks: &[Ack]) 
     let mut applied = Vec::with_capacity(acks.len());
     for a in acks {
         *name = name.next();
-        match shared.store.ack(&shared.queue, name, std::slice::from_ref(a)).await {
-            Ok(r) => applied.push(r.first().copied().unwrap_or(false)),
+        match shared
+            .store
+            .ack_waited(&shared.queue, name, std::slice::from_ref(a), Waited::default())
+            .await
+        {
+            Ok(r) => {
+                applied.push(r.applied.first().copied().unwrap_or(false));
+                // A run that completed its batch fires the callbacks now, not at the
+                // next upkeep pass.
+                fire_completed(shared, &r.completed).await;
+            }
             Err(e) => {
                 telemetry::store_error(&shared.queue, "ack");
                 tracing::error!(queue = %shared.queue, job_id = %a.id, token = a.token, "settling this run failed; its lease will expire and it runs again: {e}");

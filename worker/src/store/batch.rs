@@ -110,9 +110,12 @@ pub struct BatchCallback {
     pub job: String,
     /// The callback job's id once enqueued.
     pub id: Option<String>,
-    /// `waiting` (batch not complete), `enqueued`, or `skipped` (on_success of a batch
-    /// where not every job succeeded).
+    /// `waiting` (batch not complete), `enqueued`, `skipped` (on_success of a batch
+    /// where not every job succeeded), or `failed` (could not be enqueued: `error`).
     pub state: String,
+    /// Why a `failed` callback could not be enqueued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The callbacks of a batch.
@@ -192,6 +195,7 @@ fn status_from(id: &str, queue: &str, h: &HashMap<String, String>) -> BatchStatu
         let req: EnqueueRequest = serde_json::from_str(h.get(which)?).ok()?;
         let state = match (&fired, id) {
             (_, Some(_)) => "enqueued",
+            (Some(f), None) if f.error.is_some() && (which == "on_complete" || succeeded_all) => "failed",
             (Some(_), None) => "skipped",
             (None, _) if completed_at.is_some() && which == "on_success" && !succeeded_all => "skipped",
             (None, _) => "waiting",
@@ -199,6 +203,10 @@ fn status_from(id: &str, queue: &str, h: &HashMap<String, String>) -> BatchStatu
         Some(BatchCallback {
             job: req.job,
             id: id.cloned(),
+            error: fired
+                .as_ref()
+                .and_then(|f| f.error.clone())
+                .filter(|_| state == "failed"),
             state: state.to_owned(),
         })
     };
@@ -522,6 +530,7 @@ impl Store {
                     "succeeded",
                     "completed_at",
                     "callbacks",
+                    "created_at",
                 ][..],
             )
             .query_async(&mut conn)
@@ -548,6 +557,14 @@ impl Store {
                 };
                 match serde_json::from_str::<EnqueueRequest>(&raw) {
                     Ok(mut r) => {
+                        // A callback's delay and expiry were made absolute when the batch
+                        // was created; they count from its completion instead, so an
+                        // `expires_in` shorter than the batch's run does not refuse it.
+                        let created = field(6).and_then(|c| c.parse::<i64>().ok());
+                        if let Some(shift) = created.map(|c| now_ms() - c).filter(|s| *s > 0) {
+                            r.run_at_ms = r.run_at_ms.map(|t| t.saturating_add(shift));
+                            r.expires_at_ms = r.expires_at_ms.map(|t| t.saturating_add(shift));
+                        }
                         r.idempotency_key = Some(format!("batchcb:{id}:{suffix}"));
                         reqs.push(r);
                         which.push(name);
@@ -612,10 +629,19 @@ impl Store {
             .arg(REFIRE_CHUNK)
             .query_async(&mut conn)
             .await?;
+        // One batch that cannot be fired now (its callbacks' queue unreachable, say) must
+        // not hold up the others: each is tried, and the first error is returned after.
+        let mut first_error = None;
         for id in &ids {
-            self.fire_batch(queue, id).await?;
+            if let Err(e) = self.fire_batch(queue, id).await {
+                tracing::warn!(queue, batch = %id, "re-firing the batch's callbacks failed: {e}");
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(ids.len())
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(ids.len()),
+        }
     }
 
     /// The tracked batches of the given jobs of `queue` (read from their envelopes), for
