@@ -1198,7 +1198,10 @@ async fn a_tracked_batch_retried_with_its_idempotency_key_is_created_once() {
     let first: Value = send().await.expect("sent").json().await.expect("json");
     // The reply was lost; the caller sends the same request again.
     let second: Value = send().await.expect("sent").json().await.expect("json");
-    assert_eq!(first["id"], second["id"], "a retry made a second batch: {first} {second}");
+    assert_eq!(
+        first["id"], second["id"],
+        "a retry made a second batch: {first} {second}"
+    );
     let id = first["id"].as_str().expect("batch id").to_owned();
     let (_, got) = api
         .call(Method::GET, &format!("/v1/batches/{id}"), Some(READER), None)
