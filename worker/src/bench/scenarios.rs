@@ -197,13 +197,39 @@ impl Bench {
     /// 200 critical jobs at 20 ms intervals while a 100,000-job batch backlog of
     /// `batch_ms` jobs drains at full concurrency in the same process.
     pub(super) async fn isolation(&self, batch_ms: u64) -> Result<Value> {
+        let bulk = self.backlog_of(batch_ms).await?;
+        let running = self.runtime().start(&[CRIT.to_owned(), bulk.to_owned()])?;
+        self.probe(bulk, || {
+            EnqueueRequest::raw("bench.stamp", json!({ "sent_us": now_us() })).queue(CRIT)
+        })
+        .await?;
+        self.drained(CRIT).await?;
+        let batch_left = self.store.stats(bulk).await?.pending;
+        running.shutdown().await;
+        Ok(probe_result(
+            "isolation",
+            "critical_jobs",
+            batch_ms,
+            batch_left,
+            self.stamps.take(),
+        ))
+    }
+
+    /// Fills the batch queue for `batch_ms` jobs (emptied first: whatever an earlier
+    /// scenario left in it would drain first) with a 100,000-job backlog; returns it.
+    async fn backlog_of(&self, batch_ms: u64) -> Result<&'static str> {
         let bulk = if batch_ms <= 1 { BULK_1MS } else { BULK_50MS };
+        self.purge(bulk).await?;
         self.fill(100_000, || {
             EnqueueRequest::raw("platform.sleep", json!({ "ms": batch_ms })).queue(bulk)
         })
         .await?;
-        let running = self.runtime().start(&[CRIT.to_owned(), bulk.to_owned()])?;
-        // Measure only once the batch pool is saturated.
+        Ok(bulk)
+    }
+
+    /// Once `bulk`'s pool is saturated, sends 200 probe jobs (`bench.stamp`, built by
+    /// `probe`) at 20 ms intervals; their start latencies collect in `stamps`.
+    async fn probe(&self, bulk: &str, probe: impl Fn() -> EnqueueRequest) -> Result<()> {
         while self.store.stats(bulk).await?.running == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -211,52 +237,23 @@ impl Bench {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         for _ in 0..200 {
             tick.tick().await;
-            self.store
-                .enqueue(vec![
-                    EnqueueRequest::raw("bench.stamp", json!({ "sent_us": now_us() })).queue(CRIT),
-                ])
-                .await?;
+            self.store.enqueue(vec![probe()]).await?;
         }
-        self.drained(CRIT).await?;
-        let batch_left = self.store.stats(bulk).await?.pending;
-        running.shutdown().await;
-        let mut lat = self.stamps.take();
-        lat.sort_by(|a, b| a.total_cmp(b));
-        Ok(json!({
-            "scenario": "isolation", "batch_job_ms": batch_ms, "batch_backlog": 100_000,
-            "batch_pending_after": batch_left, "critical_jobs": lat.len(),
-            "p50_ms": percentile(&lat, 50.0), "p95_ms": percentile(&lat, 95.0),
-            "p99_ms": percentile(&lat, 99.0), "max_ms": lat.last().copied().unwrap_or(f64::NAN),
-        }))
+        Ok(())
     }
 
     /// Priority within one queue: 200 `high` jobs at 20 ms intervals into the batch queue
     /// while a 100,000-job backlog of `batch_ms` normal jobs drains from it at full
     /// concurrency. Without priorities each would wait for the whole backlog.
     pub(super) async fn priority(&self, batch_ms: u64) -> Result<Value> {
-        let bulk = if batch_ms <= 1 { BULK_1MS } else { BULK_50MS };
-        // Whatever an earlier scenario left in the queue would drain first otherwise.
-        self.purge(bulk).await?;
-        self.fill(100_000, || {
-            EnqueueRequest::raw("platform.sleep", json!({ "ms": batch_ms })).queue(bulk)
+        let bulk = self.backlog_of(batch_ms).await?;
+        let running = self.runtime().start(&[bulk.to_owned()])?;
+        self.probe(bulk, || {
+            EnqueueRequest::raw("bench.stamp", json!({ "sent_us": now_us() }))
+                .queue(bulk)
+                .priority(culm_core::Priority::High)
         })
         .await?;
-        let running = self.runtime().start(&[bulk.to_owned()])?;
-        while self.store.stats(bulk).await?.running == 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        self.stamps.take();
-        let mut tick = tokio::time::interval(Duration::from_millis(20));
-        for _ in 0..200 {
-            tick.tick().await;
-            self.store
-                .enqueue(vec![
-                    EnqueueRequest::raw("bench.stamp", json!({ "sent_us": now_us() }))
-                        .queue(bulk)
-                        .priority(culm_core::Priority::High),
-                ])
-                .await?;
-        }
         let deadline = Instant::now() + Duration::from_secs(60);
         while self.stamps.len() < 200 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -264,14 +261,13 @@ impl Bench {
         let batch_left = self.store.stats(bulk).await?.pending;
         running.shutdown().await;
         self.purge(bulk).await?;
-        let mut lat = self.stamps.take();
-        lat.sort_by(|a, b| a.total_cmp(b));
-        Ok(json!({
-            "scenario": "priority", "batch_job_ms": batch_ms, "batch_backlog": 100_000,
-            "batch_pending_after": batch_left, "high_jobs": lat.len(),
-            "p50_ms": percentile(&lat, 50.0), "p95_ms": percentile(&lat, 95.0),
-            "p99_ms": percentile(&lat, 99.0), "max_ms": lat.last().copied().unwrap_or(f64::NAN),
-        }))
+        Ok(probe_result(
+            "priority",
+            "high_jobs",
+            batch_ms,
+            batch_left,
+            self.stamps.take(),
+        ))
     }
 
     /// The admin API's enqueue: single-job requests/s from 64 concurrent clients, p99 at a
@@ -517,6 +513,17 @@ impl Bench {
             "pipelined_rpop_per_s": (n as f64 / pop_s).round(),
         }))
     }
+}
+
+/// The JSON line of a probe scenario: the probes' start latencies, ms.
+fn probe_result(scenario: &str, probes: &str, batch_ms: u64, batch_left: u64, mut lat: Vec<f64>) -> Value {
+    lat.sort_by(|a, b| a.total_cmp(b));
+    json!({
+        "scenario": scenario, "batch_job_ms": batch_ms, "batch_backlog": 100_000,
+        "batch_pending_after": batch_left, probes: lat.len(),
+        "p50_ms": percentile(&lat, 50.0), "p95_ms": percentile(&lat, 95.0),
+        "p99_ms": percentile(&lat, 99.0), "max_ms": lat.last().copied().unwrap_or(f64::NAN),
+    })
 }
 
 async fn used_memory(store: &Store) -> Result<u64> {
