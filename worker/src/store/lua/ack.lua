@@ -25,6 +25,8 @@
 -- Done and dead runs are published on the queue's `settled` channel, once per batch.
 -- Returns one character per run: '1' applied, '0' fenced off.
 local now = redis_now()
+-- Formatted once: a number passed to redis.call is formatted per argument ('%.17g').
+local now_s = string.format('%d', now)
 local keep = tonumber(ARGV[1])
 local K_ACKER = KEYS[QUEUE_KEYS + 1]
 local K_HISTORY = KEYS[QUEUE_KEYS + 2]
@@ -62,7 +64,6 @@ local processed, failed = 0, 0
 for i = FIRST_RUN, #ARGV, STRIDE do
   n = n + 1
   local id, token, kind, err = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 4]
-  local at = now + tonumber(ARGV[i + 3])
   local expired_only = string.sub(kind, 1, 1) == 'x'
   if expired_only then kind = string.sub(kind, 2) end
   local cur = current[n]
@@ -83,7 +84,7 @@ for i = FIRST_RUN, #ARGV, STRIDE do
       dropped[#dropped + 1] = id .. ':o'
       dropped[#dropped + 1] = id .. ':p'
       done[#done + 1] = id
-      done_scores[#done_scores + 1] = now
+      done_scores[#done_scores + 1] = now_s
       done_scores[#done_scores + 1] = id
       if ARGV[i + 5] ~= '' then
         finished_fields[#finished_fields + 1] = id
@@ -108,6 +109,7 @@ for i = FIRST_RUN, #ARGV, STRIDE do
           redis.call('HINCRBY', K_ATTEMPTS, id .. ':o', 1)
         end
       end
+      local at = now + tonumber(ARGV[i + 3])
       if at <= now then
         -- A reaped job has waited a whole lease already: it goes to the front.
         if expired_only then

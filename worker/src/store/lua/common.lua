@@ -11,6 +11,11 @@ local K_READY, K_SCHEDULED, K_LEASES, K_JOBS, K_ATTEMPTS, K_SEQ
 local K_ERRORS, K_DEAD, K_DONE, K_PAUSED, K_REAPER, K_FINISHED, K_WAKE, K_SETTLED
 local K_READY_HIGH, K_READY_LOW
 
+-- A field that keeps `attempts` in Redis's hashtable encoding (fetch.lua sets it): the
+-- value is longer than any sensible hash-max-listpack-value. Nothing reads it.
+local ATTEMPTS_PIN = '~encoding'
+local ATTEMPTS_PIN_VALUE = string.rep('-', 256)
+
 -- Names the keys of the queue whose fixed keys start at KEYS[o + 1]. Every script names
 -- the first queue (o = 0, below); push.lua, which stores into several queues in one call
 -- on standalone, names each in turn.
