@@ -201,7 +201,19 @@ impl Rig {
     }
 
     async fn leased(&self) -> u64 {
-        self.count("ZCARD", &self.keys.leases()).await.unwrap_or(0)
+        self.leased_now().await.unwrap_or(0)
+    }
+
+    /// Leases held now. `leases` also holds a pin member scored +inf, which is no lease.
+    async fn leased_now(&self) -> Option<u64> {
+        let mut c = self.store.connection();
+        redis::cmd("ZCOUNT")
+            .arg(self.keys.leases())
+            .arg("-inf")
+            .arg("(+inf")
+            .query_async(&mut c)
+            .await
+            .ok()
     }
 
     /// Waits until at least `min_recorded` jobs finished and handlers are running, and
@@ -209,7 +221,7 @@ impl Rig {
     async fn wait_mid_run(&self, min_recorded: u64) {
         eventually(WAIT, "jobs finishing and others in flight", || async {
             let recorded = self.count("SCARD", &self.set).await?;
-            let leased = self.count("ZCARD", &self.keys.leases()).await?;
+            let leased = self.leased_now().await?;
             (recorded >= min_recorded && leased > 0).then_some(())
         })
         .await;

@@ -580,10 +580,12 @@ async fn drop_replies(world: &World, n: usize) -> Vec<String> {
 
 async fn leases(conn: &ConnectionManager, keys: &QueueKeys) -> Result<Vec<String>> {
     let mut c = conn.clone();
+    // By score, below +inf: `leases` also holds a pin member scored +inf, which is no lease.
     Ok(redis::cmd("ZRANGE")
         .arg(keys.leases())
-        .arg(0)
-        .arg(-1)
+        .arg("-inf")
+        .arg("(+inf")
+        .arg("BYSCORE")
         .query_async(&mut c)
         .await?)
 }
@@ -670,7 +672,7 @@ async fn verdict(world: &World, conn: &ConnectionManager) -> Result<Verdict> {
         .zcard(k.dead())
         .llen(k.ready())
         .zcard(k.scheduled())
-        .zcard(k.leases())
+        .zcount(k.leases(), "-inf", "(+inf")
         .query_async(&mut c)
         .await?;
     // A dead job keeps its body: read its tag and look it up in the record set.

@@ -247,7 +247,9 @@ impl Store {
         if newest_first {
             cmd.arg(bound.map_or("+inf".to_owned(), |s| s.to_string())).arg("-inf");
         } else {
-            cmd.arg(bound.map_or("-inf".to_owned(), |s| s.to_string())).arg("+inf");
+            // Exclusive: `leases` holds a pin member scored +inf (store/lua/common.lua)
+            // that is not a lease.
+            cmd.arg(bound.map_or("-inf".to_owned(), |s| s.to_string())).arg("(+inf");
         }
         cmd.arg("BYSCORE");
         if newest_first {

@@ -15,6 +15,11 @@ local K_READY_HIGH, K_READY_LOW
 -- value is longer than any sensible hash-max-listpack-value. Nothing reads it.
 local ATTEMPTS_PIN = '~encoding'
 local ATTEMPTS_PIN_VALUE = string.rep('-', 256)
+-- The same for `leases` (a zset converts past zset-max-listpack-value): a member scored
+-- +inf, which no lease deadline reaches, so the reaper never sees it and lease counts
+-- leave it out (`leased_count`). It holds one entry per leased job, so it would otherwise
+-- stay a listpack, scanned by every ZADD and ZREM.
+local LEASES_PIN = '~encoding' .. string.rep('-', 256)
 
 -- Names the keys of the queue whose fixed keys start at KEYS[o + 1]. Every script names
 -- the first queue (o = 0, below); push.lua, which stores into several queues in one call
@@ -98,6 +103,11 @@ end
 -- so retries, deferrals, hand-backs and re-drives keep it.
 local function ready_of(id)
   return ready_for(redis.call('HGET', K_ATTEMPTS, id .. ':p'))
+end
+
+-- Jobs leased now (the pin member is not a lease).
+local function leased_count()
+  return redis.call('ZCOUNT', K_LEASES, '-inf', '(+inf')
 end
 
 -- Jobs due now at every priority.

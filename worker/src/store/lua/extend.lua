@@ -3,7 +3,8 @@
 -- attempt counts. Returns two lists: the ids whose lease was lost (taken over, settled
 -- or purged), and the ids still held that an operator asked to cancel (`<id>:c`, set by
 -- cancel.lua): their holder raises the handler's cancellation signal.
-local deadline = redis_now() + tonumber(ARGV[1])
+-- Formatted once: redis.call formats a number argument per call ('%.17g').
+local deadline = string.format('%d', redis_now() + tonumber(ARGV[1]))
 local lost = {}
 local cancel = {}
 for i = 2, #ARGV, 2 do

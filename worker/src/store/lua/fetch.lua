@@ -37,7 +37,7 @@ local next_due = ''
 if nxt then next_due = tostring(nxt) end
 if redis.call('EXISTS', K_PAUSED) == 1 then return { 'paused', next_due } end
 if cap > 0 and count > 0 then
-  local room = cap - redis.call('ZCARD', K_LEASES)
+  local room = cap - leased_count()
   if room <= 0 then return { 'full', next_due } end
   if room < count then count = room end
 end
@@ -69,8 +69,8 @@ for from = 1, #ids, 1000 do
   -- hash-max-listpack-value converts it, and a hash never converts back while the
   -- field keeps it from emptying). It holds a few fields per leased job, so it would
   -- otherwise stay a listpack of up to 512 entries, scanned on every field read and
-  -- write: a third of Redis's CPU in a drain.
-  local fields, leases = { ATTEMPTS_PIN, ATTEMPTS_PIN_VALUE }, {}
+  -- write: a third of Redis's CPU in a drain. `leases` is pinned likewise.
+  local fields, leases = { ATTEMPTS_PIN, ATTEMPTS_PIN_VALUE }, { '+inf', LEASES_PIN }
   for i, id in ipairs(chunk) do
     local env = envs[i]
     if env then
@@ -89,7 +89,7 @@ for from = 1, #ids, 1000 do
       out[#out + 1] = env
     end
   end
-  if #leases > 0 then
+  if #leases > 2 then
     redis.call('HSET', K_ATTEMPTS, unpack(fields))
     redis.call('ZADD', K_LEASES, unpack(leases))
   end

@@ -4,7 +4,7 @@
 local out = {
   ready_len(),
   redis.call('ZCARD', K_SCHEDULED),
-  redis.call('ZCARD', K_LEASES),
+  leased_count(),
   redis.call('ZCARD', K_DEAD),
   redis.call('EXISTS', K_PAUSED),
 }
