@@ -108,6 +108,9 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Bench {
     config: Config,
     store: Store,
+    /// A caller's own connection, as a service enqueueing from another process has:
+    /// probes sent on the worker's connection would queue behind its fetches and acks.
+    caller: Store,
     prefix: String,
     stamps: Stamps,
 }
@@ -149,12 +152,15 @@ impl Bench {
         // The bench adds its probe job type to the shipped catalog.
         let mut with_stamp = culm_jobs::registry()?;
         with_stamp.register::<Stamp>()?;
-        let store = Store::connect(&config, Arc::new(with_stamp)).await?;
+        let registry = Arc::new(with_stamp);
+        let store = Store::connect(&config, registry.clone()).await?;
+        let caller = Store::connect(&config, registry).await?;
         // As `culm run` does: handlers on their own connection.
         store.open_handler_connection(&config).await?;
         Ok(Bench {
             config,
             store,
+            caller,
             prefix,
             stamps: Stamps::default(),
         })

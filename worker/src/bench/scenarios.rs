@@ -237,7 +237,7 @@ impl Bench {
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         for _ in 0..200 {
             tick.tick().await;
-            self.store.enqueue(vec![probe()]).await?;
+            self.caller.enqueue(vec![probe()]).await?;
         }
         Ok(())
     }
