@@ -1,6 +1,10 @@
 //! The scenarios: each measures one thing and returns one JSON line (BENCHMARKS.md holds
 //! the results and the exact command).
-use super::{BULK_1MS, BULK_50MS, Bench, CRIT, QUEUE, now_us, percentile};
+use super::{
+    BULK_1MS, BULK_50MS, Bench, CRIT, QUEUE, Via,
+    client::{ClientReport, TOKEN_ENV},
+    now_us, pacing, percentile,
+};
 use crate::store::{AckKind, Store};
 use anyhow::{Context, Result};
 use culm_core::EnqueueRequest;
@@ -65,36 +69,67 @@ impl Bench {
             b?;
         }
         let enqueue_s = start.elapsed().as_secs_f64();
-        let cpu_before = (process_cpu_s(), self.redis_cpu().await?);
-        let mut conn = self.store.connection();
-        redis::cmd("CONFIG").arg("RESETSTAT").exec_async(&mut conn).await?;
+        let cpu = self.cpu_mark(Worker::ThisProcess).await?;
         let start = Instant::now();
         let mut rt = self.runtime();
         if let Some(l) = ledger {
             rt = rt.with_ledger(l);
         }
         let running = rt.start(&[QUEUE.to_owned()])?;
-        loop {
-            let s = self.store.stats(QUEUE).await?;
-            if s.pending + s.scheduled + s.running == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        self.drained(QUEUE).await?;
         let drain_s = start.elapsed().as_secs_f64();
-        let per_job_us = |s: f64| (s * 1e6 / jobs as f64 * 100.0).round() / 100.0;
-        let worker_cpu = process_cpu_s() - cpu_before.0;
-        let redis_cpu = self.redis_cpu().await? - cpu_before.1;
-        let scripts = self.script_stats().await?;
+        let cpu = self.cpu_per_job(cpu, jobs, "drain").await?;
         running.shutdown().await;
-        Ok(json!({
-            "scenario": "throughput", "ledger": with_ledger, "jobs": jobs,
-            "enqueue_jobs_per_s": (jobs as f64 / enqueue_s).round(),
-            "drain_jobs_per_s": (jobs as f64 / drain_s).round(),
-            "worker_cpu_us_per_job": per_job_us(worker_cpu),
-            "redis_cpu_us_per_job": per_job_us(redis_cpu),
-            "redis_scripts": scripts,
-        }))
+        Ok(with_fields(
+            json!({
+                "scenario": "throughput", "ledger": with_ledger, "jobs": jobs,
+                "enqueue_jobs_per_s": (jobs as f64 / enqueue_s).round(),
+                "drain_jobs_per_s": (jobs as f64 / drain_s).round(),
+            }),
+            cpu,
+        ))
+    }
+
+    /// Starts measuring CPU: reads the worker's and Redis's CPU clocks and Redis's
+    /// script counters. [`Bench::cpu_per_job`] reports what was spent since.
+    async fn cpu_mark(&self, worker: Worker) -> Result<CpuMark> {
+        Ok(CpuMark {
+            scripts: self.script_counters().await?,
+            redis_s: self.redis_cpu().await?,
+            worker_s: worker.cpu_s()?,
+            worker,
+        })
+    }
+
+    /// The CPU spent since `mark`, per job of `jobs`: `worker_cpu_us_per_job` (the
+    /// worker process: user + system), `redis_cpu_us_per_job` (the whole Redis server),
+    /// `redis_scripts` (calls and µs per call of each script command) and `cpu_window`,
+    /// which names what the stretch covered (`drain`, or `create_and_drain` where the
+    /// jobs are stored while they drain).
+    async fn cpu_per_job(&self, mark: CpuMark, jobs: usize, window: &str) -> Result<serde_json::Map<String, Value>> {
+        let worker_s = mark.worker.cpu_s()? - mark.worker_s;
+        let redis_s = self.redis_cpu().await? - mark.redis_s;
+        let scripts = self.script_counters().await?;
+        let per_job_us = |s: f64| (s * 1e6 / jobs.max(1) as f64 * 100.0).round() / 100.0;
+        let mut by_command = serde_json::Map::new();
+        for (name, (calls, usec)) in scripts {
+            let (calls_before, usec_before) = mark.scripts.get(&name).copied().unwrap_or_default();
+            let calls = calls.saturating_sub(calls_before);
+            if calls == 0 {
+                continue;
+            }
+            let usec = usec.saturating_sub(usec_before);
+            by_command.insert(
+                name,
+                json!({"calls": calls, "usec_per_call": (usec as f64 / calls as f64 * 100.0).round() / 100.0}),
+            );
+        }
+        let mut out = serde_json::Map::new();
+        out.insert("worker_cpu_us_per_job".into(), json!(per_job_us(worker_s)));
+        out.insert("redis_cpu_us_per_job".into(), json!(per_job_us(redis_s)));
+        out.insert("redis_scripts".into(), Value::Object(by_command));
+        out.insert("cpu_window".into(), json!(window));
+        Ok(out)
     }
 
     /// Redis's CPU seconds so far (user + system), from `INFO cpu`.
@@ -111,12 +146,14 @@ impl Bench {
             .sum())
     }
 
-    /// Calls and µs per call of each script command since the last `CONFIG RESETSTAT`,
-    /// from `INFO commandstats` (`evalsha` covers every culm script).
-    async fn script_stats(&self) -> Result<Value> {
+    /// Calls and total µs so far of each script command (`evalsha` covers every culm
+    /// script), from `INFO commandstats`. Read before and after rather than reset with
+    /// `CONFIG RESETSTAT`: the Redis server may be shared, and its statistics are not
+    /// the bench's to clear.
+    async fn script_counters(&self) -> Result<HashMap<String, (u64, u64)>> {
         let mut conn = self.store.connection();
         let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await?;
-        let mut out = serde_json::Map::new();
+        let mut out = HashMap::new();
         for line in info.lines() {
             let Some((name, stats)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
                 continue;
@@ -128,25 +165,32 @@ impl Bench {
                 stats
                     .split(',')
                     .find_map(|kv| kv.strip_prefix(k).and_then(|v| v.strip_prefix('=')))
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .unwrap_or(0.0)
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
             };
-            out.insert(
-                name.to_owned(),
-                json!({"calls": field("calls"), "usec_per_call": field("usec_per_call")}),
-            );
+            out.insert(name.to_owned(), (field("calls"), field("usec")));
         }
-        Ok(Value::Object(out))
+        Ok(out)
     }
 
-    pub(super) async fn latency(&self, rate: u64, seconds: u64) -> Result<Value> {
+    /// Latency of jobs enqueued `via` the store or the admin API.
+    pub(super) async fn latency(&self, via: Via, rate: u64, seconds: u64) -> Result<Value> {
+        match via {
+            Via::Store => self.latency_store(rate, seconds).await,
+            Via::Http => self.latency_http(rate, seconds).await,
+        }
+    }
+
+    /// Enqueue→start latency of no-op jobs enqueued through the store in this process at
+    /// `rate` jobs/s (one enqueue call per tick), from just before the enqueue call to
+    /// the runtime's start of each job (its `JobEvent`).
+    async fn latency_store(&self, rate: u64, seconds: u64) -> Result<Value> {
         let rt = self.runtime();
         let mut events = rt.events();
         let running = rt.start(&[QUEUE.to_owned()])?;
         // Let the idle worker settle into waiting before the first job.
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let tick = Duration::from_millis((1000 / rate).max(1));
-        let per_tick = ((rate as f64) * tick.as_secs_f64()).round().max(1.0) as usize;
+        let (tick, per_tick) = pacing(rate);
         let total = (rate * seconds) as usize;
         let collector = tokio::spawn(async move {
             let mut started: HashMap<String, i64> = HashMap::with_capacity(total);
@@ -188,10 +232,82 @@ impl Bench {
             .collect();
         lat.sort_by(|a, b| a.total_cmp(b));
         Ok(json!({
-            "scenario": "latency", "rate_per_s": rate, "jobs": total, "observed": lat.len(),
+            "scenario": "latency", "via": "store", "rate_per_s": rate, "jobs": total, "observed": lat.len(),
             "p50_ms": percentile(&lat, 50.0), "p95_ms": percentile(&lat, 95.0),
             "p99_ms": percentile(&lat, 99.0), "max_ms": lat.last().copied().unwrap_or(f64::NAN),
         }))
+    }
+
+    /// Enqueue→start latency of `bench.stamp` jobs posted to `POST /v1/jobs` by a child
+    /// process (`culm bench-client`) at `rate` requests/s, one job each, while this
+    /// process serves the admin API and runs the worker: from just before the client
+    /// sends a request (`sent_us`, in the payload) to the start of the job's handler (it
+    /// records into `stamps`). Both clocks are this machine's wall clock.
+    async fn latency_http(&self, rate: u64, seconds: u64) -> Result<Value> {
+        let api = self.admin_api().await?;
+        let running = self.runtime().start(&[QUEUE.to_owned()])?;
+        // Let the idle worker settle into waiting before the first job.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.stamps.take();
+        let total = (rate * seconds) as usize;
+        let out = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["bench-client", "--url", &api.jobs_url])
+            .args(["--rate", &rate.to_string(), "--seconds", &seconds.to_string()])
+            .env(TOKEN_ENV, &api.secret)
+            .env("CULM_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .output()
+            .await
+            .context("running culm bench-client")?;
+        anyhow::ensure!(out.status.success(), "culm bench-client failed ({})", out.status);
+        let report: ClientReport = serde_json::from_slice(&out.stdout).context("reading culm bench-client's report")?;
+        // Every accepted job records its start; wait for the last, within the same bound
+        // as the store variant's collector.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (self.stamps.len() as u64) < report.sent && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        running.shutdown().await;
+        api.stop().await;
+        let mut lat = self.stamps.take();
+        lat.sort_by(|a, b| a.total_cmp(b));
+        let mut line = json!({
+            "scenario": "latency", "via": "http", "rate_per_s": rate, "jobs": total, "observed": lat.len(),
+            "p50_ms": percentile(&lat, 50.0), "p95_ms": percentile(&lat, 95.0),
+            "p99_ms": percentile(&lat, 99.0), "max_ms": lat.last().copied().unwrap_or(f64::NAN),
+        });
+        // Only a failed request adds fields: normally the line has the store variant's.
+        if report.failed > 0
+            && let Some(o) = line.as_object_mut()
+        {
+            o.insert("requests_failed".into(), json!(report.failed));
+            o.insert("first_error".into(), json!(report.first_error));
+        }
+        Ok(line)
+    }
+
+    /// The admin API on a loopback port for this bench's store, with one enqueue token
+    /// whose secret is made up for the run.
+    async fn admin_api(&self) -> Result<AdminApi> {
+        let secret = ulid::Ulid::new().to_string();
+        let token = crate::admin::Token::new("bench", &secret, vec![crate::config::Scope::Enqueue]);
+        let (router, _) = crate::admin::router(crate::admin::AdminState::new(
+            &self.config,
+            self.store.clone(),
+            vec![token],
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let jobs_url = format!("http://{}/v1/jobs", listener.local_addr()?);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(crate::admin::serve(listener, router, stop_rx));
+        Ok(AdminApi {
+            jobs_url,
+            secret,
+            stop,
+            server,
+        })
     }
 
     /// 200 critical jobs at 20 ms intervals while a 100,000-job batch backlog of
@@ -273,17 +389,8 @@ impl Bench {
     /// The admin API's enqueue: single-job requests/s from 64 concurrent clients, p99 at a
     /// paced 1,000 rps, and jobs/s through the batch endpoint (1,000 jobs per request).
     pub(super) async fn http(&self, seconds: u64) -> Result<Value> {
-        let secret = ulid::Ulid::new().to_string();
-        let token = crate::admin::Token::new("bench", &secret, vec![crate::config::Scope::Enqueue]);
-        let (router, _) = crate::admin::router(crate::admin::AdminState::new(
-            &self.config,
-            self.store.clone(),
-            vec![token],
-        ));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}/v1/jobs", listener.local_addr()?);
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(crate::admin::serve(listener, router, stop_rx));
+        let api = self.admin_api().await?;
+        let (url, secret) = (api.jobs_url.clone(), api.secret.clone());
         let client = reqwest::Client::builder().pool_max_idle_per_host(256).build()?;
         let body = json!({ "job": "platform.noop", "queue": QUEUE }).to_string();
         let post = |url: String, body: String| {
@@ -353,8 +460,7 @@ impl Bench {
             .await;
         let batch_secs = start.elapsed().as_secs_f64();
         let batch_ok = batches.iter().filter(|b| b.0).count();
-        let _ = stop.send(true);
-        let _ = server.await;
+        api.stop().await;
         self.purge(QUEUE).await?;
         Ok(json!({
             "scenario": "http", "clients": 64,
@@ -374,22 +480,29 @@ impl Bench {
             .await?;
         let after = used_memory(&self.store).await?;
         let pending = self.store.stats(QUEUE).await?.pending;
+        let cpu = self.cpu_mark(Worker::ThisProcess).await?;
         let start = Instant::now();
         let running = self.runtime().start(&[QUEUE.to_owned()])?;
         self.drained(QUEUE).await?;
         let drain_s = start.elapsed().as_secs_f64();
+        let cpu = self.cpu_per_job(cpu, n, "drain").await?;
         running.shutdown().await;
         let dead = self.store.stats(QUEUE).await?.dead;
-        Ok(json!({
-            "scenario": "backlog", "jobs": n, "pending_before_drain": pending, "dead_after": dead,
-            "enqueue_jobs_per_s": (n as f64 / enqueue_s).round(),
-            "drain_jobs_per_s": (n as f64 / drain_s).round(),
-            "redis_bytes_per_pending_job": ((after.saturating_sub(before)) as f64 / n as f64).round(),
-        }))
+        Ok(with_fields(
+            json!({
+                "scenario": "backlog", "jobs": n, "pending_before_drain": pending, "dead_after": dead,
+                "enqueue_jobs_per_s": (n as f64 / enqueue_s).round(),
+                "drain_jobs_per_s": (n as f64 / drain_s).round(),
+                "redis_bytes_per_pending_job": ((after.saturating_sub(before)) as f64 / n as f64).round(),
+            }),
+            cpu,
+        ))
     }
 
     /// RSS of a child `culm run` (every shipped queue, no admin API, no scheduler) idle,
-    /// and its peak while it drains `jobs` no-op jobs from the `platform` queue.
+    /// and its peak while it drains `jobs` no-op jobs from the `platform` queue. The queue
+    /// is paused while it fills, so the drain, and the child's and Redis's CPU, are
+    /// measured without the enqueue, as in the throughput scenario.
     pub(super) async fn memory(&self, jobs: usize) -> Result<Value> {
         let exe = std::env::current_exe()?;
         let mut child = tokio::process::Command::new(exe)
@@ -405,22 +518,29 @@ impl Bench {
         // Idle means: started and settled; there is no readiness signal without the API.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let idle = proc_status_kb(pid, "VmRSS:")?;
+        self.store.pause("platform").await?;
         self.fill(jobs, || {
             EnqueueRequest::raw("platform.noop", json!({})).queue("platform")
         })
         .await?;
+        let cpu = self.cpu_mark(Worker::Child(pid)).await?;
         let start = Instant::now();
+        self.store.resume("platform").await?;
         self.drained("platform").await?;
         let drain_s = start.elapsed().as_secs_f64();
+        let cpu = self.cpu_per_job(cpu, jobs, "drain").await?;
         let peak = proc_status_kb(pid, "VmHWM:")?;
         let _ = child.start_kill();
         let _ = child.wait().await;
-        Ok(json!({
-            "scenario": "memory", "queues": "all shipped", "jobs": jobs,
-            "idle_rss_mb": (idle as f64 / 1024.0 * 10.0).round() / 10.0,
-            "peak_rss_mb": (peak as f64 / 1024.0 * 10.0).round() / 10.0,
-            "drain_jobs_per_s": (jobs as f64 / drain_s).round(),
-        }))
+        Ok(with_fields(
+            json!({
+                "scenario": "memory", "queues": "all shipped", "jobs": jobs,
+                "idle_rss_mb": (idle as f64 / 1024.0 * 10.0).round() / 10.0,
+                "peak_rss_mb": (peak as f64 / 1024.0 * 10.0).round() / 10.0,
+                "drain_jobs_per_s": (jobs as f64 / drain_s).round(),
+            }),
+            cpu,
+        ))
     }
 
     /// Redis memory of `jobs` statement-like payloads (~16 KB of JSON each: a month of
@@ -545,24 +665,79 @@ fn proc_status_kb(pid: u32, field: &str) -> Result<u64> {
         .with_context(|| format!("/proc/{pid}/status has no {field}"))
 }
 
-/// This process's CPU seconds so far (user + system), from `/proc/self/stat`; 0 where
-/// that file does not exist.
-fn process_cpu_s() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // Fields after the command name (which may contain spaces) start after ") ".
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
-        .sum();
-    // Linux reports these in USER_HZ, which is 100 on every platform culm runs on.
-    ticks / 100.0
+/// The process whose CPU time counts as the worker's in a scenario's figures.
+#[derive(Debug, Clone, Copy)]
+enum Worker {
+    /// This process: the runtime runs in the bench.
+    ThisProcess,
+    /// A child process, by pid (the memory scenario's `culm run`).
+    Child(u32),
+}
+
+impl Worker {
+    /// The process's CPU seconds so far (user + system, every thread), from
+    /// `/proc/<pid>/stat`. This process counts 0 where that file does not exist (no
+    /// procfs); a child whose file is gone has exited, which is an error.
+    fn cpu_s(self) -> Result<f64> {
+        let path = match self {
+            Worker::ThisProcess => "/proc/self/stat".to_owned(),
+            Worker::Child(pid) => format!("/proc/{pid}/stat"),
+        };
+        let stat = match (std::fs::read_to_string(&path), self) {
+            (Ok(stat), _) => stat,
+            (Err(_), Worker::ThisProcess) => return Ok(0.0),
+            (Err(e), Worker::Child(pid)) => {
+                return Err(e).with_context(|| format!("reading the CPU time of pid {pid}"));
+            }
+        };
+        // Fields after the command name (which may contain spaces) start after ") ".
+        let fields: Vec<&str> = stat
+            .rsplit_once(") ")
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+            .sum();
+        // Linux reports these in USER_HZ, which is 100 on every platform culm runs on.
+        Ok(ticks / 100.0)
+    }
+}
+
+/// Where a measured stretch started: see [`Bench::cpu_mark`].
+struct CpuMark {
+    worker: Worker,
+    worker_s: f64,
+    redis_s: f64,
+    /// Calls and total µs of each script command.
+    scripts: HashMap<String, (u64, u64)>,
+}
+
+/// `line` (a JSON object) with `fields` added.
+fn with_fields(mut line: Value, fields: serde_json::Map<String, Value>) -> Value {
+    if let Some(o) = line.as_object_mut() {
+        o.extend(fields);
+    }
+    line
+}
+
+/// The admin API a scenario serves: see [`Bench::admin_api`].
+struct AdminApi {
+    /// `http://127.0.0.1:<port>/v1/jobs`.
+    jobs_url: String,
+    /// The bearer token's secret.
+    secret: String,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl AdminApi {
+    /// Stops serving, once the open requests are answered.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.server.await;
+    }
 }
 
 impl Bench {
@@ -570,13 +745,15 @@ impl Bench {
     /// `on_complete` callback: how long the batch took, and the callback latency (from the
     /// settlement of the last member, the batch's `completed_at` on Redis's clock, to the
     /// callback's start). Every settle updates the batch's counters in the same script
-    /// call; nothing per batch is read whole.
+    /// call; nothing per batch is read whole. The CPU figures cover the creation too:
+    /// the jobs drain while the batch is created, in this same process.
     pub(super) async fn batch(&self, jobs: usize) -> Result<Value> {
         let noop = || EnqueueRequest::raw("platform.noop", json!({})).queue(QUEUE);
         // The callback records its start time (ms since the epoch: `sent_us` 0).
         let callback = EnqueueRequest::raw("bench.stamp", json!({ "sent_us": 0 })).queue(QUEUE);
         self.stamps.take();
         let running = self.runtime().start(&[QUEUE.to_owned()])?;
+        let cpu = self.cpu_mark(Worker::ThisProcess).await?;
         let start = Instant::now();
         let created = self
             .store
@@ -600,16 +777,20 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(1)).await;
         };
         let total_s = start.elapsed().as_secs_f64();
+        let cpu = self.cpu_per_job(cpu, jobs, "create_and_drain").await?;
         let status = self.store.batch(&created.id).await?.context("the batch is gone")?;
         running.shutdown().await;
         let completed_at = status.completed_at.context("the batch did not complete")?;
-        Ok(json!({
-            "scenario": "batch", "jobs": jobs,
-            "create_s": (create_s * 100.0).round() / 100.0,
-            "batch_s": (total_s * 100.0).round() / 100.0,
-            "jobs_per_s": (jobs as f64 / total_s).round(),
-            "succeeded": status.succeeded,
-            "callback_latency_ms": ((started_ms - completed_at as f64) * 100.0).round() / 100.0,
-        }))
+        Ok(with_fields(
+            json!({
+                "scenario": "batch", "jobs": jobs,
+                "create_s": (create_s * 100.0).round() / 100.0,
+                "batch_s": (total_s * 100.0).round() / 100.0,
+                "jobs_per_s": (jobs as f64 / total_s).round(),
+                "succeeded": status.succeeded,
+                "callback_latency_ms": ((started_ms - completed_at as f64) * 100.0).round() / 100.0,
+            }),
+            cpu,
+        ))
     }
 }

@@ -93,7 +93,18 @@ pub enum Command {
         command: DeadCommand,
     },
     /// Measure the hot path (own key namespace; run on a release build).
+    ///
+    /// Prints one line per scenario run (one JSON object per line with --json). The
+    /// latency scenario runs at 500 and 5,000 jobs/s, enqueued through the store in this
+    /// process ("via": "store") and by `POST /v1/jobs` from a child process
+    /// ("via": "http"). throughput, backlog, memory and batch report the worker's and
+    /// Redis's CPU per job and Redis's script calls ("cpu_window" says what was
+    /// measured). Results and the exact command: BENCHMARKS.md.
     Bench(crate::bench::BenchArgs),
+    /// The HTTP client that `culm bench` runs as a child process (its token comes from
+    /// the environment); not for direct use.
+    #[command(hide = true)]
+    BenchClient(crate::bench::BenchClientArgs),
     /// Pause a queue on every replica: it keeps accepting jobs, workers fetch nothing.
     Pause {
         /// A queue declared under [queues].
@@ -215,6 +226,11 @@ where
 
 /// Parses the command line's configuration, sets up logging and runs the command.
 pub async fn start(cli: Cli) -> Result<ExitCode> {
+    // The bench's client only posts to the URL it is given: it needs no configuration,
+    // so a parent started with `--config-dir` does not have to pass it on.
+    if let Command::BenchClient(args) = cli.command {
+        return crate::bench::client(args).await.map(|_| ExitCode::SUCCESS);
+    }
     let config = Loader::new(cli.config_dir.clone(), cli.env.clone()).load()?;
     let export = init_logging(cli.log_format, &config.telemetry)?;
     let result = main(cli, config).await;
@@ -233,6 +249,7 @@ pub async fn main(cli: Cli, config: crate::config::Config) -> Result<ExitCode> {
         Command::Bench(args) => crate::bench::run(config, registry, args)
             .await
             .map(|_| ExitCode::SUCCESS),
+        Command::BenchClient(args) => crate::bench::client(args).await.map(|_| ExitCode::SUCCESS),
         Command::Run(args) => {
             listen_for_shutdown();
             run::run(config, registry, args).await
