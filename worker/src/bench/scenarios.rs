@@ -213,7 +213,7 @@ impl Bench {
             let n = per_tick.min(total - sent.len());
             let at = now_us();
             let out = self
-                .store
+                .caller
                 .enqueue(
                     (0..n)
                         .map(|_| EnqueueRequest::raw("platform.noop", json!({})).queue(QUEUE))

@@ -10,7 +10,6 @@ use crate::{
     config::QueueSettings,
     otel,
     store::{AckKind, Delivery},
-    telemetry,
 };
 use apalis_core::task::Task;
 use culm_core::{Deps, Enqueuer, JobContext, Registry, RunResult, now_ms};
@@ -185,7 +184,7 @@ impl Dispatcher {
             tracing::Span::current().record("wait_ms", wait_ms);
         }
         c.wait_ms = u64::try_from(wait_ms).ok();
-        telemetry::started(&s.name, s.tier.as_str(), spec.name, wait_ms as f64 / 1000.0);
+        self.pool.recorder.metrics.started(spec.name, wait_ms as f64 / 1000.0);
         let cancel = self.pool.cancellation(d.token);
         let ctx = JobContext::new(
             d.id.clone(),

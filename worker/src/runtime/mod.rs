@@ -108,6 +108,9 @@ impl Runtime {
         if queues.is_empty() {
             return Err(RuntimeError::NothingSelected);
         }
+        // Runs are counted wherever they happen (the pools keep their metric handles,
+        // which stay inert if taken before a recorder is installed).
+        crate::telemetry::install();
         let all = self.config.queue_settings(self.store.registry());
         let (stop, stop_rx) = watch::channel(false);
         let (finish, finish_rx) = watch::channel(false);

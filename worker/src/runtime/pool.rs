@@ -67,6 +67,7 @@ impl PoolShared {
                 events,
                 ledger,
                 worker_id,
+                metrics: telemetry::RunMetrics::new(&settings.name, settings.tier.as_str()),
             },
             settings,
         });

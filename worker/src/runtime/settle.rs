@@ -83,6 +83,7 @@ pub(super) struct Recorder {
     pub(super) events: crate::events::Events<JobEvent>,
     pub(super) ledger: Option<crate::db::ledger::Ledger>,
     pub(super) worker_id: Arc<str>,
+    pub(super) metrics: telemetry::RunMetrics,
 }
 
 /// What a done run leaves in the queue's `finished` hash, as JSON.
@@ -359,7 +360,9 @@ pub(super) fn record(shared: &Recorder, batch: &mut [Settlement], applied: &[boo
         if let Some(ended) = p.ended {
             // The run is over either way (busy gauge, duration); its outcome counts only
             // if it applied, so a superseded run is never counted as dead-lettered.
-            telemetry::finished(queue, &p.job, applied.then_some(ended), p.duration.as_secs_f64());
+            shared
+                .metrics
+                .finished(&p.job, applied.then_some(ended), p.duration.as_secs_f64());
         }
         if applied {
             match (p.source, &p.ack.kind) {
