@@ -121,7 +121,8 @@ async fn key_report(store: &Store) -> String {
     })
 }
 
-/// Waits until the queue has nothing ready, scheduled or leased.
+/// Waits until the queue has nothing ready, scheduled or leased (`leases` also holds a
+/// pin member scored +inf, which is no lease).
 async fn settled(store: &Store) {
     let base = store.base_key(Q);
     eventually(WAIT, "the round settled", || async {
@@ -131,8 +132,10 @@ async fn settled(store: &Store) {
             .arg(format!("{base}:ready"))
             .cmd("ZCARD")
             .arg(format!("{base}:scheduled"))
-            .cmd("ZCARD")
+            .cmd("ZCOUNT")
             .arg(format!("{base}:leases"))
+            .arg("-inf")
+            .arg("(+inf")
             .query_async(&mut c)
             .await
             .expect("counts");
