@@ -127,11 +127,9 @@ impl Runtime {
             crate::telemetry::capacity(name, settings.tier.as_str(), settings.concurrency);
             let wake = Arc::new(Notify::new());
             wakes.insert(self.store.wake_channel(name), wake.clone());
-            // Critical pools on their own connection (`Store::for_tier`).
-            let store = self.store.for_tier(settings.tier);
             let (shared, ack_rx) = PoolShared::new(
                 settings.clone(),
-                store.clone(),
+                self.store.clone(),
                 self.config.worker.clone(),
                 wake,
                 self.events.clone(),
@@ -146,7 +144,7 @@ impl Runtime {
             let dispatcher = dispatch::Dispatcher {
                 registry: self.store.registry().clone(),
                 settings: settings.clone(),
-                enqueuer: Arc::new(store) as Arc<dyn Enqueuer>,
+                enqueuer: Arc::new(self.store.clone()) as Arc<dyn Enqueuer>,
                 deps: self.deps.clone(),
                 pool: shared.clone(),
                 groups: Arc::default(),

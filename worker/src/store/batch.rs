@@ -291,7 +291,7 @@ impl Store {
             })
         };
         let keys = self.keys(&home);
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let _: String = keys
             .invoke(&BATCH)
             .key(keys.batch(&id))
@@ -406,7 +406,7 @@ impl Store {
 
     async fn close_in(&self, queue: &str, id: &str) -> Result<(), BatchError> {
         let keys = self.keys(queue);
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let answer: String = keys
             .invoke(&BATCH)
             .key(keys.batch(id))
@@ -437,7 +437,7 @@ impl Store {
             return Ok(None);
         }
         let lookups = self.inner.routing.queues.keys().map(|q| {
-            let mut conn = self.conn();
+            let mut conn = self.inner.conn.clone();
             let key = self.keys(q).batch(id);
             async move {
                 let h: HashMap<String, String> = redis::cmd("HGETALL").arg(key).query_async(&mut conn).await?;
@@ -455,7 +455,7 @@ impl Store {
     pub async fn list_batches(&self, limit: usize) -> Result<Vec<BatchStatus>, StoreError> {
         let limit = limit.clamp(1, 100);
         let lookups = self.inner.routing.queues.keys().map(|q| {
-            let mut conn = self.conn();
+            let mut conn = self.inner.conn.clone();
             let key = self.keys(q).batches();
             async move {
                 let ids: Vec<(String, f64)> = redis::cmd("ZRANGE")
@@ -473,7 +473,7 @@ impl Store {
         all.sort_by(|a, b| b.0.total_cmp(&a.0));
         all.truncate(limit);
         let reads = all.into_iter().map(|(_, id, q)| {
-            let mut conn = self.conn();
+            let mut conn = self.inner.conn.clone();
             let key = self.keys(&q).batch(&id);
             async move {
                 let h: HashMap<String, String> = redis::cmd("HGETALL").arg(key).query_async(&mut conn).await?;
@@ -493,7 +493,7 @@ impl Store {
         };
         let limit = limit.clamp(1, MEMBER_PAGE_MAX);
         let keys = self.keys(&status.queue);
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let start = isize::try_from(cursor).unwrap_or(isize::MAX);
         let ids: Vec<String> = redis::cmd("LRANGE")
             .arg(keys.batch_jobs(id))
@@ -502,7 +502,7 @@ impl Store {
             .query_async(&mut conn)
             .await?;
         let reads = ids.iter().map(|job| {
-            let mut conn = self.conn();
+            let mut conn = self.inner.conn.clone();
             let keys = keys.clone();
             async move {
                 let v: Vec<Value> = keys.invoke(&STATUS).arg(job).invoke_async(&mut conn).await?;
@@ -519,7 +519,7 @@ impl Store {
     /// times, from any replica. Returns the callback job ids.
     pub async fn fire_batch(&self, queue: &str, id: &str) -> Result<Vec<String>, StoreError> {
         let keys = self.keys(queue);
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let f: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(keys.batch(id))
             .arg(
@@ -618,7 +618,7 @@ impl Store {
     /// still in `firing` (their completing acker died before firing them; upkeep passes
     /// [`REFIRE_AFTER_MS`]). Returns how many were fired.
     pub async fn refire_batches(&self, queue: &str, older_than_ms: i64) -> Result<usize, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let ids: Vec<String> = redis::cmd("ZRANGE")
             .arg(self.keys(queue).batches_firing())
             .arg("-inf")
@@ -650,7 +650,7 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let envs: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.keys(queue).jobs())
             .arg(ids)

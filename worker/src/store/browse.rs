@@ -88,7 +88,7 @@ impl Store {
     pub async fn job_body(&self, queue: &str, id: &str) -> Result<JobBody, StoreError> {
         self.settings(queue)?;
         let keys = self.keys(queue);
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let (body, token): (Option<String>, Option<String>) = redis::pipe()
             .hget(keys.jobs(), id)
             .hget(keys.attempts(), format!("{id}:t"))
@@ -120,7 +120,7 @@ impl Store {
                 }
             }
         }
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let ids: Vec<Option<String>> = pipe.query_async(&mut conn).await?;
         Ok(ids
             .chunks(queues.len().max(1))
@@ -195,7 +195,7 @@ impl Store {
         n: usize,
     ) -> Result<(Vec<(String, i64)>, Option<Cursor>), StoreError> {
         let keys = self.keys(queue);
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         if state == JobState::Pending {
             let from = match cursor {
                 Some(Cursor::At(p)) => p,
@@ -278,7 +278,7 @@ impl Store {
         }
         let keys = self.keys(queue);
         let ids: Vec<&str> = entries.iter().map(|(id, _)| id.as_str()).collect();
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let finished = matches!(state, JobState::Done | JobState::Cancelled);
         let body_key = if finished { keys.finished() } else { keys.jobs() };
         let (bodies, attempts, errors): (Fields, Vec<Option<u32>>, Fields) = redis::pipe()

@@ -75,7 +75,7 @@ impl Store {
                 pipe.hgetall(keys.history(h));
             }
         }
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let replies: Vec<HashMap<String, u64>> = pipe.query_async(&mut conn).await?;
         let per_queue = hours.count();
         Ok(replies

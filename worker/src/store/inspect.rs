@@ -16,7 +16,7 @@ impl Store {
     /// Counts for one queue.
     pub async fn stats(&self, queue: &str) -> Result<QueueStats, StoreError> {
         let s = self.settings(queue)?;
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let v: Vec<Value> = self.keys(queue).invoke(&STATS).invoke_async(&mut conn).await?;
         let n = |i: usize| v.get(i).map(text).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
         // The oldest job waiting at any priority: each list's head is its oldest.
@@ -53,7 +53,7 @@ impl Store {
     /// Pauses a queue: it keeps accepting jobs, but no worker on any replica fetches.
     pub async fn pause(&self, queue: &str) -> Result<(), StoreError> {
         self.settings(queue)?;
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         redis::cmd("SET")
             .arg(self.keys(queue).paused())
             .arg(now_ms())
@@ -65,7 +65,7 @@ impl Store {
     /// Resumes a paused queue and wakes its workers.
     pub async fn resume(&self, queue: &str) -> Result<(), StoreError> {
         self.settings(queue)?;
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let keys = self.keys(queue);
         redis::pipe()
             .del(keys.paused())
@@ -97,7 +97,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let keys = self.keys(queue);
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let max = window.before.map_or("+inf".to_owned(), |t| format!("({t}"));
         let min = window.after.map_or("-inf".to_owned(), |t| t.to_string());
         let entries: Vec<(String, f64)> = redis::cmd("ZREVRANGEBYSCORE")
@@ -177,7 +177,7 @@ impl Store {
         for id in ids {
             inv.arg(id);
         }
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         Ok(inv.invoke_async(&mut conn).await?)
     }
 
@@ -194,7 +194,7 @@ impl Store {
     /// Finds the queue whose dead-letter set holds `id`.
     pub async fn dead_queue_of(&self, id: &str) -> Result<Option<String>, StoreError> {
         for q in self.inner.routing.queues.keys() {
-            let mut conn = self.conn();
+            let mut conn = self.inner.conn.clone();
             let score: Option<f64> = redis::cmd("ZSCORE")
                 .arg(self.keys(q).dead())
                 .arg(id)
@@ -210,7 +210,7 @@ impl Store {
     /// A job's state, searching every declared queue (all lookups pipelined).
     pub async fn status(&self, id: &str) -> Result<Option<JobStatus>, StoreError> {
         let lookups = self.inner.routing.queues.keys().map(|q| {
-            let mut conn = self.conn();
+            let mut conn = self.inner.conn.clone();
             let keys = self.keys(q);
             async move {
                 let v: Vec<Value> = keys.invoke(&STATUS).arg(id).invoke_async(&mut conn).await?;
@@ -325,7 +325,7 @@ impl Store {
     /// refused with its state.
     pub async fn cancel(&self, id: &str) -> Result<Cancelled, StoreError> {
         let calls = self.inner.routing.queues.keys().map(|q| {
-            let mut conn = self.conn();
+            let mut conn = self.inner.conn.clone();
             let keys = self.keys(q);
             async move {
                 // A member of a tracked batch: the script counts its cancellation there,

@@ -84,7 +84,7 @@ fn per_text(d: std::time::Duration) -> String {
 impl Store {
     /// The state of every integration in `settings`, in name order.
     pub async fn integrations(&self, settings: &[IntegrationSettings]) -> Result<Vec<IntegrationStatus>, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let (secs, micros): (i64, i64) = redis::cmd("TIME").query_async(&mut conn).await?;
         // Redis's clock for the adaptive rate (written on it); the statistics' minutes
         // are the writers' clocks, which this reads with the same rule.

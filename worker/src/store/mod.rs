@@ -288,11 +288,6 @@ struct Inner {
     /// `open_handler_connection` ran: a slow or failed handler command then never delays
     /// or breaks a fetch or an acknowledgement on the store's connection.
     handler_conn: std::sync::OnceLock<RedisConn>,
-    /// The critical tier's own connection for its pools' fetches and acknowledgements,
-    /// once `open_handler_connection` ran. On the shared connection a critical fetch
-    /// queues behind every batch fetch and ack already sent (a multiplexed connection
-    /// answers in order), each a script of up to a few hundred microseconds.
-    critical_conn: std::sync::OnceLock<RedisConn>,
     pubsub: PubSubSource,
     prefix: String,
     routing: Routing,
@@ -306,13 +301,10 @@ struct Inner {
     batch_retention: std::time::Duration,
 }
 
-/// Handle to culm's Redis store. Cheap to clone; one multiplexed connection underneath
-/// (or the critical tier's own, for a handle from [`Store::for_tier`]).
+/// Handle to culm's Redis store. Cheap to clone; one multiplexed connection underneath.
 #[derive(Clone)]
 pub struct Store {
     inner: Arc<Inner>,
-    /// The connection this handle's commands go on, when not the shared one.
-    lane: Option<RedisConn>,
 }
 
 impl std::fmt::Debug for Store {
@@ -375,11 +367,9 @@ impl Store {
             .await
             .map_err(|e| unreachable(e.to_string()))?;
         Ok(Store {
-            lane: None,
             inner: Arc::new(Inner {
                 conn,
                 handler_conn: std::sync::OnceLock::new(),
-                critical_conn: std::sync::OnceLock::new(),
                 pubsub,
                 prefix: config.redis.key_prefix.clone(),
                 routing: Routing::from_config(config, &registry),
@@ -401,43 +391,23 @@ impl Store {
 
     /// A clone of the multiplexed connection.
     pub fn connection(&self) -> RedisConn {
-        self.conn()
+        self.inner.conn.clone()
     }
 
-    /// The connection this handle's commands go on.
-    fn conn(&self) -> RedisConn {
-        self.lane.as_ref().unwrap_or(&self.inner.conn).clone()
-    }
-
-    /// Opens the connections a process that runs jobs needs besides the store's: the one
-    /// handlers use (see `handler_connection`) and the critical tier's (see `for_tier`).
-    /// Called once before building the handlers' dependencies and starting pools.
+    /// Opens the connection handlers use (see `handler_connection`). Processes that run
+    /// jobs call this once before building their handlers' dependencies.
     pub async fn open_handler_connection(&self, config: &Config) -> Result<(), StoreError> {
-        for slot in [&self.inner.handler_conn, &self.inner.critical_conn] {
-            if slot.get().is_some() {
-                continue;
-            }
-            let (conn, _) = conn::connect(&config.redis)
-                .await
-                .map_err(|e| StoreError::Unreachable {
-                    url: redact_url(&config.redis.url),
-                    cause: e.to_string(),
-                })?;
-            let _ = slot.set(conn);
+        if self.inner.handler_conn.get().is_some() {
+            return Ok(());
         }
+        let (conn, _) = conn::connect(&config.redis)
+            .await
+            .map_err(|e| StoreError::Unreachable {
+                url: redact_url(&config.redis.url),
+                cause: e.to_string(),
+            })?;
+        let _ = self.inner.handler_conn.set(conn);
         Ok(())
-    }
-
-    /// The handle a pool of `tier` uses: critical pools fetch and acknowledge on their
-    /// own connection (once opened), so batch traffic never queues ahead of them.
-    pub fn for_tier(&self, tier: culm_core::Tier) -> Store {
-        match (tier, self.inner.critical_conn.get()) {
-            (culm_core::Tier::Critical, Some(c)) => Store {
-                inner: self.inner.clone(),
-                lane: Some(c.clone()),
-            },
-            _ => self.clone(),
-        }
     }
 
     /// The connection handlers use: their own once `open_handler_connection` ran, else

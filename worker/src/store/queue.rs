@@ -468,7 +468,7 @@ impl Store {
         }
         let now = now_ms();
         // Each call: the (queue, jobs) groups it stores.
-        let one_slot_per_call = matches!(self.conn(), super::RedisConn::Cluster(_));
+        let one_slot_per_call = matches!(self.inner.conn, super::RedisConn::Cluster(_));
         let calls: Vec<Vec<(&str, &[usize])>> = if !one_slot_per_call && reqs.len() <= PUSH_CHUNK {
             vec![groups.iter().map(|(q, idx)| (*q, idx.as_slice())).collect()]
         } else {
@@ -527,7 +527,7 @@ impl Store {
                 let keys = self.keys(queue);
                 inv.key(keys.batch(bid)).key(keys.batch_jobs(bid));
             }
-            let mut conn = self.conn();
+            let mut conn = self.inner.conn.clone();
             pending.push(async move {
                 let v: Vec<Value> = inv.invoke_async(&mut conn).await?;
                 Ok::<_, redis::RedisError>((call, v))
@@ -571,7 +571,7 @@ impl Store {
     /// Promotes due scheduled jobs and leases up to `count` ready ones for `lease_ttl`.
     pub async fn fetch(&self, queue: &Arc<str>, count: usize, lease_ttl: Duration) -> Result<Fetched, StoreError> {
         let now = now_ms();
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let v: Vec<Value> = self
             .keys(queue)
             .invoke(&FETCH)
@@ -725,7 +725,7 @@ impl Store {
                 None => inv.arg(""),
             };
         }
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let answer: String = inv.invoke_async(&mut conn).await?;
         let (applied, completed) = answer.split_once('|').unwrap_or((answer.as_str(), ""));
         if applied.len() != acks.len() {
@@ -769,7 +769,7 @@ impl Store {
         for (id, token) in held {
             inv.arg(id).arg(*token);
         }
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let (lost, cancel): (Vec<String>, Vec<String>) = inv.invoke_async(&mut conn).await?;
         Ok(Extended { lost, cancel })
     }
@@ -779,7 +779,7 @@ impl Store {
     /// deletes up to 1,000 dead jobs older than `worker.dead_retention`, and forgets up to
     /// 1,000 done jobs older than the queue's `result_ttl`.
     pub async fn reap(&self, queue: &str, outage: Duration, lease_ttl: Duration) -> Result<Reaped, StoreError> {
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let v: Vec<Value> = self
             .keys(queue)
             .invoke(&REAP)
@@ -829,7 +829,7 @@ impl Store {
         for (id, token) in held {
             inv.arg(id).arg(*token);
         }
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         Ok(inv.invoke_async(&mut conn).await?)
     }
 }

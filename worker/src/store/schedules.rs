@@ -109,7 +109,7 @@ impl Store {
             .arg(t.claim_ttl_s)
             .arg(t.id)
             .arg(t.envelope);
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let reply: Vec<String> = inv.invoke_async(&mut conn).await?;
         let detail = reply.get(1).cloned().unwrap_or_default();
         Ok(match reply.first().map(String::as_str) {
@@ -126,7 +126,7 @@ impl Store {
     /// state.
     pub async fn schedule_record(&self, r: &ScheduleRecord<'_>) -> Result<(), RedisError> {
         let keys = self.scheduler_keys();
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let _: i64 = RECORD
             .key(keys.state(r.schedule))
             .key(keys.names())
@@ -149,7 +149,7 @@ impl Store {
 
     /// `schedule`'s last ticks, newest first (at most [`TICK_HISTORY`]).
     pub async fn schedule_ticks(&self, schedule: &str) -> Result<Vec<TickRecord>, RedisError> {
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let raw: Vec<String> = redis::cmd("LRANGE")
             .arg(self.scheduler_keys().ticks(schedule))
             .arg(0)
@@ -161,7 +161,7 @@ impl Store {
 
     /// The latest tick any replica handled for `schedule`, ms.
     pub async fn schedule_handled_tick(&self, schedule: &str) -> Result<Option<i64>, RedisError> {
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         redis::cmd("HGET")
             .arg(self.scheduler_keys().state(schedule))
             .arg("tick")
@@ -179,7 +179,7 @@ impl Store {
         for name in schedules {
             pipe.hexists(keys.paused(), *name).hgetall(keys.state(name));
         }
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let replies: Vec<Value> = pipe.query_async(&mut conn).await?;
         Ok(replies
             .chunks(2)
@@ -196,7 +196,7 @@ impl Store {
     /// Sets or clears a schedule's pause flag (`at_ms`: when it was paused).
     pub async fn schedule_set_paused(&self, schedule: &str, at_ms: Option<i64>) -> Result<(), RedisError> {
         let key = self.scheduler_keys().paused();
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let cmd = match at_ms {
             Some(at) => redis::cmd("HSET").arg(key).arg(schedule).arg(at).clone(),
             None => redis::cmd("HDEL").arg(key).arg(schedule).clone(),
@@ -206,7 +206,7 @@ impl Store {
 
     /// Whether a schedule is paused.
     pub async fn schedule_paused(&self, schedule: &str) -> Result<bool, RedisError> {
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         redis::cmd("HEXISTS")
             .arg(self.scheduler_keys().paused())
             .arg(schedule)
@@ -220,7 +220,7 @@ impl Store {
     /// pause flags page by page; returns the names deleted.
     pub async fn schedule_forget(&self, keep: impl Fn(&str) -> bool) -> Result<Vec<String>, RedisError> {
         let keys = self.scheduler_keys();
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let mut gone: HashMap<String, String> = HashMap::new();
         for (hash, with_queue) in [(keys.names(), true), (keys.paused(), false)] {
             let mut cursor = 0u64;

@@ -71,7 +71,7 @@ impl Store {
             key: keys.worker(&info.id),
             message: e.to_string(),
         })?;
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         redis::pipe()
             .cmd("SET")
             .arg(keys.worker(&info.id))
@@ -89,7 +89,7 @@ impl Store {
     /// Removes a replica from the registry (on a clean shutdown).
     pub async fn deregister(&self, id: &str) -> Result<(), StoreError> {
         let keys = self.process_keys();
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         redis::pipe()
             .del(keys.worker(id))
             .ignore()
@@ -104,7 +104,7 @@ impl Store {
     /// are dropped from the registry on the way.
     pub async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
         let keys = self.process_keys();
-        let mut conn = self.conn();
+        let mut conn = self.inner.conn.clone();
         let ids: Vec<String> = redis::cmd("ZRANGE")
             .arg(keys.workers())
             .arg(0)
