@@ -196,8 +196,9 @@ pub fn enqueued(queue: &str, job: &str) {
 /// `finished` always showed.
 pub struct RunMetrics {
     queue: Arc<str>,
-    busy: Gauge,
-    wait: Histogram,
+    tier: &'static str,
+    /// Registered on the first run: an idle pool registers nothing, as before.
+    shared: OnceLock<(Gauge, Histogram)>,
     jobs: RwLock<HashMap<String, Arc<JobMetrics>>>,
 }
 
@@ -213,10 +214,20 @@ impl RunMetrics {
     pub fn new(queue: &str, tier: &'static str) -> Self {
         RunMetrics {
             queue: Arc::from(queue),
-            busy: gauge!(WORKERS_BUSY, "queue" => queue.to_owned()),
-            wait: histogram!(JOB_WAIT, "queue" => queue.to_owned(), "tier" => tier),
+            tier,
+            shared: OnceLock::new(),
             jobs: RwLock::default(),
         }
+    }
+
+    /// The queue's busy gauge and wait histogram.
+    fn shared(&self) -> &(Gauge, Histogram) {
+        self.shared.get_or_init(|| {
+            (
+                gauge!(WORKERS_BUSY, "queue" => self.queue.to_string()),
+                histogram!(JOB_WAIT, "queue" => self.queue.to_string(), "tier" => self.tier),
+            )
+        })
     }
 
     fn job(&self, job: &str) -> Arc<JobMetrics> {
@@ -247,15 +258,16 @@ impl RunMetrics {
     /// A run of `job` started after waiting `wait_s`.
     pub fn started(&self, job: &str, wait_s: f64) {
         self.job(job).started.increment(1);
-        self.wait.record(wait_s);
-        self.busy.increment(1.0);
+        let (busy, wait) = self.shared();
+        wait.record(wait_s);
+        busy.increment(1.0);
     }
 
     /// A run of `job` ended after `secs`; `ended` is how it counts, `None` when its
     /// outcome was not applied (its lease had been taken over).
     pub fn finished(&self, job: &str, ended: Option<Ended>, secs: f64) {
         let m = self.job(job);
-        self.busy.decrement(1.0);
+        self.shared().0.decrement(1.0);
         m.duration.record(secs);
         match ended {
             None => {}
