@@ -511,3 +511,88 @@ async fn a_unique_job_is_returned_while_live_and_its_key_frees_when_it_finishes(
     assert!(bad.to_string().contains("unique_key"), "{bad}");
     env.cleanup().await;
 }
+
+/// The two structures every run reads and writes field by field stay in Redis's hashed
+/// encodings (`attempts` a hashtable, `leases` a skiplist) however few jobs are running,
+/// and the pins that keep them so are invisible: not counted as running, not listed, not
+/// a job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_and_leases_keep_their_hashed_encodings_and_the_pins_stay_invisible() {
+    use culm_worker::store::{Ack, AckBatch, AckKind, JobState, ListJobs};
+    use std::{sync::Arc, time::Duration};
+    let env = TestEnv::new(|c| {
+        c.queues.insert("t_pin".into(), queue("batch", 4, 5_000, 3));
+    })
+    .await;
+    let job = env
+        .store
+        .enqueue(vec![
+            culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({})).queue("t_pin"),
+        ])
+        .await
+        .expect("enqueue")
+        .remove(0);
+    let q: Arc<str> = Arc::from("t_pin");
+    let fetched = env.store.fetch(&q, 4, Duration::from_secs(60)).await.expect("fetch");
+    assert_eq!(fetched.jobs.len(), 1);
+    let keys = env.store.keys("t_pin");
+    let c = env.store.connection();
+    let encoding = |key: String| {
+        let mut c = c.clone();
+        async move {
+            let e: String = redis::cmd("OBJECT")
+                .arg("ENCODING")
+                .arg(&key)
+                .query_async(&mut c)
+                .await
+                .expect("OBJECT ENCODING");
+            e
+        }
+    };
+    assert_eq!(
+        encoding(keys.attempts()).await,
+        "hashtable",
+        "one running job, yet no listpack"
+    );
+    assert_eq!(encoding(keys.leases()).await, "skiplist");
+
+    let running = |cursor| ListJobs {
+        queue: "t_pin",
+        state: JobState::Running,
+        job: None,
+        limit: 10,
+        cursor,
+    };
+    let page = env.store.list_jobs(&running(None)).await.expect("list");
+    let listed: Vec<&str> = page.jobs.iter().map(|j| j.id.as_str()).collect();
+    assert_eq!(listed, [job.id.as_str()]);
+    assert!(page.next_cursor.is_none(), "nothing listed after the one running job");
+    assert_eq!(env.store.stats("t_pin").await.expect("stats").running, 1);
+
+    let d = &fetched.jobs[0];
+    let done = Ack {
+        id: d.id.clone(),
+        token: d.token,
+        kind: AckKind::Done,
+        error: String::new(),
+        expired_only: false,
+        finished: None,
+        batch: None,
+    };
+    assert_eq!(
+        env.store.ack("t_pin", &AckBatch::first(), &[done]).await.expect("ack"),
+        vec![true]
+    );
+    assert_eq!(env.store.stats("t_pin").await.expect("stats").running, 0);
+    assert!(env.store.list_jobs(&running(None)).await.expect("list").jobs.is_empty());
+    // With nothing running the pins keep the encodings for the next run.
+    assert_eq!(encoding(keys.attempts()).await, "hashtable");
+    assert_eq!(encoding(keys.leases()).await, "skiplist");
+    let reaped = env
+        .store
+        .reap("t_pin", Duration::from_secs(60), Duration::from_secs(30))
+        .await
+        .expect("reap");
+    assert!(reaped.expired.is_empty(), "the pin is no expired lease");
+    env.cleanup().await;
+}
