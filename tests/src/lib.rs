@@ -5,7 +5,7 @@ use culm_core::{EnqueueRequest, Enqueued, RetryPolicy};
 use culm_worker::{
     config::{Config, QueueConfig, RetryConfig},
     runtime::{JobEvent, Runtime},
-    store::{AckKind, Store},
+    store::{Ack, AckKind, Delivery, Store},
 };
 use std::{
     future::Future,
@@ -306,4 +306,18 @@ pub async fn serve_admin(state: culm_worker::admin::AdminState) -> (String, toki
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(culm_worker::admin::serve(listener, router, stop_rx));
     (base, stop)
+}
+
+/// The acknowledgement of `d`'s run as `kind` (with `error`), as a pool's acker sends it,
+/// without the `finished` entry or a tracked batch.
+pub fn ack(d: &Delivery, kind: AckKind, error: &str) -> Ack {
+    Ack {
+        id: d.id.clone(),
+        token: d.token,
+        kind,
+        error: error.to_owned(),
+        expired_only: false,
+        finished: None,
+        batch: None,
+    }
 }

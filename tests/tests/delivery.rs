@@ -3,8 +3,8 @@
 //! received it does not spend an attempt; a Redis outage longer than a lease does not
 //! make reapers take jobs from live workers.
 use culm_core::{EnqueueRequest, now_ms};
-use culm_tests::{TcpProxy, TestEnv, eventually, is, next_event, queue, redis_url};
-use culm_worker::store::{Ack, AckBatch, AckKind, Delivery};
+use culm_tests::{TcpProxy, TestEnv, ack, eventually, is, next_event, queue, redis_url};
+use culm_worker::store::{AckBatch, AckKind, Delivery};
 use serde_json::json;
 use std::{sync::Arc, time::Duration};
 
@@ -17,18 +17,6 @@ async fn lease_one(env: &TestEnv, queue: &str, ttl: Duration) -> Delivery {
     let f = env.store.fetch(&q, 1, ttl).await.expect("fetch");
     assert_eq!(f.jobs.len(), 1, "one job leased from {queue}");
     f.jobs.into_iter().next().expect("one job")
-}
-
-fn ack(d: &Delivery, kind: AckKind, error: &str) -> Ack {
-    Ack {
-        id: d.id.clone(),
-        token: d.token,
-        kind,
-        error: error.to_owned(),
-        expired_only: false,
-        finished: None,
-        batch: None,
-    }
 }
 
 /// Waits until the job is in `state` (as `culm jobs get` reports it).

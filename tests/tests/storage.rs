@@ -362,7 +362,7 @@ async fn a_resent_tick_decision_reports_the_tick_it_fired() {
 /// wake-up, so processes the cap held back fetch again without polling.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_in_flight_caps_leases_across_fetchers_and_a_freed_permit_wakes_them() {
-    use culm_worker::store::{Ack, AckBatch, AckKind};
+    use culm_worker::store::{AckBatch, AckKind};
     use futures::StreamExt;
     use std::{sync::Arc, time::Duration};
     let env = TestEnv::new(|c| {
@@ -391,16 +391,7 @@ async fn max_in_flight_caps_leases_across_fetchers_and_a_freed_permit_wakes_them
         .subscribe(env.store.wake_channel("t_cap"))
         .await
         .expect("subscribe");
-    let d = &first.jobs[0];
-    let done = Ack {
-        id: d.id.clone(),
-        token: d.token,
-        kind: AckKind::Done,
-        error: String::new(),
-        expired_only: false,
-        finished: None,
-        batch: None,
-    };
+    let done = culm_tests::ack(&first.jobs[0], AckKind::Done, "");
     let applied = env.store.ack("t_cap", &AckBatch::first(), &[done]).await.expect("ack");
     assert_eq!(applied, vec![true]);
     let mut messages = pubsub.on_message();
@@ -473,15 +464,7 @@ async fn a_unique_job_is_returned_while_live_and_its_key_frees_when_it_finishes(
 
     // Dead: free as well.
     let d = f.jobs.iter().find(|d| d.id == other_key.id).expect("other is running");
-    let dead = Ack {
-        id: d.id.clone(),
-        token: d.token,
-        kind: AckKind::Dead,
-        error: "gave up".into(),
-        expired_only: false,
-        finished: None,
-        batch: None,
-    };
+    let dead = culm_tests::ack(d, AckKind::Dead, "gave up");
     assert_eq!(
         env.store
             .ack("t_unique", &AckBatch::first(), &[dead])
@@ -518,7 +501,7 @@ async fn a_unique_job_is_returned_while_live_and_its_key_frees_when_it_finishes(
 /// a job.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attempts_and_leases_keep_their_hashed_encodings_and_the_pins_stay_invisible() {
-    use culm_worker::store::{Ack, AckBatch, AckKind, JobState, ListJobs};
+    use culm_worker::store::{AckBatch, AckKind, JobState, ListJobs};
     use std::{sync::Arc, time::Duration};
     let env = TestEnv::new(|c| {
         c.queues.insert("t_pin".into(), queue("batch", 4, 5_000, 3));
@@ -569,16 +552,7 @@ async fn attempts_and_leases_keep_their_hashed_encodings_and_the_pins_stay_invis
     assert!(page.next_cursor.is_none(), "nothing listed after the one running job");
     assert_eq!(env.store.stats("t_pin").await.expect("stats").running, 1);
 
-    let d = &fetched.jobs[0];
-    let done = Ack {
-        id: d.id.clone(),
-        token: d.token,
-        kind: AckKind::Done,
-        error: String::new(),
-        expired_only: false,
-        finished: None,
-        batch: None,
-    };
+    let done = culm_tests::ack(&fetched.jobs[0], AckKind::Done, "");
     assert_eq!(
         env.store.ack("t_pin", &AckBatch::first(), &[done]).await.expect("ack"),
         vec![true]
