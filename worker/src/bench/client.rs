@@ -4,7 +4,7 @@
 //! request is sent, and prints one JSON line ([`ClientReport`]) once every answer is in.
 //! A separate process, so the client's work does not run on the server's runtime and the
 //! request crosses a real socket between processes, as a caller's does.
-use super::{QUEUE, now_us, pacing};
+use super::{QUEUE, now_us, pacing, post_json};
 use anyhow::{Context, Result};
 use serde_json::json;
 use std::time::Duration;
@@ -62,14 +62,7 @@ pub async fn client(args: BenchClientArgs) -> Result<()> {
                     "job": "bench.stamp", "queue": QUEUE, "payload": { "sent_us": now_us() },
                 })
                 .to_string();
-                let answer = client
-                    .post(url)
-                    .header("authorization", auth)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                match answer {
+                match post_json(client, url, auth, body).await {
                     Ok(r) if r.status().is_success() => Ok(()),
                     Ok(r) => Err(format!("HTTP {}", r.status())),
                     Err(e) => Err(e.to_string()),

@@ -115,6 +115,22 @@ const CRIT: &str = "bench_critical";
 const BULK_1MS: &str = "bench_batch_1ms";
 const BULK_50MS: &str = "bench_batch_50ms";
 
+/// `POST`s the JSON `body` to the admin API at `url` with the bearer header `auth`.
+async fn post_json(
+    client: reqwest::Client,
+    url: String,
+    auth: String,
+    body: String,
+) -> reqwest::Result<reqwest::Response> {
+    client
+        .post(url)
+        .header("authorization", auth)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+}
+
 fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }

@@ -3,7 +3,7 @@
 use super::{
     BULK_1MS, BULK_50MS, Bench, CRIT, QUEUE, Via,
     client::{ClientReport, TOKEN_ENV},
-    now_us, pacing, percentile,
+    now_us, pacing, percentile, post_json,
 };
 use crate::store::{AckKind, Store};
 use anyhow::{Context, Result};
@@ -398,13 +398,7 @@ impl Bench {
             let auth = format!("Bearer {secret}");
             async move {
                 let t = Instant::now();
-                let r = c
-                    .post(url)
-                    .header("authorization", auth)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
+                let r = post_json(c, url, auth, body).await;
                 let ok = matches!(&r, Ok(r) if r.status().is_success());
                 (ok, t.elapsed().as_secs_f64() * 1000.0)
             }
