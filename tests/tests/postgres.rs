@@ -353,6 +353,40 @@ async fn the_ledger_survives_postgres_being_unavailable_and_catches_up_without_l
 }
 
 #[tokio::test]
+async fn a_batch_holding_a_row_already_written_is_written_without_it_and_nothing_is_spilled() {
+    let tdb = TestDb::new();
+    let env = env(&tdb.url).await;
+    let (db, ledger, writer) = ledger_for(&env).await;
+    let counters = ledger.counters().clone();
+    let job_id = ulid::Ulid::new().to_string();
+    let t0 = (culm_core::now_ms() - 60_000) * 1000;
+    let first = ledger_row(&job_id, 1, RunOutcome::FailedWillRetry, t0);
+    let rows_of_job = format!("SELECT count(*) FROM culm_job_runs WHERE job_id = '{job_id}'");
+    ledger.record(first.clone());
+    eventually(WAIT, "the first row written", || async {
+        (count(&db, &rows_of_job).await == 1).then_some(())
+    })
+    .await;
+    // The same row again, as the writer resends a batch whose first write it could not
+    // confirm, together with a new row.
+    ledger.record(first.clone());
+    ledger.record(ledger_row(&job_id, 2, RunOutcome::Succeeded, t0 + 1_000));
+    writer.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(
+        count(&db, &rows_of_job).await,
+        2,
+        "the new row written, the old one once"
+    );
+    let same_run = format!("SELECT count(*) FROM culm_job_runs WHERE run_id = '{}'", first.run_id);
+    assert_eq!(count(&db, &same_run).await, 1);
+    assert_eq!(counters.spilled.load(Ordering::Relaxed), 0, "written, not spilled");
+    assert_eq!(counters.dropped.load(Ordering::Relaxed), 0, "no row dropped");
+    assert_eq!(counters.written.load(Ordering::Relaxed), 3);
+    env.cleanup().await;
+    db.pool().close().await;
+}
+
+#[tokio::test]
 async fn outbox_rows_are_enqueued_only_when_committed_and_exactly_once_with_two_relays() {
     let tdb = TestDb::new();
     let mut env = env(&tdb.url).await;

@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "cancelled runs",
         include_str!("../../../migrations/0005_cancelled_runs.sql"),
     ),
+    (
+        6,
+        "ledger indexes for writes",
+        include_str!("../../../migrations/0006_ledger_indexes_for_writes.sql"),
+    ),
 ];
 
 /// The embedded migrations as an sqlx migrator.

@@ -8,8 +8,11 @@
 //!
 //! When PostgreSQL fails or is slow, the batch is spilled (policy `redis`) to the stream
 //! `{<prefix>}:ledger:spill`, shared by all replicas, and replayed by whichever replica
-//! next reaches PostgreSQL. Rows carry a ULID `run_id` and inserts are
-//! `ON CONFLICT DO NOTHING`, so a replay after a partial failure never duplicates a row.
+//! next reaches PostgreSQL. Rows carry a ULID `run_id` (with `job_id`, the primary key),
+//! and replays are inserted `ON CONFLICT DO NOTHING`, so a replay after a partial failure
+//! never duplicates a row. Fresh rows are inserted plainly, which costs PostgreSQL less
+//! per row; a fresh batch that meets a row already written (resent after a lost reply)
+//! is written again the replay's way.
 //! A row is dropped only when it fits nowhere (the channel is full, or PostgreSQL and the
 //! spill both fail and `buffer_size` rows are already held) or falls off the spill's bound
 //! (`spill_max_rows`: the stream and its `:unreadable` sibling keep their newest entries);

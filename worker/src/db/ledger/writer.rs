@@ -180,7 +180,7 @@ impl Writer {
         // While spilled rows wait, new rows go behind them so the archive's error history
         // (read from earlier ledger rows) is complete when a dead row lands.
         if !self.spill_pending && self.pg_available() {
-            match self.insert(&buf[..n]).await {
+            match self.insert(&buf[..n], Origin::Fresh).await {
                 Ok(()) => {
                     self.pg_ok();
                     buf.drain(..n);
@@ -212,11 +212,21 @@ impl Writer {
         }
     }
 
-    async fn insert(&self, rows: &[LedgerRow]) -> Result<(), sqlx::Error> {
+    async fn insert(&self, rows: &[LedgerRow], origin: Origin) -> Result<(), sqlx::Error> {
         let start = Instant::now();
         // A slow PostgreSQL must not stall the writer for the whole statement timeout.
         let limit = self.config.flush_interval.max(Duration::from_secs(2));
-        tokio::time::timeout(limit, insert_rows(&self.db, rows))
+        let write = async {
+            match insert_rows(&self.db, rows, origin).await {
+                // A batch kept in memory after a write whose reply was lost may have been
+                // committed after all: write it again, skipping what is there.
+                Err(e) if origin == Origin::Fresh && already_written(&e) => {
+                    insert_rows(&self.db, rows, Origin::MaybeWritten).await
+                }
+                r => r,
+            }
+        };
+        tokio::time::timeout(limit, write)
             .await
             .map_err(|_| sqlx::Error::PoolTimedOut)??;
         self.counters.written.fetch_add(rows.len() as u64, Ordering::Relaxed);
@@ -332,7 +342,7 @@ impl Writer {
             }
             if !rows.is_empty() {
                 for chunk in rows.chunks(self.config.flush_batch) {
-                    if let Err(e) = self.insert(chunk).await {
+                    if let Err(e) = self.insert(chunk, Origin::MaybeWritten).await {
                         self.pg_failed("replaying spilled ledger rows", &e);
                         return;
                     }
@@ -361,50 +371,74 @@ fn ts_ms(ms: i64) -> Option<DateTime<Utc>> {
     DateTime::from_timestamp_millis(ms)
 }
 
+/// Where a batch of rows comes from, which decides how it is inserted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// Rows handed over by workers and not yet sent to PostgreSQL: a plain `INSERT`.
+    Fresh,
+    /// Rows that may already be in the table (replayed from the spill, or resent after a
+    /// write whose outcome was unknown): `ON CONFLICT (job_id, run_id) DO NOTHING`. Not the
+    /// default because PostgreSQL then checks the primary key before every row and
+    /// writes an extra WAL record for it (a speculative insert), about a quarter more
+    /// work per row.
+    MaybeWritten,
+}
+
+/// The ledger's insert; `ON CONFLICT` is appended for [`Origin::MaybeWritten`].
+const INSERT_RUNS: &str = "INSERT INTO culm_job_runs (run_id, job_id, job, queue, tier, attempt, outcome, error, \
+     enqueued_at, started_at, finished_at, duration_ms, next_run_at, worker_id, summary) \
+     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], \
+     $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::float8[], $13::timestamptz[], \
+     $14::text[], $15::text[])";
+const SKIP_WRITTEN: &str = " ON CONFLICT (job_id, run_id) DO NOTHING";
+
+/// A row of the batch is already in the table (the `(job_id, run_id)` primary key).
+fn already_written(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation() && d.constraint() == Some("culm_job_runs_pkey"))
+}
+
 /// One transaction: the ledger rows, then the archive rows of dead runs.
-async fn insert_rows(db: &Db, rows: &[LedgerRow]) -> Result<(), sqlx::Error> {
+async fn insert_rows(db: &Db, rows: &[LedgerRow], origin: Origin) -> Result<(), sqlx::Error> {
     let mut tx = db.pool().begin().await?;
-    sqlx::query(
-        "INSERT INTO culm_job_runs (run_id, job_id, job, queue, tier, attempt, outcome, error, enqueued_at, \
-         started_at, finished_at, duration_ms, next_run_at, worker_id, summary) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], \
-         $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::float8[], $13::timestamptz[], \
-         $14::text[], $15::text[]) \
-         ON CONFLICT (run_id) DO NOTHING",
-    )
-    .bind(rows.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.job.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.tier.as_str()).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.enqueued_at_ms.and_then(ts_ms))
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.started_at_us.and_then(ts_us)).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| ts_us(r.finished_at_us).unwrap_or_else(Utc::now))
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
-    .bind(
-        rows.iter()
-            .map(|r| r.next_run_at_ms.and_then(ts_ms))
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| r.worker_id.as_str()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| r.summary.clone()).collect::<Vec<_>>())
-    .execute(&mut *tx)
-    .await?;
+    let sql = match origin {
+        Origin::Fresh => std::borrow::Cow::Borrowed(INSERT_RUNS),
+        Origin::MaybeWritten => std::borrow::Cow::Owned(format!("{INSERT_RUNS}{SKIP_WRITTEN}")),
+    };
+    sqlx::query(&sql)
+        .bind(rows.iter().map(|r| r.run_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.job_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.job.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.tier.as_str()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| i32::try_from(r.attempt).unwrap_or(i32::MAX))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.outcome.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.enqueued_at_ms.and_then(ts_ms))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.started_at_us.and_then(ts_us)).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| ts_us(r.finished_at_us).unwrap_or_else(Utc::now))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.duration_ms).collect::<Vec<_>>())
+        .bind(
+            rows.iter()
+                .map(|r| r.next_run_at_ms.and_then(ts_ms))
+                .collect::<Vec<_>>(),
+        )
+        .bind(rows.iter().map(|r| r.worker_id.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.summary.clone()).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
     // The latest death of each job in this batch (ON CONFLICT DO UPDATE may touch a row
     // once); a replayed batch may hold an older death after a newer one.
     let mut dead: Vec<DeadRun<'_>> = Vec::new();
