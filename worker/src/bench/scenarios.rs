@@ -27,10 +27,12 @@ impl Bench {
         let (ledger, writer) =
             crate::db::ledger::start(db.clone(), self.store.connection(), &self.prefix, d.ledger.clone());
         let counters = ledger.counters().clone();
+        let pg_before = postgres_cpu_s();
         let mut v = self.throughput_with(jobs, Some(ledger)).await?;
         let start = Instant::now();
         writer.shutdown(Duration::from_secs(60)).await;
         let flush_s = start.elapsed().as_secs_f64();
+        let pg_s = postgres_cpu_s() - pg_before;
         let deleted = sqlx::query("DELETE FROM culm_job_runs WHERE queue = $1 AND finished_at >= $2")
             .bind(QUEUE)
             .bind(since)
@@ -46,6 +48,13 @@ impl Bench {
                 "ledger_final_flush_s".into(),
                 json!((flush_s * 1000.0).round() / 1000.0),
             );
+            // Only where PostgreSQL runs on this machine (its processes are visible).
+            if pg_s > 0.0 {
+                o.insert(
+                    "postgres_cpu_us_per_job".into(),
+                    json!((pg_s * 1e6 / jobs.max(1) as f64 * 100.0).round() / 100.0),
+                );
+            }
         }
         Ok(v)
     }
@@ -677,26 +686,47 @@ impl Worker {
             Worker::ThisProcess => "/proc/self/stat".to_owned(),
             Worker::Child(pid) => format!("/proc/{pid}/stat"),
         };
-        let stat = match (std::fs::read_to_string(&path), self) {
-            (Ok(stat), _) => stat,
-            (Err(_), Worker::ThisProcess) => return Ok(0.0),
-            (Err(e), Worker::Child(pid)) => {
-                return Err(e).with_context(|| format!("reading the CPU time of pid {pid}"));
-            }
-        };
-        // Fields after the command name (which may contain spaces) start after ") ".
-        let fields: Vec<&str> = stat
-            .rsplit_once(") ")
-            .map(|(_, rest)| rest.split_whitespace().collect())
-            .unwrap_or_default();
-        // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
-        let ticks: f64 = [11, 12]
-            .iter()
-            .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
-            .sum();
-        // Linux reports these in USER_HZ, which is 100 on every platform culm runs on.
-        Ok(ticks / 100.0)
+        match (std::fs::read_to_string(&path), self) {
+            (Ok(stat), _) => Ok(stat_cpu_s(&stat)),
+            (Err(_), Worker::ThisProcess) => Ok(0.0),
+            (Err(e), Worker::Child(pid)) => Err(e).with_context(|| format!("reading the CPU time of pid {pid}")),
+        }
     }
+}
+
+/// User + system CPU seconds from a `/proc/<pid>/stat` line.
+fn stat_cpu_s(stat: &str) -> f64 {
+    // Fields after the command name (which may contain spaces) start after ") ".
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // Linux reports these in USER_HZ, which is 100 on every platform culm runs on.
+    ticks / 100.0
+}
+
+/// CPU seconds of every PostgreSQL server process visible in `/proc` (0 where there is
+/// none: PostgreSQL on another machine, or no procfs). Processes that exit between two
+/// readings take their CPU with them; the ledger's connections stay open for the run.
+fn postgres_cpu_s() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim_end() == "postgres"))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .map(|stat| stat_cpu_s(&stat))
+        .sum()
 }
 
 /// Where a measured stretch started: see [`Bench::cpu_mark`].
