@@ -379,8 +379,8 @@ enum Origin {
     /// Rows that may already be in the table (replayed from the spill, or resent after a
     /// write whose outcome was unknown): `ON CONFLICT (job_id, run_id) DO NOTHING`. Not the
     /// default because PostgreSQL then checks the primary key before every row and
-    /// writes an extra WAL record for it (a speculative insert), about a quarter more
-    /// work per row.
+    /// writes an extra WAL record for it (a speculative insert): about a third more work
+    /// per row, measured in BENCHMARKS.md.
     MaybeWritten,
 }
 
