@@ -1,10 +1,10 @@
 //! The job ledger: one `culm_job_runs` row per attempt, written off the hot path.
 //!
 //! Workers hand rows to [`Ledger::record`], which never waits: it puts the row on a bounded
-//! channel. One [`LedgerWriter`] task per process drains the channel and writes a batch
-//! with one multi-row `INSERT … SELECT FROM UNNEST(…)` when `flush_batch` rows are
-//! buffered or every `flush_interval`. Dead runs also upsert the dead-letter archive
-//! (`culm_dead_jobs`) in the same transaction.
+//! channel. One [`LedgerWriter`] task per process drains the channel every
+//! `flush_interval` and writes what it took in batches of up to `flush_batch` rows, each
+//! with one multi-row `INSERT … SELECT FROM UNNEST(…)`. Dead runs also upsert the
+//! dead-letter archive (`culm_dead_jobs`) in the same transaction.
 //!
 //! When PostgreSQL fails or is slow, the batch is spilled (policy `redis`) to the stream
 //! `{<prefix>}:ledger:spill`, shared by all replicas, and replayed by whichever replica

@@ -89,10 +89,18 @@ impl Writer {
         // Set when the last flush could neither write nor spill: wait for the next tick
         // instead of retrying at once, and keep taking rows up to `buffer_size`.
         let mut stalled = false;
+        // Rows are taken from the channel on the tick, not as they arrive: waking for
+        // every acknowledged batch slowed the workers (the drain with the ledger on was
+        // 2-7 % slower; BENCHMARKS.md). Each tick writes everything the channel holds,
+        // `flush_batch` rows per transaction; the channel (`buffer_size`) holds one
+        // interval's rows.
         loop {
             let limit = if stalled { self.config.buffer_size } else { batch };
-            let room = limit.saturating_sub(buf.len());
-            if room > 0 || stalled {
+            if !take_ready(&mut rx, &mut buf, limit) {
+                self.flush_all(&mut buf).await;
+                return;
+            }
+            if stalled || buf.len() < batch {
                 tokio::select! {
                     biased;
                     _ = stop.changed() => {
@@ -104,18 +112,14 @@ impl Writer {
                         self.flush_all(&mut buf).await;
                         return;
                     }
-                    n = rx.recv_many(&mut buf, room.max(1)), if room > 0 => {
-                        if n == 0 {
-                            self.flush_all(&mut buf).await;
-                            return;
-                        }
-                        if stalled || buf.len() < batch {
-                            continue;
-                        }
-                    }
                     _ = tick.tick() => {}
                 }
+                if !take_ready(&mut rx, &mut buf, limit) {
+                    self.flush_all(&mut buf).await;
+                    return;
+                }
             }
+            // Even with nothing taken: the flush replays rows another process spilled.
             let before = buf.len();
             self.flush(&mut buf).await;
             stalled = !buf.is_empty() && buf.len() >= before;
@@ -353,6 +357,19 @@ impl Writer {
             }
         }
     }
+}
+
+/// Moves rows already in the channel into `buf`, up to `limit`, without waiting; false
+/// once every sender is gone and the channel is empty.
+fn take_ready(rx: &mut mpsc::Receiver<LedgerRow>, buf: &mut Vec<LedgerRow>, limit: usize) -> bool {
+    while buf.len() < limit {
+        match rx.try_recv() {
+            Ok(r) => buf.push(r),
+            Err(mpsc::error::TryRecvError::Empty) => return true,
+            Err(mpsc::error::TryRecvError::Disconnected) => return false,
+        }
+    }
+    true
 }
 
 async fn xdel(conn: &mut RedisConn, key: &str, ids: &[String]) {
