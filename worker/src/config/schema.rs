@@ -311,10 +311,10 @@ pub struct LedgerConfig {
     pub enabled: bool,
     /// Rows buffered in memory between the workers and the writer.
     pub buffer_size: usize,
-    /// Flush at least this often.
+    /// The writer takes the rows handed over and writes them at least this often.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
-    /// Flush as soon as this many rows are buffered (also the largest insert).
+    /// Write as soon as this many rows are handed over (also the largest insert).
     pub flush_batch: usize,
     /// What happens to rows PostgreSQL cannot take: `redis` (spill to a Redis stream and
     /// replay on recovery) or `memory` (keep up to `buffer_size`, then drop and count).

@@ -50,8 +50,8 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         6,
-        "ledger indexes for writes",
-        include_str!("../../../migrations/0006_ledger_indexes_for_writes.sql"),
+        "runs by type ascending",
+        include_str!("../../../migrations/0006_runs_by_type_ascending.sql"),
     ),
 ];
 

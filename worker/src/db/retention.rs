@@ -13,11 +13,8 @@ pub async fn housekeeping(db: &Db, config: &LedgerConfig, batch: i64) -> Result<
         db,
         config.retention,
         batch,
-        // By row address (ledger rows are never updated, so it does not move): the primary
-        // key starts with job_id, so a list of run ids would be looked up by scanning the
-        // table.
-        "DELETE FROM culm_job_runs WHERE ctid = ANY(ARRAY \
-         (SELECT ctid FROM culm_job_runs WHERE finished_at < $1 LIMIT $2))",
+        "DELETE FROM culm_job_runs WHERE run_id IN \
+         (SELECT run_id FROM culm_job_runs WHERE finished_at < $1 LIMIT $2)",
     )
     .await?;
     let dead = delete_older_than(

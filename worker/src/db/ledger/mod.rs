@@ -8,8 +8,8 @@
 //!
 //! When PostgreSQL fails or is slow, the batch is spilled (policy `redis`) to the stream
 //! `{<prefix>}:ledger:spill`, shared by all replicas, and replayed by whichever replica
-//! next reaches PostgreSQL. Rows carry a ULID `run_id` (with `job_id`, the primary key),
-//! and replays are inserted `ON CONFLICT DO NOTHING`, so a replay after a partial failure
+//! next reaches PostgreSQL. Rows carry a ULID `run_id` (the primary key), and replays
+//! are inserted `ON CONFLICT DO NOTHING`, so a replay after a partial failure
 //! never duplicates a row. Fresh rows are inserted plainly, which costs PostgreSQL less
 //! per row; a fresh batch that meets a row already written (resent after a lost reply)
 //! is written again the replay's way.
@@ -32,7 +32,7 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{Notify, mpsc, watch},
     task::JoinHandle,
 };
 
@@ -114,7 +114,8 @@ pub struct LedgerRow {
 /// Counters of a ledger writer (also exported as metrics).
 #[derive(Debug, Default)]
 pub struct LedgerCounters {
-    /// Rows inserted into PostgreSQL (including replays).
+    /// Rows sent to PostgreSQL in committed inserts (including replays, and rows a
+    /// replay found already there).
     pub written: AtomicU64,
     /// Rows spilled to Redis.
     pub spilled: AtomicU64,
@@ -127,6 +128,10 @@ pub struct LedgerCounters {
 pub struct Ledger {
     tx: mpsc::Sender<LedgerRow>,
     counters: Arc<LedgerCounters>,
+    /// Rows in the channel that make the writer write before its tick.
+    batch: usize,
+    /// Wakes the writer once the channel holds `batch` rows.
+    full: Arc<Notify>,
     last_warn: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
@@ -135,7 +140,15 @@ impl Ledger {
     /// logged (at most one warning per 10 s).
     pub fn record(&self, row: LedgerRow) {
         let reason = match self.tx.try_send(row) {
-            Ok(()) => return,
+            Ok(()) => {
+                // The writer takes rows on its tick; a full batch should not wait for it
+                // (nor a long flush_interval fill the channel). Below the threshold this
+                // is one subtraction; above it, a permit the writer takes once.
+                if self.tx.max_capacity() - self.tx.capacity() >= self.batch {
+                    self.full.notify_one();
+                }
+                return;
+            }
             Err(mpsc::error::TrySendError::Full(_)) => "buffer_full",
             Err(mpsc::error::TrySendError::Closed(_)) => "writer_stopped",
         };
@@ -190,11 +203,16 @@ pub fn start(db: Db, redis: RedisConn, prefix: &str, config: LedgerConfig) -> (L
     let (tx, rx) = mpsc::channel(config.buffer_size);
     let (stop, stop_rx) = watch::channel(false);
     let counters = Arc::new(LedgerCounters::default());
-    let task = writer::spawn(db, redis, spill_key(prefix), config, counters.clone(), rx, stop_rx);
+    let full = Arc::new(Notify::new());
+    let batch = config.flush_batch;
+    let handoff = writer::Handoff { rx, full: full.clone() };
+    let task = writer::spawn(db, redis, spill_key(prefix), config, counters.clone(), handoff, stop_rx);
     (
         Ledger {
             tx,
             counters,
+            batch,
+            full,
             last_warn: Arc::default(),
         },
         LedgerWriter { stop, task },

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 use tokio::{
-    sync::{mpsc, watch},
+    sync::{Notify, mpsc, watch},
     task::JoinHandle,
 };
 
@@ -29,7 +29,7 @@ pub(super) fn spawn(
     spill_key: String,
     config: LedgerConfig,
     counters: Arc<LedgerCounters>,
-    rx: mpsc::Receiver<LedgerRow>,
+    handoff: Handoff,
     stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let writer = Writer {
@@ -45,7 +45,14 @@ pub(super) fn spawn(
         last_error_log: None,
         last_drop_log: None,
     };
-    tokio::spawn(writer.run(rx, stop))
+    tokio::spawn(writer.run(handoff, stop))
+}
+
+/// The writer's end of the channel from the workers, and the signal that it holds a
+/// full batch.
+pub(super) struct Handoff {
+    pub(super) rx: mpsc::Receiver<LedgerRow>,
+    pub(super) full: Arc<Notify>,
 }
 
 struct Writer {
@@ -77,11 +84,14 @@ static APPEND_BOUNDED: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+/// Most spill entries one Redis call appends or reads, whatever `flush_batch` is.
+const SPILL_CHUNK: usize = 1000;
 /// How often a writer looks for rows other replicas spilled.
 const SPILL_RECHECK: Duration = Duration::from_secs(30);
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<LedgerRow>, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, handoff: Handoff, mut stop: watch::Receiver<bool>) {
+        let Handoff { mut rx, full } = handoff;
         let batch = self.config.flush_batch;
         let mut buf: Vec<LedgerRow> = Vec::with_capacity(batch);
         let mut tick = tokio::time::interval(self.config.flush_interval);
@@ -89,11 +99,10 @@ impl Writer {
         // Set when the last flush could neither write nor spill: wait for the next tick
         // instead of retrying at once, and keep taking rows up to `buffer_size`.
         let mut stalled = false;
-        // Rows are taken from the channel on the tick, not as they arrive: waking for
-        // every acknowledged batch slowed the workers (the drain with the ledger on was
-        // 2-7 % slower; BENCHMARKS.md). Each tick writes everything the channel holds,
-        // `flush_batch` rows per transaction; the channel (`buffer_size`) holds one
-        // interval's rows.
+        // Rows are taken from the channel on the tick, or once it holds a full batch, not
+        // as they arrive: waking for every acknowledged batch slowed the workers (the
+        // drain with the ledger on was 2-7 % slower; BENCHMARKS.md). A wake-up writes
+        // what the channel holds, `flush_batch` rows per transaction.
         loop {
             let limit = if stalled { self.config.buffer_size } else { batch };
             if !take_ready(&mut rx, &mut buf, limit) {
@@ -113,6 +122,8 @@ impl Writer {
                         return;
                     }
                     _ = tick.tick() => {}
+                    // Stalled, retries wait for the tick however full the channel is.
+                    _ = full.notified(), if !stalled => {}
                 }
                 if !take_ready(&mut rx, &mut buf, limit) {
                     self.flush_all(&mut buf).await;
@@ -194,12 +205,26 @@ impl Writer {
             }
         }
         if self.config.spill == SpillPolicy::Redis {
-            match self.spill(&buf[..n]).await {
-                Ok(()) => {
-                    buf.drain(..n);
-                    return;
+            // In chunks: one script call appending a whole batch would hold Redis (and
+            // every queue's fetches) for milliseconds.
+            let mut spilled = 0;
+            let mut failed = None;
+            for chunk in buf[..n].chunks(SPILL_CHUNK) {
+                match self.spill(chunk).await {
+                    Ok(()) => spilled += chunk.len(),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
                 }
-                Err(e) => tracing::error!("ledger: spilling {n} rows to Redis failed ({e}); holding them in memory"),
+            }
+            buf.drain(..spilled);
+            match failed {
+                None => return,
+                Some(e) => tracing::error!(
+                    "ledger: spilling {} rows to Redis failed ({e}); holding them in memory",
+                    n - spilled
+                ),
             }
         }
         // Held in memory: bounded by buffer_size.
@@ -299,7 +324,7 @@ impl Writer {
                 .arg("-")
                 .arg("+")
                 .arg("COUNT")
-                .arg(self.config.flush_batch)
+                .arg(self.config.flush_batch.min(SPILL_CHUNK))
                 .query_async(&mut conn)
                 .await;
             let entries = match entries {
@@ -394,7 +419,7 @@ enum Origin {
     /// Rows handed over by workers and not yet sent to PostgreSQL: a plain `INSERT`.
     Fresh,
     /// Rows that may already be in the table (replayed from the spill, or resent after a
-    /// write whose outcome was unknown): `ON CONFLICT (job_id, run_id) DO NOTHING`. Not the
+    /// write whose outcome was unknown): `ON CONFLICT (run_id) DO NOTHING`. Not the
     /// default because PostgreSQL then checks the primary key before every row and
     /// writes an extra WAL record for it (a speculative insert): about a third more work
     /// per row, measured in BENCHMARKS.md.
@@ -407,9 +432,9 @@ const INSERT_RUNS: &str = "INSERT INTO culm_job_runs (run_id, job_id, job, queue
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int4[], $7::text[], \
      $8::text[], $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::float8[], $13::timestamptz[], \
      $14::text[], $15::text[])";
-const SKIP_WRITTEN: &str = " ON CONFLICT (job_id, run_id) DO NOTHING";
+const SKIP_WRITTEN: &str = " ON CONFLICT (run_id) DO NOTHING";
 
-/// A row of the batch is already in the table (the `(job_id, run_id)` primary key).
+/// A row of the batch is already in the table (its `run_id`, the primary key).
 fn already_written(e: &sqlx::Error) -> bool {
     e.as_database_error()
         .is_some_and(|d| d.is_unique_violation() && d.constraint() == Some("culm_job_runs_pkey"))
