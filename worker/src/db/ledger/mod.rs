@@ -2,8 +2,9 @@
 //!
 //! Workers hand rows to [`Ledger::record`], which never waits: it puts the row on a bounded
 //! channel. One [`LedgerWriter`] task per process drains the channel every
-//! `flush_interval` and writes what it took in batches of up to `flush_batch` rows, each
-//! with one multi-row `INSERT … SELECT FROM UNNEST(…)`. Dead runs also upsert the
+//! `flush_interval`, or as soon as `flush_batch` rows wait, and writes what it took in
+//! batches of up to `flush_batch` rows, each with one multi-row
+//! `INSERT … SELECT FROM UNNEST(…)`. Dead runs also upsert the
 //! dead-letter archive (`culm_dead_jobs`) in the same transaction.
 //!
 //! When PostgreSQL fails or is slow, the batch is spilled (policy `redis`) to the stream
