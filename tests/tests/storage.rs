@@ -508,13 +508,8 @@ async fn attempts_and_leases_keep_their_hashed_encodings_and_the_pins_stay_invis
     })
     .await;
     let job = env
-        .store
-        .enqueue(vec![
-            culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({})).queue("t_pin"),
-        ])
-        .await
-        .expect("enqueue")
-        .remove(0);
+        .enqueue(culm_core::EnqueueRequest::raw("platform.noop", serde_json::json!({})).queue("t_pin"))
+        .await;
     let q: Arc<str> = Arc::from("t_pin");
     let fetched = env.store.fetch(&q, 4, Duration::from_secs(60)).await.expect("fetch");
     assert_eq!(fetched.jobs.len(), 1);
