@@ -114,15 +114,21 @@ impl Rig {
         self.browser.source().await.expect("page source")
     }
 
+    /// Clicks `css` (every click here submits a form or follows a link) and waits until
+    /// the browser has left the page: a `goto` while the form's request is still pending
+    /// cancels it, and the action never reaches culm.
     async fn click(&self, css: &str) {
-        self.browser
+        let element = self
+            .browser
             .wait()
             .for_element(Locator::Css(css))
             .await
-            .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
-            .click()
-            .await
-            .expect("clicks");
+            .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"));
+        element.clone().click().await.expect("clicks");
+        eventually(WAIT, "the click's page replaced", || async {
+            element.is_enabled().await.is_err().then_some(())
+        })
+        .await;
     }
 
     /// Waits until the current page, reloaded, contains `text`.
